@@ -1,0 +1,163 @@
+"""The ``distill`` command line.
+
+    distill run [RECIPE] [--set key=value ...] [--run-dir DIR] [--resume RUN_DIR]
+    distill list [losses|methods|models|datasets|recipes|benchmarks]
+    distill report RUN_DIR
+    distill bench NAME [--seeds N] [--quick]
+
+Mistakes in the input (recipe fields, tap paths, missing data) end with one
+line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
+For several GPUs or machines: ``accelerate launch -m distill run RECIPE``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from distill.connectors import ConnectorError
+    from distill.engine import DistillError
+    from distill.recipe import RecipeError
+    from distill.taps import TapError
+    from distill.terms import TermError
+    from distill.zoo.datasets import DataMissing
+
+    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError)
+
+
+def cmd_run(args) -> int:
+    from distill.experiment import resume_run, run_recipe
+    from distill.recipe import load_recipe
+
+    if args.resume:
+        if args.recipe or args.set:
+            raise _recipe_error("--resume continues a run as it was recorded; drop the recipe and --set")
+        resume_run(args.resume)
+        return 0
+    recipe = load_recipe(args.recipe or "default", args.set or [])
+    if args.no_progress:
+        recipe.train.progress = False
+        if recipe.teacher is not None:
+            recipe.teacher.train.progress = False
+    run_recipe(recipe, args.run_dir)
+    return 0
+
+
+def _recipe_error(message: str):
+    from distill.recipe import RecipeError
+
+    return RecipeError(message)
+
+
+def cmd_list(args) -> int:
+    from distill.bench import BENCHMARKS
+    from distill.evaluation import count_parameters
+    from distill.methods import METHODS
+    from distill.recipe import bundled_recipes
+    from distill.terms import LOSSES
+    from distill.zoo.datasets import INFO
+    from distill.zoo.models import DESCRIPTIONS, MODELS, build_model
+
+    what = args.what
+    if what in (None, "losses"):
+        print("losses:")
+        for name, (fn, _) in sorted(LOSSES.items()):
+            print(f"  {name:10s} {fn.__module__}.{fn.__name__} - {_first_line(fn.__doc__)}")
+    if what in (None, "methods"):
+        print("methods:")
+        for name, fn in sorted(METHODS.items()):
+            print(f"  {name:10s} {_first_line(fn.__doc__)}")
+    if what in (None, "models"):
+        print("models (parameters for 1x28x28 input, 10 classes, default options):")
+        for name in sorted(MODELS):
+            try:
+                params = f"{count_parameters(build_model(name)):>11,}"
+            except (TypeError, ValueError):
+                params = f"{'-':>11}"
+            print(f"  {name:10s} {params}  {DESCRIPTIONS[name]}")
+    if what in (None, "datasets"):
+        print("datasets:")
+        for name, info in INFO.items():
+            print(f"  {name:14s} {info}")
+    if what in (None, "recipes"):
+        print("recipes:")
+        for name, path in sorted(bundled_recipes().items()):
+            print(f"  {name:14s} {path}")
+    if what in (None, "benchmarks"):
+        print("benchmarks:")
+        for name, bench in BENCHMARKS.items():
+            print(f"  {name:14s} {bench.description}")
+    return 0
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def cmd_report(args) -> int:
+    from distill.report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from distill.bench import run_benchmark
+
+    run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a recipe (default: the bundled demo on Fashion-MNIST)")
+    run.add_argument("recipe", nargs="?", help="a recipe file or bundled recipe name (distill list recipes)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. train.epochs=3")
+    run.add_argument("--run-dir", help="directory for this run (default: output_dir/NAME-TIMESTAMP)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoints")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="show the available losses, methods, models, datasets, recipes, benchmarks")
+    lst.add_argument("what", nargs="?", choices=["losses", "methods", "models", "datasets", "recipes", "benchmarks"])
+    lst.set_defaults(func=cmd_list)
+
+    rep = sub.add_parser("report", help="write plots and a markdown summary for a run directory")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="run a benchmark over seeds and write its table")
+    bench.add_argument("name", help="benchmark name (distill list benchmarks)")
+    bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the benchmark's)")
+    bench.add_argument("--quick", action="store_true", help="a short version, to check the set-up in minutes")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    bench.add_argument("--out", help="output directory (default: bench-results/NAME)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        if args.debug:
+            raise
+        message = str(err).strip().strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"distill: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Datasets as the engine sees them: items are dicts ``{"input", "label", "index"}``.
+
+* :class:`ArrayDataset` keeps tensors in memory and serves whole batches with one
+  indexing operation (``__getitems__``), so no per-sample Python loop runs on the
+  hot path.
+* :class:`IndexedDataset` adapts any ``torch.utils.data.Dataset`` returning
+  ``(input, label)`` pairs (or dicts).
+* :class:`RandomShift` is Hinton et al.'s jitter: every image moves by up to
+  ``max_shift`` pixels in each direction, applied to a whole batch at once.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch.utils.data import Dataset, Sampler, default_collate
+
+
+class ArrayDataset(Dataset):
+    """In-memory inputs and labels; ``ds[i]`` is one sample, ``ds.__getitems__(idx)`` a batch."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, name: str = "array"):
+        if labels is not None and len(labels) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        self.inputs = inputs
+        self.labels = labels
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input": self.inputs[i], "index": torch.tensor(i)}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        return item
+
+    def __getitems__(self, indices) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {"input": self.inputs[idx], "index": idx}
+        if self.labels is not None:
+            batch["label"] = self.labels[idx]
+        return batch
+
+    def subset(self, indices) -> "ArrayDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        labels = None if self.labels is None else self.labels[idx]
+        return ArrayDataset(self.inputs[idx], labels, self.name)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels is not None else 0
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset of ``(input, label)`` pairs, bare inputs or dicts into the engine's dict items."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        if isinstance(item, Mapping):
+            out = dict(item)
+            if "input" not in out:
+                raise ValueError(f"dataset items that are dicts need an 'input' key, got {sorted(out)}")
+        elif isinstance(item, (tuple, list)):
+            out = {"input": item[0]}
+            if len(item) > 1:
+                out["label"] = item[1]
+        else:
+            out = {"input": item}
+        out.setdefault("index", i)
+        return out
+
+
+def as_dataset(dataset) -> Dataset:
+    if isinstance(dataset, (ArrayDataset, IndexedDataset)):
+        return dataset
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(f"expected a map-style torch Dataset, got {type(dataset).__name__}")
+    return IndexedDataset(dataset)
+
+
+def collate(items):
+    """Batches from ``__getitems__`` arrive ready; lists of dict items are stacked."""
+    if isinstance(items, Mapping):
+        return items
+    return default_collate(items)
+
+
+class EpochSampler(Sampler):
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``, so a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class RandomShift:
+    """Shift each image in a ``(N, C, H, W)`` (or ``(N, H, W)``) batch by up to ``max_shift`` pixels, zero-filled.
+
+    Hinton et al. 2015 jitter MNIST digits "by up to two pixels in any direction".
+    """
+
+    def __init__(self, max_shift: int = 2):
+        self.max_shift = int(max_shift)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.max_shift
+        if p == 0:
+            return x
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x.unsqueeze(1)
+        n, c, h, w = x.shape
+        shifts = torch.randint(-p, p + 1, (2, n), generator=generator, device=generator.device if generator else "cpu")
+        shifts = shifts.to(x.device)
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        rows = torch.arange(h, device=x.device)[None, :] + p - shifts[0][:, None]  # (N, H)
+        cols = torch.arange(w, device=x.device)[None, :] + p - shifts[1][:, None]  # (N, W)
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+        out = out.permute(0, 3, 1, 2).contiguous()
+        return out.squeeze(1) if squeeze else out
+
+    def __repr__(self) -> str:
+        return f"RandomShift({self.max_shift})"
+
+
+def carve_validation(dataset: ArrayDataset, val_size: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split ``dataset`` into (train, validation) with a fixed-seed permutation."""
+    if not 0 <= val_size < len(dataset):
+        raise ValueError(f"val_size must be in [0, {len(dataset)}), got {val_size}")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(perm[val_size:]), dataset.subset(perm[:val_size])

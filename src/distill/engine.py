@@ -1,0 +1,396 @@
+"""The one training loop.
+
+:class:`Distiller` trains a student (and its connectors) on a weighted sum of
+loss terms, with a frozen teacher providing tap values. It runs on Hugging
+Face Accelerate, so the same code trains on one CPU process or, through
+``accelerate launch -m distill ...``, on several GPUs or machines.
+
+A run directory holds ``metrics.jsonl`` (one JSON record per log event),
+``checkpoints/epoch-NNNN/`` (safetensors weights plus optimiser, scheduler and
+RNG state), ``student.safetensors`` (the final student) and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from distill.connectors import build_connector
+from distill.data import EpochSampler, as_dataset, collate
+from distill.evaluation import evaluate
+from distill.taps import TapRecorder
+from distill.teacher import LiveTeacher, run_model
+from distill.terms import Term, unique_names
+
+
+class DistillError(ValueError):
+    """A problem with the user's set-up (taps, terms, shapes), reported in one line."""
+
+
+class TrainConfig(BaseModel):
+    """How the student is trained. Also the ``train:`` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="passes over the training set")
+    batch_size: int = Field(128, ge=1, description="samples per optimiser micro-batch (per process)")
+    eval_batch_size: int = Field(1000, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by gamma")
+    gamma: float = Field(0.1, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    clip_grad_norm: float | None = Field(None, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    log_every: int = Field(50, ge=1, description="steps between step-level log records")
+    keep_checkpoints: int = Field(2, ge=1)
+    progress: bool = True
+    num_workers: int = Field(0, ge=0)
+    cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StudentWithTaps(nn.Module):
+    """The trainable part of a run: the student and its connectors.
+
+    ``forward`` returns the student's tap values, with each connector applied to
+    its term's tap (under the key :attr:`Term.student_key`). Keeping connectors
+    inside this module's forward keeps distributed gradient sync correct.
+    """
+
+    def __init__(self, student: nn.Module, taps, connectors: dict[str, tuple[str, nn.Module]] | None = None):
+        super().__init__()
+        self.student = student
+        self.recorder = TapRecorder(student, taps, model_name="student")
+        connectors = connectors or {}
+        self.connectors = nn.ModuleDict({name: module for name, (_, module) in connectors.items()})
+        self.connector_inputs = {name: tap for name, (tap, _) in connectors.items()}
+
+    def forward(self, inputs) -> dict[str, torch.Tensor]:
+        values = self.recorder.collect(run_model(self.student, inputs))
+        for name, tap in self.connector_inputs.items():
+            values[f"{name}<-{tap}"] = self.connectors[name](values[tap])
+        return values
+
+
+def _build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier after ``step`` optimiser steps."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "linear":
+        return max(0.0, 1 - progress)
+    if cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory under a temporary name, then rename it into place."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+class Distiller:
+    """Train ``student`` to minimise a weighted sum of :class:`~distill.terms.Term` s.
+
+    Args:
+        student: any ``nn.Module``; left unmodified (taps use forward hooks).
+        teacher: a trained ``nn.Module`` (frozen here), a teacher signal, or ``None``
+            for terms that need no teacher (training from scratch).
+        terms: the loss terms; default ``[Term("ce")]``.
+        augment: an optional batch transform ``f(inputs, generator) -> inputs``
+            applied before teacher and student see the batch, so both see the same view.
+        run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
+        config: a :class:`TrainConfig`; keyword arguments override its fields.
+
+    Example::
+
+        d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=5)
+        d.fit(train, val)
+        print(d.evaluate(test))
+        d.save("student.safetensors")
+    """
+
+    def __init__(self, student: nn.Module, teacher=None, terms: list[Term] | None = None, *,
+                 augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
+                 config: TrainConfig | None = None, **overrides):
+        self.config = TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
+        self.student = student
+        self.terms = unique_names(list(terms) if terms else [Term("ce")])
+        self.augment = augment
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.history: list[dict] = []
+        self.model: StudentWithTaps | None = None
+        teacher_taps = [t.teacher for t in self.terms if t.teacher is not None]
+        if teacher_taps and teacher is None:
+            names = ", ".join(t.name for t in self.terms if t.teacher is not None)
+            raise DistillError(f"terms {names} need a teacher, but teacher=None")
+        if isinstance(teacher, nn.Module):
+            student_params = {id(p) for p in student.parameters()}
+            if any(id(p) in student_params for p in teacher.parameters()):
+                raise DistillError("teacher and student share parameters; pass a separate (copied) teacher")
+            teacher = LiveTeacher(teacher, teacher_taps)
+        self.teacher = teacher
+        self.accelerator = Accelerator(cpu=self.config.cpu, mixed_precision=self.config.mixed_precision,
+                                       gradient_accumulation_steps=self.config.grad_accum,
+                                       step_scheduler_with_optimizer=False)
+
+    # ----------------------------------------------------------------- set-up
+    def _probe(self, batch) -> StudentWithTaps:
+        """Run one batch through both models: check every tap and term, build connectors."""
+        student_taps = list(dict.fromkeys(t.student for t in self.terms))
+        probe = StudentWithTaps(self.student, student_taps)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                s_values = probe(batch["input"])
+                t_values = self.teacher(batch) if self.teacher is not None else {}
+                connectors = {}
+                for term in self.terms:
+                    if term.connector:
+                        shape_s, shape_t = s_values[term.student].shape, t_values[term.teacher].shape
+                        module = build_connector(shape_s, shape_t, term.connector).to(s_values[term.student].device)
+                        connectors[term.name.replace(".", "_")] = (term.student, module)
+                probe.recorder.remove()
+                model = StudentWithTaps(self.student, student_taps, connectors)
+                model.eval()
+                s_values = model(batch["input"])
+                for term in self.terms:
+                    try:
+                        value = term(s_values, t_values, batch.get("label"))
+                    except Exception as err:  # report which term failed, in one line
+                        raise DistillError(f"term {term.name!r}: {err}") from err
+                    if value.dim() != 0:
+                        raise DistillError(f"term {term.name!r} must return a scalar, got shape {tuple(value.shape)}")
+        except (ValueError, KeyError) as err:
+            if isinstance(err, DistillError):
+                raise
+            raise DistillError(str(err).strip("'\"")) from err
+        finally:
+            self.student.train(was_training)
+        return model
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        cfg = self.config
+        sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+    # ---------------------------------------------------------------- training
+    def fit(self, train, val=None, *, resume: bool = False) -> list[dict]:
+        """Train for ``config.epochs`` epochs; evaluate on ``val`` after each. Returns the per-epoch history."""
+        cfg, acc = self.config, self.accelerator
+        train = as_dataset(train)
+        val = as_dataset(val) if val is not None else None
+        if len(train) == 0:
+            raise DistillError("the training set is empty")
+        device = acc.device
+        self.student.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+
+        first = collate([train[i] for i in range(min(len(train), cfg.batch_size))])
+        first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+        model = self._probe(first)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _build_optimizer(params, cfg)
+        loader = self._loader(train, cfg.batch_size, shuffle=True)
+        steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        self.model = acc.unwrap_model(model)
+
+        start_epoch, global_step = 0, 0
+        if resume:
+            start_epoch, global_step = self._load_checkpoint(optimizer, scheduler)
+        elif self.run_dir is not None and acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").write_text("")
+
+        aug_gen = torch.Generator(device="cpu")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            loader.set_epoch(epoch)
+            aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7)
+            sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
+            count, started = 0, time.perf_counter()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+            for i, batch in enumerate(bar):
+                if self.augment is not None:
+                    batch = dict(batch, input=self.augment(batch["input"], aug_gen))
+                progress = epoch + i / len(loader)
+                with acc.accumulate(model):
+                    t_values = self.teacher(batch) if self.teacher is not None else {}
+                    with acc.autocast():
+                        s_values = model(batch["input"])
+                    parts = {t.name: t(s_values, t_values, batch.get("label")) for t in self.terms}
+                    loss = sum(t.weight_at(progress) * parts[t.name] for t in self.terms)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.clip_grad_norm:
+                        acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    optimizer.step()
+                    if acc.sync_gradients:
+                        scheduler.step()
+                        global_step += 1
+                    optimizer.zero_grad(set_to_none=True)
+                for name, value in parts.items():
+                    sums[name] += float(value.detach())
+                sums["loss"] += float(loss.detach())
+                count += 1
+                if acc.sync_gradients and global_step % cfg.log_every == 0:
+                    self._log({"event": "step", "epoch": epoch + 1, "step": global_step,
+                               "lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()),
+                               **{f"loss/{k}": float(v.detach()) for k, v in parts.items()}})
+                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+            bar.close()
+            record = {"event": "epoch", "epoch": epoch + 1, "step": global_step,
+                      "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
+                      **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
+            if val is not None:
+                record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
+            self.history.append(record)
+            self._log(record)
+            self._save_checkpoint(epoch + 1, global_step, optimizer, scheduler)
+        if self.run_dir is not None and acc.is_main_process:
+            self.save(self.run_dir / "student.safetensors")
+            summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms],
+                       "final": self.history[-1] if self.history else {}}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return self.history
+
+    def evaluate(self, dataset, batch_size: int | None = None) -> dict[str, float]:
+        """Accuracy and cross-entropy of the student's logits on ``dataset``."""
+        return evaluate(self.student, dataset, batch_size or self.config.eval_batch_size, self.accelerator)
+
+    # ------------------------------------------------------- logs and state
+    def _log(self, record: dict) -> None:
+        if self.run_dir is not None and self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def trainable_state(self) -> nn.Module:
+        """The module holding the student and its connectors (what checkpoints save)."""
+        if self.model is None:
+            raise DistillError("nothing trained yet: call fit() first")
+        return self.model
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the student's weights to ``path`` (safetensors) and its connectors beside it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(self.accelerator.unwrap_model(self.student), str(path))
+        if self.model is not None and len(self.model.connectors):
+            save_model(self.model.connectors, str(path.with_name(path.stem + ".connectors.safetensors")))
+
+    def _save_checkpoint(self, epoch: int, step: int, optimizer, scheduler) -> None:
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return
+        state = {
+            "epoch": epoch, "step": step,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": _numpy_state_to_builtin(np.random.get_state()),
+            "python_rng": _to_lists(random.getstate()),
+        }
+
+        def write(tmp: Path) -> None:
+            save_model(self.model, str(tmp / "model.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            (tmp / "history.json").write_text(json.dumps(self.history))
+
+        checkpoints = self.run_dir / "checkpoints"
+        _atomic_dir_write(checkpoints / f"epoch-{epoch:04d}", write)
+        for old in sorted(checkpoints.glob("epoch-*"))[: -self.config.keep_checkpoints]:
+            if not old.name.endswith(".tmp"):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
+        if self.run_dir is None:
+            raise DistillError("resume needs a run_dir")
+        found = sorted(p for p in (self.run_dir / "checkpoints").glob("epoch-*") if not p.name.endswith(".tmp"))
+        if not found:
+            raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        ckpt = found[-1]
+        load_model(self.model, str(ckpt / "model.safetensors"), device=str(self.accelerator.device))
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(_numpy_state_from_builtin(state["numpy_rng"]))
+        random.setstate(_to_tuples(state["python_rng"]))
+        self.history = json.loads((ckpt / "history.json").read_text())
+        if self.accelerator.is_main_process:
+            metrics = self.run_dir / "metrics.jsonl"
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line and json.loads(line).get("epoch", 0) <= state["epoch"]] if metrics.exists() else []
+            metrics.write_text("".join(line + "\n" for line in kept))
+        return state["epoch"], state["step"]
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _numpy_state_to_builtin(state) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_builtin(state) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached

@@ -1,0 +1,179 @@
+"""Running a recipe: get a teacher, train each method's student, measure everything.
+
+The run directory::
+
+    RUN_DIR/recipe.yaml            the resolved recipe
+    RUN_DIR/teacher/               the teacher's training run (when trained here)
+    RUN_DIR/students/<label>/      one Distiller run per method
+    RUN_DIR/summary.json, summary.md
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from distill.data import RandomShift
+from distill.engine import Distiller, TrainConfig, seed_everything
+from distill.evaluation import count_parameters, evaluate, inference_time
+from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
+from distill.terms import Term
+from distill.zoo import build_model, load_dataset
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def _augment(spec: AugmentSpec | None):
+    return RandomShift(spec.shift) if spec is not None and spec.shift else None
+
+
+def _build(spec: ModelSpec, data) -> torch.nn.Module:
+    try:
+        return build_model(spec.model, data.input_shape, data.num_classes, **spec.options)
+    except TypeError as err:
+        raise RecipeError(f"model {spec.model!r} options: {err}") from None
+
+
+def _teacher_key(recipe: Recipe) -> str:
+    spec = recipe.teacher.model_dump(mode="json", exclude={"cache", "checkpoint"})
+    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed, "format": 1}
+    if recipe.teacher.augment is None:
+        payload["teacher"]["augment"] = recipe.data.augment.model_dump()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Load the recipe's teacher from its checkpoint or the cache, or train it."""
+    spec = recipe.teacher
+    seed_everything(recipe.seed)
+    teacher = _build(spec, data)
+    if spec.checkpoint is not None:
+        load_model(teacher, str(spec.checkpoint))
+        return teacher, {"source": str(spec.checkpoint)}
+    cached = cache_dir() / "teachers" / _teacher_key(recipe)
+    if spec.cache and (cached / "teacher.safetensors").is_file():
+        load_model(teacher, str(cached / "teacher.safetensors"))
+        _say(f"teacher: reusing {cached}")
+        return teacher, {"source": str(cached)}
+    own = run_dir / "teacher"
+    if (own / "student.safetensors").is_file():
+        load_model(teacher, str(own / "student.safetensors"))
+        return teacher, {"source": str(own)}
+    _say(f"teacher: training {spec.model} for {spec.train.epochs} epochs")
+    config = spec.train.model_copy(update={"seed": recipe.seed})
+    started = time.perf_counter()
+    trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
+                        run_dir=own, config=config)
+    trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
+    info = {"source": str(own), "train_seconds": time.perf_counter() - started}
+    if spec.cache:
+        cached.mkdir(parents=True, exist_ok=True)
+        tmp = cached / "teacher.safetensors.tmp"
+        save_model(teacher, str(tmp))
+        os.replace(tmp, cached / "teacher.safetensors")
+        (cached / "info.json").write_text(json.dumps({"recipe": recipe.name, **info}, indent=2))
+    return teacher, info
+
+
+def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False):
+    """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused."""
+    seed_everything(recipe.seed)  # every method starts from the same student initialisation
+    student = _build(recipe.student, data)
+    terms = method.build()
+    own = run_dir / "students" / method.name
+    if resume and (own / "summary.json").is_file():
+        load_model(student, str(own / "student.safetensors"))
+        return student, json.loads((own / "summary.json").read_text()).get("info", {})
+    _say(f"student [{method.name}]: {', '.join(f'{t.weight:g}*{t.name}' for t in terms if not callable(t.weight))}")
+    config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
+    uses_teacher = any(t.teacher is not None for t in terms)
+    trainer = Distiller(student, teacher if uses_teacher else None, terms, augment=_augment(recipe.data.augment),
+                        run_dir=own, config=config)
+    started = time.perf_counter()
+    trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
+    info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": [h["time"] for h in trainer.history]}
+    summary = json.loads((own / "summary.json").read_text())
+    (own / "summary.json").write_text(json.dumps({**summary, "info": info}, indent=2))
+    return student, info
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Run a recipe end to end and return its summary (also written to ``RUN_DIR/summary.json``)."""
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = recipe.output_dir / f"{recipe.name}-{stamp}"
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    except OSError as err:
+        raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
+    _say(f"run directory: {run_dir}")
+    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)
+    rows = []
+    teacher = None
+    sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
+    timing = dict(repeats=recipe.evaluation.latency_repeats)
+    if recipe.teacher is not None:
+        teacher, info = get_teacher(recipe, data, run_dir, resume)
+        rows.append({"role": "teacher", "label": "teacher", "model": recipe.teacher.model,
+                     "params": count_parameters(teacher), **_scores(teacher, data),
+                     "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
+    for method in recipe.methods:
+        student, info = train_student(recipe, method, data, teacher, run_dir, resume)
+        rows.append({"role": "student", "label": method.name, "model": recipe.student.model,
+                     "params": count_parameters(student), **_scores(student, data),
+                     "seconds_per_batch": inference_time(student, sample, **timing), **info})
+    if teacher is not None:
+        for row in rows:
+            row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
+    summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
+               "latency_batch_size": len(sample), "rows": rows}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = format_table(summary)
+    (run_dir / "summary.md").write_text(f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
+    _say("\n" + table)
+    return summary
+
+
+def _scores(model, data) -> dict:
+    val, test = evaluate(model, data.val), evaluate(model, data.test)
+    return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+            "test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)}
+
+
+def format_table(summary: dict) -> str:
+    """A markdown table: parameters, test accuracy, inference time and speed-up of every model."""
+    n = summary["latency_batch_size"]
+    lines = [f"| model | params | test acc (%) | test errors | CPU ms / batch of {n} | speed-up vs teacher |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row in summary["rows"]:
+        name = f"{row['label']} ({row['model']})"
+        speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
+        lines.append(f"| {name} | {row['params']:,} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
+                     f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
+    return "\n".join(lines)
+
+
+def resume_run(run_dir: str | Path) -> dict:
+    """Continue an interrupted ``distill run`` from its run directory."""
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise RecipeError(f"--resume: {run_dir} is not a run directory (no recipe.yaml)")
+    import yaml
+
+    return run_recipe(parse_recipe(yaml.safe_load(recipe_file.read_text())), run_dir, resume=True)

@@ -1,0 +1,7 @@
+"""Training from scratch: the student learns from the labels alone (the baseline every method is measured against)."""
+from distill.terms import Term
+
+
+def scratch(label_smoothing: float = 0.0) -> list[Term]:
+    """Cross-entropy on the labels only."""
+    return [Term("ce", 1.0, label_smoothing=label_smoothing)]

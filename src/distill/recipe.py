@@ -1,0 +1,263 @@
+"""Recipes: YAML files validated by a pydantic schema.
+
+A recipe names the data, the teacher (a checkpoint, or how to train one), the
+student, one or more methods (each trains the same student from the same
+initialisation, so they can be compared) and the training settings. Everything
+a recipe does is a few lines of Python with :class:`distill.Distiller`.
+
+Load with :func:`load_recipe`; bad input raises :class:`RecipeError` whose
+message is one line naming the field.
+"""
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.engine import TrainConfig
+from distill.methods import METHODS
+from distill.terms import LOSSES, Term
+from distill.zoo.datasets import LOADERS
+from distill.zoo.models import MODELS
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_params(fn, params: dict, what: str) -> None:
+    accepted = inspect.signature(fn).parameters
+    for key in params:
+        if key not in accepted:
+            options = ", ".join(p for p in accepted if p not in ("student_logits", "teacher_logits", "labels",
+                                                                   "student_features", "teacher_features"))
+            raise ValueError(f"{what} has no parameter {key!r} (accepted: {options or 'none'})")
+
+
+class ModelSpec(_Strict):
+    model: str = Field(description="a zoo model name (distill list models)")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder")
+    checkpoint: Path | None = Field(None, description="safetensors weights to load instead of training")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(sorted(MODELS))}")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _existing(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"file not found: {v}")
+        return Path(v).expanduser() if v is not None else None
+
+
+class AugmentSpec(_Strict):
+    shift: int = Field(0, ge=0, le=8, description="random shift of up to this many pixels (Hinton's jitter)")
+
+
+class DataSpec(_Strict):
+    dataset: str = Field(description="a bundled dataset (distill list datasets)")
+    val_size: int = Field(5000, ge=1, description="validation samples carved from the training set")
+    train_size: int | None = Field(None, ge=1, description="keep only this many training samples")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="augmentation of the student's batches")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v not in LOADERS:
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(LOADERS)}")
+        return v
+
+
+class TeacherSpec(ModelSpec):
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how to train it when there is no checkpoint")
+    augment: AugmentSpec | None = Field(None, description="augmentation for training the teacher (default: data.augment)")
+    cache: bool = Field(True, description="reuse a teacher trained by an earlier run with the same settings")
+
+
+class TermSpec(BaseModel):
+    """One loss term; keys other than these are the loss function's parameters (``temperature: 4``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loss: str
+    weight: float = 1.0
+    student: str | None = None
+    teacher: str | None = "logits"
+    labels: bool | None = None
+    connector: str | None = None
+
+    @model_validator(mode="after")
+    def _known_loss(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; available: {', '.join(sorted(LOSSES))}")
+        _check_params(LOSSES[self.loss][0], self.model_extra or {}, f"loss {self.loss!r}")
+        return self
+
+    def build(self) -> Term:
+        bound = {k: getattr(self, k) for k in ("teacher", "labels", "connector") if k in self.model_fields_set}
+        return Term(self.loss, self.weight, student=self.student, **bound, **(self.model_extra or {}))
+
+
+class MethodSpec(BaseModel):
+    """A named method with its parameters (``method: kd, alpha: 0.9``) or an explicit list of terms."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: str | None = None
+    terms: list[TermSpec] | None = None
+    label: str | None = Field(None, description="name of this student in tables (default: the method name)")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.method is None) == (self.terms is None):
+            raise ValueError("give either 'method' or 'terms'")
+        if self.method is not None:
+            if self.method not in METHODS:
+                raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
+            _check_params(METHODS[self.method], self.model_extra or {}, f"method {self.method!r}")
+        elif self.model_extra:
+            raise ValueError(f"unknown keys {sorted(self.model_extra)} beside 'terms'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.label or self.method or "custom"
+
+    def build(self) -> list[Term]:
+        if self.terms is not None:
+            return [t.build() for t in self.terms]
+        return METHODS[self.method](**(self.model_extra or {}))
+
+
+class EvaluationSpec(_Strict):
+    latency_batch_size: int = Field(256, ge=1, description="batch size for CPU inference timing")
+    latency_repeats: int = Field(20, ge=1)
+
+
+class Recipe(_Strict):
+    name: str = "run"
+    description: str = ""
+    seed: int = Field(0, description="seeds data order, initialisation and augmentation of every model")
+    data: DataSpec
+    teacher: TeacherSpec | None = None
+    student: ModelSpec
+    methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(method="kd")], min_length=1)
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how the students are trained")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output_dir: Path = Field(Path("runs"), description="run directories are created under this folder")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if "seed" in self.train.model_fields_set or (self.teacher and "seed" in self.teacher.train.model_fields_set):
+            raise ValueError("set the top-level 'seed', not train.seed")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods need distinct labels, got {names}")
+        if self.teacher is None:
+            for m in self.methods:
+                if any(t.teacher is not None for t in m.build()):
+                    raise ValueError(f"method {m.name!r} needs a teacher, but the recipe has none")
+        return self
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "recipe"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"recipe field '{field}': {message}{more}"
+
+
+def bundled_recipes() -> dict[str, Path]:
+    folder = resources.files("distill") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _set_key(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) else part
+        try:
+            child = node[key]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(node, dict):
+                child = node[key] = {}
+            else:
+                raise RecipeError(f"--set {dotted}: '{'.'.join(parts[:i + 1])}' does not exist") from None
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise RecipeError(f"--set {dotted}: no list item {last!r}") from None
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"--set {dotted}: '{'.'.join(parts[:-1])}' is not a section")
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``0.5``, ``[64, 32]``, ``null``)."""
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_key(tree, key.strip(), value)
+    return tree
+
+
+def read_recipe_tree(source: str | Path) -> dict:
+    """The raw YAML mapping of a recipe file or bundled recipe name."""
+    bundled = bundled_recipes()
+    path = bundled[str(source)] if str(source) in bundled else Path(source)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {source} (bundled recipes: {', '.join(sorted(bundled))})")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping at the top level")
+    return tree
+
+
+def parse_recipe(tree: dict) -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError(_format_error(err)) from None
+
+
+def load_recipe(source: str | Path = "default", overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (file path or bundled name), apply ``--set`` overrides and validate it."""
+    return parse_recipe(apply_overrides(read_recipe_tree(source), overrides or []))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe with every default filled in, as YAML that :func:`load_recipe` reads back to the same recipe."""
+    tree = recipe.model_dump(mode="json")
+    tree["methods"] = [m.model_dump(mode="json", exclude_unset=True) for m in recipe.methods]
+    tree["train"].pop("seed")
+    if tree.get("teacher"):
+        tree["teacher"]["train"].pop("seed")
+    return yaml.safe_dump(tree, sort_keys=False)

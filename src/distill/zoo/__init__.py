@@ -1,0 +1,5 @@
+"""The model zoo and the datasets that ship offline."""
+from distill.zoo.datasets import DataMissing, Splits, load_dataset
+from distill.zoo.models import MODELS, build_model, register_model
+
+__all__ = ["DataMissing", "MODELS", "Splits", "build_model", "load_dataset", "register_model"]

@@ -1,0 +1,149 @@
+"""Model builders, by name.
+
+Every builder takes ``in_shape`` (``(C, H, W)`` without the batch) and
+``num_classes`` plus its own options, and returns a plain ``nn.Module`` whose
+forward maps a batch of images to logits. Submodule names are stable, so they
+work as tap paths (``features.1``, ``layer2.0.bn2`` ...).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_model(name: str, description: str = ""):
+    def wrap(builder):
+        MODELS[name] = builder
+        DESCRIPTIONS[name] = description or (builder.__doc__ or "").strip().splitlines()[0]
+        return builder
+
+    return wrap
+
+
+def build_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **options) -> nn.Module:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **options)
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: ``hidden`` widths, optional dropout on inputs and hidden units."""
+
+    def __init__(self, in_features: int, hidden=(800, 800), num_classes: int = 10, dropout: float = 0.0,
+                 input_dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("mlp", "fully connected ReLU network (hidden=[...], dropout, input_dropout)")
+def mlp(in_shape, num_classes, hidden=(800, 800), dropout=0.0, input_dropout=0.0):
+    return MLP(math.prod(in_shape), tuple(hidden), num_classes, dropout, input_dropout)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU blocks, each followed by 2x2 max-pooling, then a hidden layer and the classifier."""
+
+    def __init__(self, in_shape, channels=(32, 64), hidden: int = 128, num_classes: int = 10, dropout: float = 0.0):
+        super().__init__()
+        c, h, w = in_shape
+        blocks = []
+        for out in channels:
+            blocks.append(nn.Sequential(
+                nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                nn.MaxPool2d(2),
+            ))
+            c, h, w = out, h // 2, w // 2
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(),
+                                  nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.features(x)))
+
+
+@register_model("cnn", "small VGG-style CNN (channels=[...], hidden, dropout)")
+def cnn(in_shape, num_classes, channels=(32, 64), hidden=128, dropout=0.0):
+    return SmallCNN(in_shape, tuple(channels), hidden, num_classes, dropout)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): a 3x3 stem and three stages of basic blocks.
+
+    ``depth = 6n + 2``; ``widths`` are the three stages' channels (16, 32, 64 in
+    the paper; the ``x4`` variants of the KD literature use 64, 128, 256).
+    """
+
+    def __init__(self, in_shape, depth: int = 20, widths=(16, 32, 64), num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        planes = widths[0]
+        stages = []
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(planes, w, stride=2 if (i > 0 and j == 0) else 1))
+                planes = w
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("resnet", "CIFAR-style ResNet (depth=6n+2, widths=[16,32,64])")
+def resnet(in_shape, num_classes, depth=20, widths=(16, 32, 64)):
+    return ResNet(in_shape, depth, tuple(widths), num_classes)
+
+
+for _depth in (8, 14, 20, 32, 56):
+    register_model(f"resnet{_depth}", f"CIFAR-style ResNet-{_depth}, widths 16-32-64")(
+        lambda in_shape, num_classes, _d=_depth: ResNet(in_shape, _d, (16, 32, 64), num_classes))
+
