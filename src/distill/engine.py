@@ -176,7 +176,9 @@ class Distiller:
                 raise DistillError("teacher and student share parameters; pass a separate (copied) teacher")
             teacher = LiveTeacher(teacher, teacher_taps)
         self.teacher = teacher
-        self.accelerator = Accelerator(cpu=self.config.cpu, mixed_precision=self.config.mixed_precision,
+        # Several processes without CUDA (torchrun on CPUs) need cpu=True for Accelerate to use gloo.
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(cpu=self.config.cpu or multi_cpu, mixed_precision=self.config.mixed_precision,
                                        gradient_accumulation_steps=self.config.grad_accum,
                                        step_scheduler_with_optimizer=False)
 

@@ -51,8 +51,13 @@ def _teacher_key(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _say(message: str) -> None:
-    print(message, flush=True)
+    if _main_process():
+        print(message, flush=True)
 
 
 def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tuple[torch.nn.Module, dict]:
@@ -79,7 +84,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tu
                         run_dir=own, config=config)
     trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
-    if spec.cache:
+    if spec.cache and _main_process():
         cached.mkdir(parents=True, exist_ok=True)
         tmp = cached / "teacher.safetensors.tmp"
         save_model(teacher, str(tmp))
@@ -105,8 +110,9 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     started = time.perf_counter()
     trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": [h["time"] for h in trainer.history]}
-    summary = json.loads((own / "summary.json").read_text())
-    (own / "summary.json").write_text(json.dumps({**summary, "info": info}, indent=2))
+    if _main_process():
+        summary = json.loads((own / "summary.json").read_text())
+        (own / "summary.json").write_text(json.dumps({**summary, "info": info}, indent=2))
     return student, info
 
 
@@ -142,9 +148,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
                "latency_batch_size": len(sample), "rows": rows}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = format_table(summary)
-    (run_dir / "summary.md").write_text(f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
+    if _main_process():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "summary.md").write_text(f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
     _say("\n" + table)
     return summary
 

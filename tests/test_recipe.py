@@ -1,0 +1,85 @@
+import pytest
+
+from distill.recipe import RecipeError, dump_recipe, load_recipe, parse_recipe, read_recipe_tree
+
+
+def test_bundled_recipes_validate():
+    for name in ("default", "digits", "hinton-mnist"):
+        recipe = load_recipe(name)
+        assert recipe.methods and recipe.student.model
+
+
+def test_overrides_are_applied_and_typed():
+    recipe = load_recipe("digits", ["train.epochs=3", "student.options.hidden=[16, 8]", "methods.1.temperature=2",
+                                    "data.augment.shift=1"])
+    assert recipe.train.epochs == 3
+    assert recipe.student.options["hidden"] == [16, 8]
+    assert recipe.methods[1].build()[-1].params["temperature"] == 2
+    assert recipe.data.augment.shift == 1
+
+
+def test_dumped_recipe_reads_back_the_same():
+    recipe = load_recipe("default", ["train.epochs=2"])
+    import yaml
+
+    again = parse_recipe(yaml.safe_load(dump_recipe(recipe)))
+    assert again == recipe
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.epoch=3", "train.epoch"),               # unknown key
+        ("train.epochs=many", "train.epochs"),          # wrong type
+        ("train.epochs=0", "train.epochs"),             # out of range
+        ("train.optimizer=lbfgs", "train.optimizer"),   # not a choice
+        ("student.model=resnet9000", "student.model"),  # unknown model
+        ("data.dataset=imagenet", "data.dataset"),      # unknown dataset
+        ("teacher.checkpoint=/no/such/file.safetensors", "teacher.checkpoint"),  # missing file
+        ("methods.1.temprature=2", "methods.1"),        # unknown method parameter
+        ("methods.0.method=magic", "methods.0"),        # unknown method
+        ("bogus=1", "bogus"),                           # unknown top-level key
+    ],
+)
+def test_bad_recipes_name_the_field(override, field):
+    with pytest.raises(RecipeError) as err:
+        load_recipe("digits", [override])
+    message = str(err.value)
+    assert f"'{field}'" in message, message
+    assert "\n" not in message
+
+
+def test_method_needing_a_teacher_without_one():
+    tree = read_recipe_tree("digits")
+    del tree["teacher"]
+    with pytest.raises(RecipeError, match="needs a teacher"):
+        parse_recipe(tree)
+
+
+def test_custom_terms_in_a_recipe():
+    tree = read_recipe_tree("digits")
+    tree["methods"] = [{"label": "mine", "terms": [{"loss": "ce", "weight": 0.3},
+                                                   {"loss": "kd", "weight": 0.7, "temperature": 3}]}]
+    terms = parse_recipe(tree).methods[0].build()
+    assert [t.name for t in terms] == ["ce", "kd"]
+    assert terms[0].teacher is None and terms[0].labels
+    assert terms[1].params == {"temperature": 3}
+    tree["methods"][0]["terms"][1]["temp"] = 3
+    with pytest.raises(RecipeError, match="temp"):
+        parse_recipe(tree)
+
+
+def test_missing_recipe_file_and_bad_set_syntax(tmp_path):
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe("digits", ["train.epochs"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(bad)
+
+
+def test_train_seed_is_refused_in_favour_of_the_top_level_seed():
+    with pytest.raises(RecipeError, match="top-level 'seed'"):
+        load_recipe("digits", ["train.seed=3"])
