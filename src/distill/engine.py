@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -98,6 +99,20 @@ class StudentWithTaps(nn.Module):
         for name, tap in self.connector_inputs.items():
             values[f"{name}<-{tap}"] = self.connectors[name](values[tap])
         return values
+
+
+def _make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # Accelerate keeps one process-wide state; a second Distiller in the same process with another
+    # precision (a bf16 student after a float32 teacher) needs that state cleared first.
+    # The process group (PartialState) is kept.
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    # Several processes without CUDA (torchrun on CPUs) need cpu=True for Accelerate to use gloo.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=cfg.cpu or multi_cpu, mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
 
 
 def _build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -176,11 +191,7 @@ class Distiller:
                 raise DistillError("teacher and student share parameters; pass a separate (copied) teacher")
             teacher = LiveTeacher(teacher, teacher_taps)
         self.teacher = teacher
-        # Several processes without CUDA (torchrun on CPUs) need cpu=True for Accelerate to use gloo.
-        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(cpu=self.config.cpu or multi_cpu, mixed_precision=self.config.mixed_precision,
-                                       gradient_accumulation_steps=self.config.grad_accum,
-                                       step_scheduler_with_optimizer=False)
+        self.accelerator = _make_accelerator(self.config)
 
     # ----------------------------------------------------------------- set-up
     def _probe(self, batch) -> StudentWithTaps:
@@ -300,6 +311,10 @@ class Distiller:
                 record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
             self.history.append(record)
             self._log(record)
+            if cfg.progress and acc.is_local_main_process:
+                val_text = f"  val acc {record['val/accuracy']:.2f}%" if "val/accuracy" in record else ""
+                tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{val_text}"
+                           f"  ({record['time']:.1f}s)")
             self._save_checkpoint(epoch + 1, global_step, optimizer, scheduler)
         if self.run_dir is not None and acc.is_main_process:
             self.save(self.run_dir / "student.safetensors")

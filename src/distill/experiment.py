@@ -172,6 +172,12 @@ def format_table(summary: dict) -> str:
         speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         lines.append(f"| {name} | {row['params']:,} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
                      f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
+    scratch = next((r for r in summary["rows"] if r["label"] == "scratch"), None)
+    if scratch is not None:
+        for row in summary["rows"]:
+            if row["role"] == "student" and row is not scratch:
+                delta = row["test_accuracy"] - scratch["test_accuracy"]
+                lines.append(f"\n{row['label']} vs scratch: {delta:+.2f} points of test accuracy")
     return "\n".join(lines)
 
 
