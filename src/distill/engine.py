@@ -86,13 +86,16 @@ class StudentWithTaps(nn.Module):
     inside this module's forward keeps distributed gradient sync correct.
     """
 
-    def __init__(self, student: nn.Module, taps, connectors: dict[str, tuple[str, nn.Module]] | None = None):
+    def __init__(self, student: nn.Module, taps):
         super().__init__()
         self.student = student
         self.recorder = TapRecorder(student, taps, model_name="student")
-        connectors = connectors or {}
-        self.connectors = nn.ModuleDict({name: module for name, (_, module) in connectors.items()})
-        self.connector_inputs = {name: tap for name, (tap, _) in connectors.items()}
+        self.connectors = nn.ModuleDict()
+        self.connector_inputs: dict[str, str] = {}
+
+    def add_connector(self, name: str, tap: str, module: nn.Module) -> None:
+        self.connectors[name] = module
+        self.connector_inputs[name] = tap
 
     def forward(self, inputs) -> dict[str, torch.Tensor]:
         values = self.recorder.collect(run_model(self.student, inputs))
@@ -196,23 +199,18 @@ class Distiller:
     # ----------------------------------------------------------------- set-up
     def _probe(self, batch) -> StudentWithTaps:
         """Run one batch through both models: check every tap and term, build connectors."""
-        student_taps = list(dict.fromkeys(t.student for t in self.terms))
-        probe = StudentWithTaps(self.student, student_taps)
+        model = StudentWithTaps(self.student, [t.student for t in self.terms])
         was_training = self.student.training
         self.student.eval()
         try:
             with torch.no_grad():
-                s_values = probe(batch["input"])
+                s_values = model(batch["input"])
                 t_values = self.teacher(batch) if self.teacher is not None else {}
-                connectors = {}
                 for term in self.terms:
                     if term.connector:
-                        shape_s, shape_t = s_values[term.student].shape, t_values[term.teacher].shape
-                        module = build_connector(shape_s, shape_t, term.connector).to(s_values[term.student].device)
-                        connectors[term.name.replace(".", "_")] = (term.student, module)
-                probe.recorder.remove()
-                model = StudentWithTaps(self.student, student_taps, connectors)
-                model.eval()
+                        source = s_values[term.student]
+                        connector = build_connector(source.shape, t_values[term.teacher].shape, term.connector)
+                        model.add_connector(term.name, term.student, connector.to(source.device))
                 s_values = model(batch["input"])
                 for term in self.terms:
                     try:

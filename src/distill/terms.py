@@ -69,7 +69,8 @@ class Term:
         elif not callable(fn):
             raise TermError(f"a term needs a loss function or a loss name, got {fn!r}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "term")
+        # the name keys logs and the connector (a ModuleDict key: no dots)
+        self.name = (name or getattr(fn, "__name__", "term")).replace(".", "_")
         self.weight = weight
         self.student = student or binding.get("student", "logits")
         self.teacher = binding.get("teacher", "logits") if teacher is ... else teacher
