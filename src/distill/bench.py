@@ -34,6 +34,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         reference={"teacher": 67, "scratch": 146, "kd": 74},
         reference_name="Hinton et al. 2015",
     ),
+    "digits": Benchmark(
+        recipe="digits",
+        description="the seconds-long digits recipe over seeds (checks the benchmark machinery)",
+        quick=["teacher.train.epochs=1", "train.epochs=1"],
+    ),
     "demo": Benchmark(
         recipe="default",
         description="the default demo (CNN -> MLP on Fashion-MNIST, scratch vs KD) over seeds",
