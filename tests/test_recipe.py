@@ -83,3 +83,30 @@ def test_missing_recipe_file_and_bad_set_syntax(tmp_path):
 def test_train_seed_is_refused_in_favour_of_the_top_level_seed():
     with pytest.raises(RecipeError, match="top-level 'seed'"):
         load_recipe("digits", ["train.seed=3"])
+
+
+def test_teacher_checkpoints_must_be_safetensors(tmp_path):
+    pickle_file = tmp_path / "teacher.pt"
+    pickle_file.write_bytes(b"not loaded")
+    with pytest.raises(RecipeError, match="only .safetensors"):
+        load_recipe("digits", [f"teacher.checkpoint={pickle_file}"])
+
+
+def test_a_teacher_checkpoint_is_used_instead_of_training(tmp_path, cache_dir):
+    from safetensors.torch import save_model
+
+    from distill.experiment import run_recipe
+    from distill.zoo import build_model
+
+    recipe = load_recipe("digits", ["train.epochs=1", "train.progress=false"])
+    teacher = build_model("cnn", (1, 8, 8), 10, **recipe.teacher.options)
+    save_model(teacher, str(tmp_path / "t.safetensors"))
+    recipe = load_recipe("digits", ["train.epochs=1", "train.progress=false", f"teacher.checkpoint={tmp_path / 't.safetensors'}"])
+    summary = run_recipe(recipe, tmp_path / "run")
+    assert summary["rows"][0]["source"] == str(tmp_path / "t.safetensors")
+    assert not (tmp_path / "run" / "teacher").exists()  # nothing trained
+    wrong = build_model("mlp", (1, 8, 8), 10, hidden=[3])
+    save_model(wrong, str(tmp_path / "wrong.safetensors"))
+    recipe = load_recipe("digits", [f"teacher.checkpoint={tmp_path / 'wrong.safetensors'}"])
+    with pytest.raises(RecipeError, match="teacher.checkpoint"):
+        run_recipe(recipe, tmp_path / "run2")

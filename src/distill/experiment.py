@@ -66,7 +66,12 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tu
     seed_everything(recipe.seed)
     teacher = _build(spec, data)
     if spec.checkpoint is not None:
-        load_model(teacher, str(spec.checkpoint))
+        try:
+            load_model(teacher, str(spec.checkpoint))
+        except (RuntimeError, OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RecipeError(f"recipe field 'teacher.checkpoint': cannot load {spec.checkpoint} into "
+                              f"{spec.model}: {first}") from None
         return teacher, {"source": str(spec.checkpoint)}
     cached = cache_dir() / "teachers" / _teacher_key(recipe)
     if spec.cache and (cached / "teacher.safetensors").is_file():
