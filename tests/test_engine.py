@@ -154,3 +154,34 @@ def test_lr_schedule_and_clipping(digits):
     d.fit(digits.train)
     assert d.history[0]["lr"] == pytest.approx(0.1, rel=1e-6)  # end of warm-up
     assert d.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # end of cosine
+
+
+def test_cached_teacher_matches_the_live_teacher(digits, teacher):
+    from distill.cache import CachedTeacher
+    from distill.teacher import LiveTeacher
+
+    live = LiveTeacher(teacher, ["logits", "features.0"])
+    cached = CachedTeacher(live, digits.train, batch_size=500)
+    batch = digits.train.__getitems__([5, 0, 77, 1200])
+    a, b = live(batch), cached(batch)
+    for tap in ("logits", "features.0"):
+        assert torch.allclose(a[tap], b[tap], atol=1e-5), tap
+
+
+def test_cache_teacher_trains_like_the_live_teacher(digits, teacher):
+    results = []
+    for cache in (False, True):
+        seed_everything(0)
+        student = build_model("mlp", digits.input_shape, hidden=[32])
+        d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=3, lr=1e-2,
+                      batch_size=64, progress=False, cache_teacher=cache)
+        d.fit(digits.train, digits.val)
+        results.append([h["val/accuracy"] for h in d.history])
+    assert results[0] == pytest.approx(results[1], abs=1.0)  # equal up to float rounding of batched teacher passes
+
+
+def test_cache_teacher_with_augmentation_is_refused(digits, teacher):
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    d = Distiller(student, teacher, [Term("kd")], augment=RandomShift(1), cache_teacher=True, progress=False)
+    with pytest.raises(DistillError, match="augmentation"):
+        d.fit(digits.train)

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from distill.cache import CachedTeacher
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
@@ -69,6 +70,8 @@ class TrainConfig(BaseModel):
     progress: bool = True
     num_workers: int = Field(0, ge=0)
     cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
+    cache_teacher: bool = Field(False, description="run the teacher once over the training set and reuse its "
+                                "outputs every epoch (only without augmentation)")
 
 
 def seed_everything(seed: int) -> None:
@@ -246,6 +249,11 @@ class Distiller:
         if self.teacher is not None:
             self.teacher.to(device)
 
+        if cfg.cache_teacher and isinstance(self.teacher, LiveTeacher):
+            if self.augment is not None:
+                raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
+                                   "drop the augmentation or set cache_teacher to false")
+            self.teacher = CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress)
         first = collate([train[i] for i in range(min(len(train), cfg.batch_size))])
         first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
         model = self._probe(first)
