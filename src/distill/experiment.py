@@ -133,6 +133,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     except OSError as err:
         raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
     _say(f"run directory: {run_dir}")
+    started = time.perf_counter()
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)
     rows = []
     teacher = None
@@ -152,12 +153,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
-               "latency_batch_size": len(sample), "rows": rows}
+               "latency_batch_size": len(sample), "wall_seconds": time.perf_counter() - started, "rows": rows}
     table = format_table(summary)
     if _main_process():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         (run_dir / "summary.md").write_text(f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
-    _say("\n" + table)
+    _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
 
 
