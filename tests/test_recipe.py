@@ -110,3 +110,13 @@ def test_a_teacher_checkpoint_is_used_instead_of_training(tmp_path, cache_dir):
     recipe = load_recipe("digits", [f"teacher.checkpoint={tmp_path / 'wrong.safetensors'}"])
     with pytest.raises(RecipeError, match="teacher.checkpoint"):
         run_recipe(recipe, tmp_path / "run2")
+
+
+def test_teacher_cache_key_ignores_settings_that_do_not_change_training():
+    from distill.experiment import _teacher_key
+
+    base = _teacher_key(load_recipe("digits"))
+    assert _teacher_key(load_recipe("digits", ["teacher.train.progress=false", "teacher.train.log_every=7"])) == base
+    assert _teacher_key(load_recipe("digits", ["teacher.train.lr=0.5"])) != base
+    assert _teacher_key(load_recipe("digits", ["seed=1"])) != base
+    assert _teacher_key(load_recipe("digits", ["train.epochs=2"])) == base  # the students' schedule

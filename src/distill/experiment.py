@@ -43,8 +43,13 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
         raise RecipeError(f"model {spec.model!r} options: {err}") from None
 
 
+# TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
+_NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
+
+
 def _teacher_key(recipe: Recipe) -> str:
-    spec = recipe.teacher.model_dump(mode="json", exclude={"cache", "checkpoint"})
+    spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True,
+                                                           "train": _NOT_TRAINING})
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed, "format": 1}
     if recipe.teacher.augment is None:
         payload["teacher"]["augment"] = recipe.data.augment.model_dump()
