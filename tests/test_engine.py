@@ -185,3 +185,12 @@ def test_cache_teacher_with_augmentation_is_refused(digits, teacher):
     d = Distiller(student, teacher, [Term("kd")], augment=RandomShift(1), cache_teacher=True, progress=False)
     with pytest.raises(DistillError, match="augmentation"):
         d.fit(digits.train)
+
+
+def test_count_macs_by_hand():
+    from distill.evaluation import count_macs
+
+    mlp = build_model("mlp", (1, 4, 4), 3, hidden=[5])
+    assert count_macs(mlp, torch.zeros(2, 1, 4, 4)) == 16 * 5 + 5 * 3
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    assert count_macs(conv, torch.zeros(3, 2, 6, 6)) == 4 * 36 * 2 * 9 + 144 * 2

@@ -64,6 +64,8 @@ def aggregate(summaries: list[dict]) -> list[dict]:
                 "test_accuracy": acc, "test_errors": err, "val_accuracy": val,
                 "per_seed_errors": [r["test_errors"] for r in rows],
                 "ms_per_batch": statistics.fmean(r["seconds_per_batch"] for r in rows) * 1000}
+        if all("macs" in r for r in rows):
+            item["macs"] = rows[0]["macs"]
         if all("train_seconds" in r for r in rows):
             item["train_seconds"] = statistics.fmean(r["train_seconds"] for r in rows)
         if all("speedup" in r for r in rows):
@@ -74,14 +76,17 @@ def aggregate(summaries: list[dict]) -> list[dict]:
 
 def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
     ref = bool(bench.reference)
-    head = "| model | params | test errors (of 10k) | test accuracy (%) | val accuracy (%) | CPU ms / batch | speed-up |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|"
+    head = ("| model | params | MACs / image | test errors | test accuracy (%) | val accuracy (%) | CPU ms / batch "
+            "| speed-up |")
+    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if ref:
         head += f" {bench.reference_name} errors |"
         sep += "---:|"
     lines = [head, sep]
     for r in rows:
-        line = (f"| {r['label']} ({r['model']}) | {r['params']:,} | {r['test_errors'][0]:.1f} ± {r['test_errors'][1]:.1f} | "
+        macs = f"{r['macs']:,}" if "macs" in r else "-"
+        line = (f"| {r['label']} ({r['model']}) | {r['params']:,} | {macs} | "
+                f"{r['test_errors'][0]:.1f} ± {r['test_errors'][1]:.1f} | "
                 f"{r['test_accuracy'][0]:.2f} ± {r['test_accuracy'][1]:.2f} | "
                 f"{r['val_accuracy'][0]:.2f} ± {r['val_accuracy'][1]:.2f} | {r['ms_per_batch']:.2f} | "
                 f"{r.get('speedup', 1.0):.1f}x |")

@@ -1,6 +1,7 @@
 """Measuring a model: accuracy, size and inference time."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -44,6 +45,36 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Multiply-accumulate operations of one forward pass per sample, counted over ``nn.Linear`` and ``nn.Conv*`` layers."""
+    total = 0
+
+    def linear(module, args, output):
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    def conv(module, args, output):
+        nonlocal total
+        total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear))
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            handles.append(module.register_forward_hook(conv))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            run_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total // len(inputs)
 
 
 def inference_time(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
-from distill.evaluation import count_parameters, evaluate, inference_time
+from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
 from distill.terms import Term
 from distill.zoo import build_model, load_dataset
@@ -147,12 +147,14 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     if recipe.teacher is not None:
         teacher, info = get_teacher(recipe, data, run_dir, resume)
         rows.append({"role": "teacher", "label": "teacher", "model": recipe.teacher.model,
-                     "params": count_parameters(teacher), **_scores(teacher, data),
+                     "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
+                     **_scores(teacher, data),
                      "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
     for method in recipe.methods:
         student, info = train_student(recipe, method, data, teacher, run_dir, resume)
         rows.append({"role": "student", "label": method.name, "model": recipe.student.model,
-                     "params": count_parameters(student), **_scores(student, data),
+                     "params": count_parameters(student), "macs": count_macs(student, sample[:8]),
+                     **_scores(student, data),
                      "seconds_per_batch": inference_time(student, sample, **timing), **info})
     if teacher is not None:
         for row in rows:
@@ -176,12 +178,14 @@ def _scores(model, data) -> dict:
 def format_table(summary: dict) -> str:
     """A markdown table: parameters, test accuracy, inference time and speed-up of every model."""
     n = summary["latency_batch_size"]
-    lines = [f"| model | params | test acc (%) | test errors | CPU ms / batch of {n} | speed-up vs teacher |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| model | params | MACs / image | test acc (%) | test errors | CPU ms / batch of {n} "
+             "| speed-up vs teacher |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in summary["rows"]:
         name = f"{row['label']} ({row['model']})"
         speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
-        lines.append(f"| {name} | {row['params']:,} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
+        macs = f"{row['macs']:,}" if "macs" in row else "-"
+        lines.append(f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
                      f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
     scratch = next((r for r in summary["rows"] if r["label"] == "scratch"), None)
     if scratch is not None:
