@@ -120,3 +120,7 @@ def test_teacher_cache_key_ignores_settings_that_do_not_change_training():
     assert _teacher_key(load_recipe("digits", ["teacher.train.lr=0.5"])) != base
     assert _teacher_key(load_recipe("digits", ["seed=1"])) != base
     assert _teacher_key(load_recipe("digits", ["train.epochs=2"])) == base  # the students' schedule
+    # the students' augmentation does not change a teacher with its own augmentation
+    fixed = load_recipe("digits", ["teacher.augment={shift: 1}"])
+    assert _teacher_key(load_recipe("digits", ["teacher.augment={shift: 1}", "data.augment.shift=2"])) == _teacher_key(fixed)
+    assert _teacher_key(load_recipe("digits", ["data.augment.shift=2"])) != base  # ... but does when it is shared

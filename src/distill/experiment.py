@@ -50,9 +50,9 @@ _NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "num_workers", "ev
 def _teacher_key(recipe: Recipe) -> str:
     spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True,
                                                            "train": _NOT_TRAINING})
-    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json"), "seed": recipe.seed, "format": 1}
-    if recipe.teacher.augment is None:
-        payload["teacher"]["augment"] = recipe.data.augment.model_dump()
+    spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
+    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment"}),
+               "seed": recipe.seed, "format": 1}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
