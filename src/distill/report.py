@@ -50,7 +50,7 @@ def _plot_losses(runs: dict[str, list[dict]], path: Path) -> None:
                 color = None
             key = "train/loss" if term == "loss" else f"train/{term}"
             ax.plot([r["step"] for r in epochs], [r[key] for r in epochs], "o-", ms=3, color=color,
-                    label=f"{term} (epoch mean)")
+                    label=f"{'total' if term == 'loss' else term} (epoch mean)")
         ax.set_title(name)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("loss")
