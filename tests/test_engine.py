@@ -194,3 +194,44 @@ def test_count_macs_by_hand():
     assert count_macs(mlp, torch.zeros(2, 1, 4, 4)) == 16 * 5 + 5 * 3
     conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     assert count_macs(conv, torch.zeros(3, 2, 6, 6)) == 4 * 36 * 2 * 9 + 144 * 2
+
+
+class NaNAfter:
+    """A loss term that turns NaN from the n-th call on (a stand-in for a diverging term)."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+        self.__name__ = "exploding"
+
+    def __call__(self, student_logits, teacher_logits):
+        self.calls += 1
+        value = (student_logits - teacher_logits).pow(2).mean()
+        return value * float("nan") if self.calls > self.n else value
+
+
+def test_nonfinite_loss_stops_naming_the_term_and_keeps_the_checkpoint(digits, teacher, tmp_path):
+    from distill.engine import NonFiniteLoss
+
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    batches = -(-len(digits.train) // 256)
+    term = Term(NaNAfter(1 + batches + 3), 0.1)  # probe call + one good epoch + 3 batches
+    d = Distiller(student, teacher, [Term("ce"), term], epochs=3, batch_size=256, progress=False, run_dir=tmp_path)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, batch 4: term exploding = nan"):
+        d.fit(digits.train)
+    ckpt = tmp_path / "checkpoints" / "epoch-0001" / "model.safetensors"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001"]
+    assert all(torch.isfinite(v).all() for v in load_file(ckpt).values())
+
+
+def test_nonfinite_loss_can_skip_the_step(digits, teacher, tmp_path):
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    term = Term(NaNAfter(4), 0.1)
+    d = Distiller(student, teacher, [Term("ce"), term], epochs=1, batch_size=256, progress=False,
+                  nonfinite="skip", run_dir=tmp_path)
+    d.fit(digits.train)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    batches = -(-len(digits.train) // 256)
+    assert d.history[-1]["skipped_steps"] == batches - 3  # the probe and two batches were finite
+    assert '"event": "skipped"' in (tmp_path / "metrics.jsonl").read_text()

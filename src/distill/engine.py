@@ -44,6 +44,10 @@ class DistillError(ValueError):
     """A problem with the user's set-up (taps, terms, shapes), reported in one line."""
 
 
+class NonFiniteLoss(DistillError):
+    """A loss term became NaN or infinite; the message names it."""
+
+
 class TrainConfig(BaseModel):
     """How the student is trained. Also the ``train:`` section of a recipe."""
 
@@ -70,6 +74,8 @@ class TrainConfig(BaseModel):
     progress: bool = True
     num_workers: int = Field(0, ge=0)
     cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
+    nonfinite: Literal["stop", "skip"] = Field("stop", description="what a NaN or infinite loss does: stop the run "
+                                               "(the last checkpoint stays intact) or skip that optimiser step")
     cache_teacher: bool = Field(False, description="run the teacher once over the training set and reuse its "
                                 "outputs every epoch (only without augmentation)")
 
@@ -279,7 +285,7 @@ class Distiller:
             loader.set_epoch(epoch)
             aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7)
             sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
-            count, started = 0, time.perf_counter()
+            count, skipped, started = 0, 0, time.perf_counter()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
             for i, batch in enumerate(bar):
@@ -292,6 +298,11 @@ class Distiller:
                         s_values = model(batch["input"])
                     parts = {t.name: t(s_values, t_values, batch.get("label")) for t in self.terms}
                     loss = sum(t.weight_at(progress) * parts[t.name] for t in self.terms)
+                    if not self._finite(loss):
+                        self._nonfinite(parts, loss, epoch, i)
+                        skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.clip_grad_norm:
                         acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
@@ -313,6 +324,8 @@ class Distiller:
             record = {"event": "epoch", "epoch": epoch + 1, "step": global_step,
                       "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
                       **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
+            if skipped:
+                record["skipped_steps"] = skipped
             if val is not None:
                 record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
             self.history.append(record)
@@ -328,6 +341,24 @@ class Distiller:
                        "final": self.history[-1] if self.history else {}}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return self.history
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.accelerator.num_processes > 1:  # every process must skip or stop together
+            bad = self.accelerator.reduce(bad, "sum")
+        return not bool(bad)
+
+    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int) -> None:
+        """Stop with the offending term's name, or (``nonfinite: skip``) log the skipped step."""
+        culprits = [f"{name} = {float(v.detach())}" for name, v in parts.items() if not torch.isfinite(v.detach())]
+        what = "term " + ", ".join(culprits) if culprits else f"the weighted sum of the terms = {float(loss.detach())}"
+        where = f"epoch {epoch + 1}, batch {batch + 1}"
+        if self.config.nonfinite == "skip":
+            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "reason": what})
+            return
+        kept = "; the last checkpoint is kept" if self.run_dir is not None else ""
+        raise NonFiniteLoss(f"non-finite loss at {where}: {what}{kept} (lower the learning rate, clip gradients, "
+                            "or set nonfinite: skip)")
 
     def evaluate(self, dataset, batch_size: int | None = None) -> dict[str, float]:
         """Accuracy and cross-entropy of the student's logits on ``dataset``."""
