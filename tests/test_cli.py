@@ -113,3 +113,9 @@ def test_resume_an_interrupted_run(tmp_path, cache_dir):
     assert (kd / "student.safetensors").read_bytes() == final
     assert json.loads((run_dir / "summary.json").read_text())["rows"][-1]["label"] == "kd"
     assert main(["run", "--resume", str(tmp_path / "missing")]) == 2
+
+
+def test_bad_model_options_are_one_line(capsys, tmp_path):
+    assert main(["run", "digits", "--set", "student.options.hidden=[-3]", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "model 'mlp' options" in capsys.readouterr().err
+    assert main(["run", "digits", "--set", "student.options.widths=[3]", "--run-dir", str(tmp_path / "s")]) == 2

@@ -124,3 +124,10 @@ def test_teacher_cache_key_ignores_settings_that_do_not_change_training():
     fixed = load_recipe("digits", ["teacher.augment={shift: 1}"])
     assert _teacher_key(load_recipe("digits", ["teacher.augment={shift: 1}", "data.augment.shift=2"])) == _teacher_key(fixed)
     assert _teacher_key(load_recipe("digits", ["data.augment.shift=2"])) != base  # ... but does when it is shared
+
+
+@pytest.mark.parametrize("override, needle", [("methods.1.temperature='4'", "temperature"),
+                                              ("methods.1.alpha=2", "alpha"), ("methods.1.alpha=null", "alpha")])
+def test_method_parameters_are_type_and_range_checked(override, needle):
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe("digits", [override])

@@ -35,6 +35,7 @@ from distill.cache import CachedTeacher
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
+from distill.lock import RunDirLocked, RunLock
 from distill.taps import TapRecorder
 from distill.teacher import LiveTeacher, run_model
 from distill.terms import Term, unique_names
@@ -244,7 +245,24 @@ class Distiller:
 
     # ---------------------------------------------------------------- training
     def fit(self, train, val=None, *, resume: bool = False) -> list[dict]:
-        """Train for ``config.epochs`` epochs; evaluate on ``val`` after each. Returns the per-epoch history."""
+        """Train for ``config.epochs`` epochs; evaluate on ``val`` after each. Returns the per-epoch history.
+
+        With a ``run_dir``, the directory is locked for this process while it trains.
+        """
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return self._fit(train, val, resume)
+        try:
+            lock = RunLock(self.run_dir).acquire()
+        except RunDirLocked as err:
+            raise DistillError(str(err)) from None
+        except OSError as err:
+            raise DistillError(f"cannot write the run directory {self.run_dir}: {err.strerror}") from None
+        try:
+            return self._fit(train, val, resume)
+        finally:
+            lock.release()
+
+    def _fit(self, train, val, resume: bool) -> list[dict]:
         cfg, acc = self.config, self.accelerator
         train = as_dataset(train)
         val = as_dataset(val) if val is not None else None

@@ -22,6 +22,7 @@ from safetensors.torch import load_model, save_model
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
+from distill.lock import RunDirLocked, RunLock
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
 from distill.terms import Term
 from distill.zoo import build_model, load_dataset
@@ -39,8 +40,9 @@ def _augment(spec: AugmentSpec | None):
 def _build(spec: ModelSpec, data) -> torch.nn.Module:
     try:
         return build_model(spec.model, data.input_shape, data.num_classes, **spec.options)
-    except TypeError as err:
-        raise RecipeError(f"model {spec.model!r} options: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"model {spec.model!r} options {spec.options}: {first}") from None
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
@@ -132,11 +134,23 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = recipe.output_dir / f"{recipe.name}-{stamp}"
     run_dir = Path(run_dir)
+    lock = RunLock(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        if _main_process():
+            lock.acquire()
+            (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     except OSError as err:
         raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
+    except RunDirLocked as err:
+        raise RecipeError(str(err)) from None
+    try:
+        return _run_recipe(recipe, run_dir, resume)
+    finally:
+        lock.release()
+
+
+def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
     _say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)

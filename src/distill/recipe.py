@@ -11,12 +11,13 @@ message is one line naming the field.
 from __future__ import annotations
 
 import inspect
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from distill.engine import TrainConfig
 from distill.methods import METHODS
@@ -34,12 +35,19 @@ class _Strict(BaseModel):
 
 
 def _check_params(fn, params: dict, what: str) -> None:
+    """Every key must be a parameter of ``fn`` and every value must fit its type annotation."""
     accepted = inspect.signature(fn).parameters
-    for key in params:
+    hints = typing.get_type_hints(fn)
+    for key, value in params.items():
         if key not in accepted:
             options = ", ".join(p for p in accepted if p not in ("student_logits", "teacher_logits", "labels",
                                                                    "student_features", "teacher_features"))
             raise ValueError(f"{what} has no parameter {key!r} (accepted: {options or 'none'})")
+        if key in hints:
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError as err:
+                raise ValueError(f"{what} parameter {key!r}: {err.errors()[0]['msg']}, got {value!r}") from None
 
 
 class ModelSpec(_Strict):
@@ -129,6 +137,10 @@ class MethodSpec(BaseModel):
             if self.method not in METHODS:
                 raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
             _check_params(METHODS[self.method], self.model_extra or {}, f"method {self.method!r}")
+            try:
+                self.build()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"method {self.method!r}: {err}") from None
         elif self.model_extra:
             raise ValueError(f"unknown keys {sorted(self.model_extra)} beside 'terms'")
         return self
