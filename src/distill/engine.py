@@ -35,6 +35,7 @@ from distill.cache import CachedTeacher
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
+from distill.fileio import atomic_save_model, atomic_write_dir, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
 from distill.taps import TapRecorder
 from distill.teacher import LiveTeacher, run_model
@@ -151,16 +152,6 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         epoch = step / steps_per_epoch
         return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return 1.0
-
-
-def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory under a temporary name, then rename it into place."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
 class Distiller:
@@ -357,7 +348,7 @@ class Distiller:
             self.save(self.run_dir / "student.safetensors")
             summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms],
                        "final": self.history[-1] if self.history else {}}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return self.history
 
     def _finite(self, loss: torch.Tensor) -> bool:
@@ -398,9 +389,9 @@ class Distiller:
         """Write the student's weights to ``path`` (safetensors) and its connectors beside it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(self.accelerator.unwrap_model(self.student), str(path))
+        atomic_save_model(self.accelerator.unwrap_model(self.student), path)
         if self.model is not None and len(self.model.connectors):
-            save_model(self.model.connectors, str(path.with_name(path.stem + ".connectors.safetensors")))
+            atomic_save_model(self.model.connectors, path.with_name(path.stem + ".connectors.safetensors"))
 
     def _save_checkpoint(self, epoch: int, step: int, optimizer, scheduler) -> None:
         if self.run_dir is None or not self.accelerator.is_main_process:
@@ -420,7 +411,7 @@ class Distiller:
             (tmp / "history.json").write_text(json.dumps(self.history))
 
         checkpoints = self.run_dir / "checkpoints"
-        _atomic_dir_write(checkpoints / f"epoch-{epoch:04d}", write)
+        atomic_write_dir(checkpoints / f"epoch-{epoch:04d}", write)
         for old in sorted(checkpoints.glob("epoch-*"))[: -self.config.keep_checkpoints]:
             if not old.name.endswith(".tmp"):
                 shutil.rmtree(old, ignore_errors=True)
@@ -446,7 +437,7 @@ class Distiller:
             metrics = self.run_dir / "metrics.jsonl"
             kept = [line for line in metrics.read_text().splitlines()
                     if line and json.loads(line).get("epoch", 0) <= state["epoch"]] if metrics.exists() else []
-            metrics.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(metrics, "".join(line + "\n" for line in kept))
         return state["epoch"], state["step"]
 
 

@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
+from distill.fileio import atomic_save_model, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
 from distill.terms import Term
@@ -98,10 +99,8 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tu
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
     if spec.cache and _main_process():
         cached.mkdir(parents=True, exist_ok=True)
-        tmp = cached / "teacher.safetensors.tmp"
-        save_model(teacher, str(tmp))
-        os.replace(tmp, cached / "teacher.safetensors")
-        (cached / "info.json").write_text(json.dumps({"recipe": recipe.name, **info}, indent=2))
+        atomic_save_model(teacher, cached / "teacher.safetensors")
+        atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
     return teacher, info
 
 
@@ -124,7 +123,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": [h["time"] for h in trainer.history]}
     if _main_process():
         summary = json.loads((own / "summary.json").read_text())
-        (own / "summary.json").write_text(json.dumps({**summary, "info": info}, indent=2))
+        atomic_write_text(own / "summary.json", json.dumps({**summary, "info": info}, indent=2))
     return student, info
 
 
@@ -139,7 +138,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
         run_dir.mkdir(parents=True, exist_ok=True)
         if _main_process():
             lock.acquire()
-            (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     except OSError as err:
         raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
     except RunDirLocked as err:
@@ -177,8 +176,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
                "latency_batch_size": len(sample), "wall_seconds": time.perf_counter() - started, "rows": rows}
     table = format_table(summary)
     if _main_process():
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        (run_dir / "summary.md").write_text(f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "summary.md", f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
     _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
 
