@@ -85,11 +85,11 @@ def test_train_seed_is_refused_in_favour_of_the_top_level_seed():
         load_recipe("digits", ["train.seed=3"])
 
 
-def test_teacher_checkpoints_must_be_safetensors(tmp_path):
-    pickle_file = tmp_path / "teacher.pt"
-    pickle_file.write_bytes(b"not loaded")
-    with pytest.raises(RecipeError, match="only .safetensors"):
-        load_recipe("digits", [f"teacher.checkpoint={pickle_file}"])
+def test_teacher_checkpoints_must_be_weight_files(tmp_path):
+    other = tmp_path / "teacher.pkl"
+    other.write_bytes(b"not loaded")
+    with pytest.raises(RecipeError, match="expected .safetensors"):
+        load_recipe("digits", [f"teacher.checkpoint={other}"])
 
 
 def test_a_teacher_checkpoint_is_used_instead_of_training(tmp_path, cache_dir):

@@ -17,12 +17,13 @@ import sys
 def _user_errors() -> tuple[type[BaseException], ...]:
     from distill.connectors import ConnectorError
     from distill.engine import DistillError
+    from distill.fileio import UnsafeFile
     from distill.recipe import RecipeError
     from distill.taps import TapError
     from distill.terms import TermError
     from distill.zoo.datasets import DataMissing
 
-    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError)
+    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError, UnsafeFile)
 
 
 def cmd_run(args) -> int:
@@ -32,14 +33,14 @@ def cmd_run(args) -> int:
     if args.resume:
         if args.recipe or args.set:
             raise _recipe_error("--resume continues a run as it was recorded; drop the recipe and --set")
-        resume_run(args.resume)
+        resume_run(args.resume, trust_pickle=args.trust_pickle)
         return 0
     recipe = load_recipe(args.recipe or "default", args.set or [])
     if args.no_progress:
         recipe.train.progress = False
         if recipe.teacher is not None:
             recipe.teacher.train.progress = False
-    run_recipe(recipe, args.run_dir)
+    run_recipe(recipe, args.run_dir, trust_pickle=args.trust_pickle)
     return 0
 
 
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="directory for this run (default: output_dir/NAME-TIMESTAMP)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoints")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="load teacher or checkpoint files that hold Python objects (they can run code)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="show the available losses, methods, models, datasets, recipes, benchmarks")

@@ -35,7 +35,7 @@ from distill.cache import CachedTeacher
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
-from distill.fileio import atomic_save_model, atomic_write_dir, atomic_write_text
+from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_dir, atomic_write_text, torch_load
 from distill.lock import RunDirLocked, RunLock
 from distill.taps import TapRecorder
 from distill.teacher import LiveTeacher, run_model
@@ -166,6 +166,8 @@ class Distiller:
             applied before teacher and student see the batch, so both see the same view.
         run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
         config: a :class:`TrainConfig`; keyword arguments override its fields.
+        trust_pickle: load checkpoint state that holds arbitrary Python objects (which can run
+            code); off by default, so only tensors and plain containers are read.
 
     Example::
 
@@ -177,12 +179,13 @@ class Distiller:
 
     def __init__(self, student: nn.Module, teacher=None, terms: list[Term] | None = None, *,
                  augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
-                 config: TrainConfig | None = None, **overrides):
+                 config: TrainConfig | None = None, trust_pickle: bool = False, **overrides):
         self.config = TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
         self.student = student
         self.terms = unique_names(list(terms) if terms else [Term("ce")])
         self.augment = augment
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.trust_pickle = trust_pickle
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
         teacher_taps = [t.teacher for t in self.terms if t.teacher is not None]
@@ -424,7 +427,10 @@ class Distiller:
             raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
         ckpt = found[-1]
         load_model(self.model, str(ckpt / "model.safetensors"), device=str(self.accelerator.device))
-        state = torch.load(ckpt / "state.pt", weights_only=True)
+        try:
+            state = torch_load(ckpt / "state.pt", self.trust_pickle)
+        except UnsafeFile as err:
+            raise DistillError(str(err)) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])

@@ -22,7 +22,7 @@ from safetensors.torch import load_model
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
-from distill.fileio import atomic_save_model, atomic_write_text
+from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
 from distill.terms import Term
@@ -68,14 +68,17 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tuple[torch.nn.Module, dict]:
+def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
+                trust_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
     """Load the recipe's teacher from its checkpoint or the cache, or train it."""
     spec = recipe.teacher
     seed_everything(recipe.seed)
     teacher = _build(spec, data)
     if spec.checkpoint is not None:
         try:
-            load_model(teacher, str(spec.checkpoint))
+            load_weights(teacher, spec.checkpoint, trust_pickle)
+        except UnsafeFile as err:
+            raise RecipeError(f"recipe field 'teacher.checkpoint': {err}") from None
         except (RuntimeError, OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RecipeError(f"recipe field 'teacher.checkpoint': cannot load {spec.checkpoint} into "
@@ -94,7 +97,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tu
     config = spec.train.model_copy(update={"seed": recipe.seed})
     started = time.perf_counter()
     trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
-                        run_dir=own, config=config)
+                        run_dir=own, config=config, trust_pickle=trust_pickle)
     trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
     if spec.cache and _main_process():
@@ -104,7 +107,8 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False) -> tu
     return teacher, info
 
 
-def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False):
+def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
+                  trust_pickle: bool = False):
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused."""
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
     student = _build(recipe.student, data)
@@ -117,7 +121,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
     uses_teacher = any(t.teacher is not None for t in terms)
     trainer = Distiller(student, teacher if uses_teacher else None, terms, augment=_augment(recipe.data.augment),
-                        run_dir=own, config=config)
+                        run_dir=own, config=config, trust_pickle=trust_pickle)
     started = time.perf_counter()
     trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": [h["time"] for h in trainer.history]}
@@ -127,7 +131,8 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     return student, info
 
 
-def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> dict:
+def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False,
+               trust_pickle: bool = False) -> dict:
     """Run a recipe end to end and return its summary (also written to ``RUN_DIR/summary.json``)."""
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -144,12 +149,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     except RunDirLocked as err:
         raise RecipeError(str(err)) from None
     try:
-        return _run_recipe(recipe, run_dir, resume)
+        return _run_recipe(recipe, run_dir, resume, trust_pickle)
     finally:
         lock.release()
 
 
-def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
+def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
     _say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)
@@ -158,13 +163,13 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool) -> dict:
     sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
     timing = dict(repeats=recipe.evaluation.latency_repeats)
     if recipe.teacher is not None:
-        teacher, info = get_teacher(recipe, data, run_dir, resume)
+        teacher, info = get_teacher(recipe, data, run_dir, resume, trust_pickle)
         rows.append({"role": "teacher", "label": "teacher", "model": recipe.teacher.model,
                      "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
                      **_scores(teacher, data),
                      "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
     for method in recipe.methods:
-        student, info = train_student(recipe, method, data, teacher, run_dir, resume)
+        student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle)
         rows.append({"role": "student", "label": method.name, "model": recipe.student.model,
                      "params": count_parameters(student), "macs": count_macs(student, sample[:8]),
                      **_scores(student, data),
@@ -209,7 +214,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def resume_run(run_dir: str | Path) -> dict:
+def resume_run(run_dir: str | Path, trust_pickle: bool = False) -> dict:
     """Continue an interrupted ``distill run`` from its run directory."""
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"
@@ -217,4 +222,5 @@ def resume_run(run_dir: str | Path) -> dict:
         raise RecipeError(f"--resume: {run_dir} is not a run directory (no recipe.yaml)")
     import yaml
 
-    return run_recipe(parse_recipe(yaml.safe_load(recipe_file.read_text())), run_dir, resume=True)
+    return run_recipe(parse_recipe(yaml.safe_load(recipe_file.read_text())), run_dir, resume=True,
+                      trust_pickle=trust_pickle)

@@ -40,3 +40,35 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
     write(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+
+
+class UnsafeFile(ValueError):
+    """A file that would run code when loaded, refused without an explicit opt-in."""
+
+
+def torch_load(path: str | os.PathLike, trust_pickle: bool = False):
+    """``torch.load`` that refuses anything but tensors and plain containers unless ``trust_pickle``."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError:
+        raise UnsafeFile(f"{path} holds Python objects that could run code when loaded; refused. If you trust "
+                         "this file, pass trust_pickle=True (command line: --trust-pickle)") from None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, trust_pickle: bool = False) -> None:
+    """Load weights into ``model`` from safetensors, or from a torch file holding a state dict."""
+    from safetensors.torch import load_model
+
+    if Path(path).suffix == ".safetensors":
+        load_model(model, str(path))
+        return
+    state = torch_load(path, trust_pickle)
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    model.load_state_dict(state)

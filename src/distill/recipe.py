@@ -67,8 +67,8 @@ class ModelSpec(_Strict):
     def _existing(cls, v: Path | None) -> Path | None:
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"file not found: {v}")
-        if v is not None and Path(v).suffix != ".safetensors":
-            raise ValueError(f"{v}: only .safetensors weights are loaded (pickle files can run code when loaded)")
+        if v is not None and Path(v).suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+            raise ValueError(f"{v}: expected .safetensors (or a torch state dict: .pt, .pth, .bin)")
         return Path(v).expanduser() if v is not None else None
 
 
