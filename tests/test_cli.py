@@ -106,7 +106,7 @@ def test_resume_an_interrupted_run(tmp_path, cache_dir):
         (kd / name).unlink()
     import shutil
 
-    shutil.rmtree(kd / "checkpoints" / "epoch-0002")
+    shutil.rmtree(sorted((kd / "checkpoints").iterdir())[-1])
     (run_dir / "summary.json").unlink()
     result = run_cli("run", "--resume", str(run_dir), "--no-progress", env_extra={"DISTILL_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr

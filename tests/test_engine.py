@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -119,8 +120,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(digits, teacher, 
     full, d_full = _run(digits, teacher, tmp_path / "full")
     partial = tmp_path / "partial"
     shutil.copytree(tmp_path / "full", partial)
-    shutil.rmtree(partial / "checkpoints" / "epoch-0003")
-    shutil.rmtree(partial / "checkpoints" / "epoch-0002")  # as if killed during epoch 2
+    for later in sorted((partial / "checkpoints").iterdir())[1:]:  # as if killed during epoch 2
+        shutil.rmtree(later)
     resumed, d_res = _run(digits, teacher, partial, resume=True, seed=123)  # different init: must be overwritten
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
@@ -133,8 +134,10 @@ def test_checkpoints_keep_only_the_last_n(digits, teacher, tmp_path):
     seed_everything(0)
     student = build_model("mlp", digits.input_shape, hidden=[8])
     Distiller(student, epochs=4, batch_size=256, progress=False, run_dir=tmp_path, keep_checkpoints=2).fit(digits.train)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0003", "epoch-0004"]
-    assert {"model.safetensors", "state.pt", "history.json"} <= {p.name for p in (tmp_path / "checkpoints" / "epoch-0004").iterdir()}
+    steps = -(-len(digits.train) // 256)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"step-{3 * steps:08d}", f"step-{4 * steps:08d}"]
+    last = tmp_path / "checkpoints" / f"step-{4 * steps:08d}"
+    assert {"model.safetensors", "state.pt", "history.json"} <= {p.name for p in last.iterdir()}
 
 
 def test_gradient_accumulation_steps_the_optimiser_less_often(digits, tmp_path):
@@ -219,8 +222,8 @@ def test_nonfinite_loss_stops_naming_the_term_and_keeps_the_checkpoint(digits, t
     d = Distiller(student, teacher, [Term("ce"), term], epochs=3, batch_size=256, progress=False, run_dir=tmp_path)
     with pytest.raises(NonFiniteLoss, match=r"epoch 2, batch 4: term exploding = nan"):
         d.fit(digits.train)
-    ckpt = tmp_path / "checkpoints" / "epoch-0001" / "model.safetensors"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001"]
+    ckpt = tmp_path / "checkpoints" / f"step-{batches:08d}" / "model.safetensors"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"step-{batches:08d}"]
     assert all(torch.isfinite(v).all() for v in load_file(ckpt).values())
 
 
@@ -235,3 +238,35 @@ def test_nonfinite_loss_can_skip_the_step(digits, teacher, tmp_path):
     batches = -(-len(digits.train) // 256)
     assert d.history[-1]["skipped_steps"] == batches - 3  # the probe and two batches were finite
     assert '"event": "skipped"' in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_resume_from_inside_an_epoch_is_bit_identical(digits, teacher, tmp_path):
+    def run(run_dir, resume=False, seed=0):
+        seed_everything(seed)
+        student = build_model("mlp", digits.input_shape, hidden=[32], dropout=0.2)
+        d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=2, lr=1e-2,
+                      batch_size=64, progress=False, run_dir=run_dir, augment=RandomShift(1), keep_checkpoints=50,
+                      checkpoint_every=5, grad_accum=2)
+        d.fit(digits.train, digits.val, resume=resume)
+        return student, d
+
+    full, d_full = run(tmp_path / "full")
+    checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir())
+    states = [torch.load(c / "state.pt", weights_only=True) for c in checkpoints]
+    mid = [c for c, st in zip(checkpoints, states) if st["position"] is not None and st["epoch"] == 1]
+    assert mid, [c.name for c in checkpoints]
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    cut = mid[len(mid) // 2].name  # a checkpoint inside the second epoch
+    for later in sorted((partial / "checkpoints").iterdir()):
+        if later.name > cut:
+            shutil.rmtree(later)
+    resumed, d_res = run(partial, resume=True, seed=99)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["train/loss"] for h in d_full.history] == [h["train/loss"] for h in d_res.history]
+    assert [h["val/accuracy"] for h in d_full.history] == [h["val/accuracy"] for h in d_res.history]
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    res_lines = (partial / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "time"} for l in lines]
+    assert strip(full_lines) == strip(res_lines)

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-ARGS = ["run", "digits", "--set", "teacher.train.epochs=3", "--set", "train.epochs=4", "--no-progress"]
+ARGS = ["run", "digits", "--set", "teacher.train.epochs=3", "--set", "train.epochs=4", "--no-progress",
+        "--set", "train.checkpoint_every=4", "--set", "teacher.train.checkpoint_every=4"]  # mid-epoch checkpoints too
 
 
 def _start(run_dir: Path, cache: Path) -> subprocess.Popen:

@@ -54,7 +54,7 @@ def test_checkpoint_state_that_runs_code_is_refused_on_resume(tmp_path, digits):
     seed_everything(0)
     d = Distiller(build_model("mlp", digits.input_shape, hidden=[4]), epochs=1, progress=False, run_dir=tmp_path)
     d.fit(digits.train)
-    state = tmp_path / "checkpoints" / "epoch-0001" / "state.pt"
+    state = next((tmp_path / "checkpoints").glob("step-*")) / "state.pt"
     marker = tmp_path / "pwned"
     write_malicious(state, marker)
     again = Distiller(build_model("mlp", digits.input_shape, hidden=[4]), epochs=2, progress=False, run_dir=tmp_path)

@@ -73,6 +73,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps within "
+                                         "an epoch (a resumed run then continues from that batch)")
     progress: bool = True
     num_workers: int = Field(0, ge=0)
     cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
@@ -284,9 +286,9 @@ class Distiller:
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         self.model = acc.unwrap_model(model)
 
-        start_epoch, global_step = 0, 0
+        start_epoch, global_step, position = 0, 0, None
         if resume:
-            start_epoch, global_step = self._load_checkpoint(optimizer, scheduler)
+            start_epoch, global_step, position = self._load_checkpoint(optimizer, scheduler)
         elif self.run_dir is not None and acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "metrics.jsonl").write_text("")
@@ -297,10 +299,20 @@ class Distiller:
             loader.set_epoch(epoch)
             aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7)
             sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
-            count, skipped, started = 0, 0, time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            count, skipped, started, first = 0, 0, time.perf_counter(), 0
+            batches, rng_to_restore = loader, None
+            if position is not None:  # resuming inside this epoch
+                first, sums, count, skipped = position["batch"], position["sums"], position["count"], position["skipped"]
+                aug_gen.set_state(position["aug_rng"])
+                batches, rng_to_restore, position = acc.skip_first_batches(loader, first), position["torch_rng"], None
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, initial=first, total=len(loader),
                        disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
-            for i, batch in enumerate(bar):
+            for i, batch in enumerate(bar, start=first):
+                if rng_to_restore is not None:
+                    # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
+                    # start of the epoch, before the saved state, so the state is put back only now.
+                    torch.set_rng_state(rng_to_restore)
+                    rng_to_restore = None
                 if self.augment is not None:
                     batch = dict(batch, input=self.augment(batch["input"], aug_gen))
                 progress = epoch + i / len(loader)
@@ -311,7 +323,7 @@ class Distiller:
                     parts = {t.name: t(s_values, t_values, batch.get("label")) for t in self.terms}
                     loss = sum(t.weight_at(progress) * parts[t.name] for t in self.terms)
                     if not self._finite(loss):
-                        self._nonfinite(parts, loss, epoch, i)
+                        self._nonfinite(parts, loss, epoch, i, global_step)
                         skipped += 1
                         optimizer.zero_grad(set_to_none=True)
                         continue
@@ -327,6 +339,11 @@ class Distiller:
                     sums[name] += float(value.detach())
                 sums["loss"] += float(loss.detach())
                 count += 1
+                if (acc.sync_gradients and cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0
+                        and i + 1 < len(loader)):
+                    self._save_checkpoint(epoch, global_step, optimizer, scheduler, position={
+                        "batch": i + 1, "sums": sums, "count": count, "skipped": skipped,
+                        "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
                 if acc.sync_gradients and global_step % cfg.log_every == 0:
                     self._log({"event": "step", "epoch": epoch + 1, "step": global_step,
                                "lr": scheduler.get_last_lr()[0], "loss": float(loss.detach()),
@@ -360,13 +377,13 @@ class Distiller:
             bad = self.accelerator.reduce(bad, "sum")
         return not bool(bad)
 
-    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int) -> None:
+    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int, step: int) -> None:
         """Stop with the offending term's name, or (``nonfinite: skip``) log the skipped step."""
         culprits = [f"{name} = {float(v.detach())}" for name, v in parts.items() if not torch.isfinite(v.detach())]
         what = "term " + ", ".join(culprits) if culprits else f"the weighted sum of the terms = {float(loss.detach())}"
         where = f"epoch {epoch + 1}, batch {batch + 1}"
         if self.config.nonfinite == "skip":
-            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "reason": what})
+            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "step": step, "reason": what})
             return
         kept = "; the last checkpoint is kept" if self.run_dir is not None else ""
         raise NonFiniteLoss(f"non-finite loss at {where}: {what}{kept} (lower the learning rate, clip gradients, "
@@ -396,11 +413,13 @@ class Distiller:
         if self.model is not None and len(self.model.connectors):
             atomic_save_model(self.model.connectors, path.with_name(path.stem + ".connectors.safetensors"))
 
-    def _save_checkpoint(self, epoch: int, step: int, optimizer, scheduler) -> None:
+    def _save_checkpoint(self, epoch: int, step: int, optimizer, scheduler, position: dict | None = None) -> None:
+        """Save everything needed to continue after ``epoch`` finished epochs and ``step`` optimiser steps
+        (``position``: where inside the next epoch, for checkpoints taken within an epoch)."""
         if self.run_dir is None or not self.accelerator.is_main_process:
             return
         state = {
-            "epoch": epoch, "step": step,
+            "epoch": epoch, "step": step, "position": position,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -414,15 +433,15 @@ class Distiller:
             (tmp / "history.json").write_text(json.dumps(self.history))
 
         checkpoints = self.run_dir / "checkpoints"
-        atomic_write_dir(checkpoints / f"epoch-{epoch:04d}", write)
-        for old in sorted(checkpoints.glob("epoch-*"))[: -self.config.keep_checkpoints]:
+        atomic_write_dir(checkpoints / f"step-{step:08d}", write)
+        for old in sorted(checkpoints.glob("step-*"))[: -self.config.keep_checkpoints]:
             if not old.name.endswith(".tmp"):
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int]:
+    def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int, dict | None]:
         if self.run_dir is None:
             raise DistillError("resume needs a run_dir")
-        found = sorted(p for p in (self.run_dir / "checkpoints").glob("epoch-*") if not p.name.endswith(".tmp"))
+        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
         if not found:
             raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
         ckpt = found[-1]
@@ -441,10 +460,17 @@ class Distiller:
         self.history = json.loads((ckpt / "history.json").read_text())
         if self.accelerator.is_main_process:
             metrics = self.run_dir / "metrics.jsonl"
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line and json.loads(line).get("epoch", 0) <= state["epoch"]] if metrics.exists() else []
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            kept = [line for line in lines if line and _before(json.loads(line), state)]
             atomic_write_text(metrics, "".join(line + "\n" for line in kept))
-        return state["epoch"], state["step"]
+        return state["epoch"], state["step"], state["position"]
+
+
+def _before(record: dict, state: dict) -> bool:
+    """Whether a metrics record was written before the checkpoint ``state`` was taken."""
+    if record.get("event") == "epoch":
+        return record["epoch"] <= state["epoch"]
+    return record.get("step", 0) <= state["step"] and record.get("epoch", 0) <= state["epoch"] + 1
 
 
 def _to_lists(value):
