@@ -270,3 +270,35 @@ def test_resume_from_inside_an_epoch_is_bit_identical(digits, teacher, tmp_path)
     res_lines = (partial / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "time"} for l in lines]
     assert strip(full_lines) == strip(res_lines)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_usable(digits, tmp_path, monkeypatch):
+    import distill.engine as engine
+
+    def run(resume=False):
+        seed_everything(0)
+        student = build_model("mlp", digits.input_shape, hidden=[8])
+        d = Distiller(student, epochs=3, batch_size=256, progress=False, run_dir=tmp_path)
+        d.fit(digits.train, resume=resume)
+        return student
+
+    real_save, calls = engine.torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint's write dies half-way (the disk is full, the process killed)
+            open(path, "wb").write(b"\x00" * 10)
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(engine.torch, "save", failing_save)
+    with pytest.raises(OSError):
+        run()
+    monkeypatch.setattr(engine.torch, "save", real_save)
+    complete = [p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.endswith(".tmp")]
+    assert len(complete) == 1  # the first checkpoint, intact; the broken one never got its final name
+    resumed = run(resume=True)
+    seed_everything(0)
+    reference = build_model("mlp", digits.input_shape, hidden=[8])
+    Distiller(reference, epochs=3, batch_size=256, progress=False).fit(digits.train)
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))

@@ -6,7 +6,7 @@ Face Accelerate, so the same code trains on one CPU process or, through
 ``accelerate launch -m distill ...``, on several GPUs or machines.
 
 A run directory holds ``metrics.jsonl`` (one JSON record per log event),
-``checkpoints/epoch-NNNN/`` (safetensors weights plus optimiser, scheduler and
+``checkpoints/step-NNNNNNNN/`` (safetensors weights plus optimiser, scheduler and
 RNG state), ``student.safetensors`` (the final student) and ``summary.json``.
 """
 from __future__ import annotations

@@ -38,6 +38,9 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    for file in tmp.iterdir():  # on disk before the rename makes the directory visible
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
