@@ -302,3 +302,45 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_usable(digits, tmp_pa
     reference = build_model("mlp", digits.input_shape, hidden=[8])
     Distiller(reference, epochs=3, batch_size=256, progress=False).fit(digits.train)
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
+
+
+class QueueTerm(nn.Module):
+    """A stateful loss term: a learned projection and a FIFO queue of past batch means (as CRD keeps)."""
+
+    def __init__(self, size=10):
+        super().__init__()
+        self.proj = nn.Linear(size, size)
+        self.initial_weight = self.proj.weight.detach().clone()
+        self.register_buffer("queue", torch.zeros(5, size))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, student_logits, teacher_logits):
+        loss = (self.proj(student_logits) - teacher_logits).pow(2).mean()
+        loss = loss + 0.01 * (student_logits.mean(0) - self.queue.mean(0)).pow(2).sum()
+        self.queue[self.ptr % 5] = student_logits.detach().mean(0)
+        self.ptr += 1
+        return loss
+
+
+def test_stateful_terms_are_trained_checkpointed_and_restored(digits, teacher, tmp_path):
+    def run(run_dir, resume=False, seed=0):
+        seed_everything(seed)
+        student = build_model("mlp", digits.input_shape, hidden=[16])
+        term_module = QueueTerm()
+        d = Distiller(student, teacher, [Term("ce"), Term(term_module, 0.1, name="queue")], epochs=2, batch_size=128,
+                      progress=False, run_dir=run_dir, checkpoint_every=4, keep_checkpoints=20)
+        d.fit(digits.train, resume=resume)
+        return student, term_module
+
+    student, module = run(tmp_path / "full")
+    batches = -(-len(digits.train) // 128)
+    assert int(module.ptr) == 2 * batches  # every training batch, not the probe
+    assert not torch.equal(module.proj.weight, module.initial_weight)  # its parameters are trained
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    for later in sorted((partial / "checkpoints").iterdir())[2:]:  # killed inside the first epoch
+        shutil.rmtree(later)
+    student2, module2 = run(partial, resume=True, seed=5)
+    assert torch.equal(module.queue, module2.queue) and int(module.ptr) == int(module2.ptr)
+    assert torch.equal(module.proj.weight, module2.proj.weight)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), student2.state_dict().values()))

@@ -11,6 +11,7 @@ RNG state), ``student.safetensors`` (the final student) and ``summary.json``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -97,6 +98,10 @@ class StudentWithTaps(nn.Module):
     ``forward`` returns the student's tap values, with each connector applied to
     its term's tap (under the key :attr:`Term.student_key`). Keeping connectors
     inside this module's forward keeps distributed gradient sync correct.
+
+    A loss term whose function is an ``nn.Module`` (a contrastive memory bank, a
+    learned projection) is registered here too, so its parameters are trained and
+    its parameters and buffers are checkpointed and restored with the student.
     """
 
     def __init__(self, student: nn.Module, taps):
@@ -105,6 +110,7 @@ class StudentWithTaps(nn.Module):
         self.recorder = TapRecorder(student, taps, model_name="student")
         self.connectors = nn.ModuleDict()
         self.connector_inputs: dict[str, str] = {}
+        self.term_modules = nn.ModuleDict()
 
     def add_connector(self, name: str, tap: str, module: nn.Module) -> None:
         self.connectors[name] = module
@@ -206,6 +212,11 @@ class Distiller:
     def _probe(self, batch) -> StudentWithTaps:
         """Run one batch through both models: check every tap and term, build connectors."""
         model = StudentWithTaps(self.student, [t.student for t in self.terms])
+        for term in self.terms:
+            if isinstance(term.fn, nn.Module):
+                model.term_modules[term.name] = term.fn.to(self.accelerator.device)
+        # the probe must not change stateful terms (a queue would hold a probe batch)
+        term_states = {name: copy.deepcopy(m.state_dict()) for name, m in model.term_modules.items()}
         was_training = self.student.training
         self.student.eval()
         try:
@@ -231,6 +242,8 @@ class Distiller:
             raise DistillError(str(err).strip("'\"")) from err
         finally:
             self.student.train(was_training)
+            for name, state in term_states.items():
+                model.term_modules[name].load_state_dict(state)
         return model
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
