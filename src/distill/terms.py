@@ -16,13 +16,21 @@ from collections.abc import Callable
 
 import torch
 
-from distill.losses import cross_entropy, hint_loss, kd_loss
+from distill.losses import (at_loss, cc_loss, cross_entropy, dist_loss, dkd_loss, hint_loss, kd_loss, pkt_loss,
+                            rkd_loss, sp_loss)
 
 # name -> (function, default binding). The binding says which inputs the function takes.
 LOSSES: dict[str, tuple[Callable, dict]] = {
     "ce": (cross_entropy, {"teacher": None, "labels": True}),
     "kd": (kd_loss, {}),
     "hint": (hint_loss, {"connector": "auto"}),
+    "dkd": (dkd_loss, {"labels": True}),
+    "dist": (dist_loss, {}),
+    "at": (at_loss, {}),
+    "sp": (sp_loss, {}),
+    "rkd": (rkd_loss, {}),
+    "pkt": (pkt_loss, {}),
+    "cc": (cc_loss, {}),
 }
 
 
