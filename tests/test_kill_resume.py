@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 ARGS = ["run", "digits", "--set", "teacher.train.epochs=4", "--set", "train.epochs=6", "--no-progress",
-        "--set", "train.checkpoint_every=4", "--set", "teacher.train.checkpoint_every=4"]  # mid-epoch checkpoints too
+        "--set", "train.checkpoint_every=4", "--set", "teacher.train.checkpoint_every=4",  # mid-epoch checkpoints
+        "--set", "train.log_every=2", "--set", "teacher.train.log_every=2"]  # a progress signal to aim kills by
 
 
 def _start(run_dir: Path, cache: Path) -> subprocess.Popen:
@@ -18,33 +19,39 @@ def _start(run_dir: Path, cache: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _progress(run_dir: Path) -> int:
+    """Metric records written so far, over the teacher's and the students' runs."""
+    return sum(len(f.read_text().splitlines()) for f in run_dir.glob("**/metrics.jsonl"))
+
+
 def _weights(run_dir: Path) -> dict[str, bytes]:
     files = [run_dir / "teacher" / "student.safetensors", *sorted(run_dir.glob("students/*/student.safetensors"))]
     return {str(f.relative_to(run_dir)): f.read_bytes() for f in files}
 
 
 def test_kill_at_random_points_then_resume_gives_identical_weights(tmp_path):
-    started = time.perf_counter()
     reference = _start(tmp_path / "reference", tmp_path / "cache-ref")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
-    duration = time.perf_counter() - started
+    total = _progress(tmp_path / "reference")
 
     run_dir, cache = tmp_path / "killed", tmp_path / "cache-killed"
     rng = random.Random(7)
+    targets = sorted(rng.sample(range(1, int(total * 0.9)), 4))  # kill once this much progress is on disk
     kills = []
-    for _ in range(5):
+    for target in targets:
         proc = _start(run_dir, cache)
-        delay = rng.uniform(0.3, 0.95) * duration
-        try:
-            proc.wait(timeout=delay)
-            break  # finished before the kill
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills.append((round(delay, 1), len(list(run_dir.glob("**/checkpoints/step-*")))))
-    print(f"reference run {duration:.1f}s; killed after (seconds, checkpoints on disk): {kills}")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _progress(run_dir) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append((target, _progress(run_dir)))
+    print(f"{total} metric records in the reference run; killed at (target, records on disk): {kills}")
     final = _start(run_dir, cache)
     assert final.wait(timeout=300) == 0, final.stderr.read()
-    assert len(kills) >= 3 and kills[-1][1] > 0  # killed several times, at least once mid-training
+    assert len(kills) >= 3
     assert _weights(run_dir) == _weights(tmp_path / "reference")
     assert not (run_dir / ".lock").exists()

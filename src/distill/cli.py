@@ -75,7 +75,7 @@ def cmd_list(args) -> int:
                 params = f"{count_parameters(build_model(name)):>11,}"
             except (TypeError, ValueError):
                 params = f"{'-':>11}"
-            print(f"  {name:10s} {params}  {DESCRIPTIONS[name]}")
+            print(f"  {name:13s} {params}  {DESCRIPTIONS[name]}")
     if what in (None, "datasets"):
         print("datasets:")
         for name, info in INFO.items():

@@ -146,4 +146,3 @@ def resnet(in_shape, num_classes, depth=20, widths=(16, 32, 64)):
 for _depth in (8, 14, 20, 32, 56):
     register_model(f"resnet{_depth}", f"CIFAR-style ResNet-{_depth}, widths 16-32-64")(
         lambda in_shape, num_classes, _d=_depth: ResNet(in_shape, _d, (16, 32, 64), num_classes))
-
