@@ -47,7 +47,8 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
+_NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
+                 "cache_teacher", "cpu"}
 
 
 def _teacher_key(recipe: Recipe) -> str:
