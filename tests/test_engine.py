@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -344,3 +345,17 @@ def test_stateful_terms_are_trained_checkpointed_and_restored(digits, teacher, t
     assert torch.equal(module.queue, module2.queue) and int(module.ptr) == int(module2.ptr)
     assert torch.equal(module.proj.weight, module2.proj.weight)
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), student2.state_dict().values()))
+
+
+def test_feature_and_relational_terms_train_through_taps(digits, teacher):
+    seed_everything(0)
+    student = build_model("cnn", digits.input_shape, channels=[4, 8], hidden=16)
+    terms = [Term("ce"), Term("dkd", 0.5, beta=2.0), Term("at", 100.0, student="features.0", teacher="features.0"),
+             Term("nst", 1.0, student="features.1", teacher="features.1"),
+             Term("rkd", 1.0, student="head", teacher="head"), Term("sp", 1.0), Term("pkt", 1.0), Term("cc", 1.0),
+             Term("dist", 1.0)]
+    d = Distiller(student, teacher, terms, epochs=3, lr=1e-2, batch_size=64, progress=False)
+    history = d.fit(digits.train, digits.val)
+    for name in ("dkd", "at", "nst", "rkd", "sp", "pkt", "cc", "dist"):
+        assert np.isfinite(history[-1][f"train/{name}"]), name
+    assert history[-1]["val/accuracy"] > 50

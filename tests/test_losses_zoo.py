@@ -138,3 +138,22 @@ def test_relational_losses_accept_different_widths_and_refuse_bad_batches():
         assert torch.isfinite(loss(torch.randn(4, 3, 2, 2), torch.randn(4, 7)))
         with pytest.raises(ValueError):
             loss(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def test_nst_by_loops():
+    from distill.losses import nst_loss
+
+    s, t = torch.randn(2, 3, 2, 2, dtype=torch.float64), torch.randn(2, 4, 2, 2, dtype=torch.float64)
+    total = 0.0
+    for n in range(2):
+        fs = [v / v.norm() for v in s[n].flatten(1)]
+        ft = [v / v.norm() for v in t[n].flatten(1)]
+        k = lambda a, b: float(a @ b) ** 2
+        mmd = (sum(k(a, b) for a in ft for b in ft) / 16 + sum(k(a, b) for a in fs for b in fs) / 9
+               - 2 * sum(k(a, b) for a in fs for b in ft) / 12)
+        total += mmd
+    assert nst_loss(s, t).item() == pytest.approx(total / 2, rel=1e-6)
+    f = torch.randn(2, 3, 4, 4)
+    assert nst_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="spatial"):
+        nst_loss(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2))

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from distill.losses import (at_loss, cc_loss, cross_entropy, dist_loss, dkd_loss, hint_loss, kd_loss, pkt_loss,
-                            rkd_loss, sp_loss)
+from distill.losses import (at_loss, cc_loss, cross_entropy, dist_loss, dkd_loss, hint_loss, kd_loss, nst_loss,
+                            pkt_loss, rkd_loss, sp_loss)
 
 # name -> (function, default binding). The binding says which inputs the function takes.
 LOSSES: dict[str, tuple[Callable, dict]] = {
@@ -27,6 +27,7 @@ LOSSES: dict[str, tuple[Callable, dict]] = {
     "dkd": (dkd_loss, {"labels": True}),
     "dist": (dist_loss, {}),
     "at": (at_loss, {}),
+    "nst": (nst_loss, {}),
     "sp": (sp_loss, {}),
     "rkd": (rkd_loss, {}),
     "pkt": (pkt_loss, {}),
