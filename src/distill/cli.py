@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if args.debug:
             raise
-        message = str(err).strip().strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"distill: error: {message}", file=sys.stderr)
+        from distill.recipe import error_line
+
+        print(f"distill: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distill: interrupted", file=sys.stderr)

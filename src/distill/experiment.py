@@ -24,7 +24,7 @@ from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
-from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, parse_recipe
+from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
 from distill.terms import Term
 from distill.zoo import build_model, load_dataset
 
@@ -42,8 +42,7 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
     try:
         return build_model(spec.model, data.input_shape, data.num_classes, **spec.options)
     except (TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"model {spec.model!r} options {spec.options}: {first}") from None
+        raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
@@ -81,9 +80,8 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
         except UnsafeFile as err:
             raise RecipeError(f"recipe field 'teacher.checkpoint': {err}") from None
         except (RuntimeError, OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RecipeError(f"recipe field 'teacher.checkpoint': cannot load {spec.checkpoint} into "
-                              f"{spec.model}: {first}") from None
+                              f"{spec.model}: {error_line(err)}") from None
         return teacher, {"source": str(spec.checkpoint)}
     cached = cache_dir() / "teachers" / _teacher_key(recipe)
     if spec.cache and (cached / "teacher.safetensors").is_file():

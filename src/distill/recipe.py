@@ -30,6 +30,12 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the field."""
 
 
+def error_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line reports."""
+    text = str(err).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
