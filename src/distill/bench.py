@@ -24,6 +24,9 @@ class Benchmark:
     quick: list[str] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)  # label -> published test errors
     reference_name: str = ""
+    # several teacher -> student pairs: pair name -> recipe overrides, and the method labels each pair skips
+    pairs: dict[str, list[str]] = field(default_factory=dict)
+    skip: dict[str, list[str]] = field(default_factory=dict)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -43,6 +46,20 @@ BENCHMARKS: dict[str, Benchmark] = {
         recipe="default",
         description="the default demo (CNN -> MLP on Fashion-MNIST, scratch vs KD) over seeds",
         quick=["data.train_size=3000", "teacher.train.epochs=1", "train.epochs=1"],
+    ),
+    "vision": Benchmark(
+        recipe="vision",
+        description="the vision method zoo: four teacher -> student pairs on Fashion-MNIST, every method",
+        quick=["data.train_size=500", "data.val_size=500", "teacher.train.epochs=2", "train.epochs=1"],
+        pairs={
+            "resnet32x4-resnet8x4": ["teacher.model=resnet32x4", "student.model=resnet8x4"],
+            "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "student.model=wrn_16_2"],
+            "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8"],
+            "cnn-mlp": ["teacher.model=cnn", "student.model=mlp", "student.options.hidden=[256]",
+                        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01"],
+        },
+        # an MLP has no feature maps: the methods that compare them have nothing to compare
+        skip={"cnn-mlp": ["at", "nst", "sp", "fsp", "ft", "ab", "vid", "gradcam"]},
     ),
 }
 
@@ -70,7 +87,15 @@ def aggregate(summaries: list[dict]) -> list[dict]:
             item["train_seconds"] = statistics.fmean(r["train_seconds"] for r in rows)
         if all("speedup" in r for r in rows):
             item["speedup"] = statistics.fmean(r["speedup"] for r in rows)
+        if all(r.get("epoch_seconds") for r in rows):
+            item["epoch_seconds"] = statistics.fmean(statistics.fmean(r["epoch_seconds"]) for r in rows)
+        if all("cam_agreement" in r for r in rows):
+            item["cam_agreement"] = mean_std([r["cam_agreement"] for r in rows])
         out.append(item)
+    scratch = next((r for r in out if r["label"] == "scratch" and "epoch_seconds" in r), None)
+    for item in out:
+        if scratch is not None and "epoch_seconds" in item:
+            item["epoch_time_vs_scratch"] = item["epoch_seconds"] / scratch["epoch_seconds"]
     return out
 
 
@@ -79,6 +104,14 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
     head = ("| model | params | MACs / image | test errors | test accuracy (%) | val accuracy (%) | CPU ms / batch "
             "| speed-up |")
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    timed = any("epoch_time_vs_scratch" in r for r in rows)
+    cams = any("cam_agreement" in r for r in rows)
+    if timed:
+        head += " time / epoch vs scratch |"
+        sep += "---:|"
+    if cams:
+        head += " Grad-CAM++ agreement with teacher |"
+        sep += "---:|"
     if ref:
         head += f" {bench.reference_name} errors |"
         sep += "---:|"
@@ -90,6 +123,11 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
                 f"{r['test_accuracy'][0]:.2f} ± {r['test_accuracy'][1]:.2f} | "
                 f"{r['val_accuracy'][0]:.2f} ± {r['val_accuracy'][1]:.2f} | {r['ms_per_batch']:.2f} | "
                 f"{r.get('speedup', 1.0):.1f}x |")
+        if timed:
+            line += f" {r['epoch_time_vs_scratch']:.2f}x |" if "epoch_time_vs_scratch" in r else " - |"
+        if cams:
+            line += (f" {r['cam_agreement'][0]:.3f} ± {r['cam_agreement'][1]:.3f} |" if "cam_agreement" in r
+                     else " - |")
         if ref:
             line += f" {bench.reference.get(r['label'], '-')} |"
         lines.append(line)
@@ -97,31 +135,50 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
 
 
 def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, overrides: list[str] | None = None,
-                  out_dir: str | Path | None = None) -> dict:
+                  out_dir: str | Path | None = None, pairs: list[str] | None = None) -> dict:
+    """Run benchmark ``name`` over ``seeds`` seeds (and each of its teacher -> student pairs)."""
     if name not in BENCHMARKS:
         raise RecipeError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
     bench = BENCHMARKS[name]
     seeds = seeds or bench.seeds
     if seeds < 1:
         raise RecipeError("--seeds must be at least 1")
+    chosen = pairs or list(bench.pairs) or [""]
+    unknown = [p for p in chosen if p and p not in bench.pairs]
+    if unknown:
+        raise RecipeError(f"benchmark {name!r} has no pair {unknown[0]!r}; pairs: {', '.join(bench.pairs)}")
     out = Path(out_dir or Path("bench-results") / (name + ("-quick" if quick else "")))
-    summaries = []
-    for seed in range(seeds):
-        tree = apply_overrides(read_recipe_tree(bench.recipe),
-                               (bench.quick if quick else []) + list(overrides or []) + [f"seed={seed}"])
-        recipe = parse_recipe(tree)
-        run_dir = out / f"seed-{seed}"
-        done = run_dir / "summary.json"
-        if done.is_file():
-            print(f"seed {seed}: reusing {done}", flush=True)
-            summaries.append(json.loads(done.read_text()))
-            continue
-        print(f"== {name}: seed {seed + 1} of {seeds}", flush=True)
-        summaries.append(run_recipe(recipe, run_dir, resume=run_dir.is_dir()))
-    rows = aggregate(summaries)
-    table = format_bench_table(rows, bench)
     command = f"distill bench {name}" + (f" --seeds {seeds}" if seeds != bench.seeds else "") + (" --quick" if quick else "")
-    (out / "results.json").write_text(json.dumps({"benchmark": name, "command": command, "rows": rows}, indent=2))
+    results, tables = {}, []
+    for pair in chosen:
+        pair_out = out / pair if pair else out
+        summaries = [_run_seed(bench, pair, seed, quick, overrides, pair_out / f"seed-{seed}", name, seeds)
+                     for seed in range(seeds)]
+        rows = aggregate(summaries)
+        table = format_bench_table(rows, bench)
+        results[pair] = rows
+        tables.append((f"### {pair}\n\n" if pair else "") + table)
+        print(f"\n{name} {pair}: {seeds} seeds, mean ± std\n{table}", flush=True)
+    table = "\n\n".join(tables)
+    payload = {"benchmark": name, "command": command, "rows": results[""]} if chosen == [""] else \
+        {"benchmark": name, "command": command, "pairs": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
     (out / "table.md").write_text(f"`{command}` ({seeds} seeds, mean ± std)\n\n{table}\n")
-    print(f"\n{name}: {seeds} seeds, mean ± std\n{table}", flush=True)
-    return {"rows": rows, "table": table}
+    return {"rows": results[""] if chosen == [""] else results, "table": table}
+
+
+def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
+              seeds: int) -> dict:
+    tree = read_recipe_tree(bench.recipe)
+    skipped = set(bench.skip.get(pair, []))
+    tree["methods"] = [m for m in tree["methods"] if (m.get("label") or m.get("method")) not in skipped]
+    tree = apply_overrides(tree, bench.pairs.get(pair, []) + (bench.quick if quick else []) + list(overrides or [])
+                           + [f"seed={seed}"])
+    recipe = parse_recipe(tree)
+    done = run_dir / "summary.json"
+    if done.is_file():
+        print(f"{pair or name} seed {seed}: reusing {done}", flush=True)
+        return json.loads(done.read_text())
+    print(f"== {name} {pair}: seed {seed + 1} of {seeds}", flush=True)
+    return run_recipe(recipe, run_dir, resume=run_dir.is_dir())

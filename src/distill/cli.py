@@ -3,7 +3,8 @@
     distill run [RECIPE] [--set key=value ...] [--run-dir DIR] [--resume RUN_DIR]
     distill list [losses|methods|models|datasets|recipes|benchmarks]
     distill report RUN_DIR
-    distill bench NAME [--seeds N] [--quick]
+    distill bench NAME [--seeds N] [--quick] [--pair PAIR ...]
+    distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
 line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
@@ -17,13 +18,15 @@ import sys
 def _user_errors() -> tuple[type[BaseException], ...]:
     from distill.connectors import ConnectorError
     from distill.engine import DistillError
+    from distill.explain import ExplainError
     from distill.fileio import UnsafeFile
     from distill.recipe import RecipeError
     from distill.taps import TapError
     from distill.terms import TermError
     from distill.zoo.datasets import DataMissing
 
-    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError, UnsafeFile)
+    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError, UnsafeFile,
+            ExplainError)
 
 
 def cmd_run(args) -> int:
@@ -67,7 +70,7 @@ def cmd_list(args) -> int:
     if what in (None, "methods"):
         print("methods:")
         for name, fn in sorted(METHODS.items()):
-            print(f"  {name:10s} {_first_line(fn.__doc__)}")
+            print(f"  {name:10s} {_first_line(fn.__doc__ or sys.modules[fn.__module__].__doc__)}")
     if what in (None, "models"):
         print("models (parameters for 1x28x28 input, 10 classes, default options):")
         for name in sorted(MODELS):
@@ -106,7 +109,24 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from distill.bench import run_benchmark
 
-    run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out)
+    run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
+                  pairs=args.pair)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from distill.explain import explain_run
+
+    result = explain_run(args.run_dir, images=args.images, agreement_images=args.agreement_images,
+                         layer=args.layer, out=args.out)
+    print(f"Grad-CAM++ at {args.layer!r} for the teacher's class, {result['images']} test images")
+    print("| model | agreement with teacher (Pearson r, mean ± std) | same prediction |")
+    print("|---|---:|---:|")
+    for name, row in result["models"].items():
+        print(f"| {name} | {row['mean']:.3f} ± {row['std']:.3f} | {100 * row['same_prediction']:.1f}% |")
+    if result["png"]:
+        print(f"maps: {result['png']}")
+    print(f"numbers: {result['json']}")
     return 0
 
 
@@ -139,7 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a short version, to check the set-up in minutes")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
     bench.add_argument("--out", help="output directory (default: bench-results/NAME)")
+    bench.add_argument("--pair", action="append", metavar="PAIR",
+                       help="only this teacher -> student pair of a multi-pair benchmark (repeatable)")
     bench.set_defaults(func=cmd_bench)
+
+    explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")
+    explain.add_argument("run_dir")
+    explain.add_argument("--images", type=int, default=8, help="test images drawn in gradcam.png (default: 8)")
+    explain.add_argument("--agreement-images", type=int, default=500,
+                         help="test images the agreement is averaged over (default: 500)")
+    explain.add_argument("--layer", default="last_stage", help="tap path or alias of the layer explained "
+                         "(default: last_stage)")
+    explain.add_argument("--out", help="output directory (default: RUN_DIR/explain)")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

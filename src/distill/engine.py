@@ -38,7 +38,7 @@ from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_dir, atomic_write_text, torch_load
 from distill.lock import RunDirLocked, RunLock
-from distill.taps import TapRecorder
+from distill.taps import TapRecorder, parse_tap
 from distill.teacher import LiveTeacher, run_model
 from distill.terms import Term, unique_names
 
@@ -123,6 +123,37 @@ class StudentWithTaps(nn.Module):
         return values
 
 
+def modules_before(model: nn.Module, tap: str, batch) -> set[int]:
+    """Ids of the parameters of the modules that run before ``tap``'s module finishes (one forward of ``batch``).
+
+    Parameters of modules that run later cannot affect the tap's value; this is how
+    "the student up to the guided layer" is found without knowing the architecture.
+    """
+    spec = parse_tap(tap, model)
+    if spec.kind != "module":
+        raise DistillError(f"train_up_to must name a module of the student, got {tap!r}")
+    modules = dict(model.named_modules())
+    target = modules[spec.target]
+    finished: list[nn.Module] = []  # modules in the order their forward returned
+    started_at: list[int] = []  # how many had returned when the target's forward began
+    handles = [m.register_forward_hook(lambda m, i, o: finished.append(m)) for m in modules.values()]
+    handles.append(target.register_forward_pre_hook(lambda m, i: started_at.append(len(finished))))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_model(model, batch["input"])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if target not in finished:
+        raise DistillError(f"train_up_to: module {spec.target!r} did not run in the forward pass")
+    # the module's input depends on what returned before it began; its output also on its own submodules
+    used = finished[: started_at[0]] if spec.capture == "input" else finished[: finished.index(target) + 1]
+    return {id(p) for m in used for p in m.parameters(recurse=False)}
+
+
 def _make_accelerator(cfg: TrainConfig) -> Accelerator:
     # Accelerate keeps one process-wide state; a second Distiller in the same process with another
     # precision (a bf16 student after a float32 teacher) needs that state cleared first.
@@ -176,6 +207,9 @@ class Distiller:
         config: a :class:`TrainConfig`; keyword arguments override its fields.
         trust_pickle: load checkpoint state that holds arbitrary Python objects (which can run
             code); off by default, so only tensors and plain containers are read.
+        train_up_to: a student tap (module path or alias); only the student parameters used
+            to compute it are trained (FitNets' first stage), the rest stay as they are.
+            Connectors and loss-term modules always train.
 
     Example::
 
@@ -187,16 +221,18 @@ class Distiller:
 
     def __init__(self, student: nn.Module, teacher=None, terms: list[Term] | None = None, *,
                  augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
-                 config: TrainConfig | None = None, trust_pickle: bool = False, **overrides):
+                 config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
+                 **overrides):
         self.config = TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
         self.student = student
         self.terms = unique_names(list(terms) if terms else [Term("ce")])
         self.augment = augment
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.trust_pickle = trust_pickle
+        self.train_up_to = train_up_to
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
-        teacher_taps = [t.teacher for t in self.terms if t.teacher is not None]
+        teacher_taps = [tap for t in self.terms for tap in t.teacher_taps]
         if teacher_taps and teacher is None:
             names = ", ".join(t.name for t in self.terms if t.teacher is not None)
             raise DistillError(f"terms {names} need a teacher, but teacher=None")
@@ -211,7 +247,7 @@ class Distiller:
     # ----------------------------------------------------------------- set-up
     def _probe(self, batch) -> StudentWithTaps:
         """Run one batch through both models: check every tap and term, build connectors."""
-        model = StudentWithTaps(self.student, [t.student for t in self.terms])
+        model = StudentWithTaps(self.student, [tap for t in self.terms for tap in t.student_taps])
         for term in self.terms:
             if isinstance(term.fn, nn.Module):
                 model.term_modules[term.name] = term.fn.to(self.accelerator.device)
@@ -228,14 +264,11 @@ class Distiller:
                         source = s_values[term.student]
                         connector = build_connector(source.shape, t_values[term.teacher].shape, term.connector)
                         model.add_connector(term.name, term.student, connector.to(source.device))
-                s_values = model(batch["input"])
-                for term in self.terms:
-                    try:
-                        value = term(s_values, t_values, batch.get("label"))
-                    except Exception as err:  # report which term failed, in one line
-                        raise DistillError(f"term {term.name!r}: {err}") from err
-                    if value.dim() != 0:
-                        raise DistillError(f"term {term.name!r} must return a scalar, got shape {tuple(value.shape)}")
+                # terms run with autograd on: some differentiate inside (a student's Grad-CAM map)
+                with torch.enable_grad():
+                    s_values = model(batch["input"])
+                    for term in self.terms:
+                        self._probe_term(term, s_values, t_values, batch)
         except (ValueError, KeyError) as err:
             if isinstance(err, DistillError):
                 raise
@@ -243,8 +276,39 @@ class Distiller:
         finally:
             self.student.train(was_training)
             for name, state in term_states.items():
-                model.term_modules[name].load_state_dict(state)
+                # strict=False: a term module that built its layers on the probe batch keeps them
+                model.term_modules[name].load_state_dict(state, strict=False)
         return model
+
+    @staticmethod
+    def _probe_term(term: Term, s_values: dict, t_values: dict, batch) -> None:
+        try:
+            value = term(s_values, t_values, batch)
+        except Exception as err:  # report which term failed, in one line
+            raise DistillError(f"term {term.name!r}: {err}") from err
+        if value.dim() != 0:
+            raise DistillError(f"term {term.name!r} must return a scalar, got shape {tuple(value.shape)}")
+
+    def restore(self, train) -> None:
+        """Load the finished training of this run (its last checkpoint) without training again.
+
+        Builds connectors and loss-term modules on one batch of ``train`` as :meth:`fit` would,
+        then loads their weights and the student's from ``run_dir``'s last checkpoint.
+        """
+        if self.run_dir is None:
+            raise DistillError("restore needs a run_dir")
+        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+        if not found:
+            raise DistillError(f"no checkpoint to restore from in {self.run_dir / 'checkpoints'}")
+        train = as_dataset(train)
+        device = self.accelerator.device
+        self.student.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        first = collate([train[i] for i in range(min(len(train), self.config.batch_size))])
+        self.model = self._probe({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()})
+        load_model(self.model, str(found[-1] / "model.safetensors"), device=str(device))
+        self.history = json.loads((found[-1] / "history.json").read_text())
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         cfg = self.config
@@ -291,6 +355,9 @@ class Distiller:
         first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
         model = self._probe(first)
         params = [p for p in model.parameters() if p.requires_grad]
+        if self.train_up_to is not None:
+            frozen = {id(p) for p in self.student.parameters()} - modules_before(self.student, self.train_up_to, first)
+            params = [p for p in params if id(p) not in frozen]
         optimizer = _build_optimizer(params, cfg)
         loader = self._loader(train, cfg.batch_size, shuffle=True)
         steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
@@ -333,8 +400,8 @@ class Distiller:
                     t_values = self.teacher(batch) if self.teacher is not None else {}
                     with acc.autocast():
                         s_values = model(batch["input"])
-                    parts = {t.name: t(s_values, t_values, batch.get("label")) for t in self.terms}
-                    loss = sum(t.weight_at(progress) * parts[t.name] for t in self.terms)
+                    parts = {t.name: t(s_values, t_values, batch) for t in self.terms}
+                    loss = sum(t.weight_at(progress, cfg.epochs) * parts[t.name] for t in self.terms)
                     if not self._finite(loss):
                         self._nonfinite(parts, loss, epoch, i, global_step)
                         skipped += 1

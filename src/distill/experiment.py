@@ -24,6 +24,7 @@ from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
+from distill.stages import as_stages, fit_stages
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
 from distill.terms import Term
 from distill.zoo import build_model, load_dataset
@@ -51,12 +52,16 @@ _NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "checkpoint_every"
 
 
 def _teacher_key(recipe: Recipe) -> str:
-    spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True,
+    spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True, "seed": True,
                                                            "train": _NOT_TRAINING})
     spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment"}),
-               "seed": recipe.seed, "format": 1}
+               "seed": teacher_seed(recipe), "format": 1}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_seed(recipe: Recipe) -> int:
+    return recipe.seed if recipe.teacher.seed is None else recipe.teacher.seed
 
 
 def _main_process() -> bool:
@@ -72,7 +77,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
                 trust_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
     """Load the recipe's teacher from its checkpoint or the cache, or train it."""
     spec = recipe.teacher
-    seed_everything(recipe.seed)
+    seed_everything(teacher_seed(recipe))
     teacher = _build(spec, data)
     if spec.checkpoint is not None:
         try:
@@ -93,7 +98,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
         load_model(teacher, str(own / "student.safetensors"))
         return teacher, {"source": str(own)}
     _say(f"teacher: training {spec.model} for {spec.train.epochs} epochs")
-    config = spec.train.model_copy(update={"seed": recipe.seed})
+    config = spec.train.model_copy(update={"seed": teacher_seed(recipe)})
     started = time.perf_counter()
     trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
                         run_dir=own, config=config, trust_pickle=trust_pickle)
@@ -111,21 +116,25 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused."""
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
     student = _build(recipe.student, data)
-    terms = method.build()
+    stages = as_stages(method.build())
     own = run_dir / "students" / method.name
     if resume and (own / "summary.json").is_file():
         load_model(student, str(own / "student.safetensors"))
         return student, json.loads((own / "summary.json").read_text()).get("info", {})
-    _say(f"student [{method.name}]: {', '.join(f'{t.weight:g}*{t.name}' for t in terms if not callable(t.weight))}")
+    described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
+                           for t in stage.terms) for stage in stages]
+    _say(f"student [{method.name}]: {' | then '.join(described)}")
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
-    uses_teacher = any(t.teacher is not None for t in terms)
-    trainer = Distiller(student, teacher if uses_teacher else None, terms, augment=_augment(recipe.data.augment),
-                        run_dir=own, config=config, trust_pickle=trust_pickle)
     started = time.perf_counter()
-    trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
-    info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": [h["time"] for h in trainer.history]}
+    result = fit_stages(student, teacher, stages, data.train, data.val, config=config, run_dir=own,
+                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle, say=_say)
+    info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"]}
     if _main_process():
-        summary = json.loads((own / "summary.json").read_text())
+        if len(stages) > 1:
+            atomic_save_model(student, own / "student.safetensors")
+            summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
+        else:
+            summary = json.loads((own / "summary.json").read_text())
         atomic_write_text(own / "summary.json", json.dumps({**summary, "info": info}, indent=2))
     return student, info
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from distill.engine import TrainConfig
 from distill.methods import METHODS
+from distill.stages import as_stages
 from distill.terms import LOSSES, Term
 from distill.zoo.datasets import LOADERS
 from distill.zoo.models import MODELS
@@ -43,7 +44,7 @@ class _Strict(BaseModel):
 def _check_params(fn, params: dict, what: str) -> None:
     """Every key must be a parameter of ``fn`` and every value must fit its type annotation."""
     accepted = inspect.signature(fn).parameters
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
     for key, value in params.items():
         if key not in accepted:
             options = ", ".join(p for p in accepted if p not in ("student_logits", "teacher_logits", "labels",
@@ -100,6 +101,8 @@ class TeacherSpec(ModelSpec):
     train: TrainConfig = Field(default_factory=TrainConfig, description="how to train it when there is no checkpoint")
     augment: AugmentSpec | None = Field(None, description="augmentation for training the teacher (default: data.augment)")
     cache: bool = Field(True, description="reuse a teacher trained by an earlier run with the same settings")
+    seed: int | None = Field(None, description="seed for training the teacher (default: the recipe's seed); fix it "
+                                               "to distil one teacher into students of several seeds")
 
 
 class TermSpec(BaseModel):
@@ -109,9 +112,10 @@ class TermSpec(BaseModel):
 
     loss: str
     weight: float = 1.0
-    student: str | None = None
-    teacher: str | None = "logits"
+    student: str | list[str] | None = None
+    teacher: str | list[str] | None = "logits"
     labels: bool | None = None
+    index: bool | None = None
     connector: str | None = None
 
     @model_validator(mode="after")
@@ -122,7 +126,8 @@ class TermSpec(BaseModel):
         return self
 
     def build(self) -> Term:
-        bound = {k: getattr(self, k) for k in ("teacher", "labels", "connector") if k in self.model_fields_set}
+        bound = {k: getattr(self, k) for k in ("teacher", "labels", "index", "connector")
+                 if k in self.model_fields_set}
         return Term(self.loss, self.weight, student=self.student, **bound, **(self.model_extra or {}))
 
 
@@ -187,7 +192,7 @@ class Recipe(_Strict):
             raise ValueError(f"methods need distinct labels, got {names}")
         if self.teacher is None:
             for m in self.methods:
-                if any(t.teacher is not None for t in m.build()):
+                if any(t.teacher is not None for stage in as_stages(m.build()) for t in stage.terms):
                     raise ValueError(f"method {m.name!r} needs a teacher, but the recipe has none")
         return self
 

@@ -8,7 +8,11 @@ A tap is a string:
 * ``"layer3.1.bn2"`` — the output of the submodule at that dotted path
   (``"layer3.1.bn2:input"`` for its first positional input);
 * ``"hidden_states[4]"``, ``"output.attentions[-1]"`` — a field of the model's
-  output, with optional indices.
+  output, with optional indices;
+* a name from the model's ``tap_aliases`` dict (zoo models have ``stage1``..,
+  ``last_stage`` and ``embedding``), standing for the tap it maps to;
+* ``"gradcam++(last_stage)"`` — the ``(N, H, W)`` Grad-CAM++ map of a module's output
+  for the model's own predicted class (needs autograd; returned detached).
 
 Module taps are captured with forward hooks, so any ``nn.Module`` works
 unmodified. A wrong path fails with the nearest valid names.
@@ -18,12 +22,15 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from distill.losses.cam import gradcam_pp
+
 _INDEX = re.compile(r"\[(-?\d+)\]")
+_GRADCAM = re.compile(r"gradcam\+\+\((.+)\)")
 
 
 class TapError(ValueError):
@@ -33,7 +40,7 @@ class TapError(ValueError):
 @dataclass(frozen=True)
 class TapSpec:
     path: str
-    kind: str  # "logits" | "module" | "output"
+    kind: str  # "logits" | "module" | "output" | "gradcam++"
     target: str  # module path or output field name
     indices: tuple[int, ...] = ()
     capture: str = "output"  # for module taps: "output" or "input"
@@ -48,8 +55,19 @@ def parse_tap(path: str, model: nn.Module) -> TapSpec:
     """Resolve ``path`` against ``model``'s submodules (output fields are checked later)."""
     if not isinstance(path, str) or not path:
         raise TapError(f"a tap must be a non-empty string, got {path!r}")
+    aliases = getattr(model, "tap_aliases", None) or {}
+    if path in aliases:
+        return replace(parse_tap(aliases[path], model), path=path)
     if path == "logits":
         return TapSpec(path, "logits", "logits")
+    gradcam = _GRADCAM.fullmatch(path)
+    if gradcam:
+        layer = parse_tap(gradcam.group(1), model)
+        if layer.kind != "module" or layer.capture != "output" or layer.indices:
+            hint = ", ".join(nearest(gradcam.group(1), [*aliases, *(name for name, _ in model.named_modules())]))
+            raise TapError(f"tap {path!r}: gradcam++(...) needs a module whose output is a feature map; "
+                           f"nearest: {hint}")
+        return TapSpec(path, "gradcam++", layer.target)
     body, _, capture = path.partition(":")
     capture = capture or "output"
     if capture not in ("output", "input"):
@@ -116,15 +134,17 @@ class TapRecorder:
         self._handles = []
         modules = dict(model.named_modules())
         for spec in self.specs.values():
-            if spec.kind != "module":
-                continue
-            module = modules[spec.target]
-            self._handles.append(module.register_forward_hook(self._hook(spec)))
+            if spec.kind in ("module", "gradcam++"):
+                self._handles.append(modules[spec.target].register_forward_hook(self._hook(spec)))
 
     def _hook(self, spec: TapSpec):
         def hook(module, inputs, output):
             value = output if spec.capture == "output" else (inputs[0] if inputs else None)
+            frozen = isinstance(value, torch.Tensor) and not value.requires_grad and torch.is_grad_enabled()
+            if spec.kind == "gradcam++" and frozen:  # a leaf the class score can be differentiated to
+                value = value.detach().requires_grad_()
             self._captured[spec.path] = value
+            return value if spec.kind == "gradcam++" else None
 
         return hook
 
@@ -133,6 +153,8 @@ class TapRecorder:
         for path, spec in self.specs.items():
             if spec.kind == "logits":
                 value = logits_of(output)
+            elif spec.kind == "gradcam++":
+                value = self._gradcam(spec, output)
             elif spec.kind == "module":
                 if path not in self._captured:
                     raise TapError(
@@ -145,6 +167,24 @@ class TapRecorder:
         self._captured.clear()
         return values
 
+    def _gradcam(self, spec: TapSpec, output) -> torch.Tensor:
+        """The Grad-CAM++ map of the captured layer for each sample's predicted class (detached)."""
+        features = self._captured.get(spec.path)
+        where = f"{self.model_name} tap {spec.path!r}"
+        if spec.path not in self._captured:
+            raise TapError(f"{where}: module {spec.target!r} did not run in the forward pass")
+        if not isinstance(features, torch.Tensor) or features.dim() != 4:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise TapError(f"{where}: {spec.target!r} gives {shape}, not an (N, C, H, W) feature map")
+        if not (torch.is_grad_enabled() and features.requires_grad):
+            raise TapError(f"{where} differentiates the class score: run the model with autograd enabled")
+        logits = logits_of(output)
+        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        (grads,) = torch.autograd.grad(score, features, retain_graph=True, allow_unused=True)
+        if grads is None:
+            raise TapError(f"{where}: the logits do not depend on {spec.target!r}")
+        return gradcam_pp(features.detach(), grads)
+
     def _output_field(self, output, spec: TapSpec):
         if spec.target == "":
             return _index(output, spec.indices, spec.path)
@@ -154,7 +194,8 @@ class TapRecorder:
         if not isinstance(output, Mapping) and hasattr(output, spec.target):
             return _index(getattr(output, spec.target), spec.indices, spec.path)
         modules = [name for name, _ in self.model.named_modules()]
-        hint = ", ".join(nearest(spec.target, modules + fields))
+        aliases = list(getattr(self.model, "tap_aliases", None) or {})
+        hint = ", ".join(nearest(spec.target, aliases + modules + fields))
         raise TapError(
             f"{self.model_name} has no module or output field {spec.target!r} (tap {spec.path!r}); "
             f"nearest: {hint}"

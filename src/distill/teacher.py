@@ -29,7 +29,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class LiveTeacher:
-    """A frozen model run under ``torch.inference_mode()`` in ``eval()`` mode.
+    """A frozen model run under ``torch.inference_mode()`` in ``eval()`` mode
+    (under ``torch.enable_grad()`` when a tap is a ``gradcam++(...)`` map; values come back detached).
 
     Its parameters never require gradients, never enter an optimiser and the
     model is never wrapped for gradient synchronisation.
@@ -39,6 +40,7 @@ class LiveTeacher:
         self.model = freeze(model)
         self.taps = list(dict.fromkeys(taps))
         self.recorder = TapRecorder(self.model, self.taps, model_name="teacher")
+        self.needs_grad = any(spec.kind == "gradcam++" for spec in self.recorder.specs.values())
 
     def to(self, device) -> "LiveTeacher":
         self.model.to(device)
@@ -46,6 +48,10 @@ class LiveTeacher:
 
     def __call__(self, batch: Mapping) -> dict[str, torch.Tensor]:
         self.model.eval()
+        if self.needs_grad:  # Grad-CAM++ differentiates the class score; the parameters stay frozen
+            with torch.enable_grad():
+                values = self.recorder.collect(run_model(self.model, batch["input"]))
+            return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
         with torch.inference_mode():
             values = self.recorder.collect(run_model(self.model, batch["input"]))
         # Inference tensors cannot be saved for backward; a clone made outside

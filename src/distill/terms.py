@@ -9,17 +9,25 @@ counts::
     Term(my_loss, student="feat", teacher="feat")   # any function of tensors
 
 The function is called as ``fn(student_value[, teacher_value][, labels], **params)``.
+A list of taps (``student=["layer1", "layer2"]``) passes a list of values;
+``index=True`` adds ``index=batch["index"]`` (sample indices, for memory banks).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from distill.losses import (at_loss, cc_loss, cross_entropy, dist_loss, dkd_loss, hint_loss, kd_loss, nst_loss,
-                            pkt_loss, rkd_loss, sp_loss)
+from torch import nn
 
-# name -> (function, default binding). The binding says which inputs the function takes.
+from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
+                            fsp_loss, hint_loss, kd_loss, nst_loss, pkt_loss, rkd_loss, sp_loss)
+
+STAGES = ["stage1", "stage2", "stage3"]
+
+# name -> (function, default binding). The binding says which inputs the function takes. A loss with
+# learnt parameters or memory is an nn.Module class: each term builds its own, with the term's parameters.
 LOSSES: dict[str, tuple[Callable, dict]] = {
     "ce": (cross_entropy, {"teacher": None, "labels": True}),
     "kd": (kd_loss, {}),
@@ -32,11 +40,35 @@ LOSSES: dict[str, tuple[Callable, dict]] = {
     "rkd": (rkd_loss, {}),
     "pkt": (pkt_loss, {}),
     "cc": (cc_loss, {}),
+    "vid": (VID, {}),
+    "fsp": (fsp_loss, {"student": STAGES, "teacher": STAGES}),
+    "ab": (ab_loss, {"connector": "auto"}),
+    "crd": (LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True}),
+    "cam": (cam_match_loss, {"student": ["last_stage", "logits"], "teacher": ["gradcam++(last_stage)", "logits"]}),
 }
 
 
 class TermError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A term weight moving linearly from ``start`` to ``end`` over the first ``over`` of the run, then held.
+
+    ``over`` is a fraction of the training run (of the stage, for staged methods):
+    ``Ramp(0, 1, over=0.1)`` warms a weight up during the first tenth of training (DKD),
+    ``Ramp(0.9, 0.5)`` anneals a soft-target weight over the whole run (FitNets).
+    """
+
+    start: float
+    end: float
+    over: float = 1.0
+
+    def at(self, progress: float, total_epochs: float) -> float:
+        span = self.over * total_epochs
+        fraction = min(1.0, progress / span) if span > 0 else 1.0
+        return self.start + (self.end - self.start) * fraction
 
 
 class Term:
@@ -45,11 +77,12 @@ class Term:
     Args:
         fn: a loss function of tensors, or the name of a registered one
             (``distill list losses``).
-        weight: a number, or a function of training progress in epochs
+        weight: a number, a :class:`Ramp`, or a function of training progress in epochs
             (a float, ``1.5`` = halfway through the second epoch) giving the weight.
         student: the student tap the function receives first.
         teacher: the teacher tap it receives second, or ``None`` for no teacher input.
         labels: whether the batch labels are passed after the tap values.
+        index: whether the batch's sample indices are passed as ``index=`` (a memory bank keyed by sample).
         connector: ``None`` (use the student tap as it is), or a connector kind
             (``"auto"``, ``"linear"``, ``"conv1x1"``, ...) mapping the student tap to
             the teacher tap's shape, built on the first batch and trained with the student.
@@ -60,11 +93,12 @@ class Term:
     def __init__(
         self,
         fn: Callable | str,
-        weight: float | Callable[[float], float] = 1.0,
+        weight: float | Ramp | Callable[[float], float] = 1.0,
         *,
-        student: str | None = None,
-        teacher: str | None | object = ...,
+        student: str | list[str] | None = None,
+        teacher: str | list[str] | None | object = ...,
         labels: bool | None = None,
+        index: bool | None = None,
         connector: str | None | object = ...,
         name: str | None = None,
         **params,
@@ -77,35 +111,68 @@ class Term:
             fn, binding = LOSSES[fn]
         elif not callable(fn):
             raise TermError(f"a term needs a loss function or a loss name, got {fn!r}")
+        if isinstance(fn, type) and issubclass(fn, nn.Module):  # a fresh module per term, built from the params
+            name = name or fn.__name__.lower()
+            try:
+                fn, params = fn(**params), {}
+            except TypeError as err:
+                raise TermError(f"loss {name!r}: {err}") from None
         self.fn = fn
         # the name keys logs and the connector (a ModuleDict key: no dots)
         self.name = (name or getattr(fn, "__name__", "term")).replace(".", "_")
         self.weight = weight
-        self.student = student or binding.get("student", "logits")
-        self.teacher = binding.get("teacher", "logits") if teacher is ... else teacher
+        self.student = _taps(student or binding.get("student", "logits"))
+        self.teacher = _taps(binding.get("teacher", "logits") if teacher is ... else teacher)
         self.labels = binding.get("labels", False) if labels is None else labels
+        self.index = binding.get("index", False) if index is None else index
         self.connector = binding.get("connector") if connector is ... else connector
         if self.connector is not None and self.teacher is None:
             raise TermError(f"term {self.name!r}: a connector maps to a teacher tap, but teacher=None")
+        if self.connector is not None and (isinstance(self.student, list) or isinstance(self.teacher, list)):
+            raise TermError(f"term {self.name!r}: a connector maps one tap to one tap, not lists of taps")
         self.params = params
+
+    @property
+    def student_taps(self) -> list[str]:
+        return self.student if isinstance(self.student, list) else [self.student]
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        if self.teacher is None:
+            return []
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
     @property
     def student_key(self) -> str:
         """Key of this term's (possibly connected) student value in the student's tap dict."""
         return f"{self.name}<-{self.student}" if self.connector else self.student
 
-    def weight_at(self, progress: float) -> float:
+    def weight_at(self, progress: float, total_epochs: float = 1.0) -> float:
+        """The weight after ``progress`` epochs of a run lasting ``total_epochs``."""
+        if isinstance(self.weight, Ramp):
+            return self.weight.at(progress, total_epochs)
         return float(self.weight(progress)) if callable(self.weight) else float(self.weight)
 
-    def __call__(self, student_values: dict, teacher_values: dict, labels=None) -> torch.Tensor:
-        args = [student_values[self.student_key]]
-        if self.teacher is not None:
+    def __call__(self, student_values: dict, teacher_values: dict, batch: dict | None = None) -> torch.Tensor:
+        """The term's loss from the two models' tap values and the batch (for labels and indices)."""
+        batch = batch or {}
+        if isinstance(self.student, list):
+            args = [[student_values[tap] for tap in self.student]]
+        else:
+            args = [student_values[self.student_key]]
+        if isinstance(self.teacher, list):
+            args.append([teacher_values[tap] for tap in self.teacher])
+        elif self.teacher is not None:
             args.append(teacher_values[self.teacher])
         if self.labels:
-            if labels is None:
+            if batch.get("label") is None:
                 raise TermError(f"term {self.name!r} needs labels but the batch has none")
-            args.append(labels)
-        return self.fn(*args, **self.params)
+            args.append(batch["label"])
+        params = self.params
+        if self.index:  # the function decides whether it can do without (a CRD queue can, its memory bank not)
+            index = batch.get("index")
+            params = {**params, "index": None if index is None else torch.as_tensor(index).long()}
+        return self.fn(*args, **params)
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.params.items())
@@ -113,6 +180,14 @@ class Term:
             f"Term({self.name!r}, weight={self.weight!r}, student={self.student!r}, "
             f"teacher={self.teacher!r}{params})"
         )
+
+
+def _taps(value):
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise TermError(f"a list of taps must be a non-empty list of strings, got {value!r}")
+        return list(value)
+    return value
 
 
 def unique_names(terms: list[Term]) -> list[Term]:

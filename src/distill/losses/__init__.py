@@ -4,12 +4,19 @@ Every function here takes tensors and returns a scalar tensor. None of them
 knows about models, taps, engines or recipes; :class:`distill.terms.Term`
 binds a function to tap names and a weight.
 """
+from distill.losses.ab import ab_loss
 from distill.losses.attention import at_loss, nst_loss
+from distill.losses.cam import cam_match_loss, gradcam_pp
+from distill.losses.crd import CRD, LazyCRD, crd_nce_loss
 from distill.losses.dist import dist_loss
 from distill.losses.dkd import dkd_loss
+from distill.losses.fsp import fsp_loss, fsp_matrix
+from distill.losses.ft import FactorTransferLoss, Paraphraser, ParaphraserLoss, Translator, ft_loss
 from distill.losses.hint import hint_loss
 from distill.losses.kd import cross_entropy, kd_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
+from distill.losses.vid import VID, vid_loss
 
-__all__ = ["at_loss", "cc_loss", "cross_entropy", "dist_loss", "dkd_loss", "hint_loss", "kd_loss", "nst_loss", "pkt_loss",
-           "rkd_loss", "sp_loss"]
+__all__ = ["CRD", "LazyCRD", "crd_nce_loss", "VID", "FactorTransferLoss", "Paraphraser", "ParaphraserLoss", "Translator", "ab_loss", "at_loss",
+           "cam_match_loss", "cc_loss", "cross_entropy", "dist_loss", "dkd_loss", "fsp_loss", "fsp_matrix", "ft_loss",
+           "gradcam_pp", "hint_loss", "kd_loss", "nst_loss", "pkt_loss", "rkd_loss", "sp_loss", "vid_loss"]

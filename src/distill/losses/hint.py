@@ -29,3 +29,13 @@ def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) ->
             f"teacher {tuple(teacher_features.shape)}; add a connector to map the student tap"
         )
     return F.mse_loss(student_features.float(), teacher_features.float())
+
+
+def match_spatial(x: torch.Tensor, size) -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` to spatial ``size``: average-pool when larger, bilinear when smaller."""
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

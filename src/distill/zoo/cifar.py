@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.zoo.models import ResNet, register_model
+from distill.zoo.models import ResNet, register_model, stage_aliases
 
 # ---------------------------------------------------------------------------
 # ResNet x4 (reuses distill.zoo.models.ResNet)
@@ -108,6 +108,8 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes, num_classes)
+        # the last stage is the block3 output after the final BN-ReLU, as the classifier sees it
+        self.tap_aliases = stage_aliases(["block1", "block2", "relu"], "fc")
         _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +167,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
+        self.tap_aliases = stage_aliases([f"features.{i}" for i in range(len(cfg))], "classifier")
         _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +250,8 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn(c, self.last_channel, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(self.last_channel, num_classes)
+        # stages at each resolution: 28 (blocks.1), 14 (blocks.2), 7 (blocks.4), 4 (conv2)
+        self.tap_aliases = stage_aliases(["blocks.1", "blocks.2", "blocks.4", "conv2"], "classifier")
         _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,6 +342,7 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = _conv_bn(c, widths[3], 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
+        self.tap_aliases = stage_aliases(["layer1", "layer2", "layer3", "conv2"], "fc")
         _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

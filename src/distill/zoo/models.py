@@ -4,6 +4,11 @@ Every builder takes ``in_shape`` (``(C, H, W)`` without the batch) and
 ``num_classes`` plus its own options, and returns a plain ``nn.Module`` whose
 forward maps a batch of images to logits. Submodule names are stable, so they
 work as tap paths (``features.1``, ``layer2.0.bn2`` ...).
+
+Every zoo model also names its main features in ``tap_aliases``, so a method can
+be written once for all architectures: ``stage1`` .. ``stageK`` (the output of
+each resolution stage), ``last_stage``, and ``embedding`` (the vector the
+classifier reads). ``distill list models`` shows them.
 """
 from __future__ import annotations
 
@@ -32,6 +37,12 @@ def build_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **option
     return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **options)
 
 
+def stage_aliases(stages: list[str], classifier: str) -> dict[str, str]:
+    """Tap aliases of a zoo model: ``stage1``.. for ``stages``, ``last_stage``, and ``embedding``."""
+    aliases = {f"stage{i}": path for i, path in enumerate(stages, start=1)}
+    return aliases | {"last_stage": stages[-1], "embedding": f"{classifier}:input"}
+
+
 class MLP(nn.Module):
     """Fully connected ReLU network: ``hidden`` widths, optional dropout on inputs and hidden units."""
 
@@ -49,6 +60,8 @@ class MLP(nn.Module):
             width = h
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
+        relus = [f"features.{i}" for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+        self.tap_aliases = stage_aliases(relus or ["features"], "classifier")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -77,6 +90,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(),
                                   nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, num_classes)
+        self.tap_aliases = stage_aliases([f"features.{i}" for i in range(len(blocks))], "classifier")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.head(self.features(x)))
@@ -131,6 +145,7 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes, num_classes)
+        self.tap_aliases = stage_aliases(["layer1", "layer2", "layer3"], "fc")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

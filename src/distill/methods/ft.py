@@ -1,0 +1,23 @@
+"""Factor transfer — Kim et al. 2018 (NeurIPS), *Paraphrasing Complex Network*: two stages.
+
+Stage 1 trains a paraphraser (a convolutional autoencoder) to reconstruct the
+teacher's ``teacher_layer`` features; the student is not trained. Stage 2 trains
+the student with ``CE + beta * ||F_s/|F_s| - F_t/|F_t|||_1``, the paraphraser's code
+of the teacher against a translator of the student's ``layer`` (paper: beta = 500;
+the L1 distance of unit vectors is at most 2).
+"""
+from distill.losses import FactorTransferLoss, ParaphraserLoss
+from distill.methods.common import with_labels
+from distill.stages import Stage
+from distill.terms import Term
+
+
+def ft(beta: float = 500.0, layer: str = "last_stage", teacher_layer: str | None = None, rate: float = 0.5,
+       paraphraser_epochs: float = 0.25, alpha: float = 0.0, temperature: float = 4.0) -> list[Stage]:
+    """Factor transfer (Kim et al. 2018): train a paraphraser of the teacher, then CE + beta * factor distance."""
+    paraphrase = ParaphraserLoss(rate=rate)
+    teacher_layer = teacher_layer or layer
+    return [Stage([Term(paraphrase, 1.0, student="logits", teacher=teacher_layer, name="paraphrase")],
+                  epochs=paraphraser_epochs, name="paraphraser"),
+            Stage(with_labels([Term(FactorTransferLoss(paraphrase), beta, student=layer, teacher=teacher_layer,
+                                    name="ft")], alpha, temperature), name="factor transfer")]

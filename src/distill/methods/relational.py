@@ -1,0 +1,35 @@
+"""Relational methods: ``CE + weight * loss`` on how samples in a batch relate, in each model's own feature space.
+
+* ``sp`` — Tung & Mori 2019, on the last stage (paper weight 3000 with this normalisation);
+* ``rkd`` — Park et al. 2019, distance (25) and angle (50) on the embedding;
+* ``pkt`` — Passalis & Tefas 2018, probability distributions of cosine similarities on the embedding;
+* ``cc`` — Peng et al. 2019, correlation congruence with a Gaussian-RBF Taylor kernel on the embedding.
+"""
+from distill.methods.common import with_labels
+from distill.terms import Term
+
+
+def sp(beta: float = 3000.0, layer: str = "last_stage", teacher_layer: str | None = None, alpha: float = 0.0,
+       temperature: float = 4.0) -> list[Term]:
+    """Similarity-preserving KD (Tung & Mori 2019): CE + beta * SP on the batch Gram matrices of ``layer``."""
+    return with_labels([Term("sp", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
+
+
+def rkd(beta: float = 1.0, layer: str = "embedding", teacher_layer: str | None = None, distance_weight: float = 25.0,
+        angle_weight: float = 50.0, alpha: float = 0.0, temperature: float = 4.0) -> list[Term]:
+    """Relational KD (Park et al. 2019): CE + beta * (distance + angle relations) of the embeddings."""
+    return with_labels([Term("rkd", beta, student=layer, teacher=teacher_layer or layer,
+                             distance_weight=distance_weight, angle_weight=angle_weight)], alpha, temperature)
+
+
+def pkt(beta: float = 1.0, layer: str = "embedding", teacher_layer: str | None = None, alpha: float = 0.0,
+        temperature: float = 4.0) -> list[Term]:
+    """Probabilistic KT (Passalis & Tefas 2018): CE + beta * KL of cosine-similarity distributions."""
+    return with_labels([Term("pkt", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
+
+
+def cc(beta: float = 0.02, layer: str = "embedding", teacher_layer: str | None = None, gamma: float = 0.4,
+       alpha: float = 0.0, temperature: float = 4.0) -> list[Term]:
+    """Correlation congruence (Peng et al. 2019): CE + beta * distance of the batch correlation matrices."""
+    return with_labels([Term("cc", beta, student=layer, teacher=teacher_layer or layer, gamma=gamma)],
+                       alpha, temperature)

@@ -1,0 +1,90 @@
+"""Stages: methods that train in several phases.
+
+Most methods are one list of terms trained for the whole run. Some train in
+phases: FitNets first fits the student up to its guided layer to the teacher's
+hint, then trains the whole student with KD; factor transfer first trains a
+paraphraser on the teacher's features. A method returns a list of
+:class:`Stage` for that, and :func:`fit_stages` trains the same student
+through them in order, each stage a :class:`~distill.engine.Distiller` run of
+its own (``RUN_DIR/stage-1``, ``stage-2``, ...) so each can be resumed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from distill.engine import Distiller, TrainConfig, seed_everything
+from distill.terms import Term
+
+
+@dataclass
+class Stage:
+    """One phase of a staged method.
+
+    Args:
+        terms: the loss terms of this phase.
+        epochs: its length; a float is a fraction of the run's ``train.epochs`` (``0.25``),
+            an int a number of epochs, ``None`` the remaining epochs after the other stages.
+        train_up_to: only the student parameters used to compute this tap train (FitNets' stage 1).
+        name: shown in logs.
+    """
+
+    terms: list[Term]
+    epochs: int | float | None = None
+    train_up_to: str | None = None
+    name: str = ""
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields for this stage (lr, schedule ...)
+
+
+def as_stages(built) -> list[Stage]:
+    """A method's output as stages: a plain list of terms is one stage."""
+    if built and all(isinstance(s, Stage) for s in built):
+        return list(built)
+    return [Stage(list(built))]
+
+
+def stage_epochs(stages: list[Stage], total: int) -> list[int]:
+    """Each stage's epochs given the run's total: fractions of it (at least 1), whole numbers, and the remainder
+    (at least 1 each, so a very short run of a staged method can take a little longer than ``total``)."""
+    fixed = [s.epochs if isinstance(s.epochs, int) else max(1, round(s.epochs * total)) if s.epochs is not None
+             else None for s in stages]
+    if any(e is not None and e < 1 for e in fixed):
+        raise ValueError(f"stage epochs must be positive, got {[s.epochs for s in stages]}")
+    rest = total - sum(e for e in fixed if e is not None)
+    open_ = sum(e is None for e in fixed)
+    return [e if e is not None else max(1, rest // max(1, open_)) for e in fixed]
+
+
+def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None, *, config: TrainConfig,
+               run_dir: str | Path | None = None, augment=None, resume: bool = False,
+               trust_pickle: bool = False, say=print) -> dict:
+    """Train ``student`` through ``stages`` in order. Returns ``{"history": [...], "epoch_seconds": [...]}``.
+
+    With a ``run_dir``, a finished stage (its ``summary.json`` exists) is not trained again on
+    ``resume``: its last checkpoint (student, connectors, loss modules) is loaded and the next stage starts.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    epochs = stage_epochs(stages, config.epochs)
+    history, seconds = [], []
+    for k, (stage, n) in enumerate(zip(stages, epochs), start=1):
+        own = None if run_dir is None else (run_dir if len(stages) == 1 else run_dir / f"stage-{k}")
+        cfg = config.model_copy(update={"epochs": n, **stage.overrides})
+        if k > 1:  # later stages start from a known RNG state, so a resumed run builds the same new modules
+            seed_everything(cfg.seed * 1000 + k)
+        uses_teacher = any(t.teacher is not None for t in stage.terms)
+        trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, augment=augment, run_dir=own,
+                            config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to)
+        if resume and own is not None and (own / "summary.json").is_file():
+            trainer.restore(train)  # a finished stage: its student and loss modules as it left them
+            history += trainer.history
+            continue
+        if len(stages) > 1:
+            say(f"  stage {k}/{len(stages)} {stage.name}: {n} epochs")
+        started = time.perf_counter()
+        trainer.fit(train, val, resume=resume and own is not None and (own / "checkpoints").is_dir())
+        seconds.append(time.perf_counter() - started)
+        history += trainer.history
+    return {"history": history, "epoch_seconds": [h["time"] for h in history], "stage_seconds": seconds}
