@@ -1,7 +1,10 @@
 import json
 import statistics
 
+import pytest
+
 from distill.bench import run_benchmark
+from distill.recipe import RecipeError
 
 
 def test_benchmark_over_seeds_reports_mean_and_std(tmp_path, cache_dir):
@@ -19,3 +22,28 @@ def test_benchmark_over_seeds_reports_mean_and_std(tmp_path, cache_dir):
     # finished seeds are reused, not retrained
     again = run_benchmark("digits", seeds=2, quick=True, out_dir=out)
     assert again["rows"] == result["rows"]
+
+
+def test_benchmark_over_pairs_skips_methods_and_reports_epoch_time(tmp_path, cache_dir, monkeypatch):
+    from distill.bench import BENCHMARKS, Benchmark
+
+    monkeypatch.setitem(BENCHMARKS, "two-pairs", Benchmark(
+        recipe="digits", description="test", seeds=2, quick=["teacher.train.epochs=1", "train.epochs=1"],
+        pairs={"small": ["student.options.hidden=[8]"], "wide": ["student.options.hidden=[64]"]},
+        skip={"wide": ["kd"]}))
+    out = tmp_path / "bench"
+    result = run_benchmark("two-pairs", quick=True, out_dir=out)
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["pairs"]) == {"small", "wide"} and set(result["rows"]) == {"small", "wide"}
+    assert [r["label"] for r in data["pairs"]["small"]] == ["teacher", "scratch", "kd"]
+    assert [r["label"] for r in data["pairs"]["wide"]] == ["teacher", "scratch"]
+    small = {r["label"]: r for r in data["pairs"]["small"]}
+    assert small["scratch"]["epoch_time_vs_scratch"] == 1.0 and small["kd"]["epoch_time_vs_scratch"] > 0
+    assert small["scratch"]["params"] < data["pairs"]["wide"][1]["params"]
+    table = (out / "table.md").read_text()
+    assert "### small" in table and "### wide" in table and "time / epoch vs scratch" in table
+    assert (out / "small" / "seed-1" / "summary.json").is_file()
+    only = run_benchmark("two-pairs", quick=True, out_dir=tmp_path / "one", pairs=["wide"], seeds=1)
+    assert set(only["rows"]) == {"wide"}
+    with pytest.raises(RecipeError, match="no pair 'nope'"):
+        run_benchmark("two-pairs", quick=True, out_dir=tmp_path / "x", pairs=["nope"])

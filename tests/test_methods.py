@@ -52,13 +52,14 @@ def test_every_method_runs_from_a_recipe(tmp_path, cache_dir):
         "methods": [{"method": name} for name in sorted(METHODS)],
         "train": {"epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 0.01, "progress": False,
                   "cache_teacher": True},
-        "evaluation": {"latency_batch_size": 8, "latency_repeats": 1},
+        "evaluation": {"latency_batch_size": 8, "latency_repeats": 1, "cam_agreement_images": 20},
     })
     summary = run_recipe(recipe, tmp_path / "run")
     labels = [row["label"] for row in summary["rows"]]
     assert labels == ["teacher", *sorted(METHODS)]
     for row in summary["rows"][1:]:
         assert 0 <= row["test_accuracy"] <= 100 and row["epoch_seconds"]
+        assert -1 <= row["cam_agreement"] <= 1
 
 
 def test_modules_before_finds_the_student_up_to_a_layer(small):

@@ -3,12 +3,13 @@ from distill import losses
 from distill.data import ArrayDataset, RandomShift
 from distill.engine import Distiller, DistillError, TrainConfig, seed_everything
 from distill.evaluation import count_parameters, evaluate, inference_time
-from distill.terms import Term
+from distill.stages import Stage, fit_stages
+from distill.terms import Ramp, Term
 from distill.zoo import build_model, load_dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArrayDataset", "DistillError", "Distiller", "RandomShift", "Term", "TrainConfig", "build_model",
-    "count_parameters", "evaluate", "inference_time", "load_dataset", "losses", "seed_everything",
+    "ArrayDataset", "DistillError", "Distiller", "RandomShift", "Ramp", "Stage", "Term", "TrainConfig", "build_model",
+    "count_parameters", "evaluate", "fit_stages", "inference_time", "load_dataset", "losses", "seed_everything",
 ]

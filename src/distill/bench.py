@@ -50,13 +50,15 @@ BENCHMARKS: dict[str, Benchmark] = {
     "vision": Benchmark(
         recipe="vision",
         description="the vision method zoo: four teacher -> student pairs on Fashion-MNIST, every method",
-        quick=["data.train_size=500", "data.val_size=500", "teacher.train.epochs=2", "train.epochs=1"],
+        quick=["data.train_size=500", "data.val_size=500", "data.test_size=1000", "teacher.train.epochs=2",
+               "train.epochs=1", "evaluation.latency_repeats=2", "evaluation.cam_agreement_images=100"],
         pairs={
             "resnet32x4-resnet8x4": ["teacher.model=resnet32x4", "student.model=resnet8x4"],
             "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "student.model=wrn_16_2"],
             "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8"],
             "cnn-mlp": ["teacher.model=cnn", "student.model=mlp", "student.options.hidden=[256]",
-                        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01"],
+                        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01",
+                        "evaluation.cam_agreement_images=0"],
         },
         # an MLP has no feature maps: the methods that compare them have nothing to compare
         skip={"cnn-mlp": ["at", "nst", "sp", "fsp", "ft", "ab", "vid", "gradcam"]},

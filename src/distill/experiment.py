@@ -22,6 +22,7 @@ from safetensors.torch import load_model
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
+from distill.explain import explain_models
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
 from distill.stages import as_stages, fit_stages
@@ -55,7 +56,7 @@ def _teacher_key(recipe: Recipe) -> str:
     spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True, "seed": True,
                                                            "train": _NOT_TRAINING})
     spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
-    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment"}),
+    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment", "test_size"}),
                "seed": teacher_seed(recipe), "format": 1}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -165,7 +166,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
     _say(f"run directory: {run_dir}")
     started = time.perf_counter()
-    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)
+    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
+                        test_size=recipe.data.test_size)
     rows = []
     teacher = None
     sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
@@ -176,12 +178,20 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
                      **_scores(teacher, data),
                      "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
+    students = {}
     for method in recipe.methods:
         student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle)
+        students[method.name] = student
         rows.append({"role": "student", "label": method.name, "model": recipe.student.model,
                      "params": count_parameters(student), "macs": count_macs(student, sample[:8]),
                      **_scores(student, data),
                      "seconds_per_batch": inference_time(student, sample, **timing), **info})
+    if teacher is not None and recipe.evaluation.cam_agreement_images:
+        layer = recipe.evaluation.cam_layer
+        agreement = explain_models({"teacher": teacher, **students}, {name: layer for name in ["teacher", *students]},
+                                   data.test, images=0, agreement_images=recipe.evaluation.cam_agreement_images)
+        for row in rows[1:]:
+            row["cam_agreement"] = agreement["models"][row["label"]]["mean"]
     if teacher is not None:
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]

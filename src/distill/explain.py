@@ -295,7 +295,8 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     students = [(label, path) for label, path in students if path.is_file()]
     if not students:
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
-    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size)
+    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
+                        test_size=recipe.data.test_size)
     teacher, _ = get_teacher(recipe, data, run_dir, resume=True)
     models = {"teacher": teacher}
     for label, path in students:

@@ -87,6 +87,7 @@ class DataSpec(_Strict):
     dataset: str = Field(description="a bundled dataset (distill list datasets)")
     val_size: int = Field(5000, ge=1, description="validation samples carved from the training set")
     train_size: int | None = Field(None, ge=1, description="keep only this many training samples")
+    test_size: int | None = Field(None, ge=1, description="keep only the first this many test samples (quick checks)")
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="augmentation of the student's batches")
 
     @field_validator("dataset")
@@ -169,6 +170,9 @@ class MethodSpec(BaseModel):
 class EvaluationSpec(_Strict):
     latency_batch_size: int = Field(256, ge=1, description="batch size for CPU inference timing")
     latency_repeats: int = Field(20, ge=1)
+    cam_agreement_images: int = Field(0, ge=0, description="test images on which each student's Grad-CAM++ maps "
+                                                           "are compared with the teacher's (0: not measured)")
+    cam_layer: str = Field("last_stage", description="the layer (tap) whose Grad-CAM++ maps are compared")
 
 
 class Recipe(_Strict):

@@ -121,7 +121,7 @@ class Term:
         # the name keys logs and the connector (a ModuleDict key: no dots)
         self.name = (name or getattr(fn, "__name__", "term")).replace(".", "_")
         self.weight = weight
-        self.student = _taps(student or binding.get("student", "logits"))
+        self.student = _taps(student if student is not None else binding.get("student", "logits"))
         self.teacher = _taps(binding.get("teacher", "logits") if teacher is ... else teacher)
         self.labels = binding.get("labels", False) if labels is None else labels
         self.index = binding.get("index", False) if index is None else index

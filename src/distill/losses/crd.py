@@ -440,9 +440,11 @@ class LazyCRD(nn.Module):
     first call (the engine's set-up batch) and delegates to it after.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, feat_dim: int = 128, num_data: int | None = None, num_negatives: int = 4096,
+                 temperature: float = 0.07, momentum: float = 0.5, queue_size: int | None = None,
+                 key_momentum: float = 0.99, objective: str = "infonce", normalizer: str = "batch"):
         super().__init__()
-        self.kwargs = kwargs
+        self.kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.crd: CRD | None = None
 
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor,

@@ -118,13 +118,15 @@ class Splits:
         return self.train.num_classes
 
 
-def load_dataset(name: str, val_size: int | float = 5000, seed: int = 0, train_size: int | None = None) -> Splits:
+def load_dataset(name: str, val_size: int | float = 5000, seed: int = 0, train_size: int | None = None,
+                 test_size: int | None = None) -> Splits:
     """Train / validation / test splits of a bundled dataset.
 
     The validation split is carved from the training set with a fixed-seed
     permutation (``seed``); the test split is the dataset's own. ``val_size`` may be
     a count or a fraction. ``train_size`` keeps only the first that many training
-    samples after the carve (a smaller transfer set).
+    samples after the carve (a smaller transfer set); ``test_size`` the first that
+    many test samples (for quick checks only: reported results use the whole test set).
     """
     if name not in LOADERS:
         raise KeyError(f"unknown dataset {name!r}; bundled datasets: {', '.join(LOADERS)}")
@@ -134,4 +136,6 @@ def load_dataset(name: str, val_size: int | float = 5000, seed: int = 0, train_s
     train, val = carve_validation(train, val_size, seed)
     if train_size is not None:
         train = train.subset(range(min(train_size, len(train))))
+    if test_size is not None:
+        test = test.subset(range(min(test_size, len(test))))
     return Splits(train, val, test)

@@ -1,0 +1,93 @@
+"""Term bindings: tap aliases, lists of taps, sample indices, Ramp weights, module losses built per term."""
+import pytest
+import torch
+from torch import nn
+
+from distill.recipe import parse_recipe
+from distill.taps import TapError, TapRecorder
+from distill.terms import Ramp, Term, TermError
+from distill.zoo import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8", "resnet8x4", "wrn_16_2", "vgg8", "mobilenetv2",
+                                  "shufflenetv2"])
+def test_every_zoo_model_has_stage_and_embedding_aliases(name):
+    model = build_model(name).eval()
+    aliases = model.tap_aliases
+    assert {"stage1", "last_stage", "embedding"} <= set(aliases)
+    values = TapRecorder(model, list(aliases)).collect(model(torch.randn(2, 1, 28, 28)))
+    assert torch.equal(values["last_stage"], values[max(k for k in aliases if k.startswith("stage"))])
+    assert values["embedding"].shape == (2, model.classifier.in_features if hasattr(model, "classifier")
+                                         else model.fc.in_features)
+    if name != "mlp":  # stages of a conv net shrink (or keep) their resolution in order
+        sizes = [values[f"stage{i}"].shape[-1] for i in range(1, len(aliases) - 1)]
+        assert sizes == sorted(sizes, reverse=True)
+
+
+def test_all_models_are_covered_by_the_alias_test():
+    assert {"mlp", "cnn", "resnet8x4", "wrn_16_2", "vgg8", "mobilenetv2", "shufflenetv2"} <= set(MODELS)
+
+
+def test_unknown_alias_like_name_suggests_the_aliases():
+    model = build_model("resnet8")
+    recorder = TapRecorder(model, ["stage9"])
+    with pytest.raises(TapError, match="stage1"):
+        recorder.collect(model(torch.randn(1, 1, 28, 28)))
+
+
+def test_lists_of_taps_pass_lists_and_index_is_passed_when_asked():
+    seen = {}
+
+    def fn(student, teacher, labels, index=None):
+        seen.update(student=student, teacher=teacher, labels=labels, index=index)
+        return torch.zeros(())
+
+    term = Term(fn, student=["a", "b"], teacher=["c"], labels=True, index=True)
+    values_s = {"a": torch.ones(1), "b": torch.zeros(1)}
+    term(values_s, {"c": torch.full((1,), 2.0)}, {"label": torch.tensor([3]), "index": [7]})
+    assert [float(v) for v in seen["student"]] == [1.0, 0.0] and float(seen["teacher"][0]) == 2.0
+    assert seen["labels"].tolist() == [3] and seen["index"].tolist() == [7] and seen["index"].dtype == torch.long
+    assert term.student_taps == ["a", "b"] and term.teacher_taps == ["c"]
+    with pytest.raises(TermError, match="connector"):
+        Term("hint", student=["a", "b"], teacher="c", connector="auto")
+    with pytest.raises(TermError, match="non-empty list"):
+        Term(fn, student=[])
+    with pytest.raises(TermError, match="needs labels"):
+        term(values_s, {"c": torch.ones(1)}, {})
+
+
+def test_ramp_weights():
+    ramp = Term("kd", Ramp(0.0, 1.0, over=0.25))
+    assert [ramp.weight_at(p, 8) for p in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
+    anneal = Term("kd", Ramp(0.9, 0.5))
+    assert anneal.weight_at(4, 8) == pytest.approx(0.7)
+
+
+def test_a_module_loss_class_gives_each_term_its_own_module():
+    class Scale(nn.Module):
+        def __init__(self, factor: float = 1.0):
+            super().__init__()
+            self.factor = nn.Parameter(torch.tensor(factor))
+
+        def forward(self, s, t):
+            return self.factor * (s - t).pow(2).mean()
+
+    a, b = Term(Scale, factor=2.0), Term(Scale, factor=2.0)
+    assert a.fn is not b.fn and float(a.fn.factor) == 2.0 and a.params == {} and a.name == "scale"
+    with pytest.raises(TermError, match="unexpected keyword"):
+        Term(Scale, nope=1)
+    vid_terms = [Term("vid"), Term("vid")]
+    assert vid_terms[0].fn is not vid_terms[1].fn
+
+
+def test_recipe_terms_take_lists_of_taps_and_module_parameters():
+    recipe = parse_recipe({
+        "data": {"dataset": "digits"}, "teacher": {"model": "cnn"}, "student": {"model": "cnn"},
+        "methods": [{"terms": [{"loss": "ce", "teacher": None},
+                               {"loss": "fsp", "student": ["stage1", "stage2"], "teacher": ["stage1", "stage2"]},
+                               {"loss": "crd", "weight": 0.5, "queue_size": 64, "feat_dim": 16}]}]})
+    ce, flow, crd = recipe.methods[0].build()
+    assert flow.student == ["stage1", "stage2"] and crd.index and crd.fn.kwargs["queue_size"] == 64 and crd.fn.kwargs["feat_dim"] == 16
+    with pytest.raises(Exception, match="queue_sizes"):
+        parse_recipe({"data": {"dataset": "digits"}, "teacher": {"model": "cnn"}, "student": {"model": "cnn"},
+                      "methods": [{"terms": [{"loss": "crd", "queue_sizes": 4}]}]})
