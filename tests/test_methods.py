@@ -134,3 +134,19 @@ def test_factor_transfer_paraphraser_is_trained_then_frozen_and_a_resumed_run_ma
     resumed, _ = run(tmp_path / "part", resume=True)
     for (k, a), b in zip(student.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_finished_student_is_reused_only_while_its_settings_are_unchanged(tmp_path, cache_dir, capsys):
+    tree = {"data": {"dataset": "digits", "val_size": 100, "train_size": 200},
+            "teacher": {"model": "cnn", "options": {"channels": [4, 8], "hidden": 16}, "train": {"epochs": 1}},
+            "student": {"model": "mlp", "options": {"hidden": [16]}},
+            "methods": [{"method": "scratch"}, {"method": "kd", "temperature": 4.0}],
+            "train": {"epochs": 1, "progress": False}, "evaluation": {"latency_batch_size": 8, "latency_repeats": 1}}
+    first = run_recipe(parse_recipe(tree), tmp_path / "run")
+    again = run_recipe(parse_recipe(tree), tmp_path / "run", resume=True)
+    assert [r["train_seconds"] for r in again["rows"][1:]] == [r["train_seconds"] for r in first["rows"][1:]]
+    tree["methods"][1]["temperature"] = 2.0
+    changed = run_recipe(parse_recipe(tree), tmp_path / "run", resume=True)
+    assert changed["rows"][1]["train_seconds"] == first["rows"][1]["train_seconds"]  # scratch: reused
+    assert changed["rows"][2]["train_seconds"] != first["rows"][2]["train_seconds"]  # kd: trained again
+    assert "settings changed" in capsys.readouterr().out

@@ -50,8 +50,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "vision": Benchmark(
         recipe="vision",
         description="the vision method zoo: four teacher -> student pairs on Fashion-MNIST, every method",
-        quick=["data.train_size=500", "data.val_size=500", "data.test_size=1000", "teacher.train.epochs=2",
-               "train.epochs=1", "evaluation.latency_repeats=2", "evaluation.cam_agreement_images=100"],
+        quick=["data.train_size=1000", "data.val_size=500", "data.test_size=1000", "teacher.train.epochs=3",
+               "teacher.train.optimizer=adamw", "teacher.train.lr=0.003", "train.epochs=2",
+               "evaluation.latency_repeats=2", "evaluation.cam_agreement_images=100"],
         pairs={
             "resnet32x4-resnet8x4": ["teacher.model=resnet32x4", "student.model=resnet8x4"],
             "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "student.model=wrn_16_2"],

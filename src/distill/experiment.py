@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +64,20 @@ def _teacher_key(recipe: Recipe) -> str:
 
 def teacher_seed(recipe: Recipe) -> int:
     return recipe.seed if recipe.teacher.seed is None else recipe.teacher.seed
+
+
+def _student_key(recipe: Recipe, method, stages) -> str:
+    """What a student's training depends on: a finished student is reused only if this is unchanged."""
+    def describe(term: Term) -> str:
+        return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(getattr(term, "connector", None))
+
+    payload = {"method": method.model_dump(mode="json"), "student": recipe.student.model_dump(mode="json"),
+               "stages": [[describe(t) for t in stage.terms] + [repr((stage.epochs, stage.train_up_to))]
+                          for stage in stages],
+               "train": recipe.train.model_dump(mode="json", exclude=_NOT_TRAINING - {"cache_teacher"}),
+               "data": recipe.data.model_dump(mode="json", exclude={"test_size"}), "seed": recipe.seed,
+               "teacher": None if recipe.teacher is None else [_teacher_key(recipe), str(recipe.teacher.checkpoint)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _main_process() -> bool:
@@ -119,9 +134,14 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     student = _build(recipe.student, data)
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
+    key = _student_key(recipe, method, stages)
     if resume and (own / "summary.json").is_file():
-        load_model(student, str(own / "student.safetensors"))
-        return student, json.loads((own / "summary.json").read_text()).get("info", {})
+        info = json.loads((own / "summary.json").read_text()).get("info", {})
+        if info.get("key") == key:
+            load_model(student, str(own / "student.safetensors"))
+            return student, info
+        _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
+        shutil.rmtree(own)
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
     _say(f"student [{method.name}]: {' | then '.join(described)}")
@@ -129,7 +149,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     started = time.perf_counter()
     result = fit_stages(student, teacher, stages, data.train, data.val, config=config, run_dir=own,
                         augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle, say=_say)
-    info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"]}
+    info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
     if _main_process():
         if len(stages) > 1:
             atomic_save_model(student, own / "student.safetensors")
@@ -212,17 +232,27 @@ def _scores(model, data) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    """A markdown table: parameters, test accuracy, inference time and speed-up of every model."""
+    """A markdown table: parameters, test accuracy, inference time and speed-up of every model
+    (and, when measured, training seconds per epoch and Grad-CAM++ agreement with the teacher)."""
     n = summary["latency_batch_size"]
+    timed = any(row.get("epoch_seconds") for row in summary["rows"])
+    cams = any("cam_agreement" in row for row in summary["rows"])
     lines = [f"| model | params | MACs / image | test acc (%) | test errors | CPU ms / batch of {n} "
-             "| speed-up vs teacher |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| speed-up vs teacher |" + (" train s / epoch |" if timed else "")
+             + (" Grad-CAM++ agreement |" if cams else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if timed else "") + ("---:|" if cams else "")]
     for row in summary["rows"]:
         name = f"{row['label']} ({row['model']})"
         speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         macs = f"{row['macs']:,}" if "macs" in row else "-"
-        lines.append(f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
-                     f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
+        line = (f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
+                f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
+        if timed:
+            epochs = row.get("epoch_seconds")
+            line += f" {sum(epochs) / len(epochs):.1f} |" if epochs else " - |"
+        if cams:
+            line += f" {row['cam_agreement']:.3f} |" if "cam_agreement" in row else " - |"
+        lines.append(line)
     scratch = next((r for r in summary["rows"] if r["label"] == "scratch"), None)
     if scratch is not None:
         for row in summary["rows"]:
