@@ -21,7 +21,11 @@ def _start(run_dir: Path, cache: Path) -> subprocess.Popen:
 
 def _progress(run_dir: Path) -> int:
     """Metric records written so far, over the teacher's and the students' runs."""
-    return sum(len(f.read_text().splitlines()) for f in run_dir.glob("**/metrics.jsonl"))
+    while True:
+        try:  # the run renames checkpoint directories while we walk the tree
+            return sum(len(f.read_text().splitlines()) for f in run_dir.glob("**/metrics.jsonl"))
+        except FileNotFoundError:
+            continue
 
 
 def _weights(run_dir: Path) -> dict[str, bytes]:
