@@ -17,7 +17,7 @@ def run_cli(*args, env_extra=None, timeout=240):
 def test_help():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("run", "list", "report", "bench"):
+    for command in ("run", "list", "report", "bench", "explain", "--threads"):
         assert command in result.stdout
     assert run_cli("run", "--help").returncode == 0
 
@@ -119,3 +119,17 @@ def test_bad_model_options_are_one_line(capsys, tmp_path):
     assert main(["run", "digits", "--set", "student.options.hidden=[-3]", "--run-dir", str(tmp_path / "r")]) == 2
     assert "model 'mlp' options" in capsys.readouterr().err
     assert main(["run", "digits", "--set", "student.options.widths=[3]", "--run-dir", str(tmp_path / "s")]) == 2
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "list", "benchmarks"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--threads", "0", "list"])
+    assert exit_info.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err

@@ -133,6 +133,9 @@ def cmd_explain(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; use 1 per process when running "
+                             "several runs side by side on one machine)")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a recipe (default: the bundled demo on Fashion-MNIST)")
@@ -181,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except _user_errors() as err:
