@@ -38,10 +38,14 @@ def test_every_method_trains_from_python(small, name):
     data, teacher = small
     student = _student(data)
     before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     result = fit_stages(student, teacher, as_stages(METHODS[name]()), data.train, data.val, config=CONFIG)
     assert result["history"] and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in result["history"])
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
     assert "fc.weight" in changed and "conv1.weight" in changed
+    # the teacher is never trained: weights and batch-norm statistics unchanged, no gradients
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_every_method_runs_from_a_recipe(tmp_path, cache_dir):
