@@ -59,7 +59,11 @@ BENCHMARKS: dict[str, Benchmark] = {
             "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8"],
             "cnn-mlp": ["teacher.model=cnn", "student.model=mlp", "student.options.hidden=[256]",
                         "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01",
-                        "evaluation.cam_agreement_images=0"],
+                        "evaluation.cam_agreement_images=0",
+                        # the MLP's KD setting chosen on validation for the demo; hints on the embedding
+                        "methods.1.alpha=0.5", "methods.1.temperature=2",
+                        "methods.4.student_layer=embedding", "methods.4.teacher_layer=embedding",
+                        "methods.5.student_layer=embedding", "methods.5.teacher_layer=embedding"],
         },
         # an MLP has no feature maps: the methods that compare them have nothing to compare
         skip={"cnn-mlp": ["at", "nst", "sp", "fsp", "ft", "ab", "vid", "gradcam"]},
@@ -173,11 +177,11 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
 
 def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
               seeds: int) -> dict:
-    tree = read_recipe_tree(bench.recipe)
+    # pair overrides address methods by their position in the recipe, before skipped ones are dropped
+    tree = apply_overrides(read_recipe_tree(bench.recipe), bench.pairs.get(pair, []))
     skipped = set(bench.skip.get(pair, []))
     tree["methods"] = [m for m in tree["methods"] if (m.get("label") or m.get("method")) not in skipped]
-    tree = apply_overrides(tree, bench.pairs.get(pair, []) + (bench.quick if quick else []) + list(overrides or [])
-                           + [f"seed={seed}"])
+    tree = apply_overrides(tree, (bench.quick if quick else []) + list(overrides or []) + [f"seed={seed}"])
     recipe = parse_recipe(tree)
     done = run_dir / "summary.json"
     if done.is_file():
