@@ -58,9 +58,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "student.model=wrn_16_2"],
             "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8"],
             "cnn-mlp": ["teacher.model=cnn", "student.model=mlp", "student.options.hidden=[256]",
-                        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01",
+                        "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01", "train.epochs=30",
                         "evaluation.cam_agreement_images=0",
-                        # the MLP's KD setting chosen on validation for the demo; hints on the embedding
+                        # the MLP trains fast: 30 epochs, and the KD setting chosen on validation (as for the
+                        # demo: 84.5 vs 84.2 for scratch, 83.3 for alpha 0.9 / T 4); hints on the embedding
                         "methods.1.alpha=0.5", "methods.1.temperature=2",
                         "methods.4.student_layer=embedding", "methods.4.teacher_layer=embedding",
                         "methods.5.student_layer=embedding", "methods.5.teacher_layer=embedding"],
