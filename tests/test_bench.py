@@ -42,6 +42,7 @@ def test_benchmark_over_pairs_skips_methods_and_reports_epoch_time(tmp_path, cac
     assert small["scratch"]["params"] < data["pairs"]["wide"][1]["params"]
     table = (out / "table.md").read_text()
     assert "### small" in table and "### wide" in table and "time / epoch vs scratch" in table
+    assert "| method | small | wide |" in table and "| kd |" in table and "n/a" in table
     assert (out / "small" / "seed-1" / "summary.json").is_file()
     only = run_benchmark("two-pairs", quick=True, out_dir=tmp_path / "one", pairs=["wide"], seeds=1)
     assert set(only["rows"]) == {"wide"}

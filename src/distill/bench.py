@@ -142,6 +142,26 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
     return "\n".join(lines)
 
 
+def format_pairs_table(results: dict[str, list[dict]]) -> str:
+    """Methods by pairs: test accuracy mean ± std; bold where a student beats the pair's KD student."""
+    pairs = list(results)
+    labels = list(dict.fromkeys(r["label"] for rows in results.values() for r in rows))
+    lines = ["| method | " + " | ".join(pairs) + " |", "|---|" + "---:|" * len(pairs)]
+    for label in labels:
+        cells = []
+        for pair in pairs:
+            rows = {r["label"]: r for r in results[pair]}
+            if label not in rows:
+                cells.append("n/a")
+                continue
+            mean, std = rows[label]["test_accuracy"]
+            kd = rows.get("kd")
+            better = kd is not None and label not in ("kd", "teacher") and mean > kd["test_accuracy"][0]
+            cells.append(f"**{mean:.2f} ± {std:.2f}**" if better else f"{mean:.2f} ± {std:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nTest accuracy (%), mean ± std over seeds; **bold**: above KD on that pair; n/a: not applicable."
+
+
 def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, overrides: list[str] | None = None,
                   out_dir: str | Path | None = None, pairs: list[str] | None = None) -> dict:
     """Run benchmark ``name`` over ``seeds`` seeds (and each of its teacher -> student pairs)."""
@@ -167,6 +187,8 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
         results[pair] = rows
         tables.append((f"### {pair}\n\n" if pair else "") + table)
         print(f"\n{name} {pair}: {seeds} seeds, mean ± std\n{table}", flush=True)
+    if len(chosen) > 1:
+        tables.insert(0, format_pairs_table(results))
     table = "\n\n".join(tables)
     payload = {"benchmark": name, "command": command, "rows": results[""]} if chosen == [""] else \
         {"benchmark": name, "command": command, "pairs": results}
