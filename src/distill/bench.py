@@ -176,7 +176,8 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
     if unknown:
         raise RecipeError(f"benchmark {name!r} has no pair {unknown[0]!r}; pairs: {', '.join(bench.pairs)}")
     out = Path(out_dir or Path("bench-results") / (name + ("-quick" if quick else "")))
-    command = f"distill bench {name}" + (f" --seeds {seeds}" if seeds != bench.seeds else "") + (" --quick" if quick else "")
+    command = (f"distill bench {name}" + (f" --seeds {seeds}" if seeds != bench.seeds else "")
+               + (" --quick" if quick else "") + "".join(f" --pair {p}" for p in (pairs or [])))
     results, tables = {}, []
     for pair in chosen:
         pair_out = out / pair if pair else out
