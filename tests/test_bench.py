@@ -48,3 +48,16 @@ def test_benchmark_over_pairs_skips_methods_and_reports_epoch_time(tmp_path, cac
     assert set(only["rows"]) == {"wide"}
     with pytest.raises(RecipeError, match="no pair 'nope'"):
         run_benchmark("two-pairs", quick=True, out_dir=tmp_path / "x", pairs=["nope"])
+
+
+def test_a_finished_seed_is_updated_when_a_method_changed(tmp_path, cache_dir, monkeypatch):
+    from distill.bench import BENCHMARKS, Benchmark
+
+    bench = Benchmark(recipe="digits", description="test", seeds=1, quick=["teacher.train.epochs=1", "train.epochs=1"])
+    monkeypatch.setitem(BENCHMARKS, "changing", bench)
+    out = tmp_path / "bench"
+    first = {r["label"]: r for r in run_benchmark("changing", quick=True, out_dir=out)["rows"]}
+    bench.quick = bench.quick + ["methods.1.temperature=2"]
+    second = {r["label"]: r for r in run_benchmark("changing", quick=True, out_dir=out)["rows"]}
+    assert second["scratch"]["train_seconds"] == first["scratch"]["train_seconds"]  # reused
+    assert second["kd"]["train_seconds"] != first["kd"]["train_seconds"]  # trained again with T = 2

@@ -12,7 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.experiment import run_recipe
+from distill.experiment import run_recipe, student_key
+from distill.stages import as_stages
 from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
 
 
@@ -199,6 +200,13 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
     return {"rows": results[""] if chosen == [""] else results, "table": table}
 
 
+def _up_to_date(summary: dict, recipe) -> bool:
+    """Whether a finished seed's students were trained with the recipe's current methods and settings."""
+    trained = {row["label"]: row.get("key") for row in summary["rows"] if row["role"] == "student"}
+    current = {m.name: student_key(recipe, m, as_stages(m.build())) for m in recipe.methods}
+    return trained == current
+
+
 def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
               seeds: int) -> dict:
     # pair overrides address methods by their position in the recipe, before skipped ones are dropped
@@ -209,7 +217,10 @@ def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, ru
     recipe = parse_recipe(tree)
     done = run_dir / "summary.json"
     if done.is_file():
-        print(f"{pair or name} seed {seed}: reusing {done}", flush=True)
-        return json.loads(done.read_text())
+        summary = json.loads(done.read_text())
+        if _up_to_date(summary, recipe):
+            print(f"{pair or name} seed {seed}: reusing {done}", flush=True)
+            return summary
+        print(f"{pair or name} seed {seed}: methods changed since {done}; updating them", flush=True)
     print(f"== {name} {pair}: seed {seed + 1} of {seeds}", flush=True)
     return run_recipe(recipe, run_dir, resume=run_dir.is_dir())

@@ -66,7 +66,7 @@ def teacher_seed(recipe: Recipe) -> int:
     return recipe.seed if recipe.teacher.seed is None else recipe.teacher.seed
 
 
-def _student_key(recipe: Recipe, method, stages) -> str:
+def student_key(recipe: Recipe, method, stages) -> str:
     """What a student's training depends on: a finished student is reused only if this is unchanged."""
     def describe(term: Term) -> str:
         return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(getattr(term, "connector", None))
@@ -134,7 +134,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     student = _build(recipe.student, data)
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
-    key = _student_key(recipe, method, stages)
+    key = student_key(recipe, method, stages)
     if resume and (own / "summary.json").is_file():
         info = json.loads((own / "summary.json").read_text()).get("info", {})
         if info.get("key") == key:
