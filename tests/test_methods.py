@@ -154,3 +154,7 @@ def test_a_finished_student_is_reused_only_while_its_settings_are_unchanged(tmp_
     assert changed["rows"][1]["train_seconds"] == first["rows"][1]["train_seconds"]  # scratch: reused
     assert changed["rows"][2]["train_seconds"] != first["rows"][2]["train_seconds"]  # kd: trained again
     assert "settings changed" in capsys.readouterr().out
+    tree["evaluation"]["cam_agreement_images"] = 10  # an MLP has no feature map: reported, not fatal
+    mlp = run_recipe(parse_recipe(tree), tmp_path / "run", resume=True)
+    assert "cam_agreement" not in mlp["rows"][1]
+    assert "Grad-CAM++ agreement not measured" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from safetensors.torch import load_model
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
-from distill.explain import explain_models
+from distill.explain import ExplainError, explain_models
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
 from distill.stages import as_stages, fit_stages
@@ -208,10 +208,15 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "seconds_per_batch": inference_time(student, sample, **timing), **info})
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         layer = recipe.evaluation.cam_layer
-        agreement = explain_models({"teacher": teacher, **students}, {name: layer for name in ["teacher", *students]},
-                                   data.test, images=0, agreement_images=recipe.evaluation.cam_agreement_images)
-        for row in rows[1:]:
-            row["cam_agreement"] = agreement["models"][row["label"]]["mean"]
+        try:
+            agreement = explain_models({"teacher": teacher, **students},
+                                       {name: layer for name in ["teacher", *students]}, data.test, images=0,
+                                       agreement_images=recipe.evaluation.cam_agreement_images)
+        except ExplainError as err:  # e.g. an MLP has no feature map to explain
+            _say(f"Grad-CAM++ agreement not measured: {err}")
+        else:
+            for row in rows[1:]:
+                row["cam_agreement"] = agreement["models"][row["label"]]["mean"]
     if teacher is not None:
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
