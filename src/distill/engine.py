@@ -295,20 +295,26 @@ class Distiller:
         Builds connectors and loss-term modules on one batch of ``train`` as :meth:`fit` would,
         then loads their weights and the student's from ``run_dir``'s last checkpoint.
         """
-        if self.run_dir is None:
-            raise DistillError("restore needs a run_dir")
-        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
-        if not found:
-            raise DistillError(f"no checkpoint to restore from in {self.run_dir / 'checkpoints'}")
-        train = as_dataset(train)
+        checkpoint = self._last_checkpoint()
         device = self.accelerator.device
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        self.model = self._probe(self._first_batch(as_dataset(train), device))
+        load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
+        self.history = json.loads((checkpoint / "history.json").read_text())
+
+    def _first_batch(self, train, device) -> dict:
         first = collate([train[i] for i in range(min(len(train), self.config.batch_size))])
-        self.model = self._probe({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()})
-        load_model(self.model, str(found[-1] / "model.safetensors"), device=str(device))
-        self.history = json.loads((found[-1] / "history.json").read_text())
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+
+    def _last_checkpoint(self) -> Path:
+        if self.run_dir is None:
+            raise DistillError("resume needs a run_dir")
+        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+        if not found:
+            raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
+        return found[-1]
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         cfg = self.config
@@ -351,8 +357,7 @@ class Distiller:
                 raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
                                    "drop the augmentation or set cache_teacher to false")
             self.teacher = CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress)
-        first = collate([train[i] for i in range(min(len(train), cfg.batch_size))])
-        first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+        first = self._first_batch(train, device)
         model = self._probe(first)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.train_up_to is not None:
@@ -519,12 +524,7 @@ class Distiller:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int, dict | None]:
-        if self.run_dir is None:
-            raise DistillError("resume needs a run_dir")
-        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
-        if not found:
-            raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
-        ckpt = found[-1]
+        ckpt = self._last_checkpoint()
         load_model(self.model, str(ckpt / "model.safetensors"), device=str(self.accelerator.device))
         try:
             state = torch_load(ckpt / "state.pt", self.trust_pickle)

@@ -69,7 +69,7 @@ def teacher_seed(recipe: Recipe) -> int:
 def student_key(recipe: Recipe, method, stages) -> str:
     """What a student's training depends on: a finished student is reused only if this is unchanged."""
     def describe(term: Term) -> str:
-        return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(getattr(term, "connector", None))
+        return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(term.connector)
 
     payload = {"method": method.model_dump(mode="json"), "student": recipe.student.model_dump(mode="json"),
                "stages": [[describe(t) for t in stage.terms] + [repr((stage.epochs, stage.train_up_to))]
@@ -89,9 +89,14 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
+class TeacherNotTrained(RecipeError):
+    """``get_teacher(..., train=False)`` found no trained teacher."""
+
+
 def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
-                trust_pickle: bool = False) -> tuple[torch.nn.Module, dict]:
-    """Load the recipe's teacher from its checkpoint or the cache, or train it."""
+                trust_pickle: bool = False, train: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Load the recipe's teacher from its checkpoint or the cache, or train it
+    (``train=False``: raise :class:`TeacherNotTrained` instead)."""
     spec = recipe.teacher
     seed_everything(teacher_seed(recipe))
     teacher = _build(spec, data)
@@ -113,6 +118,9 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
     if (own / "student.safetensors").is_file():
         load_model(teacher, str(own / "student.safetensors"))
         return teacher, {"source": str(own)}
+    if not train:
+        raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
+                                f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
     _say(f"teacher: training {spec.model} for {spec.train.epochs} epochs")
     config = spec.train.model_copy(update={"seed": teacher_seed(recipe)})
     started = time.perf_counter()

@@ -254,17 +254,6 @@ def _draw(models, layers, dataset, count: int, path: Path) -> None:
     plt.close(fig)
 
 
-def _teacher_available(recipe, run_dir: Path) -> bool:
-    from distill.experiment import _teacher_key, cache_dir
-
-    spec = recipe.teacher
-    if spec.checkpoint is not None:
-        return Path(spec.checkpoint).is_file()
-    if spec.cache and (cache_dir() / "teachers" / _teacher_key(recipe) / "teacher.safetensors").is_file():
-        return True
-    return (run_dir / "teacher" / "student.safetensors").is_file()
-
-
 def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 500, layer: str = "last_stage",
                 out: str | Path | None = None) -> dict:
     """Explain a run directory's teacher and finished students at ``layer`` (the same tap for all).
@@ -276,7 +265,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     import yaml
     from safetensors.torch import load_model
 
-    from distill.experiment import _build, get_teacher
+    from distill.experiment import TeacherNotTrained, _build, get_teacher
     from distill.fileio import atomic_write_text
     from distill.recipe import parse_recipe
     from distill.zoo import load_dataset
@@ -288,16 +277,16 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()))
     if recipe.teacher is None:
         raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
-    if not _teacher_available(recipe, run_dir):
-        raise ExplainError(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, checkpoint "
-                           f"or cached teacher); finish the run first (distill run --resume {run_dir})")
+    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
+                        test_size=recipe.data.test_size)
+    try:
+        teacher, _ = get_teacher(recipe, data, run_dir, train=False)
+    except TeacherNotTrained as err:
+        raise ExplainError(str(err)) from None
     students = [(m.name, run_dir / "students" / m.name / "student.safetensors") for m in recipe.methods]
     students = [(label, path) for label, path in students if path.is_file()]
     if not students:
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
-    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
-                        test_size=recipe.data.test_size)
-    teacher, _ = get_teacher(recipe, data, run_dir, resume=True)
     models = {"teacher": teacher}
     for label, path in students:
         student = _build(recipe.student, data)

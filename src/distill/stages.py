@@ -10,8 +10,7 @@ its own (``RUN_DIR/stage-1``, ``stage-2``, ...) so each can be resumed.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -36,7 +35,6 @@ class Stage:
     epochs: int | float | None = None
     train_up_to: str | None = None
     name: str = ""
-    overrides: dict = field(default_factory=dict)  # TrainConfig fields for this stage (lr, schedule ...)
 
 
 def as_stages(built) -> list[Stage]:
@@ -68,10 +66,10 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     epochs = stage_epochs(stages, config.epochs)
-    history, seconds = [], []
+    history = []
     for k, (stage, n) in enumerate(zip(stages, epochs), start=1):
         own = None if run_dir is None else (run_dir if len(stages) == 1 else run_dir / f"stage-{k}")
-        cfg = config.model_copy(update={"epochs": n, **stage.overrides})
+        cfg = config.model_copy(update={"epochs": n})
         if k > 1:  # later stages start from a known RNG state, so a resumed run builds the same new modules
             seed_everything(cfg.seed * 1000 + k)
         uses_teacher = any(t.teacher is not None for t in stage.terms)
@@ -83,8 +81,6 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
             continue
         if len(stages) > 1:
             say(f"  stage {k}/{len(stages)} {stage.name}: {n} epochs")
-        started = time.perf_counter()
         trainer.fit(train, val, resume=resume and own is not None and (own / "checkpoints").is_dir())
-        seconds.append(time.perf_counter() - started)
         history += trainer.history
-    return {"history": history, "epoch_seconds": [h["time"] for h in history], "stage_seconds": seconds}
+    return {"history": history, "epoch_seconds": [h["time"] for h in history]}

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
 from torch import nn
 
 from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
