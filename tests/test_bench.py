@@ -24,6 +24,19 @@ def test_benchmark_over_seeds_reports_mean_and_std(tmp_path, cache_dir):
     assert again["rows"] == result["rows"]
 
 
+def test_only_seed_runs_one_seed_and_a_full_run_reuses_it(tmp_path, cache_dir, capsys):
+    out = tmp_path / "bench"
+    one = run_benchmark("digits", seeds=2, quick=True, out_dir=out, only_seed=1)
+    assert (out / "seed-1" / "summary.json").is_file() and not (out / "seed-0").exists()
+    assert not (out / "results.json").exists()
+    assert [r["label"] for r in one[""]["rows"]] == ["teacher", "scratch", "kd"]
+    capsys.readouterr()
+    run_benchmark("digits", seeds=2, quick=True, out_dir=out)
+    assert "seed 1: reusing" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match="between 0 and 1"):
+        run_benchmark("digits", seeds=2, quick=True, out_dir=out, only_seed=2)
+
+
 def test_benchmark_over_pairs_skips_methods_and_reports_epoch_time(tmp_path, cache_dir, monkeypatch):
     from distill.bench import BENCHMARKS, Benchmark
 
@@ -61,3 +74,20 @@ def test_a_finished_seed_is_updated_when_a_method_changed(tmp_path, cache_dir, m
     second = {r["label"]: r for r in run_benchmark("changing", quick=True, out_dir=out)["rows"]}
     assert second["scratch"]["train_seconds"] == first["scratch"]["train_seconds"]  # reused
     assert second["kd"]["train_seconds"] != first["kd"]["train_seconds"]  # trained again with T = 2
+
+
+def test_finished_students_are_reused_from_their_rows_without_weights(tmp_path, cache_dir, capsys):
+    # what a new machine sees of an interrupted benchmark: the rows of finished students, no weights
+    out = tmp_path / "bench"
+    first = run_benchmark("digits", seeds=1, quick=True, out_dir=out)
+    seed = out / "seed-0"
+    for path in list(seed.rglob("*")):
+        if path.is_file() and path.name != "row.json":
+            path.unlink()
+    capsys.readouterr()
+    again = run_benchmark("digits", seeds=1, quick=True, out_dir=out)
+    printed = capsys.readouterr().out
+    assert "student [" not in printed  # no student trained again
+    for a, b in zip(first["rows"], again["rows"]):
+        if a["label"] != "teacher":
+            assert a["test_accuracy"] == b["test_accuracy"] and a["train_seconds"] == b["train_seconds"]

@@ -102,7 +102,7 @@ def test_resume_an_interrupted_run(tmp_path, cache_dir):
     final = (run_dir / "students" / "kd" / "student.safetensors").read_bytes()
     # make it look as if the run was killed during the kd student's second epoch
     kd = run_dir / "students" / "kd"
-    for name in ("summary.json", "student.safetensors"):
+    for name in ("summary.json", "student.safetensors", "row.json"):
         (kd / name).unlink()
     import shutil
 

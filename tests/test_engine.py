@@ -172,6 +172,35 @@ def test_cached_teacher_matches_the_live_teacher(digits, teacher):
         assert torch.allclose(a[tap], b[tap], atol=1e-5), tap
 
 
+def test_teacher_outputs_are_shared_between_runs(digits, teacher):
+    from distill.cache import CachedTeacher, TeacherOutputs
+    from distill.teacher import LiveTeacher
+
+    calls = []
+    handle = teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    outputs = TeacherOutputs()
+    first = CachedTeacher(LiveTeacher(teacher, ["logits"]), digits.train, batch_size=500, outputs=outputs)
+    passes = len(calls)
+    assert sum(calls) == len(digits.train)
+    again = CachedTeacher(LiveTeacher(teacher, ["logits"]), digits.train, batch_size=500, outputs=outputs)
+    assert len(calls) == passes  # nothing new to compute
+    more = CachedTeacher(LiveTeacher(teacher, ["logits", "features.0"]), digits.train, batch_size=500, outputs=outputs)
+    assert sum(calls) == 2 * len(digits.train)  # one more pass, for the new tap only
+    handle.remove()
+    batch = digits.train.__getitems__([3, 9])
+    assert set(first(batch)) == {"logits"} and set(more(batch)) == {"logits", "features.0"}
+    assert torch.equal(first(batch)["logits"], again(batch)["logits"])
+    with pytest.raises(ValueError, match="another dataset"):
+        CachedTeacher(LiveTeacher(teacher, ["logits"]), digits.val, outputs=outputs)
+
+
+def test_eval_every_skips_validation_between_epochs(digits):
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    d = Distiller(student, epochs=5, batch_size=256, eval_every=2, progress=False)
+    d.fit(digits.train, digits.val)
+    assert ["val/accuracy" in h for h in d.history] == [False, True, False, True, True]
+
+
 def test_cache_teacher_trains_like_the_live_teacher(digits, teacher):
     results = []
     for cache in (False, True):

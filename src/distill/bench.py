@@ -164,8 +164,13 @@ def format_pairs_table(results: dict[str, list[dict]]) -> str:
 
 
 def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, overrides: list[str] | None = None,
-                  out_dir: str | Path | None = None, pairs: list[str] | None = None) -> dict:
-    """Run benchmark ``name`` over ``seeds`` seeds (and each of its teacher -> student pairs)."""
+                  out_dir: str | Path | None = None, pairs: list[str] | None = None,
+                  only_seed: int | None = None) -> dict:
+    """Run benchmark ``name`` over ``seeds`` seeds (and each of its teacher -> student pairs).
+
+    ``only_seed``: run just that seed of each pair and return its summaries, writing no table; separate
+    processes can run separate seeds this way, and a later full run reuses what they finished.
+    """
     if name not in BENCHMARKS:
         raise RecipeError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
     bench = BENCHMARKS[name]
@@ -177,6 +182,11 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
     if unknown:
         raise RecipeError(f"benchmark {name!r} has no pair {unknown[0]!r}; pairs: {', '.join(bench.pairs)}")
     out = Path(out_dir or Path("bench-results") / (name + ("-quick" if quick else "")))
+    if only_seed is not None:
+        if not 0 <= only_seed < seeds:
+            raise RecipeError(f"--only-seed must be between 0 and {seeds - 1} (the benchmark has {seeds} seeds)")
+        return {pair: _run_seed(bench, pair, only_seed, quick, overrides, (out / pair if pair else out)
+                                / f"seed-{only_seed}", name, seeds) for pair in chosen}
     command = (f"distill bench {name}" + (f" --seeds {seeds}" if seeds != bench.seeds else "")
                + (" --quick" if quick else "") + "".join(f" --pair {p}" for p in (pairs or [])))
     results, tables = {}, []

@@ -14,26 +14,56 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.data import collate
+from distill.data import IndexedDataset, collate
 from distill.teacher import LiveTeacher
 
 
-class CachedTeacher:
-    """Teacher tap values for every sample of ``dataset``, kept in memory and indexed by sample index."""
+class TeacherOutputs:
+    """Teacher tap values over one training set, filled tap by tap and shared by several students' runs.
 
-    def __init__(self, teacher: LiveTeacher, dataset, batch_size: int = 1000, device="cpu", progress: bool = False):
-        self.taps = teacher.taps
+    A recipe trains many students against one frozen teacher on the same data; with one
+    ``TeacherOutputs`` passed to each run (``Distiller(..., teacher_outputs=...)``), the teacher
+    runs over the training set once per set of new taps instead of once per student.
+    """
+
+    def __init__(self):
         self.values: dict[str, torch.Tensor] = {}
+        self.model = None
+        self.dataset = None
+
+    def bind(self, model, dataset) -> None:
+        dataset = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset  # a wrapper made per run
+        if self.model is None:
+            self.model, self.dataset = model, dataset
+        elif self.model is not model or self.dataset is not dataset:
+            raise ValueError("TeacherOutputs holds another teacher's or another dataset's outputs; "
+                             "use one per (teacher, training set)")
+
+
+class CachedTeacher:
+    """Teacher tap values for every sample of ``dataset``, kept in memory and indexed by sample index.
+
+    ``outputs``: a :class:`TeacherOutputs` to reuse taps another run computed and to keep the new ones.
+    """
+
+    def __init__(self, teacher: LiveTeacher, dataset, batch_size: int = 1000, device="cpu", progress: bool = False,
+                 outputs: TeacherOutputs | None = None):
+        self.taps = teacher.taps
+        outputs = outputs if outputs is not None else TeacherOutputs()
+        outputs.bind(teacher.model, dataset)
+        values = outputs.values
         teacher.to(device)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
-            index = torch.as_tensor(batch["index"]).long()
-            inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
-            for tap, value in teacher({**batch, "input": inputs}).items():
-                if tap not in self.values:
-                    self.values[tap] = torch.empty((len(dataset), *value.shape[1:]), dtype=value.dtype,
-                                                   device=value.device)
-                self.values[tap][index.to(value.device)] = value
+        if any(tap not in values for tap in self.taps):
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+            for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
+                index = torch.as_tensor(batch["index"]).long()
+                inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
+                for tap, value in teacher({**batch, "input": inputs}).items():
+                    if tap not in values:
+                        values[tap] = torch.empty((len(dataset), *value.shape[1:]), dtype=value.dtype,
+                                                  device=value.device)
+                    values[tap][index.to(value.device)] = value
+        self.values = {tap: values[tap] for tap in self.taps}
 
     def to(self, device) -> "CachedTeacher":
         self.values = {k: v.to(device) for k, v in self.values.items()}

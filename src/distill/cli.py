@@ -3,7 +3,7 @@
     distill run [RECIPE] [--set key=value ...] [--run-dir DIR] [--resume RUN_DIR]
     distill list [losses|methods|models|datasets|recipes|benchmarks]
     distill report RUN_DIR
-    distill bench NAME [--seeds N] [--quick] [--pair PAIR ...]
+    distill bench NAME [--seeds N] [--only-seed K] [--quick] [--pair PAIR ...]
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
@@ -110,7 +110,7 @@ def cmd_bench(args) -> int:
     from distill.bench import run_benchmark
 
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
-                  pairs=args.pair)
+                  pairs=args.pair, only_seed=args.only_seed)
     return 0
 
 
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name (distill list benchmarks)")
     bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the benchmark's)")
     bench.add_argument("--quick", action="store_true", help="a short version, to check the set-up in minutes")
+    bench.add_argument("--only-seed", type=int, metavar="K", help="run only seed K (0-based) and write no table: "
+                       "seeds can then run in separate processes; a later run without it reuses them")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
     bench.add_argument("--out", help="output directory (default: bench-results/NAME)")
     bench.add_argument("--pair", action="append", metavar="PAIR",

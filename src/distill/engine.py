@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.cache import CachedTeacher
+from distill.cache import CachedTeacher, TeacherOutputs
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(10, ge=1, description="passes over the training set")
     batch_size: int = Field(128, ge=1, description="samples per optimiser micro-batch (per process)")
     eval_batch_size: int = Field(1000, ge=1)
+    eval_every: int = Field(1, ge=1, description="evaluate on the validation set every N epochs (and after the last)")
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
@@ -210,6 +211,8 @@ class Distiller:
         train_up_to: a student tap (module path or alias); only the student parameters used
             to compute it are trained (FitNets' first stage), the rest stay as they are.
             Connectors and loss-term modules always train.
+        teacher_outputs: with ``cache_teacher``, a :class:`~distill.cache.TeacherOutputs` shared by
+            several runs on the same teacher and training set, so the teacher runs over it once.
 
     Example::
 
@@ -222,7 +225,7 @@ class Distiller:
     def __init__(self, student: nn.Module, teacher=None, terms: list[Term] | None = None, *,
                  augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
                  config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
-                 **overrides):
+                 teacher_outputs: TeacherOutputs | None = None, **overrides):
         self.config = TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
         self.student = student
         self.terms = unique_names(list(terms) if terms else [Term("ce")])
@@ -230,6 +233,7 @@ class Distiller:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.trust_pickle = trust_pickle
         self.train_up_to = train_up_to
+        self.teacher_outputs = teacher_outputs
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
         teacher_taps = [tap for t in self.terms for tap in t.teacher_taps]
@@ -356,7 +360,8 @@ class Distiller:
             if self.augment is not None:
                 raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
                                    "drop the augmentation or set cache_teacher to false")
-            self.teacher = CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress)
+            self.teacher = CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress,
+                                         outputs=self.teacher_outputs)
         first = self._first_batch(train, device)
         model = self._probe(first)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -440,7 +445,7 @@ class Distiller:
                       **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
             if skipped:
                 record["skipped_steps"] = skipped
-            if val is not None:
+            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
             self.history.append(record)
             self._log(record)

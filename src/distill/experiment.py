@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
+from distill.cache import TeacherOutputs
 from distill.data import RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
-from distill.explain import ExplainError, explain_models
+from distill.explain import CamReference, ExplainError
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
 from distill.stages import as_stages, fit_stages
@@ -49,7 +50,7 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
+_NOT_TRAINING = {"progress", "log_every", "eval_every", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
                  "cache_teacher", "cpu"}
 
 
@@ -136,8 +137,9 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
 
 
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
-                  trust_pickle: bool = False):
-    """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused."""
+                  trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None):
+    """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused.
+    ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students."""
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
     student = _build(recipe.student, data)
     stages = as_stages(method.build())
@@ -156,7 +158,8 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
     started = time.perf_counter()
     result = fit_stages(student, teacher, stages, data.train, data.val, config=config, run_dir=own,
-                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle, say=_say)
+                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle,
+                        teacher_outputs=teacher_outputs, say=_say)
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
     if _main_process():
         if len(stages) > 1:
@@ -206,25 +209,20 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
                      **_scores(teacher, data),
                      "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
-    students = {}
-    for method in recipe.methods:
-        student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle)
-        students[method.name] = student
-        rows.append({"role": "student", "label": method.name, "model": recipe.student.model,
-                     "params": count_parameters(student), "macs": count_macs(student, sample[:8]),
-                     **_scores(student, data),
-                     "seconds_per_batch": inference_time(student, sample, **timing), **info})
+    cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
-        layer = recipe.evaluation.cam_layer
         try:
-            agreement = explain_models({"teacher": teacher, **students},
-                                       {name: layer for name in ["teacher", *students]}, data.test, images=0,
-                                       agreement_images=recipe.evaluation.cam_agreement_images)
-        except ExplainError as err:  # e.g. an MLP has no feature map to explain
+            cams = CamReference("teacher", teacher, recipe.evaluation.cam_layer, data.test,
+                                recipe.evaluation.cam_agreement_images)
+        except ExplainError as err:  # e.g. a teacher without a feature map to explain
             _say(f"Grad-CAM++ agreement not measured: {err}")
-        else:
-            for row in rows[1:]:
-                row["cam_agreement"] = agreement["models"][row["label"]]["mean"]
+    outputs = TeacherOutputs()  # the teacher runs over the training set once for all students
+    for method in recipe.methods:
+        row = _student_row(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, cams, sample,
+                           timing)
+        if cams is not None and "cam_agreement" not in row:
+            cams = None  # this student has no map to compare; neither will the others (same model)
+        rows.append(row)
     if teacher is not None:
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
@@ -236,6 +234,33 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         atomic_write_text(run_dir / "summary.md", f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
     _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
+
+
+def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool, trust_pickle: bool,
+                 outputs: TeacherOutputs, cams: CamReference | None, sample, timing: dict) -> dict:
+    """Train (or reuse) one method's student and measure it: its row of the run's table.
+
+    The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
+    settings (:func:`student_key`) are unchanged, even without the student's weights.
+    """
+    saved = run_dir / "students" / method.name / "row.json"
+    if resume and saved.is_file():
+        row = json.loads(saved.read_text())
+        if row.get("key") == student_key(recipe, method, as_stages(method.build())) and (
+                cams is None or "cam_agreement" in row):
+            return row
+    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs)
+    row = {"role": "student", "label": method.name, "model": recipe.student.model,
+           "params": count_parameters(student), "macs": count_macs(student, sample[:8]), **_scores(student, data),
+           "seconds_per_batch": inference_time(student, sample, **timing), **info}
+    if cams is not None:
+        try:
+            row["cam_agreement"] = cams.agreement(method.name, student, recipe.evaluation.cam_layer)["mean"]
+        except ExplainError as err:  # e.g. an MLP student has no feature map
+            _say(f"Grad-CAM++ agreement not measured: {err}")
+    if _main_process():
+        atomic_write_text(saved, json.dumps(row, indent=2))
+    return row
 
 
 def _scores(model, data) -> dict:

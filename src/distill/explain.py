@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from distill.losses.cam import gradcam_pp
 from distill.taps import TapError, logits_of, nearest, parse_tap
 from distill.teacher import run_model
 
-__all__ = ["ExplainError", "cam_agreement", "explain_models", "explain_run", "gradcam_maps", "gradcam_pp",
+__all__ = ["CamReference", "ExplainError", "cam_agreement", "explain_models", "explain_run", "gradcam_maps", "gradcam_pp",
            "normalize_maps"]
 
 
@@ -146,6 +147,58 @@ def _model_maps(name: str, model: nn.Module, layer: str, inputs, class_index=Non
         raise ExplainError(f"model {name!r}: {err}") from None
 
 
+class CamReference:
+    """The reference model's Grad-CAM++ maps and predicted classes over the first ``count`` samples
+    of ``dataset``, computed once, to score other models against (:meth:`agreement`).
+
+    A run scores each student as soon as it is trained, against one ``CamReference`` of its teacher.
+    """
+
+    def __init__(self, name: str, model: nn.Module, layer: str, dataset, count: int = 500, batch_size: int = 100):
+        self.dataset = as_dataset(dataset)
+        self.count = min(count, len(self.dataset))
+        if self.count < 1:
+            raise ExplainError("no images to explain")
+        self.batch_size = batch_size
+        self.maps, self.classes = [], []
+        with _eval_mode(model):
+            for inputs in self._inputs():
+                maps, logits = _model_maps(name, model, layer, inputs)
+                self.maps.append(maps.cpu())
+                self.classes.append(logits.argmax(1).cpu())
+
+    def _inputs(self):
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=range(self.count), collate_fn=collate)
+        for batch in loader:
+            if not isinstance(batch["input"], torch.Tensor):
+                raise ExplainError("explaining needs image tensors as inputs")
+            yield batch["input"]
+
+    def agreement(self, name: str, model: nn.Module, layer: str) -> dict:
+        """``{"mean", "std", "same_prediction"}``: :func:`cam_agreement` of ``model``'s maps at ``layer``
+        (for the reference's predicted classes) with the reference's, over the images; and the fraction
+        of images where ``model`` predicts the reference's class too."""
+        scores, same = [], 0
+        with _eval_mode(model):
+            for inputs, ref_maps, classes in zip(self._inputs(), self.maps, self.classes):
+                maps, logits = _model_maps(name, model, layer, inputs, classes.to(_device(model)))
+                scores.append(cam_agreement(maps.cpu(), ref_maps))
+                same += int((logits.argmax(1).cpu() == classes).sum())
+        r = torch.cat(scores)
+        return {"mean": float(r.mean()), "std": float(r.std(unbiased=False)), "same_prediction": same / self.count}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """eval() inside the block; the model's own mode restored after."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 def explain_models(models: Mapping[str, nn.Module], layers: Mapping[str, str], dataset, images: int = 8,
                    agreement_images: int = 500, batch_size: int = 100, out: str | Path | None = None) -> dict:
     """Grad-CAM++ agreement of every model with the first one (the teacher), and a picture.
@@ -165,40 +218,15 @@ def explain_models(models: Mapping[str, nn.Module], layers: Mapping[str, str], d
     missing = [n for n in names if n not in layers]
     if missing:
         raise ExplainError(f"no layer given for {', '.join(missing)}")
-    dataset = as_dataset(dataset)
-    count = min(agreement_images, len(dataset))
-    if count < 1:
-        raise ExplainError("no images to explain")
-    modes = {name: model.training for name, model in models.items()}
-    for model in models.values():
-        model.eval()
     reference = names[0]
-    scores = {name: [] for name in names[1:]}
-    same = {name: 0 for name in names[1:]}
-    try:
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=range(count), collate_fn=collate)
-        for batch in loader:
-            inputs = batch["input"]
-            if not isinstance(inputs, torch.Tensor):
-                raise ExplainError("explaining needs image tensors as inputs")
-            ref_maps, ref_logits = _model_maps(reference, models[reference], layers[reference], inputs)
-            classes = ref_logits.argmax(1)
-            for name in names[1:]:
-                maps, logits = _model_maps(name, models[name], layers[name], inputs, classes.to(_device(models[name])))
-                scores[name].append(cam_agreement(maps.cpu(), ref_maps.cpu()))
-                same[name] += int((logits.argmax(1).cpu() == classes.cpu()).sum())
-        result = {
-            "reference": reference,
-            "layers": dict(layers),
-            "images": count,
-            "models": {name: {"mean": float(torch.cat(s).mean()), "std": float(torch.cat(s).std(unbiased=False)),
-                              "same_prediction": same[name] / count} for name, s in scores.items()},
-        }
-        if out is not None:
-            _draw(models, layers, dataset, min(images, len(dataset)), Path(out))
-    finally:
-        for name, model in models.items():
-            model.train(modes[name])
+    ref = CamReference(reference, models[reference], layers[reference], dataset, agreement_images, batch_size)
+    result = {"reference": reference, "layers": dict(layers), "images": ref.count,
+              "models": {name: ref.agreement(name, models[name], layers[name]) for name in names[1:]}}
+    if out is not None:
+        with ExitStack() as stack:
+            for model in models.values():
+                stack.enter_context(_eval_mode(model))
+            _draw(models, layers, ref.dataset, min(images, len(ref.dataset)), Path(out))
     return result
 
 
