@@ -370,10 +370,11 @@ class Distiller:
             params = [p for p in params if id(p) not in frozen]
         optimizer = _build_optimizer(params, cfg)
         loader = self._loader(train, cfg.batch_size, shuffle=True)
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        # after prepare: under several processes each one steps through its share of the batches
         steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
-        model, optimizer, loader = acc.prepare(model, optimizer, loader)
         self.model = acc.unwrap_model(model)
 
         start_epoch, global_step, position = 0, 0, None

@@ -20,29 +20,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distill.distributed import gather_batch, world_size
 from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
                             fsp_loss, hint_loss, kd_loss, nst_loss, pkt_loss, rkd_loss, sp_loss)
 
 STAGES = ["stage1", "stage2", "stage3"]
 
-# name -> (function, default binding). The binding says which inputs the function takes. A loss with
-# learnt parameters or memory is an nn.Module class: each term builds its own, with the term's parameters.
+# name -> (function, default binding). The binding says which inputs the function takes, and
+# "gather" marks losses that compare samples within a batch. A loss with learnt parameters or
+# memory is an nn.Module class: each term builds its own, with the term's parameters.
 LOSSES: dict[str, tuple[Callable, dict]] = {
     "ce": (cross_entropy, {"teacher": None, "labels": True}),
     "kd": (kd_loss, {}),
     "hint": (hint_loss, {"connector": "auto"}),
     "dkd": (dkd_loss, {"labels": True}),
-    "dist": (dist_loss, {}),
+    "dist": (dist_loss, {"gather": True}),
     "at": (at_loss, {}),
     "nst": (nst_loss, {}),
-    "sp": (sp_loss, {}),
-    "rkd": (rkd_loss, {}),
-    "pkt": (pkt_loss, {}),
-    "cc": (cc_loss, {}),
+    "sp": (sp_loss, {"gather": True}),
+    "rkd": (rkd_loss, {"gather": True}),
+    "pkt": (pkt_loss, {"gather": True}),
+    "cc": (cc_loss, {"gather": True}),
     "vid": (VID, {}),
     "fsp": (fsp_loss, {"student": STAGES, "teacher": STAGES}),
     "ab": (ab_loss, {"connector": "auto"}),
-    "crd": (LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True}),
+    "crd": (LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True, "gather": True}),
     "cam": (cam_match_loss, {"student": ["last_stage", "logits"], "teacher": ["gradcam++(last_stage)", "logits"]}),
 }
 
@@ -82,6 +84,9 @@ class Term:
         teacher: the teacher tap it receives second, or ``None`` for no teacher input.
         labels: whether the batch labels are passed after the tap values.
         index: whether the batch's sample indices are passed as ``index=`` (a memory bank keyed by sample).
+        gather: the loss compares samples within the batch (RKD, SP, CRD ...): under several processes
+            its inputs are first gathered from all of them (:func:`distill.distributed.gather_batch`),
+            so it sees the whole batch, as with one process. Registered losses set it themselves.
         connector: ``None`` (use the student tap as it is), or a connector kind
             (``"auto"``, ``"linear"``, ``"conv1x1"``, ...) mapping the student tap to
             the teacher tap's shape, built on the first batch and trained with the student.
@@ -98,6 +103,7 @@ class Term:
         teacher: str | list[str] | None | object = ...,
         labels: bool | None = None,
         index: bool | None = None,
+        gather: bool | None = None,
         connector: str | None | object = ...,
         name: str | None = None,
         **params,
@@ -124,6 +130,7 @@ class Term:
         self.teacher = _taps(binding.get("teacher", "logits") if teacher is ... else teacher)
         self.labels = binding.get("labels", False) if labels is None else labels
         self.index = binding.get("index", False) if index is None else index
+        self.gather = binding.get("gather", False) if gather is None else gather
         self.connector = binding.get("connector") if connector is ... else connector
         if self.connector is not None and self.teacher is None:
             raise TermError(f"term {self.name!r}: a connector maps to a teacher tap, but teacher=None")
@@ -171,6 +178,11 @@ class Term:
         if self.index:  # the function decides whether it can do without (a CRD queue can, its memory bank not)
             index = batch.get("index")
             params = {**params, "index": None if index is None else torch.as_tensor(index).long()}
+        if self.gather and world_size() > 1:
+            args = [[gather_batch(v) for v in a] if isinstance(a, list) else gather_batch(a) for a in args]
+            if params.get("index") is not None:
+                first = args[0][0] if isinstance(args[0], list) else args[0]
+                params = {**params, "index": gather_batch(params["index"].to(first.device))}
         return self.fn(*args, **params)
 
     def __repr__(self) -> str:

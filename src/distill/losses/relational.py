@@ -2,8 +2,9 @@
 
 Each takes ``(N, ...)`` student and teacher features of any widths (flattened
 per sample), so no connector is needed. They compare samples *within* the
-batch; under several processes the batch is the local one (gathering across
-processes comes with the distributed work).
+batch. Called directly, they see the batch they are given; bound in a
+:class:`~distill.terms.Term`, they are marked ``gather`` and under several
+processes see the whole batch gathered from all of them (``distill.distributed``).
 """
 from __future__ import annotations
 
