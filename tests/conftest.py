@@ -19,6 +19,19 @@ def digits():
     return load_dataset("digits", val_size=200)
 
 
+@pytest.fixture(scope="session")
+def teacher(digits):
+    """A small CNN trained 4 epochs on the digits (about 90% test accuracy); tests must not train it further."""
+    from distill.engine import Distiller, seed_everything
+    from distill.terms import Term
+    from distill.zoo import build_model
+
+    seed_everything(0)
+    model = build_model("cnn", digits.input_shape, channels=[8, 16], hidden=32)
+    Distiller(model, terms=[Term("ce")], epochs=4, lr=5e-3, batch_size=64, progress=False).fit(digits.train)
+    return model
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))

@@ -11,18 +11,6 @@ from torch.utils.data import Dataset
 from distill import Distiller, DistillError, RandomShift, Term, build_model, seed_everything
 
 
-def train_teacher(digits, epochs=4):
-    seed_everything(0)
-    teacher = build_model("cnn", digits.input_shape, channels=[8, 16], hidden=32)
-    Distiller(teacher, terms=[Term("ce")], epochs=epochs, lr=5e-3, batch_size=64, progress=False).fit(digits.train)
-    return teacher
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    return train_teacher(digits)
-
-
 def test_tiny_distillation_learns(digits, teacher):
     seed_everything(0)
     student = build_model("mlp", digits.input_shape, hidden=[32])

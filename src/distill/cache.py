@@ -7,70 +7,247 @@ outputs up by ``batch["index"]``; loss terms see the same ``{tap: tensor}``
 dict as from a live teacher. With augmentation the inputs change every epoch
 and a cache would hand out stale targets, so the engine refuses that
 combination instead.
+
+The values live in a :class:`TeacherOutputs` store: in memory, or on disk as
+memory-mapped ``.npy`` files (``TeacherOutputs(path)``), which later runs reuse
+as long as the teacher's weights and the dataset are the same (checked by a
+fingerprint). On disk the ``logits`` tap can be kept as its top ``k`` entries
+(:func:`topk_logits`), which is how large-vocabulary teachers are cached.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from distill.data import IndexedDataset, collate
+from distill.fileio import atomic_write_text
 from distill.teacher import LiveTeacher
+
+
+TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0)
+
+
+class CacheMismatch(ValueError):
+    """A teacher cache on disk built for another teacher or dataset."""
+
+
+def topk_logits(logits: torch.Tensor, k: int, temperatures=(1.0,)) -> dict[str, torch.Tensor]:
+    r"""The top ``k`` logits of each row and, per temperature :math:`T`, the log of the rest's mass.
+
+    ``logits``: ``(N, C)``. Returns ``values`` ``(N, k)``, ``indices`` ``(N, k)`` and
+    ``tail`` ``(N, len(temperatures))`` with
+    :math:`\mathrm{tail}_T = \log \sum_{i \notin \mathrm{top}k} e^{z_i / T}` (``-inf`` when ``k = C``).
+    """
+    values, indices = logits.topk(k, dim=1)
+    rest = logits.scatter(1, indices, float("-inf"))
+    tail = torch.stack([torch.logsumexp(rest / t, dim=1) for t in temperatures], dim=1)
+    return {"values": values, "indices": indices, "tail": tail}
+
+
+def dense_from_topk(values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    r"""``(N, C)`` logits whose softmax at ``temperature`` gives the exact top-``k`` probabilities
+    and the exact remaining mass, spread evenly over the other ``C - k`` classes.
+
+    ``tail``: ``(N,)``, the log tail mass at that temperature (:func:`topk_logits`). Every other
+    class gets :math:`T\,(\mathrm{tail}_T - \log(C - k))`. For ``KL(p || q)`` against any
+    student ``q``, replacing the teacher's tail by an even one changes the value by at most
+    :math:`p_{tail}\,(\log(C-k) + \max_{i,j \in tail} |\log q_i - \log q_j|)` per sample
+    (before KD's :math:`T^2`), and leaves the top-``k`` gradients exact.
+    """
+    n, k = values.shape
+    if k == num_classes:
+        return torch.empty(n, num_classes, dtype=values.dtype, device=values.device).scatter_(1, indices, values)
+    fill = temperature * (tail - math.log(num_classes - k))
+    dense = fill[:, None].to(values.dtype).expand(n, num_classes).clone()
+    return dense.scatter_(1, indices, values)
+
+
+def fingerprint(model: torch.nn.Module, dataset) -> str:
+    """A hash of the model's weights and of the dataset's size and first inputs."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(str(len(dataset)).encode())
+    first = collate(dataset.__getitems__(list(range(min(8, len(dataset)))))) if hasattr(dataset, "__getitems__") \
+        else collate([dataset[i] for i in range(min(8, len(dataset)))])
+    inputs = first["input"]
+    if isinstance(inputs, torch.Tensor):
+        h.update(inputs.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _file(tap: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in tap) + "-" + \
+        hashlib.sha256(tap.encode()).hexdigest()[:6]
 
 
 class TeacherOutputs:
     """Teacher tap values over one training set, filled tap by tap and shared by several students' runs.
+
+    Args:
+        path: a directory to keep them in as memory-mapped ``.npy`` files, reused by later runs
+            with the same teacher weights and dataset; ``None`` keeps them in memory.
+        top_k: keep the ``logits`` tap as its top ``k`` entries and the log of the remaining mass
+            (on disk only; for large vocabularies), at ``temperatures``.
+        temperatures: the temperatures whose remaining mass is kept with ``top_k`` (by default the
+            usual KD ones, 1 to 20); a term reading the logits at another temperature is refused.
 
     A recipe trains many students against one frozen teacher on the same data; with one
     ``TeacherOutputs`` passed to each run (``Distiller(..., teacher_outputs=...)``), the teacher
     runs over the training set once per set of new taps instead of once per student.
     """
 
-    def __init__(self):
-        self.values: dict[str, torch.Tensor] = {}
+    def __init__(self, path: str | Path | None = None, top_k: int | None = None, temperatures=TEMPERATURES):
+        if top_k is not None and path is None:
+            raise ValueError("top_k logits are kept on disk: give a path")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.path = Path(path) if path is not None else None
+        self.top_k = top_k
+        self.temperatures = [float(t) for t in temperatures]
+        self.values: dict[str, torch.Tensor | np.ndarray | dict] = {}
         self.model = None
         self.dataset = None
 
     def bind(self, model, dataset) -> None:
-        dataset = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset  # a wrapper made per run
-        if self.model is None:
-            self.model, self.dataset = model, dataset
-        elif self.model is not model or self.dataset is not dataset:
-            raise ValueError("TeacherOutputs holds another teacher's or another dataset's outputs; "
-                             "use one per (teacher, training set)")
+        """Tie the store to one teacher and one dataset (on disk: check or record their fingerprint)."""
+        base = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset  # a wrapper made per run
+        if self.model is not None:
+            if self.model is not model or self.dataset is not base:
+                raise ValueError("TeacherOutputs holds another teacher's or another dataset's outputs; "
+                                 "use one per (teacher, training set)")
+            return
+        self.model, self.dataset = model, base
+        if self.path is None:
+            return
+        meta_file = self.path / "meta.json"
+        mark = fingerprint(model, dataset)
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+        if meta is not None:
+            if meta["fingerprint"] != mark:
+                raise CacheMismatch(f"teacher cache {self.path} was built for another teacher or dataset "
+                                    f"(fingerprint {meta['fingerprint']}, now {mark}); delete it or use another "
+                                    "directory")
+            if meta.get("top_k") != self.top_k or (self.top_k and meta.get("temperatures") != self.temperatures):
+                raise CacheMismatch(f"teacher cache {self.path} keeps top_k={meta.get('top_k')} at temperatures "
+                                    f"{meta.get('temperatures')}; asked for top_k={self.top_k} at "
+                                    f"{self.temperatures}; delete it or use another directory")
+            for tap, entry in meta["taps"].items():
+                if entry.get("complete"):
+                    self.values[tap] = self._open(entry)
+        self.meta = meta or {"fingerprint": mark, "top_k": self.top_k, "temperatures": self.temperatures,
+                             "size": len(dataset), "taps": {}}
+
+    def __contains__(self, tap: str) -> bool:
+        return tap in self.values
+
+    def _open(self, entry: dict):
+        if "files" in entry:
+            return {part: np.load(self.path / name, mmap_mode="r") for part, name in entry["files"].items()}
+        return np.load(self.path / entry["file"], mmap_mode="r")
+
+    def fill(self, tap_batches, size: int, taps: list[str]) -> None:
+        """Store the values of ``taps`` from an iterable of ``(index, {tap: tensor})`` covering ``size`` samples."""
+        new, classes = {}, {}
+        for index, values in tap_batches:
+            for tap in taps:
+                value = values[tap].detach()
+                if self.top_k is not None and tap == "logits":
+                    classes[tap] = value.shape[1]
+                    parts = topk_logits(value.float(), min(self.top_k, value.shape[1]), self.temperatures)
+                    parts["indices"] = parts["indices"].int()
+                else:
+                    parts = {"": value}
+                store = new.setdefault(tap, {})
+                for part, tensor in parts.items():
+                    if part not in store:
+                        store[part] = self._allocate(tap, part, (size, *tensor.shape[1:]), tensor)
+                    if self.path is None:
+                        store[part][index.to(tensor.device)] = tensor
+                    else:
+                        store[part][index.cpu().numpy()] = tensor.cpu().numpy()
+        for tap, parts in new.items():
+            if self.path is None:
+                self.values[tap] = parts[""]
+                continue
+            for array in parts.values():
+                array.flush()
+            entry = ({"file": f"{_file(tap)}.npy"} if set(parts) == {""} else
+                     {"files": {part: f"{_file(tap)}.{part}.npy" for part in parts}, "classes": classes[tap]})
+            self.meta["taps"][tap] = {**entry, "complete": True}
+            atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=2))
+            self.values[tap] = self._open(entry)
+
+    def _allocate(self, tap: str, part: str, shape, like: torch.Tensor):
+        if self.path is None:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.path.mkdir(parents=True, exist_ok=True)
+        name = f"{_file(tap)}.npy" if part == "" else f"{_file(tap)}.{part}.npy"
+        return np.lib.format.open_memmap(self.path / name, mode="w+", dtype=like.cpu().numpy().dtype,
+                                         shape=tuple(shape))
+
+    def read(self, tap: str, index: torch.Tensor, device, temperature: float = 1.0) -> torch.Tensor:
+        """The stored values of ``tap`` for the samples ``index`` (dense logits for a top-``k`` tap)."""
+        stored = self.values[tap]
+        if isinstance(stored, torch.Tensor):
+            return stored[index.to(stored.device)].to(device)
+        rows = np.sort(index.cpu().numpy())
+        order = torch.as_tensor(np.searchsorted(rows, index.cpu().numpy()))
+        if isinstance(stored, dict):
+            if temperature not in self.temperatures:
+                raise CacheMismatch(f"the teacher cache keeps the top-{self.top_k} logits' remaining mass at "
+                                    f"temperatures {self.temperatures}, not {temperature}; rebuild it with that "
+                                    "temperature")
+            t = self.temperatures.index(temperature)
+            part = {k: torch.from_numpy(np.ascontiguousarray(v[rows]))[order] for k, v in stored.items()}
+            dense = dense_from_topk(part["values"], part["indices"].long(), part["tail"][:, t],
+                                    self.meta["taps"][tap]["classes"], temperature)
+            return dense.to(device)
+        return torch.from_numpy(np.ascontiguousarray(stored[rows]))[order].to(device)
 
 
 class CachedTeacher:
-    """Teacher tap values for every sample of ``dataset``, kept in memory and indexed by sample index.
+    """Teacher tap values for every sample of ``dataset``, looked up by sample index.
 
-    ``outputs``: a :class:`TeacherOutputs` to reuse taps another run computed and to keep the new ones.
+    ``outputs``: a :class:`TeacherOutputs` to reuse taps another run computed and to keep the new ones
+    (in memory when not given). ``temperatures``: per tap, the temperature a term reads it at
+    (needed only for top-``k`` logits).
     """
 
     def __init__(self, teacher: LiveTeacher, dataset, batch_size: int = 1000, device="cpu", progress: bool = False,
-                 outputs: TeacherOutputs | None = None):
+                 outputs: TeacherOutputs | None = None, temperatures: dict[str, float] | None = None):
         self.taps = teacher.taps
-        outputs = outputs if outputs is not None else TeacherOutputs()
-        outputs.bind(teacher.model, dataset)
-        values = outputs.values
-        teacher.to(device)
-        if any(tap not in values for tap in self.taps):
+        self.outputs = outputs if outputs is not None else TeacherOutputs()
+        self.outputs.bind(teacher.model, dataset)
+        self.temperatures = temperatures or {}
+        self.device = device
+        missing = [tap for tap in self.taps if tap not in self.outputs]
+        if missing:
+            teacher.to(device)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-            for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
-                index = torch.as_tensor(batch["index"]).long()
-                inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
-                for tap, value in teacher({**batch, "input": inputs}).items():
-                    if tap not in values:
-                        values[tap] = torch.empty((len(dataset), *value.shape[1:]), dtype=value.dtype,
-                                                  device=value.device)
-                    values[tap][index.to(value.device)] = value
-        self.values = {tap: values[tap] for tap in self.taps}
+
+            def batches():
+                for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
+                    inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
+                    yield torch.as_tensor(batch["index"]).long(), teacher({**batch, "input": inputs})
+
+            self.outputs.fill(batches(), len(dataset), missing)
 
     def to(self, device) -> "CachedTeacher":
-        self.values = {k: v.to(device) for k, v in self.values.items()}
+        self.device = device
         return self
 
     def __call__(self, batch) -> dict[str, torch.Tensor]:
         if "index" not in batch:
             raise KeyError("a cached teacher needs batch['index'] to look its outputs up")
         index = torch.as_tensor(batch["index"]).long()
-        return {tap: value[index.to(value.device)] for tap, value in self.values.items()}
+        return {tap: self.outputs.read(tap, index, self.device, self.temperatures.get(tap, 1.0)) for tap in self.taps}

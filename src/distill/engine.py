@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from distill.cache import CachedTeacher, TeacherOutputs
+from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
 from distill.connectors import build_connector
 from distill.data import EpochSampler, as_dataset, collate
 from distill.evaluation import evaluate
@@ -84,6 +84,18 @@ class TrainConfig(BaseModel):
                                                "(the last checkpoint stays intact) or skip that optimiser step")
     cache_teacher: bool = Field(False, description="run the teacher once over the training set and reuse its "
                                 "outputs every epoch (only without augmentation)")
+    teacher_cache_dir: str | None = Field(None, description="with cache_teacher: keep the teacher's outputs in this "
+                                          "directory (memory-mapped), reused while the teacher and data are the same")
+    teacher_top_k: int | None = Field(None, ge=1, description="with teacher_cache_dir: keep only the top-k logits "
+                                      "and the remaining mass (for large vocabularies)")
+
+    @model_validator(mode="after")
+    def _cache_needs_caching(self):
+        if self.teacher_cache_dir is not None and not self.cache_teacher:
+            raise ValueError("teacher_cache_dir needs cache_teacher: true")
+        if self.teacher_top_k is not None and self.teacher_cache_dir is None:
+            raise ValueError("teacher_top_k needs teacher_cache_dir (top-k logits are kept on disk)")
+        return self
 
 
 def seed_everything(seed: int) -> None:
@@ -326,6 +338,27 @@ class Distiller:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
 
+    def _cached_teacher(self, train, device) -> CachedTeacher:
+        cfg = self.config
+        if self.augment is not None:
+            raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
+                               "drop the augmentation or set cache_teacher to false")
+        temperatures: dict[str, set] = {}
+        for term in self.terms:
+            for tap in term.teacher_taps:
+                temperatures.setdefault(tap, set()).add(float(term.params.get("temperature", 1.0)))
+        outputs = self.teacher_outputs
+        if outputs is None:
+            outputs = TeacherOutputs(cfg.teacher_cache_dir, cfg.teacher_top_k)
+        if outputs.top_k is not None and len(temperatures.get("logits", ())) > 1:
+            raise DistillError(f"top-{outputs.top_k} cached logits are rebuilt for one temperature, but the terms read "
+                               f"them at {sorted(temperatures['logits'])}")
+        try:
+            return CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress, outputs=outputs,
+                                 temperatures={tap: min(ts) for tap, ts in temperatures.items()})
+        except CacheMismatch as err:
+            raise DistillError(str(err)) from None
+
     # ---------------------------------------------------------------- training
     def fit(self, train, val=None, *, resume: bool = False) -> list[dict]:
         """Train for ``config.epochs`` epochs; evaluate on ``val`` after each. Returns the per-epoch history.
@@ -357,11 +390,7 @@ class Distiller:
             self.teacher.to(device)
 
         if cfg.cache_teacher and isinstance(self.teacher, LiveTeacher):
-            if self.augment is not None:
-                raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
-                                   "drop the augmentation or set cache_teacher to false")
-            self.teacher = CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress,
-                                         outputs=self.teacher_outputs)
+            self.teacher = self._cached_teacher(train, device)
         first = self._first_batch(train, device)
         model = self._probe(first)
         params = [p for p in model.parameters() if p.requires_grad]

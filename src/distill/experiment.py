@@ -50,13 +50,14 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "eval_every", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
+_NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
                  "cache_teacher", "cpu"}
 
 
 def _teacher_key(recipe: Recipe) -> str:
+    # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
     spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True, "seed": True,
-                                                           "train": _NOT_TRAINING})
+                                                           "train": _NOT_TRAINING | {"teacher_top_k"}})
     spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment", "test_size"}),
                "seed": teacher_seed(recipe), "format": 1}
@@ -216,7 +217,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                                 recipe.evaluation.cam_agreement_images)
         except ExplainError as err:  # e.g. a teacher without a feature map to explain
             _say(f"Grad-CAM++ agreement not measured: {err}")
-    outputs = TeacherOutputs()  # the teacher runs over the training set once for all students
+    # the teacher runs over the training set once for all students (and, with a cache directory, once for all runs)
+    outputs = TeacherOutputs(recipe.train.teacher_cache_dir, recipe.train.teacher_top_k)
     for method in recipe.methods:
         row = _student_row(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, cams, sample,
                            timing)
