@@ -71,7 +71,11 @@ class TrainConfig(BaseModel):
     gamma: float = Field(0.1, gt=0)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     clip_grad_norm: float | None = Field(None, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast the student's forward "
+                                                           "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
+    compile: bool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its taps and "
+                                                 "connectors); 'fullgraph' refuses graph breaks")
+    channels_last: bool = Field(False, description="channels-last memory format for a CNN student and its inputs")
     seed: int = 0
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)
@@ -392,6 +396,8 @@ class Distiller:
         if cfg.cache_teacher and isinstance(self.teacher, LiveTeacher):
             self.teacher = self._cached_teacher(train, device)
         first = self._first_batch(train, device)
+        if cfg.channels_last:
+            self.student.to(memory_format=torch.channels_last)
         model = self._probe(first)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.train_up_to is not None:
@@ -399,12 +405,15 @@ class Distiller:
             params = [p for p in params if id(p) not in frozen]
         optimizer = _build_optimizer(params, cfg)
         loader = self._loader(train, cfg.batch_size, shuffle=True)
+        raw = model
+        if cfg.compile:  # taps are forward hooks registered before compiling, which dynamo traces through
+            model = torch.compile(model, fullgraph=cfg.compile == "fullgraph")
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         # after prepare: under several processes each one steps through its share of the batches
         steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
-        self.model = acc.unwrap_model(model)
+        self.model = raw
 
         start_epoch, global_step, position = 0, 0, None
         if resume:
@@ -435,6 +444,8 @@ class Distiller:
                     rng_to_restore = None
                 if self.augment is not None:
                     batch = dict(batch, input=self.augment(batch["input"], aug_gen))
+                if cfg.channels_last and isinstance(batch["input"], torch.Tensor) and batch["input"].dim() == 4:
+                    batch = dict(batch, input=batch["input"].contiguous(memory_format=torch.channels_last))
                 progress = epoch + i / len(loader)
                 with acc.accumulate(model):
                     t_values = self.teacher(batch) if self.teacher is not None else {}

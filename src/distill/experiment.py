@@ -50,17 +50,22 @@ def _build(spec: ModelSpec, data) -> torch.nn.Module:
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every", "num_workers", "eval_batch_size",
-                 "cache_teacher", "cpu"}
+_NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every",
+                 "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
+
+# Keys hash the settings that differ from their defaults, so a field added later (with a default that keeps
+# the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".
 
 
 def _teacher_key(recipe: Recipe) -> str:
     # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
-    spec = recipe.teacher.model_dump(mode="json", exclude={"cache": True, "checkpoint": True, "seed": True,
-                                                           "train": _NOT_TRAINING | {"teacher_top_k"}})
+    spec = recipe.teacher.model_dump(mode="json", exclude_defaults=True,
+                                     exclude={"cache": True, "checkpoint": True, "seed": True,
+                                              "train": _NOT_TRAINING | {"teacher_top_k"}})
     spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
-    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude={"augment", "test_size"}),
-               "seed": teacher_seed(recipe), "format": 1}
+    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
+                                                              exclude={"augment", "test_size"}),
+               "seed": teacher_seed(recipe), "format": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,11 +78,14 @@ def student_key(recipe: Recipe, method, stages) -> str:
     def describe(term: Term) -> str:
         return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(term.connector)
 
-    payload = {"method": method.model_dump(mode="json"), "student": recipe.student.model_dump(mode="json"),
+    payload = {"method": method.model_dump(mode="json", exclude_defaults=True),
+               "student": recipe.student.model_dump(mode="json", exclude_defaults=True),
                "stages": [[describe(t) for t in stage.terms] + [repr((stage.epochs, stage.train_up_to))]
                           for stage in stages],
-               "train": recipe.train.model_dump(mode="json", exclude=_NOT_TRAINING - {"cache_teacher"}),
-               "data": recipe.data.model_dump(mode="json", exclude={"test_size"}), "seed": recipe.seed,
+               "train": recipe.train.model_dump(mode="json", exclude_defaults=True,
+                                                exclude=_NOT_TRAINING - {"cache_teacher"}),
+               "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
+               "seed": recipe.seed,
                "teacher": None if recipe.teacher is None else [_teacher_key(recipe), str(recipe.teacher.checkpoint)]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
