@@ -55,6 +55,7 @@ def _recipe_error(message: str):
 
 def cmd_list(args) -> int:
     from distill.bench import BENCHMARKS
+    from distill.speed import DESCRIPTION as SPEED_DESCRIPTION
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
     from distill.recipe import bundled_recipes
@@ -91,6 +92,7 @@ def cmd_list(args) -> int:
         print("benchmarks:")
         for name, bench in BENCHMARKS.items():
             print(f"  {name:14s} {bench.description}")
+        print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
     return 0
 
 
@@ -108,7 +110,16 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     from distill.bench import run_benchmark
+    from distill.recipe import RecipeError
 
+    if args.name == "speed":
+        from distill.speed import run_speed_benchmark
+
+        run_speed_benchmark(pairs=args.pair, recipes=args.recipe, repeats=args.repeats,
+                            out_dir=args.out or "bench-results/speed")
+        return 0
+    if args.recipe:
+        raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
                   pairs=args.pair, only_seed=args.only_seed)
     return 0
@@ -166,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="output directory (default: bench-results/NAME)")
     bench.add_argument("--pair", action="append", metavar="PAIR",
                        help="only this teacher -> student pair of a multi-pair benchmark (repeatable)")
+    bench.add_argument("--recipe", action="append", metavar="RECIPE",
+                       help="speed benchmark: also time this recipe's teacher and student (repeatable)")
+    bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

@@ -1,0 +1,185 @@
+"""``distill bench speed``: what a teacher costs per training step.
+
+For each teacher -> student pair, three ways of training the student are timed
+over the same data and batches:
+
+* ``student``: the plain student step (cross-entropy on the labels), the floor;
+* ``kd-live``: CE + KD with the teacher run on every batch;
+* ``kd-cached``: CE + KD with the teacher's outputs computed once (``cache_teacher``);
+  the one-off cost of filling the cache is reported on its own.
+
+Each measurement runs in a fresh process, so its peak resident memory is its
+own, and is the second of two epochs (the first warms up allocators and caches).
+Throughput is training samples per second; the table gives each mode's time per
+step relative to the plain student step. The teachers are untrained: only their
+cost matters here.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from distill.recipe import RecipeError, apply_overrides, load_recipe, parse_recipe, read_recipe_tree
+
+DESCRIPTION = ("samples per second and peak memory of the plain student step, KD with a live teacher and KD "
+               "with a cached teacher (--pair, --recipe, --repeats)")
+MODES = ("student", "kd-live", "kd-cached")
+
+# name -> recipe overrides on the default demo recipe (Fashion-MNIST)
+PAIRS: dict[str, list[str]] = {
+    "cnn-smallcnn": ["teacher.model=cnn", "teacher.options={channels: [32, 64], hidden: 128}",
+                     "student.model=cnn", "student.options={channels: [8, 16], hidden: 32}"],
+    "cnn-mlp": ["teacher.model=cnn", "teacher.options={channels: [32, 64], hidden: 128}",
+                "student.model=mlp", "student.options={hidden: [256]}"],
+    "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "teacher.options={}", "student.model=wrn_16_2",
+                          "student.options={}"],
+}
+SETTINGS = ["data.train_size=4096", "data.val_size=1000", "train.batch_size=128", "train.epochs=2"]
+
+
+def _measure(recipe_tree: dict, mode: str, threads: int, queue) -> None:
+    """In a child process: train two epochs in ``mode``; put the second epoch's figures on ``queue``."""
+    try:
+        torch.set_num_threads(threads)
+        from distill.engine import Distiller, seed_everything
+        from distill.evaluation import count_parameters, inference_time
+        from distill.terms import Term
+        from distill.zoo import build_model, load_dataset
+
+        recipe = parse_recipe(recipe_tree)
+        data = load_dataset(recipe.data.dataset, recipe.data.val_size, train_size=recipe.data.train_size)
+        seed_everything(0)
+        teacher = build_model(recipe.teacher.model, data.input_shape, data.num_classes, **recipe.teacher.options)
+        student = build_model(recipe.student.model, data.input_shape, data.num_classes, **recipe.student.options)
+        terms = [Term("ce")] if mode == "student" else [Term("ce", 0.5), Term("kd", 0.5, temperature=4)]
+        config = recipe.train.model_copy(update={"cache_teacher": mode == "kd-cached", "progress": False,
+                                                 "teacher_cache_dir": None, "teacher_top_k": None})
+        baseline = _reset_peak_memory()
+        started = time.perf_counter()
+        d = Distiller(student, None if mode == "student" else teacher, terms, config=config)
+        d.fit(data.train)
+        total = time.perf_counter() - started
+        epoch = d.history[-1]["time"]
+        batches = -(-len(data.train) // config.batch_size)
+        sample = data.train.__getitems__(list(range(config.batch_size)))["input"]
+        queue.put({"mode": mode, "samples_per_second": len(data.train) / epoch, "epoch_seconds": epoch,
+                   "setup_seconds": total - sum(h["time"] for h in d.history),
+                   "peak_mb": _peak_memory_mb(), "baseline_mb": baseline,
+                   "teacher_forward_seconds": batches * inference_time(teacher, sample, repeats=5),
+                   "teacher_params": count_parameters(teacher), "student_params": count_parameters(student),
+                   "samples": len(data.train), "batch_size": config.batch_size})
+    except BaseException as err:  # the parent reports it
+        queue.put({"mode": mode, "error": f"{type(err).__name__}: {err}"})
+
+
+def _reset_peak_memory() -> float:
+    """Reset this process's peak resident memory (Linux: ``/proc/self/clear_refs``); return the current MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(field)
+
+
+def _peak_memory_mb() -> float:
+    """Peak resident memory since :func:`_reset_peak_memory` (the process's peak where that is not possible)."""
+    try:
+        return _status_mb("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(recipe_tree: dict, mode: str, threads: int) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(recipe_tree, mode, threads, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RecipeError(f"speed benchmark, mode {mode}: {result['error']}")
+    return result
+
+
+def run_speed_benchmark(pairs: list[str] | None = None, recipes: list[str] | None = None, repeats: int = 3,
+                        out_dir: str | Path = "bench-results/speed", threads: int | None = None) -> dict:
+    """Time the three modes for each pair (built in, or each recipe's teacher and student), ``repeats`` times
+    each, interleaved, and write ``results.json`` and ``table.md`` to ``out_dir``."""
+    threads = threads or torch.get_num_threads()
+    chosen = {}
+    for name in (pairs if pairs is not None else ([] if recipes else list(PAIRS))):
+        if name not in PAIRS:
+            raise RecipeError(f"unknown speed pair {name!r}; pairs: {', '.join(PAIRS)}")
+        chosen[name] = apply_overrides(read_recipe_tree("default"), PAIRS[name] + SETTINGS)
+    for path in recipes or []:
+        recipe = load_recipe(path)
+        if recipe.teacher is None:
+            raise RecipeError(f"{path}: the speed benchmark needs a recipe with a teacher")
+        chosen[recipe.name] = read_recipe_tree(path)
+    results = {}
+    for name, tree in chosen.items():
+        runs = {mode: [] for mode in MODES}
+        for r in range(repeats):
+            for mode in MODES:
+                runs[mode].append(measure(tree, mode, threads))
+                print(f"{name} {mode} run {r + 1}/{repeats}: {runs[mode][-1]['samples_per_second']:.0f} samples/s",
+                      flush=True)
+        results[name] = _summarise(runs)
+    command = ("distill bench speed" + "".join(f" --pair {p}" for p in pairs or [])
+               + "".join(f" --recipe {r}" for r in recipes or []) + f" --repeats {repeats}")
+    table = format_speed_table(results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"command": command, "threads": threads, "pairs": results},
+                                                 indent=2))
+    (out / "table.md").write_text(f"`{command}` ({threads} threads; mean ± std over {repeats} runs)\n\n{table}\n")
+    print(f"\n{table}", flush=True)
+    return results
+
+
+def _summarise(runs: dict[str, list[dict]]) -> dict:
+    def ms(values):
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    plain = statistics.fmean(r["epoch_seconds"] for r in runs["student"])
+    teacher_share = statistics.fmean(r["teacher_forward_seconds"] for r in runs["kd-live"]) / plain
+    out = {}
+    for mode, rs in runs.items():
+        out[mode] = {"samples_per_second": ms([r["samples_per_second"] for r in rs]),
+                     "time_vs_student": ms([r["epoch_seconds"] / plain for r in rs]),
+                     "teacher_forward_vs_student": teacher_share,
+                     "peak_mb": max(r["peak_mb"] for r in rs),
+                     "training_mb": max(r["peak_mb"] - r["baseline_mb"] for r in rs),
+                     "setup_seconds": statistics.fmean(r["setup_seconds"] for r in rs),
+                     "teacher_params": rs[0]["teacher_params"], "student_params": rs[0]["student_params"],
+                     "batch_size": rs[0]["batch_size"]}
+    return out
+
+
+def format_speed_table(results: dict) -> str:
+    lines = ["| pair | teacher / student params | mode | samples / s | time per step vs student | "
+             "expected: 1 + teacher forward / student step | training memory (MB) | set-up s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, modes in results.items():
+        for mode, r in modes.items():
+            sps, ratio = r["samples_per_second"], r["time_vs_student"]
+            expected = f"{1 + r['teacher_forward_vs_student']:.2f}x" if mode == "kd-live" else "1.00x"
+            lines.append(f"| {name} | {r['teacher_params']:,} / {r['student_params']:,} | {mode} | "
+                         f"{sps[0]:,.0f} ± {sps[1]:,.0f} | {ratio[0]:.2f}x ± {ratio[1]:.2f} | {expected} | "
+                         f"{r['training_mb']:,.0f} | {r['setup_seconds']:.1f} |")
+    return "\n".join(lines) + ("\n\ntraining memory: peak resident memory while training, above the process's "
+                               "memory once data and models were loaded. set-up: model building, the engine's "
+                               "probe batch and, for kd-cached, filling the teacher cache (paid once per run).")
