@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +39,7 @@ from distill.evaluation import evaluate
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_dir, atomic_write_text, torch_load
 from distill.lock import RunDirLocked, RunLock
 from distill.taps import TapRecorder, parse_tap
-from distill.teacher import LiveTeacher, run_model
+from distill.teacher import LiveTeacher, TeacherEnsemble, run_model
 from distill.terms import Term, unique_names
 
 
@@ -215,8 +215,9 @@ class Distiller:
 
     Args:
         student: any ``nn.Module``; left unmodified (taps use forward hooks).
-        teacher: a trained ``nn.Module`` (frozen here), a teacher signal, or ``None``
-            for terms that need no teacher (training from scratch).
+        teacher: a trained ``nn.Module`` (frozen here), several as ``{name: module}`` (terms then
+            name teacher taps ``"name/tap"``), a teacher signal, or ``None`` for terms that need
+            no teacher (training from scratch).
         terms: the loss terms; default ``[Term("ce")]``.
         augment: an optional batch transform ``f(inputs, generator) -> inputs``
             applied before teacher and student see the batch, so both see the same view.
@@ -256,11 +257,13 @@ class Distiller:
         if teacher_taps and teacher is None:
             names = ", ".join(t.name for t in self.terms if t.teacher is not None)
             raise DistillError(f"terms {names} need a teacher, but teacher=None")
-        if isinstance(teacher, nn.Module):
+        if isinstance(teacher, (nn.Module, Mapping)):
+            several = isinstance(teacher, (Mapping, nn.ModuleDict))
             student_params = {id(p) for p in student.parameters()}
-            if any(id(p) in student_params for p in teacher.parameters()):
+            models = list(teacher.values()) if several else [teacher]
+            if any(id(p) in student_params for m in models for p in m.parameters()):
                 raise DistillError("teacher and student share parameters; pass a separate (copied) teacher")
-            teacher = LiveTeacher(teacher, teacher_taps)
+            teacher = TeacherEnsemble(teacher, teacher_taps) if several else LiveTeacher(teacher, teacher_taps)
         self.teacher = teacher
         self.accelerator = _make_accelerator(self.config)
 
@@ -393,7 +396,7 @@ class Distiller:
         if self.teacher is not None:
             self.teacher.to(device)
 
-        if cfg.cache_teacher and isinstance(self.teacher, LiveTeacher):
+        if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
             self.teacher = self._cached_teacher(train, device)
         first = self._first_batch(train, device)
         if cfg.channels_last:

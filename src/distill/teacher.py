@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from distill.taps import TapRecorder
+from distill.taps import TapError, TapRecorder
 
 
 def run_model(model: nn.Module, inputs):
@@ -57,3 +57,35 @@ class LiveTeacher:
         # Inference tensors cannot be saved for backward; a clone made outside
         # inference mode is an ordinary tensor that loss functions may use freely.
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+
+
+class TeacherEnsemble:
+    """Several frozen teachers as one teacher signal: the tap ``"NAME/TAP"`` is ``TAP`` of teacher ``NAME``.
+
+    Each teacher is a :class:`LiveTeacher` of the taps asked of it, so terms can mix
+    several teachers' logits (``multi_kd``) or features (a hint from ``"b/stage2"``).
+    """
+
+    def __init__(self, models: Mapping[str, nn.Module], taps):
+        if not models:
+            raise TapError("a teacher ensemble needs at least one teacher")
+        self.model = nn.ModuleDict(dict(models))  # one module for fingerprints and device moves
+        self.taps = list(dict.fromkeys(taps))
+        asked: dict[str, list[str]] = {name: [] for name in models}
+        for tap in self.taps:
+            name, sep, inner = tap.partition("/")
+            if not sep or name not in models:
+                raise TapError(f"teacher tap {tap!r}: with several teachers a tap is 'NAME/TAP', NAME one of "
+                               f"{', '.join(models)}")
+            asked[name].append(inner)
+        self.teachers = {name: LiveTeacher(models[name], inner) for name, inner in asked.items() if inner}
+        self.needs_grad = any(t.needs_grad for t in self.teachers.values())
+
+    def to(self, device) -> "TeacherEnsemble":
+        for teacher in self.teachers.values():
+            teacher.to(device)
+        return self
+
+    def __call__(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        return {f"{name}/{tap}": value for name, teacher in self.teachers.items()
+                for tap, value in teacher(batch).items()}

@@ -22,7 +22,8 @@ from torch import nn
 
 from distill.distributed import gather_batch, world_size
 from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
-                            fsp_loss, hint_loss, kd_loss, nst_loss, pkt_loss, rkd_loss, sp_loss)
+                            fsp_loss, hint_loss, kd_loss, multi_teacher_kd_loss, nst_loss, pkt_loss, rkd_loss, sp_loss,
+                            tf_kd_loss)
 
 STAGES = ["stage1", "stage2", "stage3"]
 
@@ -46,6 +47,9 @@ LOSSES: dict[str, tuple[Callable, dict]] = {
     "ab": (ab_loss, {"connector": "auto"}),
     "crd": (LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True, "gather": True}),
     "cam": (cam_match_loss, {"student": ["last_stage", "logits"], "teacher": ["gradcam++(last_stage)", "logits"]}),
+    # several teachers: pass teacher=["a/logits", "b/logits"] (the teachers' names in Distiller(teacher={...}))
+    "multi_kd": (multi_teacher_kd_loss, {"labels": True}),
+    "tf_kd": (tf_kd_loss, {"teacher": None, "labels": True}),
 }
 
 
