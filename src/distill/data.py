@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
@@ -143,6 +144,52 @@ class RandomShift:
 
     def __repr__(self) -> str:
         return f"RandomShift({self.max_shift})"
+
+
+class MixUp:
+    """Mix each image with another of the batch: ``x' = lam * x + (1 - lam) * x[perm]``, one
+    ``lam ~ Beta(alpha, alpha)`` per sample (Zhang et al. 2018, *mixup*).
+
+    For distillation the labels are *not* mixed: the teacher labels the mixed image (its soft
+    targets are the only target worth having there, as in Beyer et al. 2022's function matching),
+    so a method trained on mixed batches uses KD without the label term (``kd`` with ``alpha=1``).
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        if alpha <= 0:
+            raise ValueError(f"mixup alpha must be positive, got {alpha}")
+        self.alpha = float(alpha)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        lam = torch.as_tensor(np.random.default_rng(seed).beta(self.alpha, self.alpha, size=n), dtype=x.dtype)
+        perm = torch.randperm(n, generator=generator).to(x.device)
+        lam = lam.to(x.device).view(n, *([1] * (x.dim() - 1)))
+        return lam * x + (1 - lam) * x[perm]
+
+    def __repr__(self) -> str:
+        return f"MixUp({self.alpha})"
+
+
+class Compose:
+    """Batch transforms applied in order (e.g. a shift, then mixup)."""
+
+    def __init__(self, *transforms):
+        self.transforms = transforms
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for t in self.transforms:
+            x = t(x, generator)
+        return x
+
+    def __repr__(self) -> str:
+        return "Compose(" + ", ".join(map(repr, self.transforms)) + ")"
+
+
+def unlabelled(dataset: ArrayDataset) -> ArrayDataset:
+    """The same inputs without their labels: a transfer set, where only the teacher's outputs teach."""
+    return ArrayDataset(dataset.inputs, None, dataset.name + "-unlabelled")
 
 
 def carve_validation(dataset: ArrayDataset, val_size: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:

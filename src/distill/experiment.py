@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_model
 
 from distill.cache import TeacherOutputs
-from distill.data import RandomShift
+from distill.data import Compose, MixUp, RandomShift
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
@@ -39,7 +39,10 @@ def cache_dir() -> Path:
 
 
 def _augment(spec: AugmentSpec | None):
-    return RandomShift(spec.shift) if spec is not None and spec.shift else None
+    if spec is None:
+        return None
+    transforms = ([RandomShift(spec.shift)] if spec.shift else []) + ([MixUp(spec.mixup)] if spec.mixup else [])
+    return None if not transforms else transforms[0] if len(transforms) == 1 else Compose(*transforms)
 
 
 def _build(spec: ModelSpec, data) -> torch.nn.Module:
@@ -62,7 +65,7 @@ def _teacher_key(recipe: Recipe) -> str:
     spec = recipe.teacher.model_dump(mode="json", exclude_defaults=True,
                                      exclude={"cache": True, "checkpoint": True, "seed": True,
                                               "train": _NOT_TRAINING | {"teacher_top_k"}})
-    spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump()  # what the teacher trained on
+    spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
                                                               exclude={"augment", "test_size"}),
                "seed": teacher_seed(recipe), "format": 2}

@@ -81,6 +81,8 @@ class ModelSpec(_Strict):
 
 class AugmentSpec(_Strict):
     shift: int = Field(0, ge=0, le=8, description="random shift of up to this many pixels (Hinton's jitter)")
+    mixup: float | None = Field(None, gt=0, description="mix images within the batch, Beta(mixup, mixup) "
+                                "weights; labels are not mixed (use KD alone)")
 
 
 class DataSpec(_Strict):
