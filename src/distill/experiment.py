@@ -151,36 +151,85 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
                   trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None):
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused.
-    ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students."""
-    seed_everything(recipe.seed)  # every method starts from the same student initialisation
-    student = _build(recipe.student, data)
+    ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students.
+
+    With ``via`` (teacher assistants) or ``generations`` (born-again networks) the method trains a
+    chain: the teacher teaches the first model, each model the next, the last one teaches the
+    student; each step is an ordinary run in ``students/<label>/step-K``, reported in ``info["chain"]``.
+    """
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
     key = student_key(recipe, method, stages)
     if resume and (own / "summary.json").is_file():
         info = json.loads((own / "summary.json").read_text()).get("info", {})
         if info.get("key") == key:
+            seed_everything(recipe.seed)
+            student = _build(recipe.student, data)
             load_model(student, str(own / "student.safetensors"))
             return student, info
         _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
         shutil.rmtree(own)
+    chain, models, steps = [], [], [*method.via] + [recipe.student] * (method.generations - 1)
+    started = time.perf_counter()
+    for k, spec in enumerate(steps, start=1):
+        seed_everything(recipe.seed * 1000 + k)  # each generation starts from its own initialisation
+        model = _build(spec, data)
+        _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {spec.model}")
+        _fit(recipe, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
+             teacher_outputs if k == 1 else None, f"{key}-step{k}")
+        chain.append({"model": spec.model, "params": count_parameters(model), **_scores(model, data)})
+        models.append(model)
+        teacher = model
+    seed_everything(recipe.seed)  # every method starts from the same student initialisation
+    student = _build(recipe.student, data)
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
     _say(f"student [{method.name}]: {' | then '.join(described)}")
-    config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
-    started = time.perf_counter()
-    result = fit_stages(student, teacher, stages, data.train, data.val, config=config, run_dir=own,
-                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle,
-                        teacher_outputs=teacher_outputs, say=_say)
+    result = _fit(recipe, stages, student, teacher, data, own, resume, trust_pickle,
+                  None if chain else teacher_outputs, key)
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
+    if chain:
+        info["chain"] = chain
+        if method.generations > 1:  # born-again networks: the generations' ensemble too
+            info["ensemble_test_accuracy"] = ensemble_accuracy(models[len(method.via):] + [student], data.test)
     if _main_process():
-        if len(stages) > 1:
-            atomic_save_model(student, own / "student.safetensors")
-            summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
-        else:
-            summary = json.loads((own / "summary.json").read_text())
-        atomic_write_text(own / "summary.json", json.dumps({**summary, "info": info}, indent=2))
+        atomic_write_text(own / "summary.json", json.dumps({**result["summary"], "info": info}, indent=2))
     return student, info
+
+
+def _fit(recipe: Recipe, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool, outputs,
+         key: str) -> dict:
+    """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``."""
+    done = own / "summary.json"
+    if resume and done.is_file() and json.loads(done.read_text()).get("info", {}).get("key") == key:
+        load_model(model, str(own / "student.safetensors"))
+        return {"epoch_seconds": [], "summary": json.loads(done.read_text())}
+    config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
+    result = fit_stages(model, teacher, stages, data.train, data.val, config=config, run_dir=own,
+                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle,
+                        teacher_outputs=outputs, say=_say)
+    if len(stages) > 1:
+        if _main_process():
+            atomic_save_model(model, own / "student.safetensors")
+        summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
+    else:
+        summary = json.loads(done.read_text())
+    if _main_process():
+        atomic_write_text(done, json.dumps({**summary, "info": {"key": key}}, indent=2))
+    return {**result, "summary": summary}
+
+
+def ensemble_accuracy(models, dataset) -> float:
+    """Test accuracy (%) of the average of ``models``' logits."""
+    class Average(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.members = torch.nn.ModuleList(models)
+
+        def forward(self, x):
+            return torch.stack([m(x) for m in self.members]).mean(0)
+
+    return evaluate(Average(), dataset)["accuracy"]
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False,
@@ -304,6 +353,12 @@ def format_table(summary: dict) -> str:
         if cams:
             line += f" {row['cam_agreement']:.3f} |" if "cam_agreement" in row else " - |"
         lines.append(line)
+    for row in summary["rows"]:
+        if row.get("chain"):
+            steps = " -> ".join(f"{c['model']} ({c['test_accuracy']:.2f})" for c in row["chain"])
+            ensemble = (f"; ensemble of the generations {row['ensemble_test_accuracy']:.2f}"
+                        if "ensemble_test_accuracy" in row else "")
+            lines.append(f"\n{row['label']}: teacher -> {steps} -> student ({row['test_accuracy']:.2f}){ensemble}")
     scratch = next((r for r in summary["rows"] if r["label"] == "scratch"), None)
     if scratch is not None:
         for row in summary["rows"]:

@@ -142,11 +142,18 @@ class MethodSpec(BaseModel):
     method: str | None = None
     terms: list[TermSpec] | None = None
     label: str | None = Field(None, description="name of this student in tables (default: the method name)")
+    via: list[ModelSpec] = Field(default_factory=list, description="teacher assistants (TAKD): the teacher "
+                                 "teaches via[0], which teaches via[1] ..., the last teaches the student, each step "
+                                 "trained with this method")
+    generations: int = Field(1, ge=1, description="born-again networks: the student's architecture trained this "
+                             "many times, each generation teaching the next; the last is the student")
 
     @model_validator(mode="after")
     def _one_of(self):
         if (self.method is None) == (self.terms is None):
             raise ValueError("give either 'method' or 'terms'")
+        if self.via and self.generations > 1:
+            raise ValueError("give either 'via' (teacher assistants) or 'generations' (born-again), not both")
         if self.method is not None:
             if self.method not in METHODS:
                 raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
