@@ -27,7 +27,7 @@ def test_each_step_teaches_the_next_and_is_reported(tmp_path, cache_dir, monkeyp
     summary = run_recipe(_recipe(), tmp_path / "run")
     takd, ban = summary["rows"][1], summary["rows"][2]
     # TAKD: teacher -> assistant -> student; the assistant trained in step-1 is the student's teacher
-    (assistant, first_teacher, first_dir), (student, second_teacher, second_dir) = calls[0], calls[1]
+    (assistant, first_teacher, first_dir), (_, second_teacher, _) = calls[0], calls[1]
     assert second_teacher is assistant and first_teacher is not assistant
     assert first_dir == tmp_path / "run" / "students" / "takd" / "step-1"
     assert (first_dir / "student.safetensors").is_file()

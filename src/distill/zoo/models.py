@@ -161,3 +161,27 @@ def resnet(in_shape, num_classes, depth=20, widths=(16, 32, 64)):
 for _depth in (8, 14, 20, 32, 56):
     register_model(f"resnet{_depth}", f"CIFAR-style ResNet-{_depth}, widths 16-32-64")(
         lambda in_shape, num_classes, _d=_depth: ResNet(in_shape, _d, (16, 32, 64), num_classes))
+
+
+class Cohort(nn.Module):
+    """Peers trained together without a pretrained teacher (online distillation: DML, KDCL).
+
+    ``peers.K`` (alias ``peerK``) is peer K's output, its logits; the cohort's own output is
+    the mean of the peers' logits, so evaluating the cohort scores the peers' ensemble.
+    Each peer keeps its own aliases under ``peers.K.`` (``peers.0.layer3``).
+    """
+
+    def __init__(self, peers: list[nn.Module]):
+        super().__init__()
+        if len(peers) < 2:
+            raise ValueError(f"a cohort needs at least 2 peers, got {len(peers)}")
+        self.peers = nn.ModuleList(peers)
+        self.tap_aliases = {f"peer{k}": f"peers.{k}" for k in range(len(peers))}
+
+    def forward(self, x):
+        return torch.stack([peer(x) for peer in self.peers]).mean(0)
+
+
+@register_model("cohort", "K peers of a zoo model trained together, online KD (peer=NAME, peers=K, options=...)")
+def cohort(in_shape, num_classes, peer: str = "mlp", peers: int = 2, options: dict | None = None):
+    return Cohort([build_model(peer, in_shape, num_classes, **(options or {})) for _ in range(peers)])

@@ -1,0 +1,82 @@
+"""Online distillation: peers trained together teach each other, no pretrained teacher.
+
+The peers' logits arrive as a list of ``(N, C)`` tensors. A peer's targets are
+the *other* peers' predictions, treated as constants (detached), so each peer's
+gradient comes only from its own terms. Conventions as in :mod:`distill.losses.kd`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_peers(peer_logits: list[torch.Tensor]) -> None:
+    if len(peer_logits) < 2:
+        raise ValueError(f"online distillation needs at least 2 peers, got {len(peer_logits)}")
+    shapes = {tuple(z.shape) for z in peer_logits}
+    if len(shapes) != 1:
+        raise ValueError(f"peer logits must share one shape, got {sorted(shapes)}")
+
+
+def _kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 KL(softmax(target/T) || softmax(logits/T))``, batchmean, the target detached."""
+    log_p = F.log_softmax(target_logits.detach().float() / temperature, dim=-1)
+    log_q = F.log_softmax(logits.float() / temperature, dim=-1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * temperature**2
+
+
+def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    r"""Deep mutual learning — Zhang, Xiang, Hospedales & Lu 2018, *Deep Mutual Learning* (CVPR).
+
+    Each of the :math:`K` peers learns from the labels and from the mean of the others:
+
+    .. math::
+        \mathcal{L} = \sum_{k=1}^{K}\Big[\mathrm{CE}(z_k, y) +
+            \frac{1}{K-1}\sum_{j \ne k} T^2\,\mathrm{KL}\big(p_j \,\|\, p_k\big)\Big],
+        \qquad p_j = \mathrm{softmax}(z_j / T)\ \text{(a constant in peer } k\text{'s term)}
+
+    Summed over peers, so one optimiser step updates every peer with its own loss (the
+    paper updates the peers one after another, each seeing the others' latest predictions;
+    here all peers see the predictions of the same forward pass).
+    """
+    _check_peers(peer_logits)
+    k = len(peer_logits)
+    total = peer_logits[0].new_zeros((), dtype=torch.float32)
+    for i, z in enumerate(peer_logits):
+        mimic = sum(_kl(other, z, temperature) for j, other in enumerate(peer_logits) if j != i) / (k - 1)
+        total = total + F.cross_entropy(z.float(), labels) + mimic
+    return total
+
+
+def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 3.0,
+              ensemble: str = "min_logit") -> torch.Tensor:
+    r"""KDCL — Guo et al. 2020, *Online Knowledge Distillation via Collaborative Learning* (CVPR).
+
+    The peers' logits are combined into one soft teacher that teaches every peer:
+
+    .. math::
+        \mathcal{L} = \sum_k \Big[\mathrm{CE}(z_k, y) + T^2\,\mathrm{KL}\big(\mathrm{softmax}(z_t / T) \,\|\,
+            \mathrm{softmax}(z_k / T)\big)\Big]
+
+    with the teacher logits :math:`z_t` (a constant) from ``ensemble``:
+
+    * ``"naive"``: the peer whose cross-entropy on the sample is lowest;
+    * ``"mean"``: the peers' mean logits;
+    * ``"min_logit"``: KDCL-MinLogit — each peer's logits minus its true-class logit,
+      :math:`\bar z_k = z_k - z_{k,y}`, and per class the minimum over peers,
+      :math:`z_{t,c} = \min_k \bar z_{k,c}` (the true class stays at 0, every other class at
+      its smallest margin: the most confident combination).
+    """
+    _check_peers(peer_logits)
+    stacked = torch.stack([z.detach().float() for z in peer_logits])  # (K, N, C)
+    if ensemble == "mean":
+        teacher = stacked.mean(0)
+    elif ensemble == "naive":
+        ce = torch.stack([F.cross_entropy(z, labels, reduction="none") for z in stacked])  # (K, N)
+        teacher = stacked[ce.argmin(0), torch.arange(stacked.shape[1])]
+    elif ensemble == "min_logit":
+        true = stacked.gather(2, labels.view(1, -1, 1).expand(stacked.shape[0], -1, 1))
+        teacher = (stacked - true).amin(0)
+    else:
+        raise ValueError(f"ensemble must be 'min_logit', 'mean' or 'naive', got {ensemble!r}")
+    return sum(F.cross_entropy(z.float(), labels) + _kl(teacher, z, temperature) for z in peer_logits)

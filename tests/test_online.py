@@ -1,0 +1,68 @@
+"""Online distillation: peers of a cohort teach each other."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill import Distiller, build_model, evaluate, seed_everything
+from distill.losses import dml_loss, kdcl_loss
+from distill.methods import dml, kdcl
+
+
+def test_dml_by_hand_for_two_peers():
+    z1, z2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    y = torch.tensor([0])
+    p1, p2 = torch.softmax(z1[0], 0), torch.softmax(z2[0], 0)
+
+    def kl(p, q):
+        return float((p * (p / q).log()).sum())
+
+    expected = (F.cross_entropy(z1, y) + F.cross_entropy(z2, y)).item() + kl(p2, p1) + kl(p1, p2)
+    assert dml_loss([z1, z2], y).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_each_peer_gets_only_its_own_gradient():
+    # peer 1's gradient must not depend on how peer 2 would change (its prediction is a target)
+    torch.manual_seed(0)
+    z1 = torch.randn(4, 3, requires_grad=True)
+    z2 = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    dml_loss([z1, z2], y).backward()
+    own = z1.detach().clone().requires_grad_(True)
+    (F.cross_entropy(own, y) + F.kl_div(F.log_softmax(own, 1), F.log_softmax(z2.detach(), 1),
+                                        reduction="batchmean", log_target=True)).backward()
+    assert torch.allclose(z1.grad, own.grad, atol=1e-6)
+
+
+def test_kdcl_min_logit_ensemble_by_hand():
+    # two peers, 3 classes, label 0: z - z_y then the per-class minimum
+    z1, z2 = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[1.0, 2.0, -3.0]])
+    y = torch.tensor([0])
+    teacher = torch.tensor([[0.0, -1.0, -4.0]])  # min(2-2, 1-1)=0; min(1-2, 2-1)=-1; min(0-2, -3-1)=-4
+    t = 3.0
+
+    def kl(z):
+        p, q = torch.softmax(teacher[0] / t, 0), torch.softmax(z[0] / t, 0)
+        return float((p * (p / q).log()).sum()) * t * t
+
+    expected = (F.cross_entropy(z1, y) + F.cross_entropy(z2, y)).item() + kl(z1) + kl(z2)
+    assert kdcl_loss([z1, z2], y, temperature=t).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="ensemble"):
+        kdcl_loss([z1, z2], y, ensemble="best")
+    with pytest.raises(ValueError, match="at least 2 peers"):
+        kdcl_loss([z1], y)
+
+
+@pytest.mark.parametrize("method", [dml, kdcl])
+def test_a_cohort_learns_and_every_peer_is_updated(digits, method):
+    seed_everything(0)
+    cohort = build_model("cohort", digits.input_shape, peer="mlp", peers=3, options={"hidden": [32]})
+    before = [[p.detach().clone() for p in peer.parameters()] for peer in cohort.peers]
+    d = Distiller(cohort, None, method(peers=3), epochs=3, lr=1e-2, batch_size=64, progress=False)
+    d.fit(digits.train, digits.val)
+    for peer, old in zip(cohort.peers, before):
+        assert any(not torch.equal(p, q) for p, q in zip(peer.parameters(), old))
+        assert evaluate(peer, digits.val)["accuracy"] > 80  # each peer is a working classifier
+    assert d.history[-1]["val/accuracy"] > 85
+    assert math.isfinite(d.history[-1]["train/loss"])
