@@ -79,7 +79,8 @@ class IndexedDataset(Dataset):
 
 
 def as_dataset(dataset) -> Dataset:
-    if isinstance(dataset, (ArrayDataset, IndexedDataset)):
+    # a synthetic set (data-free KD) makes whole batches of engine dicts itself
+    if isinstance(dataset, (ArrayDataset, IndexedDataset)) or getattr(dataset, "synthetic", False):
         return dataset
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise TypeError(f"expected a map-style torch Dataset, got {type(dataset).__name__}")

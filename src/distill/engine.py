@@ -350,6 +350,9 @@ class Distiller:
         if self.augment is not None:
             raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
                                "drop the augmentation or set cache_teacher to false")
+        if getattr(train, "synthetic", False):
+            raise DistillError("cache_teacher needs the same inputs every epoch, but a synthetic training set "
+                               "makes new ones every batch; set cache_teacher to false")
         temperatures: dict[str, set] = {}
         for term in self.terms:
             for tap in term.teacher_taps:

@@ -8,6 +8,7 @@ from distill.losses.ab import ab_loss
 from distill.losses.attention import at_loss, nst_loss
 from distill.losses.cam import cam_match_loss, gradcam_pp
 from distill.losses.crd import CRD, LazyCRD, crd_nce_loss
+from distill.losses.datafree import bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1, total_variation
 from distill.losses.dist import dist_loss
 from distill.losses.dkd import dkd_loss
 from distill.losses.fsp import fsp_loss, fsp_matrix
@@ -20,7 +21,7 @@ from distill.losses.tf_kd import tf_kd_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
 from distill.losses.vid import VID, vid_loss
 
-__all__ = ["CRD", "LazyCRD", "crd_nce_loss", "VID", "FactorTransferLoss", "Paraphraser", "ParaphraserLoss",
+__all__ = ["bn_statistics_loss", "dafl_generator_loss", "js_divergence", "logit_l1", "total_variation", "CRD", "LazyCRD", "crd_nce_loss", "VID", "FactorTransferLoss", "Paraphraser", "ParaphraserLoss",
            "Translator", "ab_loss", "at_loss", "cam_match_loss", "cc_loss", "cross_entropy", "dist_loss", "dkd_loss", "dml_loss",
            "fsp_loss", "fsp_matrix", "ft_loss", "gradcam_pp", "hint_loss", "kd_loss", "kdcl_loss", "multi_teacher_kd_loss",
            "nst_loss", "pkt_loss", "rkd_loss", "sp_loss", "teacher_weights", "tf_kd_loss", "vid_loss"]

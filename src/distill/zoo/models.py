@@ -185,3 +185,40 @@ class Cohort(nn.Module):
 @register_model("cohort", "K peers of a zoo model trained together, online KD (peer=NAME, peers=K, options=...)")
 def cohort(in_shape, num_classes, peer: str = "mlp", peers: int = 2, options: dict | None = None):
     return Cohort([build_model(peer, in_shape, num_classes, **(options or {})) for _ in range(peers)])
+
+
+class Generator(nn.Module):
+    """Image generator for data-free distillation (the DCGAN-style generator of DAFL, Chen et al. 2019):
+    noise ``(N, latent)`` -> ``(N, C, H, W)`` in ``[0, 1]``; ``H`` and ``W`` divisible by 4.
+
+    Its output passes a final batch norm before the sigmoid, which keeps the images' spread
+    from collapsing early in adversarial training.
+    """
+
+    def __init__(self, out_shape, latent: int = 100, width: int = 64):
+        super().__init__()
+        c, h, w = out_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"the generator needs height and width divisible by 4, got {h}x{w}")
+        self.latent, self.start = latent, (2 * width, h // 4, w // 4)
+        self.project = nn.Linear(latent, 2 * width * (h // 4) * (w // 4))
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(2 * width), nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, c, 3, padding=1), nn.BatchNorm2d(c, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body(self.project(z).view(z.shape[0], *self.start)))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = self.project.weight.device
+        z = torch.randn(n, self.latent, generator=generator).to(device)
+        return self(z)
+
+
+@register_model("generator", "image generator for data-free KD: noise -> images in [0, 1] (latent, width)")
+def generator(in_shape, num_classes, latent: int = 100, width: int = 64):
+    return Generator(in_shape, latent, width)

@@ -1,0 +1,219 @@
+"""Data-free distillation: the student never sees a real training image.
+
+A :class:`SyntheticSet` stands where the training set would: each batch the engine
+asks for is made on the spot, by a generator that is itself trained against the
+teacher (and, for the adversarial methods, the student) just before. The
+student's own terms are ordinary loss terms on those batches (KD, DFAD's L1,
+ZSKT's attention). :func:`deep_inversion` instead optimises a pool of images to
+match the teacher's batch-norm statistics, and the student then distils on the
+pool like on any dataset.
+
+* ``dafl`` — Chen et al. 2019: the generator makes the teacher confident, its
+  features active and its classes balanced (:func:`~distill.losses.datafree.dafl_generator_loss`);
+  generator and student step together.
+* ``dfad`` — Fang et al. 2019: the generator maximises the teacher-student L1
+  logit gap; ``student_steps`` (5) student steps on fresh samples per generator step.
+* ``zskt`` — Micaelli & Storkey 2019, *Zero-shot Knowledge Transfer via
+  Adversarial Belief Matching*: the generator maximises KL(teacher || student);
+  the student takes ``student_steps`` (10) steps on each generated batch.
+* ``noise`` — the lower baseline: Gaussian noise images labelled by the teacher.
+
+The generator's own state is not checkpointed with the student: a resumed
+data-free run starts a fresh generator.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.losses.datafree import (bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1,
+                                     total_variation)
+from distill.taps import TapRecorder, logits_of
+
+OBJECTIVES = ("dafl", "dfad", "zskt", "noise")
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class SyntheticSet(Dataset):
+    """A training set of ``size`` samples per epoch, each batch generated when asked for.
+
+    Args:
+        teacher: the trained teacher (frozen here).
+        objective: ``"dafl"``, ``"dfad"``, ``"zskt"`` or ``"noise"``.
+        generator: a :class:`~distill.zoo.models.Generator` (not needed for ``"noise"``).
+        student: the student being trained (``"dfad"`` and ``"zskt"`` generate against it).
+        input_shape: ``(C, H, W)`` of the images (``"noise"``; otherwise the generator's).
+        size: samples per epoch.
+        lr: the generator's Adam learning rate.
+        student_steps: student steps per generator step (``dfad``: fresh samples each step;
+            ``zskt``: the same batch each step; ``dafl`` steps both every batch).
+        alpha, beta: DAFL's activation and information-entropy weights.
+        feature_layer: the teacher tap DAFL's activation term reads (default: the layer
+            before the classifier, alias ``embedding``).
+        seed: seeds the latent noise.
+
+    ``synthetic = True`` tells the engine its inputs change every batch (no teacher cache).
+    """
+
+    synthetic = True
+
+    def __init__(self, teacher: nn.Module, objective: str = "dafl", generator: nn.Module | None = None,
+                 student: nn.Module | None = None, input_shape=None, size: int = 12800, lr: float = 1e-3,
+                 student_steps: int | None = None, alpha: float = 0.1, beta: float = 5.0,
+                 feature_layer: str = "embedding", seed: int = 0):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective != "noise" and generator is None:
+            raise ValueError(f"objective {objective!r} trains a generator: pass generator=")
+        if objective in ("dfad", "zskt") and student is None:
+            raise ValueError(f"objective {objective!r} generates against the student: pass student=")
+        if objective == "noise" and input_shape is None:
+            raise ValueError("objective 'noise' needs input_shape=(C, H, W)")
+        self.teacher = _freeze(teacher)
+        self.objective, self.generator, self.student, self.size = objective, generator, student, size
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.student_steps = student_steps or {"dfad": 5, "zskt": 10}.get(objective, 1)
+        self.alpha, self.beta = alpha, beta
+        self.rng = torch.Generator().manual_seed(seed)
+        self.calls, self.generator_steps = 0, 0
+        self.batch: torch.Tensor | None = None
+        if generator is not None:
+            self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+        if objective == "dafl":
+            self.recorder = TapRecorder(teacher, ["logits", feature_layer], model_name="teacher")
+            self.feature_layer = feature_layer
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices) -> dict:
+        n = len(indices)
+        if self.objective == "noise":
+            x = (0.5 + 0.5 * torch.randn(n, *self.input_shape, generator=self.rng)).to(self._device())
+        else:
+            if self.calls % self.student_steps == 0:
+                self._generator_step(n)
+            if self.objective == "zskt" and self.batch is not None and self.calls % self.student_steps:
+                x = self.batch  # ZSKT: the student takes several steps on one generated batch
+            else:
+                with torch.no_grad():
+                    x = self.generator(self._latent(n))
+                self.batch = x
+        self.calls += 1
+        return {"input": x.detach(), "index": torch.as_tensor(indices, dtype=torch.long)}
+
+    def _device(self):
+        return next(self.teacher.parameters()).device
+
+    def _latent(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.generator.latent, generator=self.rng).to(self._device())
+
+    def _generator_step(self, n: int) -> None:
+        self.generator.to(self._device()).train()
+        x = self.generator(self._latent(n))
+        if self.objective == "dafl":
+            with torch.enable_grad():
+                values = self.recorder.collect(self.teacher(x))
+            loss = dafl_generator_loss(values["logits"], values[self.feature_layer], self.alpha, self.beta)
+        else:
+            t = logits_of(self.teacher(x))
+            s = logits_of(self.student(x))
+            if self.objective == "dfad":
+                loss = -logit_l1(s, t)
+            else:  # zskt: maximise KL(teacher || student)
+                loss = -F.kl_div(F.log_softmax(s.float(), 1), F.log_softmax(t.float(), 1), reduction="batchmean",
+                                 log_target=True)
+        # gradients for the generator only: the student's .grad stays the engine's
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.generator_steps += 1
+
+    def samples(self, n: int = 64) -> torch.Tensor:
+        """``n`` images as the generator makes them now (noise for ``"noise"``), for a picture."""
+        if self.objective == "noise":
+            return (0.5 + 0.5 * torch.randn(n, *self.input_shape, generator=self.rng)).clamp(0, 1)
+        self.generator.eval()
+        with torch.no_grad():
+            x = self.generator(self._latent(n)).cpu()
+        self.generator.train()
+        return x
+
+
+def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+
+
+def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes: int, steps: int = 500,
+                   batch_size: int = 128, lr: float = 0.1, bn_weight: float = 1.0, tv_weight: float = 1e-3,
+                   l2_weight: float = 1e-5, student: nn.Module | None = None, competition_weight: float = 0.0,
+                   seed: int = 0, say=None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""DeepInversion (Yin et al. 2020): synthesise ``num_images`` inputs from the teacher alone.
+
+    Each batch of images starts as noise with target classes drawn uniformly and is optimised
+    (Adam, ``lr``) for ``steps`` steps on
+
+    .. math::
+        \mathrm{CE}(f_T(\hat x), y) + w_{bn}\mathcal{R}_{feature} + w_{tv}\mathcal{R}_{TV} + w_{\ell_2}\|\hat x\|^2
+        \;[\, + w_{comp}\,(1 - \mathrm{JS}(f_T(\hat x), f_S(\hat x))) \,]
+
+    :math:`\mathcal{R}_{feature}` matches every batch-norm layer's batch statistics to its
+    running ones (:func:`~distill.losses.datafree.bn_statistics_loss`); with a ``student`` and
+    ``competition_weight`` (Adaptive DeepInversion) the images are also pushed to where teacher
+    and student disagree. Images are kept in ``[0, 1]``. Returns ``(images, targets)``.
+    """
+    bns = _bn_layers(teacher)
+    if not bns:
+        raise ValueError("DeepInversion matches batch-norm statistics, but the teacher has no BatchNorm2d layer")
+    _freeze(teacher)
+    device = next(teacher.parameters()).device
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(module, inputs, output):
+        x = inputs[0]
+        stats.append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)))
+
+    hooks = [bn.register_forward_hook(record) for bn in bns]
+    running = [(bn.running_mean, bn.running_var) for bn in bns]
+    rng = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    try:
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            y = torch.randint(0, num_classes, (n,), generator=rng).to(device)
+            x = (0.5 + 0.2 * torch.randn(n, *input_shape, generator=rng)).to(device).requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=lr)
+            for _ in range(steps):
+                stats.clear()
+                with torch.enable_grad():
+                    logits = logits_of(teacher(x))
+                    loss = (F.cross_entropy(logits, y) + bn_weight * bn_statistics_loss(stats, running)
+                            + tv_weight * total_variation(x) + l2_weight * x.pow(2).sum(dim=(1, 2, 3)).mean())
+                    if student is not None and competition_weight:
+                        loss = loss + competition_weight * (1 - js_divergence(logits, logits_of(student(x))))
+                x.grad, = torch.autograd.grad(loss, [x])  # the images only: a competing student keeps its .grad
+                optimizer.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
+            images.append(x.detach().cpu())
+            targets.append(y.cpu())
+            if say is not None:
+                say(f"DeepInversion: {start + n}/{num_images} images")
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(images), torch.cat(targets)
