@@ -43,7 +43,9 @@ def test_kd_loss_large_temperature_tends_to_logit_matching():
     s, t = torch.randn(8, 10, dtype=torch.float64), torch.randn(8, 10, dtype=torch.float64)
     d = (s - s.mean(1, keepdim=True)) - (t - t.mean(1, keepdim=True))
     limit = (d**2).sum(1).mean() / (2 * 10)
-    assert kd_loss(s, t, 100.0).item() == pytest.approx(limit.item(), rel=1e-3)
+    # kd_loss computes in float32: at T = 100 the KL is small next to the log-probabilities, so rounding
+    # (which varies with the number of threads) moves it by about 0.1%
+    assert kd_loss(s, t, 100.0).item() == pytest.approx(limit.item(), rel=1e-2)
     assert abs(kd_loss(s, t, 100.0).item() - limit.item()) < abs(kd_loss(s, t, 3.0).item() - limit.item())
 
 

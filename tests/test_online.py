@@ -66,3 +66,19 @@ def test_a_cohort_learns_and_every_peer_is_updated(digits, method):
         assert evaluate(peer, digits.val)["accuracy"] > 80  # each peer is a working classifier
     assert d.history[-1]["val/accuracy"] > 85
     assert math.isfinite(d.history[-1]["train/loss"])
+
+
+def test_a_cohort_trains_from_a_recipe(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import parse_recipe
+
+    recipe = parse_recipe({
+        "name": "mutual", "data": {"dataset": "digits", "val_size": 100},
+        "student": {"model": "cohort", "options": {"peer": "mlp", "peers": 2, "options": {"hidden": [32]}}},
+        "methods": [{"method": "dml", "peers": 2}, {"method": "kdcl", "peers": 2}],
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "progress": False},
+        "evaluation": {"latency_batch_size": 8, "latency_repeats": 1},
+    })
+    summary = run_recipe(recipe, tmp_path / "run")
+    assert [r["label"] for r in summary["rows"]] == ["dml", "kdcl"]
+    assert all(r["test_accuracy"] > 80 for r in summary["rows"])
