@@ -147,7 +147,8 @@ def run_speed_benchmark(pairs: list[str] | None = None, recipes: list[str] | Non
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"command": command, "threads": threads, "pairs": results},
                                                  indent=2))
-    (out / "table.md").write_text(f"`{command}` ({threads} threads; mean ± std over {repeats} runs)\n\n{table}\n")
+    plural = "s" if threads != 1 else ""
+    (out / "table.md").write_text(f"`{command}` ({threads} thread{plural}; mean ± std over {repeats} runs)\n\n{table}\n")
     print(f"\n{table}", flush=True)
     return results
 
