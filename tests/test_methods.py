@@ -32,7 +32,7 @@ def _student(data, seed=0):
 
 # methods for one teacher and one student; the schemes need several teachers or a cohort of peers and have
 # their own tests (test_multi_teacher.py, test_online.py)
-ONE_PAIR = sorted(set(METHODS) - {"multi_teacher", "dml", "kdcl"})
+ONE_PAIR = sorted(set(METHODS) - {"multi_teacher", "dml", "kdcl", "one"})
 
 CONFIG = TrainConfig(epochs=2, batch_size=64, lr=0.01, optimizer="adam", progress=False, cache_teacher=True)
 

@@ -82,3 +82,40 @@ def test_a_cohort_trains_from_a_recipe(tmp_path, cache_dir):
     summary = run_recipe(recipe, tmp_path / "run")
     assert [r["label"] for r in summary["rows"]] == ["dml", "kdcl"]
     assert all(r["test_accuracy"] > 80 for r in summary["rows"])
+
+
+def test_one_loss_by_hand():
+    from distill.losses import one_loss
+
+    z1, z2, ze = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]])
+    y = torch.tensor([0])
+    t = 3.0
+    pe = torch.softmax(ze[0] / t, 0)
+
+    def kl(z):
+        q = torch.softmax(z[0] / t, 0)
+        return float((pe * (pe / q).log()).sum()) * t * t
+
+    ce = sum(F.cross_entropy(z, y).item() for z in (z1, z2, ze))
+    assert one_loss([z1, z2, ze], y, temperature=t).item() == pytest.approx(ce + kl(z1) + kl(z2), rel=1e-5)
+
+
+def test_one_model_gates_its_branches_and_every_branch_learns(digits):
+    from distill.methods import one
+
+    seed_everything(0)
+    model = build_model("one", digits.input_shape, depth=8, widths=[8, 8, 16], branches=3)
+    x = digits.val.inputs[:5]
+    model.eval()
+    gate = model.gate(model.trunk(x))
+    assert torch.allclose(gate.sum(1), torch.ones(5), atol=1e-6)
+    branch_logits = torch.stack([b(model.trunk(x)) for b in model.branches], 1)
+    assert torch.allclose(model(x), (gate.unsqueeze(2) * branch_logits).sum(1), atol=1e-5)
+    before = [[p.detach().clone() for p in b.parameters()] for b in model.branches]
+    model.train()
+    d = Distiller(model, None, one(branches=3), epochs=3, lr=1e-2, batch_size=64, progress=False)
+    d.fit(digits.train, digits.val)
+    for k, old in enumerate(before):
+        assert any(not torch.equal(p, q) for p, q in zip(model.branches[k].parameters(), old))
+        assert evaluate(model.branch(k), digits.val)["accuracy"] > 70
+    assert d.history[-1]["val/accuracy"] > 80

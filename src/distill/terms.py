@@ -22,8 +22,8 @@ from torch import nn
 
 from distill.distributed import gather_batch, world_size
 from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
-                            dml_loss, fsp_loss, hint_loss, kd_loss, kdcl_loss, logit_l1, multi_teacher_kd_loss, nst_loss, pkt_loss,
-                            rkd_loss, sp_loss, tf_kd_loss)
+                            dml_loss, fsp_loss, hint_loss, kd_loss, kdcl_loss, logit_l1, multi_teacher_kd_loss,
+                            nst_loss, one_loss, pkt_loss, rkd_loss, sp_loss, tf_kd_loss)
 
 STAGES = ["stage1", "stage2", "stage3"]
 
@@ -53,6 +53,7 @@ LOSSES: dict[str, tuple[Callable, dict]] = {
     # online: the student is a Cohort; pass student=["peers.0", "peers.1", ...]
     "dml": (dml_loss, {"teacher": None, "labels": True}),
     "kdcl": (kdcl_loss, {"teacher": None, "labels": True}),
+    "one": (one_loss, {"teacher": None, "labels": True}),  # student=["branches.0", ..., "logits"]
     "logit_l1": (logit_l1, {}),  # DFAD's student loss
 }
 

@@ -15,13 +15,16 @@ from distill.losses.fsp import fsp_loss, fsp_matrix
 from distill.losses.ft import FactorTransferLoss, Paraphraser, ParaphraserLoss, Translator, ft_loss
 from distill.losses.hint import hint_loss
 from distill.losses.kd import cross_entropy, kd_loss
-from distill.losses.online import dml_loss, kdcl_loss
 from distill.losses.multi_teacher import multi_teacher_kd_loss, teacher_weights
-from distill.losses.tf_kd import tf_kd_loss
+from distill.losses.online import dml_loss, kdcl_loss, one_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
+from distill.losses.tf_kd import tf_kd_loss
 from distill.losses.vid import VID, vid_loss
 
-__all__ = ["bn_statistics_loss", "dafl_generator_loss", "js_divergence", "logit_l1", "total_variation", "CRD", "LazyCRD", "crd_nce_loss", "VID", "FactorTransferLoss", "Paraphraser", "ParaphraserLoss",
-           "Translator", "ab_loss", "at_loss", "cam_match_loss", "cc_loss", "cross_entropy", "dist_loss", "dkd_loss", "dml_loss",
-           "fsp_loss", "fsp_matrix", "ft_loss", "gradcam_pp", "hint_loss", "kd_loss", "kdcl_loss", "multi_teacher_kd_loss",
-           "nst_loss", "pkt_loss", "rkd_loss", "sp_loss", "teacher_weights", "tf_kd_loss", "vid_loss"]
+__all__ = [
+    "CRD", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "Translator", "VID", "ab_loss",
+    "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_nce_loss", "cross_entropy",
+    "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss", "gradcam_pp",
+    "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1", "multi_teacher_kd_loss", "nst_loss",
+    "one_loss", "pkt_loss", "rkd_loss", "sp_loss", "teacher_weights", "tf_kd_loss", "total_variation", "vid_loss",
+]

@@ -80,3 +80,21 @@ def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature
     else:
         raise ValueError(f"ensemble must be 'min_logit', 'mean' or 'naive', got {ensemble!r}")
     return sum(F.cross_entropy(z.float(), labels) + _kl(teacher, z, temperature) for z in peer_logits)
+
+
+def one_loss(branch_and_ensemble_logits: list[torch.Tensor], labels: torch.Tensor,
+             temperature: float = 3.0) -> torch.Tensor:
+    r"""ONE — Lan, Zhu & Gong 2018, *Knowledge Distillation by On-the-Fly Native Ensemble* (NeurIPS).
+
+    ``[z_1, ..., z_m, z_e]``: the logits of the :math:`m` branches and of their gated ensemble
+    :math:`z_e = \sum_i g_i z_i` (the last entry). Every branch and the ensemble learn the labels;
+    the ensemble, a constant here, teaches every branch:
+
+    .. math::
+        \mathcal{L} = \sum_{i=1}^{m} \mathrm{CE}(z_i, y) + \mathrm{CE}(z_e, y)
+            + T^2 \sum_{i=1}^{m} \mathrm{KL}\big(\mathrm{softmax}(z_e / T) \,\|\, \mathrm{softmax}(z_i / T)\big)
+    """
+    *branches, ensemble = branch_and_ensemble_logits
+    _check_peers(branches)
+    ce = sum(F.cross_entropy(z.float(), labels) for z in branches) + F.cross_entropy(ensemble.float(), labels)
+    return ce + sum(_kl(ensemble, z, temperature) for z in branches)

@@ -19,7 +19,7 @@ from distill.methods.ft import ft
 from distill.methods.gradcam import gradcam
 from distill.methods.kd import kd
 from distill.methods.multi_teacher import multi_teacher
-from distill.methods.online import dml, kdcl
+from distill.methods.online import dml, kdcl, one
 from distill.methods.relational import cc, pkt, rkd, sp
 from distill.methods.scratch import scratch
 from distill.methods.tf_kd import tf_kd
@@ -28,7 +28,7 @@ from distill.methods.vid import vid
 METHODS: dict[str, Callable] = {
     "scratch": scratch, "kd": kd, "dkd": dkd, "dist": dist, "fitnets": fitnets, "at": at, "nst": nst, "sp": sp,
     "rkd": rkd, "pkt": pkt, "cc": cc, "vid": vid, "fsp": fsp, "ft": ft, "ab": ab, "gradcam": gradcam,
-    "crd": crd, "multi_teacher": multi_teacher, "tf_kd": tf_kd, "dml": dml, "kdcl": kdcl,
+    "crd": crd, "multi_teacher": multi_teacher, "tf_kd": tf_kd, "dml": dml, "kdcl": kdcl, "one": one,
 }
 
 __all__ = ["METHODS", *sorted(METHODS)]

@@ -5,7 +5,9 @@ evaluation scores the peers' ensemble, and each peer can be taken out after trai
 (``cohort.peers[k]``).
 
 * ``dml``: deep mutual learning (Zhang et al. 2018) - each peer: CE + mean KL to the others;
-* ``kdcl``: KDCL (Guo et al. 2020) - the peers' combined logits teach every peer.
+* ``kdcl``: KDCL (Guo et al. 2020) - the peers' combined logits teach every peer;
+* ``one``: ONE (Lan et al. 2018) - for the ``one`` model (shared trunk, gated branches): the
+  gated ensemble teaches every branch.
 """
 from distill.terms import Term
 
@@ -24,3 +26,10 @@ def dml(peers: int = 2, temperature: float = 1.0) -> list[Term]:
 def kdcl(peers: int = 2, temperature: float = 3.0, ensemble: str = "min_logit") -> list[Term]:
     """KDCL over the cohort's ``peers``; ``ensemble``: ``min_logit`` (KDCL-MinLogit), ``mean`` or ``naive``."""
     return [Term("kdcl", student=_peers(peers), temperature=temperature, ensemble=ensemble)]
+
+
+def one(branches: int = 3, temperature: float = 3.0) -> list[Term]:
+    """ONE over the ``one`` model's ``branches`` and its gated ensemble (the paper's T = 3)."""
+    if branches < 2:
+        raise ValueError(f"ONE needs at least 2 branches, got {branches}")
+    return [Term("one", student=[f"branches.{k}" for k in range(branches)] + ["logits"], temperature=temperature)]

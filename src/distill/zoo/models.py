@@ -222,3 +222,39 @@ class Generator(nn.Module):
 @register_model("generator", "image generator for data-free KD: noise -> images in [0, 1] (latent, width)")
 def generator(in_shape, num_classes, latent: int = 100, width: int = 64):
     return Generator(in_shape, latent, width)
+
+
+class OnTheFlyNativeEnsemble(nn.Module):
+    """ONE (Lan, Zhu & Gong 2018) on a CIFAR ResNet: the first two stages shared, ``branches`` copies
+    of the last stage and classifier, and a gate (pooled shared features -> FC -> BN -> ReLU ->
+    softmax) that weights the branches' logits into the ensemble, the model's output.
+
+    Taps: ``branches.K`` (alias ``branchK``) is branch K's logits; ``gate`` the gate's weights.
+    A single branch (``model.branch(k)``) is the small network deployed after training.
+    """
+
+    def __init__(self, in_shape, depth: int = 32, widths=(16, 32, 64), num_classes: int = 10, branches: int = 3):
+        super().__init__()
+        if branches < 2:
+            raise ValueError(f"ONE needs at least 2 branches, got {branches}")
+        nets = [ResNet(in_shape, depth, tuple(widths), num_classes) for _ in range(branches)]
+        first = nets[0]
+        self.trunk = nn.Sequential(first.conv1, first.bn1, first.relu, first.layer1, first.layer2)
+        self.branches = nn.ModuleList(nn.Sequential(n.layer3, n.pool, nn.Flatten(), n.fc) for n in nets)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[1], branches),
+                                  nn.BatchNorm1d(branches), nn.ReLU(), nn.Softmax(dim=1))
+        self.tap_aliases = {f"branch{k}": f"branches.{k}" for k in range(branches)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.trunk(x)
+        logits = torch.stack([branch(shared) for branch in self.branches], dim=1)  # (N, m, C)
+        return (self.gate(shared).unsqueeze(2) * logits).sum(1)
+
+    def branch(self, k: int) -> nn.Module:
+        """Branch ``k`` with the shared trunk: one ordinary network."""
+        return nn.Sequential(self.trunk, self.branches[k])
+
+
+@register_model("one", "ONE: a CIFAR ResNet with shared early stages, gated branches (depth, widths, branches)")
+def one(in_shape, num_classes, depth: int = 32, widths=(16, 32, 64), branches: int = 3):
+    return OnTheFlyNativeEnsemble(in_shape, depth, widths, num_classes, branches)
