@@ -48,3 +48,17 @@ def test_mixup_and_jitter_kd_learn(digits, teacher):
                       batch_size=64, progress=False)
         d.fit(digits.train, digits.val)
         assert d.history[-1]["val/accuracy"] > bar, augment
+
+
+def test_a_recipe_trains_students_on_a_transfer_set(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+
+    tree = apply_overrides(read_recipe_tree("digits"), ["data.student_labels=false", "teacher.train.epochs=3",
+                                                       "train.epochs=4"])
+    tree["methods"] = [{"method": "kd", "alpha": 1.0}]
+    summary = run_recipe(parse_recipe(tree), tmp_path / "run")
+    assert all(row["test_accuracy"] > 60 for row in summary["rows"][1:])
+    tree["methods"] = [{"method": "scratch"}]
+    with pytest.raises(DistillError, match="needs labels"):
+        run_recipe(parse_recipe(tree), tmp_path / "run2")

@@ -9,6 +9,7 @@ The run directory::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_model
 
 from distill.cache import TeacherOutputs
-from distill.data import Compose, MixUp, RandomShift
+from distill.data import Compose, MixUp, RandomShift, unlabelled
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
@@ -270,6 +271,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
                      **_scores(teacher, data),
                      "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
+    if not recipe.data.student_labels:  # a transfer set: the teacher trained on labels, the students see none
+        data = dataclasses.replace(data, train=unlabelled(data.train))
     cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         try:

@@ -91,6 +91,8 @@ class DataSpec(_Strict):
     train_size: int | None = Field(None, ge=1, description="keep only this many training samples")
     test_size: int | None = Field(None, ge=1, description="keep only the first this many test samples (quick checks)")
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="augmentation of the student's batches")
+    student_labels: bool = Field(True, description="false: students see the training inputs without labels, a "
+                                 "transfer set taught by the teacher alone (use label-free terms such as kd)")
 
     @field_validator("dataset")
     @classmethod

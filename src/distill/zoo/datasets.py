@@ -115,7 +115,8 @@ class Splits:
 
     @property
     def num_classes(self) -> int:
-        return self.train.num_classes
+        # the training split may be a transfer set without labels; the others keep theirs
+        return max(split.num_classes for split in (self.train, self.val, self.test))
 
 
 def load_dataset(name: str, val_size: int | float = 5000, seed: int = 0, train_size: int | None = None,
