@@ -91,3 +91,24 @@ def test_finished_students_are_reused_from_their_rows_without_weights(tmp_path, 
     for a, b in zip(first["rows"], again["rows"]):
         if a["label"] != "teacher":
             assert a["test_accuracy"] == b["test_accuracy"] and a["train_seconds"] == b["train_seconds"]
+
+
+def test_a_new_cam_layer_remeasures_the_agreement_without_retraining(tmp_path, cache_dir, monkeypatch):
+    import distill.experiment as experiment
+    from distill.experiment import run_recipe
+    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+
+    def recipe(layer):
+        return parse_recipe(apply_overrides(read_recipe_tree("digits"), [
+            "student.model=cnn", "student.options={channels: [8, 8], hidden: 16}", "teacher.train.epochs=1",
+            "train.epochs=1", "evaluation.cam_agreement_images=20", f"evaluation.cam_layer={layer}"]))
+
+    first = run_recipe(recipe("last_stage"), tmp_path / "run")
+    trained = []
+    real = experiment.fit_stages
+    monkeypatch.setattr(experiment, "fit_stages", lambda *a, **k: trained.append(1) or real(*a, **k))
+    again = run_recipe(recipe("stage1"), tmp_path / "run", resume=True)
+    assert trained == []
+    for a, b in zip(first["rows"][1:], again["rows"][1:]):
+        assert (a["cam_layer"], b["cam_layer"]) == ("last_stage", "stage1")
+        assert a["test_accuracy"] == b["test_accuracy"] and a["cam_agreement"] != b["cam_agreement"]

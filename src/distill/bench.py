@@ -57,7 +57,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         pairs={
             "resnet32x4-resnet8x4": ["teacher.model=resnet32x4", "student.model=resnet8x4"],
             "wrn_40_2-wrn_16_2": ["teacher.model=wrn_40_2", "student.model=wrn_16_2"],
-            "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8"],
+            # VGG's last stage is 2x2 here (five poolings of 28 px): its Grad-CAM++ maps are compared at stage3, 7x7
+            # like the other pairs' last stages
+            "vgg13-vgg8": ["teacher.model=vgg13", "student.model=vgg8", "evaluation.cam_layer=stage3"],
             "cnn-mlp": ["teacher.model=cnn", "student.model=mlp", "student.options.hidden=[256]",
                         "train.optimizer=adamw", "train.lr=0.003", "train.weight_decay=0.01", "train.epochs=30",
                         "evaluation.cam_agreement_images=0",

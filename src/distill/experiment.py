@@ -308,24 +308,39 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
     settings (:func:`student_key`) are unchanged, even without the student's weights.
     """
-    saved = run_dir / "students" / method.name / "row.json"
+    own = run_dir / "students" / method.name
+    saved, layer = own / "row.json", recipe.evaluation.cam_layer
     if resume and saved.is_file():
         row = json.loads(saved.read_text())
-        if row.get("key") == student_key(recipe, method, as_stages(method.build())) and (
-                cams is None or "cam_agreement" in row):
-            return row
+        if row.get("key") == student_key(recipe, method, as_stages(method.build())):
+            if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
+                return row
+            if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
+                seed_everything(recipe.seed)
+                student = _build(recipe.student, data)
+                load_model(student, str(own / "student.safetensors"))
+                _cam_agreement(row, cams, method.name, student, layer)
+                if _main_process():
+                    atomic_write_text(saved, json.dumps(row, indent=2))
+                return row
     student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs)
     row = {"role": "student", "label": method.name, "model": recipe.student.model,
            "params": count_parameters(student), "macs": count_macs(student, sample[:8]), **_scores(student, data),
            "seconds_per_batch": inference_time(student, sample, **timing), **info}
     if cams is not None:
-        try:
-            row["cam_agreement"] = cams.agreement(method.name, student, recipe.evaluation.cam_layer)["mean"]
-        except ExplainError as err:  # e.g. an MLP student has no feature map
-            _say(f"Grad-CAM++ agreement not measured: {err}")
+        _cam_agreement(row, cams, method.name, student, layer)
     if _main_process():
         atomic_write_text(saved, json.dumps(row, indent=2))
     return row
+
+
+def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str) -> None:
+    row.pop("cam_agreement", None)
+    try:
+        row["cam_agreement"] = cams.agreement(name, student, layer)["mean"]
+        row["cam_layer"] = layer
+    except ExplainError as err:  # e.g. an MLP student has no feature map
+        _say(f"Grad-CAM++ agreement not measured: {err}")
 
 
 def _scores(model, data) -> dict:
