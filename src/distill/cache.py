@@ -77,17 +77,17 @@ def fingerprint(model: torch.nn.Module, dataset) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(str(len(dataset)).encode())
-    first = collate(dataset.__getitems__(list(range(min(8, len(dataset)))))) if hasattr(dataset, "__getitems__") \
-        else collate([dataset[i] for i in range(min(8, len(dataset)))])
-    inputs = first["input"]
+    inputs = collate([dataset[i] for i in range(min(8, len(dataset)))])["input"]
     if isinstance(inputs, torch.Tensor):
         h.update(inputs.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _file(tap: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in tap) + "-" + \
-        hashlib.sha256(tap.encode()).hexdigest()[:6]
+def _file(tap: str, part: str = "") -> str:
+    """The ``.npy`` file of a tap (or of one part of a top-k tap: ``values``, ``indices``, ``tail``)."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in tap)
+    stem = f"{safe}-{hashlib.sha256(tap.encode()).hexdigest()[:6]}"
+    return f"{stem}.{part}.npy" if part else f"{stem}.npy"
 
 
 class TeacherOutputs:
@@ -181,8 +181,8 @@ class TeacherOutputs:
                 continue
             for array in parts.values():
                 array.flush()
-            entry = ({"file": f"{_file(tap)}.npy"} if set(parts) == {""} else
-                     {"files": {part: f"{_file(tap)}.{part}.npy" for part in parts}, "classes": classes[tap]})
+            entry = ({"file": _file(tap)} if set(parts) == {""} else
+                     {"files": {part: _file(tap, part) for part in parts}, "classes": classes[tap]})
             self.meta["taps"][tap] = {**entry, "complete": True}
             atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=2))
             self.values[tap] = self._open(entry)
@@ -191,8 +191,7 @@ class TeacherOutputs:
         if self.path is None:
             return torch.empty(shape, dtype=like.dtype, device=like.device)
         self.path.mkdir(parents=True, exist_ok=True)
-        name = f"{_file(tap)}.npy" if part == "" else f"{_file(tap)}.{part}.npy"
-        return np.lib.format.open_memmap(self.path / name, mode="w+", dtype=like.cpu().numpy().dtype,
+        return np.lib.format.open_memmap(self.path / _file(tap, part), mode="w+", dtype=like.cpu().numpy().dtype,
                                          shape=tuple(shape))
 
     def read(self, tap: str, index: torch.Tensor, device, temperature: float = 1.0) -> torch.Tensor:

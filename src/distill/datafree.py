@@ -31,15 +31,9 @@ from torch.utils.data import Dataset
 from distill.losses.datafree import (bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1,
                                      total_variation)
 from distill.taps import TapRecorder, logits_of
+from distill.teacher import freeze
 
 OBJECTIVES = ("dafl", "dfad", "zskt", "noise")
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 class SyntheticSet(Dataset):
@@ -77,7 +71,7 @@ class SyntheticSet(Dataset):
             raise ValueError(f"objective {objective!r} generates against the student: pass student=")
         if objective == "noise" and input_shape is None:
             raise ValueError("objective 'noise' needs input_shape=(C, H, W)")
-        self.teacher = _freeze(teacher)
+        self.teacher = freeze(teacher)
         self.objective, self.generator, self.student, self.size = objective, generator, student, size
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.student_steps = student_steps or {"dfad": 5, "zskt": 10}.get(objective, 1)
@@ -179,7 +173,7 @@ def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes
     bns = _bn_layers(teacher)
     if not bns:
         raise ValueError("DeepInversion matches batch-norm statistics, but the teacher has no BatchNorm2d layer")
-    _freeze(teacher)
+    freeze(teacher)
     device = next(teacher.parameters()).device
     stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 

@@ -164,10 +164,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     if resume and (own / "summary.json").is_file():
         info = json.loads((own / "summary.json").read_text()).get("info", {})
         if info.get("key") == key:
-            seed_everything(recipe.seed)
-            student = _build(recipe.student, data)
-            load_model(student, str(own / "student.safetensors"))
-            return student, info
+            return _saved_student(recipe, data, own), info
         _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
         shutil.rmtree(own)
     chain, models, steps = [], [], [*method.via] + [recipe.student] * (method.generations - 1)
@@ -198,13 +195,22 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     return student, info
 
 
+def _saved_student(recipe: Recipe, data, own: Path) -> torch.nn.Module:
+    """The finished student of the run directory ``own``."""
+    seed_everything(recipe.seed)
+    student = _build(recipe.student, data)
+    load_model(student, str(own / "student.safetensors"))
+    return student
+
+
 def _fit(recipe: Recipe, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool, outputs,
          key: str) -> dict:
     """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``."""
     done = own / "summary.json"
-    if resume and done.is_file() and json.loads(done.read_text()).get("info", {}).get("key") == key:
+    finished = json.loads(done.read_text()) if resume and done.is_file() else {}
+    if finished.get("info", {}).get("key") == key:
         load_model(model, str(own / "student.safetensors"))
-        return {"epoch_seconds": [], "summary": json.loads(done.read_text())}
+        return {"epoch_seconds": [], "summary": finished}
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
     result = fit_stages(model, teacher, stages, data.train, data.val, config=config, run_dir=own,
                         augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle,
@@ -316,10 +322,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
             if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
                 return row
             if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
-                seed_everything(recipe.seed)
-                student = _build(recipe.student, data)
-                load_model(student, str(own / "student.safetensors"))
-                _cam_agreement(row, cams, method.name, student, layer)
+                _cam_agreement(row, cams, method.name, _saved_student(recipe, data, own), layer)
                 if _main_process():
                     atomic_write_text(saved, json.dumps(row, indent=2))
                 return row

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.kd import kd_loss
+
 
 def _check_peers(peer_logits: list[torch.Tensor]) -> None:
     if len(peer_logits) < 2:
@@ -19,10 +21,8 @@ def _check_peers(peer_logits: list[torch.Tensor]) -> None:
 
 
 def _kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 KL(softmax(target/T) || softmax(logits/T))``, batchmean, the target detached."""
-    log_p = F.log_softmax(target_logits.detach().float() / temperature, dim=-1)
-    log_q = F.log_softmax(logits.float() / temperature, dim=-1)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * temperature**2
+    """KD from ``target_logits`` taken as a constant: ``T^2 KL(softmax(target/T) || softmax(logits/T))``."""
+    return kd_loss(logits, target_logits.detach(), temperature)
 
 
 def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
