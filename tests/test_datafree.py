@@ -77,7 +77,7 @@ def test_generator_steps_update_the_generator_only(digits, teacher):
     synthetic = SyntheticSet(teacher, "dfad", generator, student, size=64)
     s_before = [p.clone() for p in student.parameters()]
     g_before = [p.clone() for p in generator.parameters()]
-    synthetic.__getitems__(list(range(32)))
+    synthetic.make_batch(synthetic.__getitems__(list(range(32))))
     assert synthetic.generator_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
     assert all(p.grad is None for p in student.parameters())
@@ -107,3 +107,28 @@ def test_deep_inversion_images_teach_a_student(digits, teacher):
     assert evaluate(student, digits.test)["accuracy"] > 35  # chance is 10%; the teacher 97%
     with pytest.raises(ValueError, match="no BatchNorm2d"):
         deep_inversion(build_model("mlp", digits.input_shape, hidden=[4]), 4, digits.input_shape, 10)
+
+
+def test_a_resumed_data_free_run_continues_the_same_generator(digits, teacher, tmp_path):
+    import shutil
+
+    def run(run_dir, resume=False):
+        seed_everything(0)
+        student = build_model("mlp", digits.input_shape, hidden=[16])
+        generator = build_model("generator", digits.input_shape, width=16)
+        synthetic = SyntheticSet(copy.deepcopy(teacher), "dfad", generator, student, size=256, seed=3)
+        d = Distiller(student, teacher, [Term("logit_l1")], epochs=2, lr=1e-2, batch_size=32, progress=False,
+                      run_dir=run_dir, keep_checkpoints=10, checkpoint_every=3)
+        d.fit(synthetic, resume=resume)
+        return student, generator
+
+    full_student, full_generator = run(tmp_path / "full")
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "full", partial)
+    checkpoints = sorted((partial / "checkpoints").iterdir())
+    for later in checkpoints[2:]:  # killed early in the first epoch
+        shutil.rmtree(later)
+    student, generator = run(partial, resume=True)
+    for a, b in [(full_student, student), (full_generator, generator)]:
+        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(p, q), name

@@ -1,4 +1,5 @@
 """Online distillation: peers of a cohort teach each other."""
+import copy
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from distill import Distiller, build_model, evaluate, seed_everything
+from distill.engine import DistillError
 from distill.losses import dml_loss, kdcl_loss
 from distill.methods import dml, kdcl
 
@@ -119,3 +121,41 @@ def test_one_model_gates_its_branches_and_every_branch_learns(digits):
         assert any(not torch.equal(p, q) for p, q in zip(model.branches[k].parameters(), old))
         assert evaluate(model.branch(k), digits.val)["accuracy"] > 70
     assert d.history[-1]["val/accuracy"] > 80
+
+
+def test_dml_alternates_each_peer_sees_the_updated_peers_before_it(digits):
+    # Algorithm 1 of Zhang et al. 2018 by hand on one batch: peer 0 steps on its loss against peer 1's
+    # prediction, then peer 1 steps against peer 0's *updated* prediction.
+    x, y = digits.train.inputs[:32], digits.train.labels[:32]
+    seed_everything(0)
+    cohort = build_model("cohort", digits.input_shape, peer="mlp", peers=2, options={"hidden": [16]})
+    manual = [copy.deepcopy(peer) for peer in cohort.peers]
+    lr = 0.5
+    for k in range(2):
+        logits = [peer(x) for peer in manual]
+        loss = dml_loss(logits, y, peer=k)
+        grads = torch.autograd.grad(loss, list(manual[k].parameters()))
+        with torch.no_grad():
+            for p, g in zip(manual[k].parameters(), grads):
+                p -= lr * g
+    d = Distiller(cohort, None, dml(peers=2), epochs=1, lr=lr, batch_size=32, optimizer="sgd", momentum=0.0,
+                  schedule="constant", progress=False)
+    d.fit(torch.utils.data.TensorDataset(x, y), None)
+    for peer, expected in zip(cohort.peers, manual):
+        for p, q in zip(peer.parameters(), expected.parameters()):
+            assert torch.allclose(p, q, atol=1e-6)
+    # the one-pass variant differs: peer 1 then learns from peer 0's prediction before its update
+    seed_everything(0)
+    together = build_model("cohort", digits.input_shape, peer="mlp", peers=2, options={"hidden": [16]})
+    Distiller(together, None, dml(peers=2, alternate=False), epochs=1, lr=lr, batch_size=32, optimizer="sgd",
+              momentum=0.0, schedule="constant", progress=False).fit(torch.utils.data.TensorDataset(x, y), None)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(together.peers[0].parameters(),
+                                                                manual[0].parameters()))
+    assert not all(torch.allclose(p, q, atol=1e-6) for p, q in zip(together.peers[1].parameters(),
+                                                                 manual[1].parameters()))
+
+
+def test_alternating_groups_refuse_gradient_accumulation(digits):
+    cohort = build_model("cohort", digits.input_shape, peer="mlp", peers=2, options={"hidden": [8]})
+    with pytest.raises(DistillError, match="grad_accum 1"):
+        Distiller(cohort, None, dml(peers=2), epochs=1, grad_accum=2, progress=False).fit(digits.train, None)

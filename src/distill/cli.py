@@ -194,7 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory instead of handing it back to the system at once.
+
+    By default a tensor over a few MB is mapped fresh from the kernel and unmapped when freed, so every
+    evaluation batch page-faults its activations in again: measured here, a third of a CPU run's time went to
+    the kernel. Large mmap and trim thresholds keep those pages in the heap for the next batch.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep its defaults
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

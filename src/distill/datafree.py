@@ -18,8 +18,9 @@ pool like on any dataset.
   the student takes ``student_steps`` (10) steps on each generated batch.
 * ``noise`` — the lower baseline: Gaussian noise images labelled by the teacher.
 
-The generator's own state is not checkpointed with the student: a resumed
-data-free run starts a fresh generator.
+The generator, its optimiser and the latent RNG are saved in the engine's
+checkpoints (:meth:`SyntheticSet.state_dict`), so a resumed data-free run
+continues the same generator.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class SyntheticSet(Dataset):
             before the classifier, alias ``embedding``).
         seed: seeds the latent noise.
 
-    ``synthetic = True`` tells the engine its inputs change every batch (no teacher cache).
+    ``synthetic = True`` tells the engine its inputs change every batch (no teacher cache); the
+    engine calls :meth:`make_batch` on each batch of indices right before training on it.
     """
 
     synthetic = True
@@ -89,10 +91,16 @@ class SyntheticSet(Dataset):
         return self.size
 
     def __getitem__(self, i: int) -> dict:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+        return {"index": torch.as_tensor(i, dtype=torch.long)}
 
     def __getitems__(self, indices) -> dict:
-        n = len(indices)
+        # Only indices here: the loader fetches a batch ahead of the one being trained on, so the images are
+        # made when the engine uses the batch (make_batch), which keeps a resumed run exactly on track.
+        return {"index": torch.as_tensor(indices, dtype=torch.long)}
+
+    def make_batch(self, batch: dict) -> dict:
+        """The engine's batch for the indices in ``batch``: generated images (after a generator step when due)."""
+        n = len(batch["index"])
         if self.objective == "noise":
             x = (0.5 + 0.5 * torch.randn(n, *self.input_shape, generator=self.rng)).to(self._device())
         else:
@@ -105,7 +113,7 @@ class SyntheticSet(Dataset):
                     x = self.generator(self._latent(n))
                 self.batch = x
         self.calls += 1
-        return {"input": x.detach(), "index": torch.as_tensor(indices, dtype=torch.long)}
+        return {"input": x.detach(), "index": batch["index"]}
 
     def _device(self):
         return next(self.teacher.parameters()).device
@@ -136,6 +144,25 @@ class SyntheticSet(Dataset):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.generator_steps += 1
+
+    def state_dict(self) -> dict:
+        """The generator's weights and optimiser, the latent RNG and the step counters: what a resumed run
+        needs to continue exactly where this one stopped (the engine saves it in every checkpoint)."""
+        state = {"rng": self.rng.get_state(), "calls": self.calls, "generator_steps": self.generator_steps,
+                 "batch": None if self.batch is None else self.batch.cpu()}
+        if self.generator is not None:
+            state["generator"] = {k: v.cpu() for k, v in self.generator.state_dict().items()}
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.set_state(state["rng"])
+        self.calls, self.generator_steps = state["calls"], state["generator_steps"]
+        self.batch = None if state["batch"] is None else state["batch"].to(self._device())
+        if self.generator is not None:
+            self.generator.load_state_dict(state["generator"])
+            self.generator.to(self._device())
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def samples(self, n: int = 64) -> torch.Tensor:
         """``n`` images as the generator makes them now (noise for ``"noise"``), for a picture."""

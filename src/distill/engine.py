@@ -40,7 +40,7 @@ from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_dir, atom
 from distill.lock import RunDirLocked, RunLock
 from distill.taps import TapRecorder, parse_tap
 from distill.teacher import LiveTeacher, TeacherEnsemble, run_model
-from distill.terms import Term, unique_names
+from distill.terms import Term, unique_names, update_groups
 
 
 class DistillError(ValueError):
@@ -253,6 +253,7 @@ class Distiller:
         self.teacher_outputs = teacher_outputs
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
+        self._train_set = None
         teacher_taps = [tap for t in self.terms for tap in t.teacher_taps]
         if teacher_taps and teacher is None:
             names = ", ".join(t.name for t in self.terms if t.teacher is not None)
@@ -329,6 +330,8 @@ class Distiller:
 
     def _first_batch(self, train, device) -> dict:
         first = collate([train[i] for i in range(min(len(train), self.config.batch_size))])
+        if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
+            first = train.make_batch(first)
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
 
     def _last_checkpoint(self) -> Path:
@@ -390,7 +393,7 @@ class Distiller:
 
     def _fit(self, train, val, resume: bool) -> list[dict]:
         cfg, acc = self.config, self.accelerator
-        train = as_dataset(train)
+        train = self._train_set = as_dataset(train)
         val = as_dataset(val) if val is not None else None
         if len(train) == 0:
             raise DistillError("the training set is empty")
@@ -410,6 +413,10 @@ class Distiller:
             frozen = {id(p) for p in self.student.parameters()} - modules_before(self.student, self.train_up_to, first)
             params = [p for p in params if id(p) not in frozen]
         optimizer = _build_optimizer(params, cfg)
+        groups = update_groups(self.terms)
+        if len(groups) > 1 and cfg.grad_accum > 1:
+            raise DistillError("terms in several update groups (alternating updates, e.g. DML) step the optimiser "
+                               "once per group and batch: use grad_accum 1")
         loader = self._loader(train, cfg.batch_size, shuffle=True)
         raw = model
         if cfg.compile:  # taps are forward hooks registered before compiling, which dynamo traces through
@@ -429,6 +436,7 @@ class Distiller:
             (self.run_dir / "metrics.jsonl").write_text("")
 
         aug_gen = torch.Generator(device="cpu")
+        make_batch = getattr(train, "make_batch", None)
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             loader.set_epoch(epoch)
@@ -448,6 +456,8 @@ class Distiller:
                     # start of the epoch, before the saved state, so the state is put back only now.
                     torch.set_rng_state(rng_to_restore)
                     rng_to_restore = None
+                if make_batch is not None:
+                    batch = make_batch(batch)
                 if self.augment is not None:
                     batch = dict(batch, input=self.augment(batch["input"], aug_gen))
                 if cfg.channels_last and isinstance(batch["input"], torch.Tensor) and batch["input"].dim() == 4:
@@ -455,23 +465,14 @@ class Distiller:
                 progress = epoch + i / len(loader)
                 with acc.accumulate(model):
                     t_values = self.teacher(batch) if self.teacher is not None else {}
-                    with acc.autocast():
-                        s_values = model(batch["input"])
-                    parts = {t.name: t(s_values, t_values, batch) for t in self.terms}
-                    loss = sum(t.weight_at(progress, cfg.epochs) * parts[t.name] for t in self.terms)
-                    if not self._finite(loss):
-                        self._nonfinite(parts, loss, epoch, i, global_step)
+                    parts, loss = self._step(model, groups, batch, t_values, optimizer, progress, epoch, i,
+                                             global_step)
+                    if parts is None:  # a non-finite loss, skipped (train.nonfinite: skip)
                         skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
                         continue
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.clip_grad_norm:
-                        acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    optimizer.step()
                     if acc.sync_gradients:
                         scheduler.step()
                         global_step += 1
-                    optimizer.zero_grad(set_to_none=True)
                 for name, value in parts.items():
                     sums[name] += float(value.detach())
                 sums["loss"] += float(loss.detach())
@@ -507,6 +508,29 @@ class Distiller:
                        "final": self.history[-1] if self.history else {}}
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return self.history
+
+    def _step(self, model, groups, batch, t_values, optimizer, progress, epoch, i, global_step):
+        """Forward, backward and optimiser step for each update group of terms; returns the terms' values
+        and the total loss, or ``(None, None)`` when a non-finite loss was skipped."""
+        cfg, acc = self.config, self.accelerator
+        parts, total = {}, 0.0
+        for terms in groups:  # one group unless a method updates parts of the student in turn (DML)
+            with acc.autocast():
+                s_values = model(batch["input"])
+            values = {t.name: t(s_values, t_values, batch) for t in terms}
+            loss = sum(t.weight_at(progress, cfg.epochs) * values[t.name] for t in terms)
+            if not self._finite(loss):
+                self._nonfinite(values, loss, epoch, i, global_step)
+                optimizer.zero_grad(set_to_none=True)
+                return None, None
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.clip_grad_norm:
+                acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()  # parameters without a gradient (other groups') are left alone
+            optimizer.zero_grad(set_to_none=True)
+            parts |= values
+            total = total + loss.detach()
+        return parts, total
 
     def _finite(self, loss: torch.Tensor) -> bool:
         bad = (~torch.isfinite(loss.detach())).float()
@@ -563,6 +587,8 @@ class Distiller:
             "numpy_rng": _numpy_state_to_builtin(np.random.get_state()),
             "python_rng": _to_lists(random.getstate()),
         }
+        if hasattr(self._train_set, "state_dict"):  # a training set with its own state (a data-free generator)
+            state["train_set"] = self._train_set.state_dict()
 
         def write(tmp: Path) -> None:
             save_model(self.model, str(tmp / "model.safetensors"))
@@ -589,6 +615,8 @@ class Distiller:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         np.random.set_state(_numpy_state_from_builtin(state["numpy_rng"]))
         random.setstate(_to_tuples(state["python_rng"]))
+        if "train_set" in state:
+            self._train_set.load_state_dict(state["train_set"])
         self.history = json.loads((ckpt / "history.json").read_text())
         if self.accelerator.is_main_process:
             metrics = self.run_dir / "metrics.jsonl"

@@ -96,6 +96,10 @@ class Term:
         gather: the loss compares samples within the batch (RKD, SP, CRD ...): under several processes
             its inputs are first gathered from all of them (:func:`distill.distributed.gather_batch`),
             so it sees the whole batch, as with one process. Registered losses set it themselves.
+        group: terms of different groups update the student one after another on each batch, in
+            increasing order, each group on a fresh forward pass that sees the parameters the groups
+            before it just updated (DML's alternating peers). ``None`` (default): group 0. A group's loss
+            must give gradients only to the parameters it updates.
         connector: ``None`` (use the student tap as it is), or a connector kind
             (``"auto"``, ``"linear"``, ``"conv1x1"``, ...) mapping the student tap to
             the teacher tap's shape, built on the first batch and trained with the student.
@@ -113,6 +117,7 @@ class Term:
         labels: bool | None = None,
         index: bool | None = None,
         gather: bool | None = None,
+        group: int | None = None,
         connector: str | None | object = ...,
         name: str | None = None,
         **params,
@@ -140,6 +145,7 @@ class Term:
         self.labels = binding.get("labels", False) if labels is None else labels
         self.index = binding.get("index", False) if index is None else index
         self.gather = binding.get("gather", False) if gather is None else gather
+        self.group = group or 0
         self.connector = binding.get("connector") if connector is ... else connector
         if self.connector is not None and self.teacher is None:
             raise TermError(f"term {self.name!r}: a connector maps to a teacher tap, but teacher=None")
@@ -196,10 +202,9 @@ class Term:
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.params.items())
-        return (
-            f"Term({self.name!r}, weight={self.weight!r}, student={self.student!r}, "
-            f"teacher={self.teacher!r}{params})"
-        )
+        group = f", group={self.group}" if self.group else ""
+        return (f"Term({self.name!r}, weight={self.weight!r}, student={self.student!r}, "
+                f"teacher={self.teacher!r}{params}{group})")
 
 
 def _taps(value):
@@ -208,6 +213,11 @@ def _taps(value):
             raise TermError(f"a list of taps must be a non-empty list of strings, got {value!r}")
         return list(value)
     return value
+
+
+def update_groups(terms: list[Term]) -> list[list[Term]]:
+    """The terms split by :attr:`Term.group`, in the order their groups update the student."""
+    return [[t for t in terms if t.group == g] for g in sorted({t.group for t in terms})]
 
 
 def unique_names(terms: list[Term]) -> list[Term]:

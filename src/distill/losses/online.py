@@ -25,24 +25,29 @@ def _kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -
     return kd_loss(logits, target_logits.detach(), temperature)
 
 
-def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0,
+             peer: int | None = None) -> torch.Tensor:
     r"""Deep mutual learning — Zhang, Xiang, Hospedales & Lu 2018, *Deep Mutual Learning* (CVPR).
 
     Each of the :math:`K` peers learns from the labels and from the mean of the others:
 
     .. math::
-        \mathcal{L} = \sum_{k=1}^{K}\Big[\mathrm{CE}(z_k, y) +
-            \frac{1}{K-1}\sum_{j \ne k} T^2\,\mathrm{KL}\big(p_j \,\|\, p_k\big)\Big],
-        \qquad p_j = \mathrm{softmax}(z_j / T)\ \text{(a constant in peer } k\text{'s term)}
+        \mathcal{L}_k = \mathrm{CE}(z_k, y) +
+            \frac{1}{K-1}\sum_{j \ne k} T^2\,\mathrm{KL}\big(p_j \,\|\, p_k\big),
+        \qquad p_j = \mathrm{softmax}(z_j / T)\ \text{(a constant in peer } k\text{'s loss)}
 
-    Summed over peers, so one optimiser step updates every peer with its own loss (the
-    paper updates the peers one after another, each seeing the others' latest predictions;
-    here all peers see the predictions of the same forward pass).
+    ``peer=k`` returns :math:`\mathcal{L}_k` alone (the paper's alternating updates: each peer
+    steps on its own loss after the peers before it have stepped, see :func:`distill.methods.dml`);
+    ``peer=None`` returns :math:`\sum_k \mathcal{L}_k`, every peer stepping on the same forward pass.
     """
     _check_peers(peer_logits)
     k = len(peer_logits)
+    if peer is not None and not 0 <= peer < k:
+        raise ValueError(f"peer must be in [0, {k}), got {peer}")
     total = peer_logits[0].new_zeros((), dtype=torch.float32)
     for i, z in enumerate(peer_logits):
+        if peer is not None and i != peer:
+            continue
         mimic = sum(_kl(other, z, temperature) for j, other in enumerate(peer_logits) if j != i) / (k - 1)
         total = total + F.cross_entropy(z.float(), labels) + mimic
     return total

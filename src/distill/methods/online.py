@@ -18,9 +18,19 @@ def _peers(peers: int) -> list[str]:
     return [f"peers.{k}" for k in range(peers)]
 
 
-def dml(peers: int = 2, temperature: float = 1.0) -> list[Term]:
-    """Deep mutual learning over the cohort's ``peers`` (the paper's T = 1)."""
-    return [Term("dml", student=_peers(peers), temperature=temperature)]
+def dml(peers: int = 2, temperature: float = 1.0, alternate: bool = True) -> list[Term]:
+    """Deep mutual learning over the cohort's ``peers`` (the paper's T = 1).
+
+    ``alternate`` (the paper's Algorithm 1): the peers step one after another on each batch, each
+    on a fresh forward pass that sees the peers before it already updated (one term per peer, in
+    its own update ``group``; K forward passes per batch). ``alternate=False``: every peer steps on
+    the same forward pass (one term, one pass).
+    """
+    taps = _peers(peers)
+    if not alternate:
+        return [Term("dml", student=taps, temperature=temperature)]
+    return [Term("dml", student=taps, temperature=temperature, peer=k, group=k, name=f"dml_{k}")
+            for k in range(peers)]
 
 
 def kdcl(peers: int = 2, temperature: float = 3.0, ensemble: str = "min_logit") -> list[Term]:
