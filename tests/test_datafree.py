@@ -132,3 +132,55 @@ def test_a_resumed_data_free_run_continues_the_same_generator(digits, teacher, t
     for a, b in [(full_student, student), (full_generator, generator)]:
         for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
             assert torch.equal(p, q), name
+
+
+def test_data_free_methods_from_a_recipe_never_read_the_training_set(tmp_path, cache_dir, monkeypatch):
+    from distill.data import ArrayDataset
+    from distill.experiment import run_recipe
+    from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
+    from distill.report import write_report
+
+    tree = apply_overrides(read_recipe_tree("digits"), ["teacher.train.epochs=3", "train.epochs=2",
+                                                       "train.cache_teacher=true"])
+    tree["student"] = {"model": "cnn", "options": {"channels": [4], "hidden": 16}}
+    tree["methods"] = [
+        {"method": "kd", "label": "noise", "alpha": 1.0, "data_free": {"objective": "noise", "size": 256}},
+        {"method": "kd", "label": "dafl", "alpha": 1.0,
+         "data_free": {"objective": "dafl", "size": 256, "lr": 0.01, "generator": {"width": 16}}},
+        {"method": "kd", "label": "deepinv", "alpha": 1.0,
+         "data_free": {"objective": "deep_inversion", "size": 64, "steps": 5, "batch_size": 32}},
+    ]
+    recipe = parse_recipe(tree)
+    reads = []
+    real_getitems = ArrayDataset.__getitems__
+
+    def spy(self, indices):
+        if self.name.startswith("digits") and len(self) > 1000:  # the training split (the others are smaller)
+            reads.append(len(indices))
+        return real_getitems(self, indices)
+
+    from distill.experiment import get_teacher
+    from distill.zoo import load_dataset
+
+    data = load_dataset("digits", recipe.data.val_size)
+    get_teacher(recipe, data, tmp_path / "run")  # trained (reading the training set) before the spy
+    real_getitem = ArrayDataset.__getitem__
+
+    def spy_item(self, i):
+        spy(self, [i])
+        return real_getitem(self, i)
+
+    monkeypatch.setattr(ArrayDataset, "__getitems__", spy)
+    monkeypatch.setattr(ArrayDataset, "__getitem__", spy_item)
+    summary = run_recipe(recipe, tmp_path / "run", resume=True)
+    assert reads == []
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert set(rows) == {"teacher", "noise", "dafl", "deepinv"}
+    assert (tmp_path / "run" / "students" / "dafl" / "samples.safetensors").is_file()
+    report = write_report(tmp_path / "run")
+    assert (report.parent / "samples-dafl.png").is_file() and (report.parent / "samples-deepinv.png").is_file()
+    assert "samples-dafl.png" in report.read_text()
+    with pytest.raises(RecipeError, match="unknown data-free objective"):
+        parse_recipe(dict(tree, methods=[{"method": "kd", "data_free": {"objective": "gan"}}]))
+    with pytest.raises(RecipeError, match="has no parameter 'speed'"):
+        parse_recipe(dict(tree, methods=[{"method": "kd", "data_free": {"objective": "dafl", "speed": 1}}]))

@@ -92,3 +92,52 @@ def test_teacher_free_kd_trains_without_a_teacher(digits):
     d = Distiller(student, None, tf_kd(alpha=0.5), epochs=3, lr=1e-2, batch_size=64, progress=False)
     d.fit(digits.train, digits.val)
     assert d.history[-1]["val/accuracy"] > 80
+
+
+def _two_teacher_tree():
+    return {
+        "name": "two", "data": {"dataset": "digits", "val_size": 200},
+        "teachers": {
+            "cnn": {"model": "cnn", "options": {"channels": [8, 16], "hidden": 32},
+                    "train": {"epochs": 3, "lr": 0.005, "batch_size": 64, "progress": False}},
+            "mlp": {"model": "mlp", "options": {"hidden": [64]}, "seed": 5,
+                    "train": {"epochs": 3, "lr": 0.005, "batch_size": 64, "progress": False}},
+        },
+        "student": {"model": "mlp", "options": {"hidden": [16]}},
+        "methods": [{"method": "kd", "teacher": "cnn"},
+                    {"method": "multi_teacher", "teachers": ["cnn", "mlp"], "weighting": "confidence"}],
+        "train": {"epochs": 10, "lr": 0.01, "batch_size": 64, "progress": False, "cache_teacher": True},
+        "evaluation": {"latency_batch_size": 8, "latency_repeats": 1},
+    }
+
+
+def test_a_recipe_with_several_teachers(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import parse_recipe
+
+    summary = run_recipe(parse_recipe(_two_teacher_tree()), tmp_path / "run")
+    labels = [row["label"] for row in summary["rows"]]
+    assert labels == ["teacher:cnn", "teacher:mlp", "kd", "multi_teacher"]
+    assert all(row["test_accuracy"] > 75 for row in summary["rows"])
+    assert (tmp_path / "run" / "teachers" / "mlp" / "student.safetensors").is_file()
+    # the second run reuses both cached teachers and every finished student
+    again = run_recipe(parse_recipe(_two_teacher_tree()), tmp_path / "run", resume=True)
+    assert [r["test_accuracy"] for r in again["rows"]] == [r["test_accuracy"] for r in summary["rows"]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["methods"].append({"method": "kd", "label": "kd2"}), "several teachers: pick one"),
+    (lambda t: t["methods"].append({"method": "kd", "label": "kd2", "teacher": "vgg"}), "not one of"),
+    (lambda t: t.update(teacher={"model": "cnn"}), "either 'teacher' or 'teachers'"),
+    (lambda t: t["methods"].append({"method": "multi_teacher", "label": "m2", "teachers": ["cnn", "x"]}),
+     "several teachers"),
+    (lambda t: t["methods"].append({"method": "kd", "label": "df", "data_free": {"objective": "noise"}}),
+     "data-free distillation learns from one teacher"),
+])
+def test_several_teacher_recipes_refuse_ambiguity(change, message):
+    from distill.recipe import RecipeError, parse_recipe
+
+    tree = _two_teacher_tree()
+    change(tree)
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(tree)

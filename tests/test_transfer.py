@@ -62,3 +62,21 @@ def test_a_recipe_trains_students_on_a_transfer_set(tmp_path, cache_dir):
     tree["methods"] = [{"method": "scratch"}]
     with pytest.raises(DistillError, match="needs labels"):
         run_recipe(parse_recipe(tree), tmp_path / "run2")
+
+
+def test_methods_choose_their_own_transfer_set_and_augmentation(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+
+    tree = apply_overrides(read_recipe_tree("digits"), ["teacher.train.epochs=3", "train.epochs=3",
+                                                       "train.cache_teacher=true"])
+    tree["methods"] = [{"method": "kd"},
+                       {"method": "kd", "label": "transfer", "alpha": 1.0, "student_labels": False},
+                       {"method": "kd", "label": "mixup", "alpha": 1.0, "augment": {"mixup": 1.0}},
+                       {"method": "kd", "label": "jitter", "augment": {"shift": 1}}]
+    summary = run_recipe(parse_recipe(tree), tmp_path / "run")
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert all(rows[k]["test_accuracy"] > 60 for k in ("kd", "transfer", "mixup", "jitter"))
+    tree["methods"] = [{"method": "scratch", "student_labels": False}]
+    with pytest.raises(DistillError, match="needs labels"):
+        run_recipe(parse_recipe(tree), tmp_path / "run2")

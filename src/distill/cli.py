@@ -41,8 +41,8 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe or "default", args.set or [])
     if args.no_progress:
         recipe.train.progress = False
-        if recipe.teacher is not None:
-            recipe.teacher.train.progress = False
+        for spec in recipe.teacher_specs.values():
+            spec.train.progress = False
     run_recipe(recipe, args.run_dir, trust_pickle=args.trust_pickle)
     return 0
 

@@ -9,7 +9,6 @@ The run directory::
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -19,10 +18,11 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_file, load_model, save_file
 
 from distill.cache import TeacherOutputs
-from distill.data import Compose, MixUp, RandomShift, unlabelled
+from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
+from distill.datafree import SyntheticSet, deep_inversion
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
@@ -61,20 +61,22 @@ _NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "ke
 # the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".
 
 
-def _teacher_key(recipe: Recipe) -> str:
+def _teacher_key(recipe: Recipe, name: str = "teacher") -> str:
+    teacher = recipe.teacher_specs[name]
     # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
-    spec = recipe.teacher.model_dump(mode="json", exclude_defaults=True,
-                                     exclude={"cache": True, "checkpoint": True, "seed": True,
-                                              "train": _NOT_TRAINING | {"teacher_top_k"}})
-    spec["augment"] = (recipe.teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
+    spec = teacher.model_dump(mode="json", exclude_defaults=True,
+                              exclude={"cache": True, "checkpoint": True, "seed": True,
+                                       "train": _NOT_TRAINING | {"teacher_top_k"}})
+    spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
-                                                              exclude={"augment", "test_size"}),
-               "seed": teacher_seed(recipe), "format": 2}
+                                                              exclude={"augment", "test_size", "student_labels"}),
+               "seed": teacher_seed(recipe, name), "format": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def teacher_seed(recipe: Recipe) -> int:
-    return recipe.seed if recipe.teacher.seed is None else recipe.teacher.seed
+def teacher_seed(recipe: Recipe, name: str = "teacher") -> int:
+    spec = recipe.teacher_specs[name]
+    return recipe.seed if spec.seed is None else spec.seed
 
 
 def student_key(recipe: Recipe, method, stages) -> str:
@@ -89,9 +91,26 @@ def student_key(recipe: Recipe, method, stages) -> str:
                "train": recipe.train.model_dump(mode="json", exclude_defaults=True,
                                                 exclude=_NOT_TRAINING - {"cache_teacher"}),
                "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
-               "seed": recipe.seed,
-               "teacher": None if recipe.teacher is None else [_teacher_key(recipe), str(recipe.teacher.checkpoint)]}
+               "seed": recipe.seed, "teacher": _teachers_key(recipe, method)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _teachers_key(recipe: Recipe, method):
+    if recipe.teacher is not None:
+        return [_teacher_key(recipe), str(recipe.teacher.checkpoint)]
+    if recipe.teachers is None:
+        return None
+    used = [method.teacher] if method.teacher is not None else list(recipe.teachers)
+    return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
+
+
+def method_teacher(recipe: Recipe, method, teachers: dict):
+    """What ``method`` learns from: the one teacher, the teacher it picks, or all of them as a mapping."""
+    if not teachers:
+        return None
+    if recipe.teacher is not None:
+        return teachers["teacher"]
+    return teachers[method.teacher] if method.teacher is not None else dict(teachers)
 
 
 def _main_process() -> bool:
@@ -107,36 +126,37 @@ class TeacherNotTrained(RecipeError):
     """``get_teacher(..., train=False)`` found no trained teacher."""
 
 
-def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False,
-                trust_pickle: bool = False, train: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Load the recipe's teacher from its checkpoint or the cache, or train it
-    (``train=False``: raise :class:`TeacherNotTrained` instead)."""
-    spec = recipe.teacher
-    seed_everything(teacher_seed(recipe))
+def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust_pickle: bool = False,
+                train: bool = True, name: str = "teacher") -> tuple[torch.nn.Module, dict]:
+    """Load the recipe's teacher (with several ``teachers``, the one called ``name``) from its checkpoint
+    or the cache, or train it (``train=False``: raise :class:`TeacherNotTrained` instead)."""
+    spec = recipe.teacher_specs[name]
+    field = "teacher" if recipe.teacher is not None else f"teachers.{name}"
+    seed_everything(teacher_seed(recipe, name))
     teacher = _build(spec, data)
     if spec.checkpoint is not None:
         try:
             load_weights(teacher, spec.checkpoint, trust_pickle)
         except UnsafeFile as err:
-            raise RecipeError(f"recipe field 'teacher.checkpoint': {err}") from None
+            raise RecipeError(f"recipe field '{field}.checkpoint': {err}") from None
         except (RuntimeError, OSError, ValueError) as err:
-            raise RecipeError(f"recipe field 'teacher.checkpoint': cannot load {spec.checkpoint} into "
+            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {spec.checkpoint} into "
                               f"{spec.model}: {error_line(err)}") from None
         return teacher, {"source": str(spec.checkpoint)}
-    cached = cache_dir() / "teachers" / _teacher_key(recipe)
+    cached = cache_dir() / "teachers" / _teacher_key(recipe, name)
     if spec.cache and (cached / "teacher.safetensors").is_file():
         load_model(teacher, str(cached / "teacher.safetensors"))
-        _say(f"teacher: reusing {cached}")
+        _say(f"{field}: reusing {cached}")
         return teacher, {"source": str(cached)}
-    own = run_dir / "teacher"
+    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
     if (own / "student.safetensors").is_file():
         load_model(teacher, str(own / "student.safetensors"))
         return teacher, {"source": str(own)}
     if not train:
         raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
                                 f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
-    _say(f"teacher: training {spec.model} for {spec.train.epochs} epochs")
-    config = spec.train.model_copy(update={"seed": teacher_seed(recipe)})
+    _say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
+    config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
     started = time.perf_counter()
     trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
                         run_dir=own, config=config, trust_pickle=trust_pickle)
@@ -173,7 +193,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         seed_everything(recipe.seed * 1000 + k)  # each generation starts from its own initialisation
         model = _build(spec, data)
         _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {spec.model}")
-        _fit(recipe, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
+        _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
              teacher_outputs if k == 1 else None, f"{key}-step{k}")
         chain.append({"model": spec.model, "params": count_parameters(model), **_scores(model, data)})
         models.append(model)
@@ -183,7 +203,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
     _say(f"student [{method.name}]: {' | then '.join(described)}")
-    result = _fit(recipe, stages, student, teacher, data, own, resume, trust_pickle,
+    result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
                   None if chain else teacher_outputs, key)
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
     if chain:
@@ -203,8 +223,8 @@ def _saved_student(recipe: Recipe, data, own: Path) -> torch.nn.Module:
     return student
 
 
-def _fit(recipe: Recipe, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool, outputs,
-         key: str) -> dict:
+def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool,
+         outputs, key: str) -> dict:
     """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``."""
     done = own / "summary.json"
     finished = json.loads(done.read_text()) if resume and done.is_file() else {}
@@ -212,9 +232,16 @@ def _fit(recipe: Recipe, stages, model, teacher, data, own: Path, resume: bool, 
         load_model(model, str(own / "student.safetensors"))
         return {"epoch_seconds": [], "summary": finished}
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
-    result = fit_stages(model, teacher, stages, data.train, data.val, config=config, run_dir=own,
-                        augment=_augment(recipe.data.augment), resume=resume, trust_pickle=trust_pickle,
-                        teacher_outputs=outputs, say=_say)
+    train, augment = _student_data(recipe, method, model, teacher, data, own)
+    if train is not data.train or augment is not None:
+        outputs = None  # the shared teacher outputs belong to the plain training set
+        if augment is not None or getattr(train, "synthetic", False):  # inputs change every batch
+            config = config.model_copy(update={"cache_teacher": False, "teacher_cache_dir": None,
+                                               "teacher_top_k": None})
+    result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
+                        resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
+    if hasattr(train, "samples") and _main_process():  # a generator's images, for distill report
+        save_file({"images": train.samples(64).contiguous()}, str(own / "samples.safetensors"))
     if len(stages) > 1:
         if _main_process():
             atomic_save_model(model, own / "student.safetensors")
@@ -224,6 +251,33 @@ def _fit(recipe: Recipe, stages, model, teacher, data, own: Path, resume: bool, 
     if _main_process():
         atomic_write_text(done, json.dumps({**summary, "info": {"key": key}}, indent=2))
     return {**result, "summary": summary}
+
+
+def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
+    """The training set and augmentation of ``method``'s student: the recipe's, the method's own
+    (``augment``, ``student_labels``), or made without real images (``data_free``)."""
+    augment = _augment(method.augment if method.augment is not None else recipe.data.augment)
+    labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
+    spec = method.data_free
+    if spec is None:
+        return (data.train if labels else unlabelled(data.train)), augment
+    params = spec.params
+    if spec.objective == "deep_inversion":
+        pool = own / "deep_inversion.safetensors"  # synthesised once: a resumed run reuses it
+        if pool.is_file():
+            saved = load_file(str(pool))
+            return ArrayDataset(saved["images"], saved["labels"] if labels else None, "deep-inversion"), augment
+        competing = student if params.get("competition_weight") else None
+        images, targets = deep_inversion(teacher, spec.size, data.input_shape, data.num_classes, student=competing,
+                                         seed=recipe.seed, say=_say, **params)
+        if _main_process():
+            own.mkdir(parents=True, exist_ok=True)
+            save_file({"images": images.contiguous(), "labels": targets}, str(pool))
+        return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment
+    torch.manual_seed(recipe.seed * 1000 + 999)  # the generator's initialisation, apart from the student's
+    generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **spec.generator)
+    return SyntheticSet(teacher, spec.objective, generator, student, input_shape=data.input_shape, size=spec.size,
+                        seed=recipe.seed, **params), augment
 
 
 def ensemble_accuracy(models, dataset) -> float:
@@ -268,17 +322,16 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
                         test_size=recipe.data.test_size)
     rows = []
-    teacher = None
     sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
     timing = dict(repeats=recipe.evaluation.latency_repeats)
-    if recipe.teacher is not None:
-        teacher, info = get_teacher(recipe, data, run_dir, resume, trust_pickle)
-        rows.append({"role": "teacher", "label": "teacher", "model": recipe.teacher.model,
-                     "params": count_parameters(teacher), "macs": count_macs(teacher, sample[:8]),
-                     **_scores(teacher, data),
-                     "seconds_per_batch": inference_time(teacher, sample, **timing), **info})
-    if not recipe.data.student_labels:  # a transfer set: the teacher trained on labels, the students see none
-        data = dataclasses.replace(data, train=unlabelled(data.train))
+    teachers = {}
+    for name, spec in recipe.teacher_specs.items():
+        teachers[name], info = get_teacher(recipe, data, run_dir, resume, trust_pickle, name=name)
+        rows.append({"role": "teacher", "label": "teacher" if recipe.teacher is not None else f"teacher:{name}",
+                     "model": spec.model, "params": count_parameters(teachers[name]),
+                     "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
+                     "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
+    teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
     cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         try:
@@ -286,11 +339,17 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                                 recipe.evaluation.cam_agreement_images)
         except ExplainError as err:  # e.g. a teacher without a feature map to explain
             _say(f"Grad-CAM++ agreement not measured: {err}")
-    # the teacher runs over the training set once for all students (and, with a cache directory, once for all runs)
-    outputs = TeacherOutputs(recipe.train.teacher_cache_dir, recipe.train.teacher_top_k)
+    # each teacher runs over the training set once for all students (and, with a cache directory, once for all
+    # runs): one store per teacher choice (one teacher, or all of them)
+    outputs: dict[str, TeacherOutputs] = {}
     for method in recipe.methods:
-        row = _student_row(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, cams, sample,
-                           timing)
+        choice = method.teacher or "all"
+        directory = recipe.train.teacher_cache_dir
+        if directory is not None and recipe.teachers is not None:
+            directory = str(Path(directory) / choice)
+        store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
+        row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
+                           trust_pickle, store, cams, sample, timing)
         if cams is not None and "cam_agreement" not in row:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)

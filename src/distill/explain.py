@@ -303,12 +303,12 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     if not recipe_file.is_file():
         raise ExplainError(f"{run_dir} is not a run directory (no recipe.yaml)")
     recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()))
-    if recipe.teacher is None:
+    if not recipe.teacher_specs:
         raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
                         test_size=recipe.data.test_size)
     try:
-        teacher, _ = get_teacher(recipe, data, run_dir, train=False)
+        teacher, _ = get_teacher(recipe, data, run_dir, train=False, name=next(iter(recipe.teacher_specs)))
     except TeacherNotTrained as err:
         raise ExplainError(str(err)) from None
     students = [(m.name, run_dir / "students" / m.name / "student.safetensors") for m in recipe.methods]

@@ -136,6 +136,46 @@ class TermSpec(BaseModel):
         return Term(self.loss, self.weight, student=self.student, **bound, **(self.model_extra or {}))
 
 
+DATA_FREE = ("dafl", "dfad", "zskt", "noise", "deep_inversion")
+
+
+class DataFreeSpec(BaseModel):
+    """Train this method's student without a real training image (see :mod:`distill.datafree`).
+
+    ``objective``: ``dafl``, ``dfad``, ``zskt`` or ``noise`` (a :class:`~distill.datafree.SyntheticSet`
+    of ``size`` samples per epoch) or ``deep_inversion`` (``size`` images synthesised once, then
+    ordinary distillation on them). Other keys are the parameters of ``SyntheticSet`` (``lr``,
+    ``student_steps``, ``alpha``, ``beta``, ``feature_layer``) or of
+    :func:`~distill.datafree.deep_inversion` (``steps``, ``lr``, ``bn_weight``, ``tv_weight``, ...).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    objective: str
+    size: int = Field(12800, ge=1, description="synthetic samples per epoch (deep_inversion: images made once)")
+    generator: dict[str, Any] = Field(default_factory=dict, description="options of the zoo 'generator' "
+                                      "(latent, width)")
+
+    @model_validator(mode="after")
+    def _known(self):
+        from distill.datafree import SyntheticSet, deep_inversion
+
+        if self.objective not in DATA_FREE:
+            raise ValueError(f"unknown data-free objective {self.objective!r}; available: {', '.join(DATA_FREE)}")
+        fn = deep_inversion if self.objective == "deep_inversion" else SyntheticSet
+        params = dict(self.model_extra or {})
+        for fixed in ("teacher", "objective", "generator", "student", "input_shape", "num_images", "num_classes",
+                      "seed", "say"):
+            if fixed in params:
+                raise ValueError(f"{fixed!r} is set by the recipe, not by data_free")
+        _check_params(fn, params, f"data_free {self.objective!r}")
+        return self
+
+    @property
+    def params(self) -> dict:
+        return dict(self.model_extra or {})
+
+
 class MethodSpec(BaseModel):
     """A named method with its parameters (``method: kd, alpha: 0.9``) or an explicit list of terms."""
 
@@ -149,6 +189,13 @@ class MethodSpec(BaseModel):
                                  "trained with this method")
     generations: int = Field(1, ge=1, description="born-again networks: the student's architecture trained this "
                              "many times, each generation teaching the next; the last is the student")
+    teacher: str | None = Field(None, description="with several 'teachers': the one this method learns from "
+                                "(default: all of them, as taps 'NAME/TAP')")
+    augment: AugmentSpec | None = Field(None, description="this student's augmentation (default: data.augment)")
+    student_labels: bool | None = Field(None, description="false: this student sees the training inputs without "
+                                        "labels (default: data.student_labels)")
+    data_free: DataFreeSpec | None = Field(None, description="train without real training images: a generator, "
+                                           "noise or DeepInversion makes the inputs")
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -192,6 +239,8 @@ class Recipe(_Strict):
     seed: int = Field(0, description="seeds data order, initialisation and augmentation of every model")
     data: DataSpec
     teacher: TeacherSpec | None = None
+    teachers: dict[str, TeacherSpec] | None = Field(None, description="several teachers by name (instead of "
+                                                    "'teacher'); methods read them as 'NAME/TAP' or pick one")
     student: ModelSpec
     methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(method="kd")], min_length=1)
     train: TrainConfig = Field(default_factory=TrainConfig, description="how the students are trained")
@@ -205,11 +254,41 @@ class Recipe(_Strict):
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"methods need distinct labels, got {names}")
-        if self.teacher is None:
-            for m in self.methods:
-                if any(t.teacher is not None for stage in as_stages(m.build()) for t in stage.terms):
-                    raise ValueError(f"method {m.name!r} needs a teacher, but the recipe has none")
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("give either 'teacher' or 'teachers', not both")
+        if self.teachers is not None:
+            if not self.teachers:
+                raise ValueError("'teachers' needs at least one teacher")
+            for name, spec in self.teachers.items():
+                if not name or "/" in name or "." in name:
+                    raise ValueError(f"teacher name {name!r}: use a name without '/' or '.'")
+                if "seed" in spec.train.model_fields_set:
+                    raise ValueError(f"teachers.{name}: set 'seed' on the teacher, not train.seed")
+        for m in self.methods:
+            taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
+            if taps and not self.teacher_specs:
+                raise ValueError(f"method {m.name!r} needs a teacher, but the recipe has none")
+            if m.teacher is not None and m.teacher not in (self.teachers or {}):
+                raise ValueError(f"method {m.name!r}: teacher {m.teacher!r} is not one of the recipe's 'teachers' "
+                                 f"({', '.join(self.teachers or {}) or 'none'})")
+            several = self.teachers is not None and m.teacher is None
+            if m.data_free is not None and (several and len(self.teachers) > 1):
+                raise ValueError(f"method {m.name!r}: data-free distillation learns from one teacher; "
+                                 "pick it with 'teacher: NAME'")
+            for tap in taps:
+                name, sep, _ = tap.partition("/")
+                if several and (not sep or name not in self.teachers):
+                    raise ValueError(f"method {m.name!r} reads the teacher tap {tap!r}, but the recipe has several "
+                                     f"teachers: pick one with 'teacher: NAME' or read 'NAME/TAP' "
+                                     f"(NAME one of {', '.join(self.teachers)})")
         return self
+
+    @property
+    def teacher_specs(self) -> dict[str, TeacherSpec]:
+        """The recipe's teachers by name (one teacher is called ``teacher``)."""
+        if self.teachers is not None:
+            return dict(self.teachers)
+        return {} if self.teacher is None else {"teacher": self.teacher}
 
 
 def _format_error(err: ValidationError) -> str:
@@ -300,4 +379,6 @@ def dump_recipe(recipe: Recipe) -> str:
     tree["train"].pop("seed")
     if tree.get("teacher"):
         tree["teacher"]["train"].pop("seed")
+    for spec in (tree.get("teachers") or {}).values():
+        spec["train"].pop("seed")
     return yaml.safe_dump(tree, sort_keys=False)

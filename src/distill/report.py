@@ -4,7 +4,9 @@ Works on a recipe run directory (``teacher/`` and ``students/<label>/`` inside)
 and on a single :class:`~distill.Distiller` run directory (``metrics.jsonl``).
 Writes ``RUN_DIR/report/``: ``losses.png`` (per-term training loss curves),
 ``accuracy.png`` (validation accuracy per epoch and test accuracy of teacher and
-students) and ``report.md``.
+students), ``samples-<label>.png`` (a grid of the images a data-free student was
+trained on: its generator's at the end of training, or DeepInversion's) and
+``report.md``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def _runs(run_dir: Path) -> dict[str, list[dict]]:
         runs[run_dir.name] = read_metrics(run_dir / "metrics.jsonl")
     if (run_dir / "teacher" / "metrics.jsonl").is_file():
         runs["teacher"] = read_metrics(run_dir / "teacher" / "metrics.jsonl")
+    for teacher in sorted((run_dir / "teachers").glob("*/metrics.jsonl")):
+        runs[f"teacher:{teacher.parent.name}"] = read_metrics(teacher)
     for student in sorted((run_dir / "students").glob("*/metrics.jsonl")):
         runs[student.parent.name] = read_metrics(student)
     return runs
@@ -89,6 +93,40 @@ def _plot_accuracy(runs: dict[str, list[dict]], summary: dict | None, path: Path
     plt.close(fig)
 
 
+def _plot_samples(images, path: Path, title: str, columns: int = 8) -> None:
+    """A grid of ``(N, C, H, W)`` images in [0, 1] (grey for one channel)."""
+    n = min(len(images), columns * columns)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            image = images[k].clamp(0, 1)
+            if image.shape[0] == 1:
+                ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(image.permute(1, 2, 0).numpy())
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sample_grids(run_dir: Path, out: Path) -> list[str]:
+    """Draw the images each data-free student learnt from; returns the PNG names."""
+    from safetensors.torch import load_file
+
+    names = []
+    for student in sorted(p for p in (run_dir / "students").glob("*") if p.is_dir()):
+        for file, what in (("samples.safetensors", "generated"), ("deep_inversion.safetensors", "DeepInversion")):
+            if (student / file).is_file():
+                images = load_file(str(student / file))["images"][:64]
+                name = f"samples-{student.name}.png"
+                _plot_samples(images, out / name, f"{student.name}: {what} training images")
+                names.append(name)
+    return names
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write the plots and ``report.md`` into ``RUN_DIR/report`` and return the markdown's path."""
     from distill.experiment import format_table
@@ -118,5 +156,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {name} | {last['epoch']} | {last['train/loss']:.4f} | "
                          f"{last.get('val/accuracy', float('nan')):.2f} | {mean_time:.1f} |")
     lines += ["", "![loss curves](losses.png)", "", "![accuracy](accuracy.png)", ""]
+    for name in _sample_grids(run_dir, out):
+        lines += [f"![{name[:-4]}]({name})", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"

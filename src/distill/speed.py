@@ -129,7 +129,7 @@ def run_speed_benchmark(pairs: list[str] | None = None, recipes: list[str] | Non
     for path in recipes or []:
         recipe = load_recipe(path)
         if recipe.teacher is None:
-            raise RecipeError(f"{path}: the speed benchmark needs a recipe with a teacher")
+            raise RecipeError(f"{path}: the speed benchmark needs a recipe with one teacher (teacher:)")
         chosen[recipe.name] = read_recipe_tree(path)
     results = {}
     for name, tree in chosen.items():
