@@ -34,6 +34,7 @@ def test_each_step_teaches_the_next_and_is_reported(tmp_path, cache_dir, monkeyp
     assert [c["model"] for c in takd["chain"]] == ["mlp"] and takd["chain"][0]["params"] > takd["params"]
     # born-again: two earlier generations, each teaching the next, and their ensemble with the student
     gens = [c[0] for c in calls[2:]]
+    assert calls[2][1] is None  # the first generation learns from the labels (Furlanello et al.)
     assert [c[1] for c in calls[3:]] == gens[:-1]
     assert len(ban["chain"]) == 2 and 0 < ban["ensemble_test_accuracy"] <= 100
     assert all(row["test_accuracy"] > 50 for row in [*ban["chain"], ban, *takd["chain"], takd])

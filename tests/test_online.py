@@ -74,16 +74,25 @@ def test_a_cohort_trains_from_a_recipe(tmp_path, cache_dir):
     from distill.experiment import run_recipe
     from distill.recipe import parse_recipe
 
+    cohort = {"model": "cohort", "options": {"peer": "mlp", "peers": 2, "options": {"hidden": [32]}}}
     recipe = parse_recipe({
         "name": "mutual", "data": {"dataset": "digits", "val_size": 100},
-        "student": {"model": "cohort", "options": {"peer": "mlp", "peers": 2, "options": {"hidden": [32]}}},
-        "methods": [{"method": "dml", "peers": 2}, {"method": "kdcl", "peers": 2}],
+        "student": {"model": "mlp", "options": {"hidden": [32]}},
+        "methods": [{"method": "scratch"}, {"method": "dml", "peers": 2, "student": cohort},
+                    {"method": "kdcl", "peers": 2, "student": cohort}],
         "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "progress": False},
         "evaluation": {"latency_batch_size": 8, "latency_repeats": 1},
     })
     summary = run_recipe(recipe, tmp_path / "run")
-    assert [r["label"] for r in summary["rows"]] == ["dml", "kdcl"]
+    scratch, dml_row, kdcl_row = summary["rows"]
+    assert [r["label"] for r in summary["rows"]] == ["scratch", "dml", "kdcl"]
     assert all(r["test_accuracy"] > 80 for r in summary["rows"])
+    # a cohort's row is its first peer, the network one deploys (the size of the scratch student) ...
+    assert dml_row["params"] == kdcl_row["params"] == scratch["params"]
+    # ... and its peers' ensemble is reported beside it
+    assert all(0 < r["ensemble_test_accuracy"] <= 100 for r in (dml_row, kdcl_row))
+    again = run_recipe(recipe, tmp_path / "run", resume=True)
+    assert [r["test_accuracy"] for r in again["rows"]] == [r["test_accuracy"] for r in summary["rows"]]
 
 
 def test_one_loss_by_hand():

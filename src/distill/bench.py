@@ -72,6 +72,18 @@ BENCHMARKS: dict[str, Benchmark] = {
         # an MLP has no feature maps: the methods that compare them have nothing to compare
         skip={"cnn-mlp": ["at", "nst", "sp", "fsp", "ft", "ab", "vid", "gradcam"]},
     ),
+    "schemes": Benchmark(
+        recipe="schemes",
+        description="teacher assistants, several teachers, online, born-again, transfer sets, mixup, jitter and "
+                    "data-free KD on Fashion-MNIST (data-free also on MNIST)",
+        quick=["data.train_size=1000", "data.val_size=500", "data.test_size=1000", "teachers.resnet32.train.epochs=2",
+               "teachers.cnn.train.epochs=2", "train.epochs=2", "evaluation.latency_repeats=2",
+               "methods.18.data_free.steps=5", "methods.18.data_free.images=64"],
+        pairs={"fashion-mnist": [], "mnist": ["data.dataset=mnist"]},
+        # MNIST is for the data-free methods, between their two baselines: noise (lower) and KD on real images
+        skip={"mnist": ["kd-cnn", "takd", "multi-mean", "multi-confidence", "born-again", "tf_kd", "dml", "kdcl",
+                        "one", "transfer", "mixup", "jitter"]},
+    ),
 }
 
 
@@ -102,6 +114,8 @@ def aggregate(summaries: list[dict]) -> list[dict]:
             item["epoch_seconds"] = statistics.fmean(statistics.fmean(r["epoch_seconds"]) for r in rows)
         if all("cam_agreement" in r for r in rows):
             item["cam_agreement"] = mean_std([r["cam_agreement"] for r in rows])
+        if all("ensemble_test_accuracy" in r for r in rows):  # born-again generations, a cohort's peers
+            item["ensemble_test_accuracy"] = mean_std([r["ensemble_test_accuracy"] for r in rows])
         out.append(item)
     scratch = next((r for r in out if r["label"] == "scratch" and "epoch_seconds" in r), None)
     for item in out:
@@ -117,6 +131,10 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
     sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     timed = any("epoch_time_vs_scratch" in r for r in rows)
     cams = any("cam_agreement" in r for r in rows)
+    ensembles = any("ensemble_test_accuracy" in r for r in rows)
+    if ensembles:
+        head += " ensemble test accuracy (%) |"
+        sep += "---:|"
     if timed:
         head += " time / epoch vs scratch |"
         sep += "---:|"
@@ -134,6 +152,9 @@ def format_bench_table(rows: list[dict], bench: Benchmark) -> str:
                 f"{r['test_accuracy'][0]:.2f} ± {r['test_accuracy'][1]:.2f} | "
                 f"{r['val_accuracy'][0]:.2f} ± {r['val_accuracy'][1]:.2f} | {r['ms_per_batch']:.2f} | "
                 f"{r.get('speedup', 1.0):.1f}x |")
+        if ensembles:
+            line += (f" {r['ensemble_test_accuracy'][0]:.2f} ± {r['ensemble_test_accuracy'][1]:.2f} |"
+                     if "ensemble_test_accuracy" in r else " - |")
         if timed:
             line += f" {r['epoch_time_vs_scratch']:.2f}x |" if "epoch_time_vs_scratch" in r else " - |"
         if cams:
@@ -159,7 +180,8 @@ def format_pairs_table(results: dict[str, list[dict]]) -> str:
                 continue
             mean, std = rows[label]["test_accuracy"]
             kd = rows.get("kd")
-            better = kd is not None and label not in ("kd", "teacher") and mean > kd["test_accuracy"][0]
+            better = (kd is not None and label != "kd" and not label.startswith("teacher")
+                      and mean > kd["test_accuracy"][0])
             cells.append(f"**{mean:.2f} ± {std:.2f}**" if better else f"{mean:.2f} ± {std:.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nTest accuracy (%), mean ± std over seeds; **bold**: above KD on that pair; n/a: not applicable."
@@ -221,11 +243,11 @@ def _up_to_date(summary: dict, recipe) -> bool:
 
 def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
               seeds: int) -> dict:
-    # pair overrides address methods by their position in the recipe, before skipped ones are dropped
-    tree = apply_overrides(read_recipe_tree(bench.recipe), bench.pairs.get(pair, []))
+    # pair and quick overrides address methods by their position in the recipe, before skipped ones are dropped
+    tree = apply_overrides(read_recipe_tree(bench.recipe), bench.pairs.get(pair, []) + (bench.quick if quick else []))
     skipped = set(bench.skip.get(pair, []))
     tree["methods"] = [m for m in tree["methods"] if (m.get("label") or m.get("method")) not in skipped]
-    tree = apply_overrides(tree, (bench.quick if quick else []) + list(overrides or []) + [f"seed={seed}"])
+    tree = apply_overrides(tree, list(overrides or []) + [f"seed={seed}"])
     recipe = parse_recipe(tree)
     done = run_dir / "summary.json"
     if done.is_file():

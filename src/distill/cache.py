@@ -83,6 +83,16 @@ def fingerprint(model: torch.nn.Module, dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def _same_model(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """The same teacher: the same module, or mappings of several teachers with the same members
+    (a teacher ensemble wraps its members in a new ModuleDict for each run)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.nn.ModuleDict) and isinstance(b, torch.nn.ModuleDict):
+        return list(a.keys()) == list(b.keys()) and all(a[k] is b[k] for k in a.keys())
+    return False
+
+
 def _file(tap: str, part: str = "") -> str:
     """The ``.npy`` file of a tap (or of one part of a top-k tap: ``values``, ``indices``, ``tail``)."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in tap)
@@ -122,7 +132,7 @@ class TeacherOutputs:
         """Tie the store to one teacher and one dataset (on disk: check or record their fingerprint)."""
         base = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset  # a wrapper made per run
         if self.model is not None:
-            if self.model is not model or self.dataset is not base:
+            if not _same_model(self.model, model) or self.dataset is not base:
                 raise ValueError("TeacherOutputs holds another teacher's or another dataset's outputs; "
                                  "use one per (teacher, training set)")
             return

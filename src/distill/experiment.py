@@ -184,22 +184,27 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     if resume and (own / "summary.json").is_file():
         info = json.loads((own / "summary.json").read_text()).get("info", {})
         if info.get("key") == key:
-            return _saved_student(recipe, data, own), info
+            return _saved_student(recipe, method, data, own), info
         _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
         shutil.rmtree(own)
-    chain, models, steps = [], [], [*method.via] + [recipe.student] * (method.generations - 1)
+    spec = method.student or recipe.student
+    chain, models, steps = [], [], [*method.via] + [spec] * (method.generations - 1)
     started = time.perf_counter()
-    for k, spec in enumerate(steps, start=1):
+    for k, step in enumerate(steps, start=1):
         seed_everything(recipe.seed * 1000 + k)  # each generation starts from its own initialisation
-        model = _build(spec, data)
-        _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {spec.model}")
-        _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
-             teacher_outputs if k == 1 else None, f"{key}-step{k}")
-        chain.append({"model": spec.model, "params": count_parameters(model), **_scores(model, data)})
+        model = _build(step, data)
+        _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {step.model}")
+        if method.generations > 1 and k == 1:  # born-again: the first generation learns from the labels
+            _fit(recipe, method, as_stages([Term("ce")]), model, None, data, own / "step-1", resume, trust_pickle,
+                 None, f"{key}-step1")
+        else:
+            _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
+                 teacher_outputs if k == 1 else None, f"{key}-step{k}")
+        chain.append({"model": step.model, "params": count_parameters(model), **_scores(model, data)})
         models.append(model)
         teacher = model
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
-    student = _build(recipe.student, data)
+    student = _build(spec, data)
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
     _say(f"student [{method.name}]: {' | then '.join(described)}")
@@ -215,10 +220,10 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     return student, info
 
 
-def _saved_student(recipe: Recipe, data, own: Path) -> torch.nn.Module:
-    """The finished student of the run directory ``own``."""
+def _saved_student(recipe: Recipe, method, data, own: Path) -> torch.nn.Module:
+    """The finished student of ``method`` in the run directory ``own``."""
     seed_everything(recipe.seed)
-    student = _build(recipe.student, data)
+    student = _build(method.student or recipe.student, data)
     load_model(student, str(own / "student.safetensors"))
     return student
 
@@ -266,18 +271,26 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
         pool = own / "deep_inversion.safetensors"  # synthesised once: a resumed run reuses it
         if pool.is_file():
             saved = load_file(str(pool))
-            return ArrayDataset(saved["images"], saved["labels"] if labels else None, "deep-inversion"), augment
-        competing = student if params.get("competition_weight") else None
-        images, targets = deep_inversion(teacher, spec.size, data.input_shape, data.num_classes, student=competing,
-                                         seed=recipe.seed, say=_say, **params)
-        if _main_process():
-            own.mkdir(parents=True, exist_ok=True)
-            save_file({"images": images.contiguous(), "labels": targets}, str(pool))
+            images, targets = saved["images"], saved["labels"]
+        else:
+            competing = student if params.get("competition_weight") else None
+            images, targets = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
+                                             student=competing, seed=recipe.seed, say=_say, **params)
+            if _main_process():
+                own.mkdir(parents=True, exist_ok=True)
+                save_file({"images": images.contiguous(), "labels": targets}, str(pool))
+        repeats = -(-spec.size // len(images))  # the pool, repeated to size samples per epoch
+        images, targets = images.repeat(repeats, 1, 1, 1)[: spec.size], targets.repeat(repeats)[: spec.size]
         return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment
     torch.manual_seed(recipe.seed * 1000 + 999)  # the generator's initialisation, apart from the student's
     generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **spec.generator)
     return SyntheticSet(teacher, spec.objective, generator, student, input_shape=data.input_shape, size=spec.size,
                         seed=recipe.seed, **params), augment
+
+
+def deployable(model: torch.nn.Module) -> torch.nn.Module:
+    """The single network a trained model deploys as (``model.deployable()``, e.g. a cohort's first peer)."""
+    return model.deployable() if hasattr(model, "deployable") else model
 
 
 def ensemble_accuracy(models, dataset) -> float:
@@ -350,7 +363,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
                            trust_pickle, store, cams, sample, timing)
-        if cams is not None and "cam_agreement" not in row:
+        if cams is not None and "cam_agreement" not in row and method.student is None:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)
     if teacher is not None:
@@ -381,16 +394,19 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
             if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
                 return row
             if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
-                _cam_agreement(row, cams, method.name, _saved_student(recipe, data, own), layer)
+                _cam_agreement(row, cams, method.name, deployable(_saved_student(recipe, method, data, own)), layer)
                 if _main_process():
                     atomic_write_text(saved, json.dumps(row, indent=2))
                 return row
     student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs)
-    row = {"role": "student", "label": method.name, "model": recipe.student.model,
-           "params": count_parameters(student), "macs": count_macs(student, sample[:8]), **_scores(student, data),
-           "seconds_per_batch": inference_time(student, sample, **timing), **info}
+    deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
+    row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
+           "params": count_parameters(deployed), "macs": count_macs(deployed, sample[:8]),
+           **_scores(deployed, data), "seconds_per_batch": inference_time(deployed, sample, **timing), **info}
+    if deployed is not student:
+        row["ensemble_test_accuracy"] = evaluate(student, data.test)["accuracy"]
     if cams is not None:
-        _cam_agreement(row, cams, method.name, student, layer)
+        _cam_agreement(row, cams, method.name, deployed, layer)
     if _main_process():
         atomic_write_text(saved, json.dumps(row, indent=2))
     return row

@@ -293,7 +293,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     import yaml
     from safetensors.torch import load_model
 
-    from distill.experiment import TeacherNotTrained, _build, get_teacher
+    from distill.experiment import TeacherNotTrained, _build, deployable, get_teacher
     from distill.fileio import atomic_write_text
     from distill.recipe import parse_recipe
     from distill.zoo import load_dataset
@@ -311,15 +311,16 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
         teacher, _ = get_teacher(recipe, data, run_dir, train=False, name=next(iter(recipe.teacher_specs)))
     except TeacherNotTrained as err:
         raise ExplainError(str(err)) from None
-    students = [(m.name, run_dir / "students" / m.name / "student.safetensors") for m in recipe.methods]
-    students = [(label, path) for label, path in students if path.is_file()]
+    students = [(m.name, run_dir / "students" / m.name / "student.safetensors", m.student or recipe.student)
+                for m in recipe.methods]
+    students = [(label, path, spec) for label, path, spec in students if path.is_file()]
     if not students:
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
     models = {"teacher": teacher}
-    for label, path in students:
-        student = _build(recipe.student, data)
+    for label, path, spec in students:
+        student = _build(spec, data)
         load_model(student, str(path))
-        models[label] = student
+        models[label] = deployable(student)
     out_dir = Path(out) if out is not None else run_dir / "explain"
     png = out_dir / "gradcam.png"
     result = explain_models(models, {name: layer for name in models}, data.test, images=images,

@@ -143,8 +143,8 @@ class DataFreeSpec(BaseModel):
     """Train this method's student without a real training image (see :mod:`distill.datafree`).
 
     ``objective``: ``dafl``, ``dfad``, ``zskt`` or ``noise`` (a :class:`~distill.datafree.SyntheticSet`
-    of ``size`` samples per epoch) or ``deep_inversion`` (``size`` images synthesised once, then
-    ordinary distillation on them). Other keys are the parameters of ``SyntheticSet`` (``lr``,
+    of ``size`` samples per epoch) or ``deep_inversion`` (``images`` images synthesised once, then
+    ordinary distillation on them, repeated to ``size`` samples per epoch). Other keys are the parameters of ``SyntheticSet`` (``lr``,
     ``student_steps``, ``alpha``, ``beta``, ``feature_layer``) or of
     :func:`~distill.datafree.deep_inversion` (``steps``, ``lr``, ``bn_weight``, ``tv_weight``, ...).
     """
@@ -152,7 +152,9 @@ class DataFreeSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     objective: str
-    size: int = Field(12800, ge=1, description="synthetic samples per epoch (deep_inversion: images made once)")
+    size: int = Field(12800, ge=1, description="synthetic samples per epoch")
+    images: int | None = Field(None, ge=1, description="deep_inversion: images synthesised once (default: size), "
+                               "repeated to size samples per epoch")
     generator: dict[str, Any] = Field(default_factory=dict, description="options of the zoo 'generator' "
                                       "(latent, width)")
 
@@ -189,6 +191,8 @@ class MethodSpec(BaseModel):
                                  "trained with this method")
     generations: int = Field(1, ge=1, description="born-again networks: the student's architecture trained this "
                              "many times, each generation teaching the next; the last is the student")
+    student: ModelSpec | None = Field(None, description="this method's own student model (default: the recipe's), "
+                                      "e.g. a cohort of peers for DML; its row reports the deployed network")
     teacher: str | None = Field(None, description="with several 'teachers': the one this method learns from "
                                 "(default: all of them, as taps 'NAME/TAP')")
     augment: AugmentSpec | None = Field(None, description="this student's augmentation (default: data.augment)")
@@ -203,6 +207,8 @@ class MethodSpec(BaseModel):
             raise ValueError("give either 'method' or 'terms'")
         if self.via and self.generations > 1:
             raise ValueError("give either 'via' (teacher assistants) or 'generations' (born-again), not both")
+        if self.data_free is not None and (self.via or self.generations > 1):
+            raise ValueError("data-free distillation trains one student from the teacher: no 'via' or 'generations'")
         if self.method is not None:
             if self.method not in METHODS:
                 raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")

@@ -181,6 +181,10 @@ class Cohort(nn.Module):
     def forward(self, x):
         return torch.stack([peer(x) for peer in self.peers]).mean(0)
 
+    def deployable(self) -> nn.Module:
+        """The network kept after training: the first peer (every peer has the same architecture)."""
+        return self.peers[0]
+
 
 @register_model("cohort", "K peers of a zoo model trained together, online KD (peer=NAME, peers=K, options=...)")
 def cohort(in_shape, num_classes, peer: str = "mlp", peers: int = 2, options: dict | None = None):
@@ -253,6 +257,10 @@ class OnTheFlyNativeEnsemble(nn.Module):
     def branch(self, k: int) -> nn.Module:
         """Branch ``k`` with the shared trunk: one ordinary network."""
         return nn.Sequential(self.trunk, self.branches[k])
+
+    def deployable(self) -> nn.Module:
+        """The network kept after training: the first branch with the trunk."""
+        return self.branch(0)
 
 
 @register_model("one", "ONE: a CIFAR ResNet with shared early stages, gated branches (depth, widths, branches)")
