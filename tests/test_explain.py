@@ -203,3 +203,22 @@ def test_explain_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys)
         assert main(["explain", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("distill: error:") and needle in err and "\n" not in err
+
+
+def test_cam_match_loss_sees_through_the_float_copies_of_mixed_precision():
+    # Accelerate hands the losses float32 copies of a bf16 student's tensors; the class score depends on the
+    # original feature map, not on its copy, so the loss must differentiate at the original
+    torch.manual_seed(3)
+    x = torch.randn(6, 1, 8, 8)
+    teacher = LiveTeacher(TinyCNN(channels=4), ["gradcam++(features)", "logits"])
+    t = teacher({"input": x})
+    teacher_values = [t["gradcam++(features)"], t["logits"]]
+    student = TinyCNN(channels=3, pool=2).eval()
+    features, logits = _student_values(student, x)
+    direct = cam_match_loss([features, logits], teacher_values)
+    (expected,) = torch.autograd.grad(direct, student.head[2].weight)
+    features, logits = _student_values(student, x)
+    copied = cam_match_loss([features.double(), logits.double()], teacher_values)
+    (got,) = torch.autograd.grad(copied, student.head[2].weight)
+    assert float(copied) == pytest.approx(float(direct), rel=1e-6)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-8)

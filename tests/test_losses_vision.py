@@ -225,18 +225,23 @@ def test_ab_hinge_behaviour_and_gradients():
 # ------------------------------------------------------------------------- FT
 def test_ft_loss_by_hand_and_loops():
     s, t = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])
-    # s/|s| = (0.6, 0.8): L1 distance |0.6 - 1| + 0.8 = 1.2
-    assert ft_loss(s, t).item() == pytest.approx(1.2, rel=1e-6)
+    # s/|s| = (0.6, 0.8): L1 distance |0.6 - 1| + 0.8 = 1.2, per entry 0.6
+    assert ft_loss(s, t, reduction="norm").item() == pytest.approx(1.2, rel=1e-6)
+    assert ft_loss(s, t).item() == pytest.approx(0.6, rel=1e-6)
     torch.manual_seed(0)
     s, t = torch.randn(3, 2, 2, 2, dtype=D), torch.randn(3, 8, dtype=D)
     for p in (1, 2):
-        total = 0.0
+        total, entries = 0.0, 0.0
         for n in range(3):
             a = [float(v) for v in s[n].flatten()]
             b = [float(v) for v in t[n]]
             na, nb = math.sqrt(sum(v * v for v in a)), math.sqrt(sum(v * v for v in b))
             total += sum(abs(x / na - y / nb) ** p for x, y in zip(a, b)) ** (1 / p)
-        assert ft_loss(s, t, p=p).item() == pytest.approx(total / 3, rel=1e-6)
+            entries += sum(abs(x / na - y / nb) ** p for x, y in zip(a, b))
+        assert ft_loss(s, t, p=p, reduction="norm").item() == pytest.approx(total / 3, rel=1e-6)
+        assert ft_loss(s, t, p=p).item() == pytest.approx(entries / 24, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        ft_loss(s, t, reduction="sum")
 
 
 def test_ft_loss_zero_on_agreement_gradients_and_errors():

@@ -49,6 +49,16 @@ def unit_max(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return maps / maps.flatten(1).amax(1).clamp_min(eps)[:, None, None]
 
 
+def _source(features: torch.Tensor):
+    """Where to differentiate: ``features`` itself, or, when it is a dtype copy (mixed precision hands the
+    losses float32 copies of the student's bf16 tensors), the tensor it was copied from, which the logits
+    were computed from (its autograd edge)."""
+    node = features.grad_fn
+    if node is not None and type(node).__name__ == "ToCopyBackward0":
+        return torch.autograd.graph.GradientEdge(*node.next_functions[0])
+    return features
+
+
 def cam_match_loss(student_values: list[torch.Tensor], teacher_values: list[torch.Tensor]) -> torch.Tensor:
     r"""Matching Grad-CAM++ explanations — the knowledge-distillation experiment of Chattopadhay et al.
     2018, *Grad-CAM++* (WACV), §5: the student is trained with
@@ -92,7 +102,7 @@ def cam_match_loss(student_values: list[torch.Tensor], teacher_values: list[torc
                          "map, so it needs autograd enabled and both in the graph")
     classes = teacher_logits.argmax(1).to(logits.device)
     score = logits.gather(1, classes[:, None]).sum()
-    (gradients,) = torch.autograd.grad(score, features, create_graph=True, allow_unused=True)
+    (gradients,) = torch.autograd.grad(score, _source(features), create_graph=True, allow_unused=True)
     if gradients is None:
         raise ValueError("the student's logits do not depend on the feature map given to cam_match_loss")
     student_map = gradcam_pp(features.float(), gradients.float())

@@ -2,9 +2,9 @@
 
 Stage 1 trains a paraphraser (a convolutional autoencoder) to reconstruct the
 teacher's ``teacher_layer`` features; the student is not trained. Stage 2 trains
-the student with ``CE + beta * ||F_s/|F_s| - F_t/|F_t|||_1``, the paraphraser's code
-of the teacher against a translator of the student's ``layer`` (paper: beta = 500;
-the L1 distance of unit vectors is at most 2).
+the student with ``CE + beta * mean|F_s/|F_s| - F_t/|F_t||``, the paraphraser's code
+of the teacher against a translator of the student's ``layer`` (paper: beta = 500,
+at the scale of the per-entry mean; see :func:`distill.losses.ft_loss`).
 """
 from distill.losses import FactorTransferLoss, ParaphraserLoss
 from distill.methods.common import with_labels
