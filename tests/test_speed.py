@@ -30,7 +30,7 @@ def test_summary_gives_ratios_to_the_plain_student_step():
 def test_errors_name_the_pair_or_the_recipe(tmp_path):
     with pytest.raises(RecipeError, match="unknown speed pair 'nope'"):
         run_speed_benchmark(pairs=["nope"], out_dir=tmp_path)
-    with pytest.raises(RecipeError, match="needs a recipe with a teacher"):
+    with pytest.raises(RecipeError, match="needs a recipe with one teacher"):
         no_teacher = tmp_path / "r.yaml"
         no_teacher.write_text("name: x\ndata: {dataset: digits, val_size: 100}\nstudent: {model: mlp}\n"
                               "methods: [{method: scratch}]\n")
