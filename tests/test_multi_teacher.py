@@ -115,13 +115,17 @@ def test_a_recipe_with_several_teachers(tmp_path, cache_dir):
     from distill.experiment import run_recipe
     from distill.recipe import parse_recipe
 
-    summary = run_recipe(parse_recipe(_two_teacher_tree()), tmp_path / "run")
+    tree = _two_teacher_tree()
+    tree["train"]["teacher_cache_dir"] = str(tmp_path / "outputs")
+    summary = run_recipe(parse_recipe(tree), tmp_path / "run")
+    # one store of teacher outputs per teacher choice: the one kd picks, and both for multi_teacher
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["all", "cnn"]
     labels = [row["label"] for row in summary["rows"]]
     assert labels == ["teacher:cnn", "teacher:mlp", "kd", "multi_teacher"]
     assert all(row["test_accuracy"] > 75 for row in summary["rows"])
     assert (tmp_path / "run" / "teachers" / "mlp" / "student.safetensors").is_file()
     # the second run reuses both cached teachers and every finished student
-    again = run_recipe(parse_recipe(_two_teacher_tree()), tmp_path / "run", resume=True)
+    again = run_recipe(parse_recipe(tree), tmp_path / "run", resume=True)
     assert [r["test_accuracy"] for r in again["rows"]] == [r["test_accuracy"] for r in summary["rows"]]
 
 
