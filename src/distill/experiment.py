@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import load_file, load_model
 
 from distill.cache import TeacherOutputs
 from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
@@ -26,7 +26,7 @@ from distill.datafree import SyntheticSet, deep_inversion
 from distill.engine import Distiller, TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
-from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
+from distill.fileio import UnsafeFile, atomic_save_model, atomic_save_tensors, atomic_write_text, load_weights
 from distill.lock import RunDirLocked, RunLock
 from distill.stages import as_stages, fit_stages
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
@@ -246,7 +246,7 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
                         resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
     if hasattr(train, "samples") and _main_process():  # a generator's images, for distill report
-        save_file({"images": train.samples(64).contiguous()}, str(own / "samples.safetensors"))
+        atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
     if len(stages) > 1:
         if _main_process():
             atomic_save_model(model, own / "student.safetensors")
@@ -278,7 +278,7 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
                                              student=competing, seed=recipe.seed, say=_say, **params)
             if _main_process():
                 own.mkdir(parents=True, exist_ok=True)
-                save_file({"images": images.contiguous(), "labels": targets}, str(pool))
+                atomic_save_tensors({"images": images, "labels": targets}, pool)
         repeats = -(-spec.size // len(images))  # the pool, repeated to size samples per epoch
         images, targets = images.repeat(repeats, 1, 1, 1)[: spec.size], targets.repeat(repeats)[: spec.size]
         return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment

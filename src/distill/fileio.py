@@ -6,7 +6,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from safetensors.torch import save_model
+import torch
+from safetensors.torch import save_file, save_model
 from torch import nn
 
 
@@ -29,6 +30,14 @@ def atomic_save_model(model: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = _tmp(path)
     save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``safetensors.torch.save_file`` to ``path``, which always holds either the old or the new file."""
+    path = Path(path)
+    tmp = _tmp(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 
