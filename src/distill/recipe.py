@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from distill.datafree import OBJECTIVES, SyntheticSet, deep_inversion
 from distill.engine import TrainConfig
 from distill.methods import METHODS
 from distill.stages import as_stages
@@ -136,7 +137,7 @@ class TermSpec(BaseModel):
         return Term(self.loss, self.weight, student=self.student, **bound, **(self.model_extra or {}))
 
 
-DATA_FREE = ("dafl", "dfad", "zskt", "noise", "deep_inversion")
+DATA_FREE = (*OBJECTIVES, "deep_inversion")
 
 
 class DataFreeSpec(BaseModel):
@@ -160,8 +161,6 @@ class DataFreeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known(self):
-        from distill.datafree import SyntheticSet, deep_inversion
-
         if self.objective not in DATA_FREE:
             raise ValueError(f"unknown data-free objective {self.objective!r}; available: {', '.join(DATA_FREE)}")
         fn = deep_inversion if self.objective == "deep_inversion" else SyntheticSet
@@ -255,8 +254,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if "seed" in self.train.model_fields_set or (self.teacher and "seed" in self.teacher.train.model_fields_set):
-            raise ValueError("set the top-level 'seed', not train.seed")
+        if "seed" in self.train.model_fields_set or any("seed" in spec.train.model_fields_set
+                                                         for spec in self.teacher_specs.values()):
+            raise ValueError("set the top-level 'seed' (or a teacher's 'seed'), not train.seed")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"methods need distinct labels, got {names}")
@@ -265,11 +265,9 @@ class Recipe(_Strict):
         if self.teachers is not None:
             if not self.teachers:
                 raise ValueError("'teachers' needs at least one teacher")
-            for name, spec in self.teachers.items():
+            for name in self.teachers:
                 if not name or "/" in name or "." in name:
                     raise ValueError(f"teacher name {name!r}: use a name without '/' or '.'")
-                if "seed" in spec.train.model_fields_set:
-                    raise ValueError(f"teachers.{name}: set 'seed' on the teacher, not train.seed")
         for m in self.methods:
             taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
             if taps and not self.teacher_specs:
@@ -383,8 +381,6 @@ def dump_recipe(recipe: Recipe) -> str:
     tree = recipe.model_dump(mode="json")
     tree["methods"] = [m.model_dump(mode="json", exclude_unset=True) for m in recipe.methods]
     tree["train"].pop("seed")
-    if tree.get("teacher"):
-        tree["teacher"]["train"].pop("seed")
-    for spec in (tree.get("teachers") or {}).values():
+    for spec in [tree["teacher"]] if tree.get("teacher") else (tree.get("teachers") or {}).values():
         spec["train"].pop("seed")
     return yaml.safe_dump(tree, sort_keys=False)
