@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distill.distributed import gather_batch, world_size
+from distill.distributed import gather_batch, shutdown, world_size
 from distill.terms import Term
 
 RELATIONAL = ["sp", "rkd", "pkt", "cc", "dist", "crd"]
@@ -116,9 +116,12 @@ def _engine_worker(rank: int, port: int, out_file: str):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    result = _train_engine(batch_size=16)
-    if rank == 0:
-        torch.save(result, out_file)
+    try:
+        result = _train_engine(batch_size=16)
+        if rank == 0:
+            torch.save(result, out_file)
+    finally:
+        shutdown()  # without it a process could exit mid-teardown and abort (seen once in CI)
 
 
 def test_two_processes_train_like_one_with_the_whole_batch(tmp_path):

@@ -227,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # under torchrun / accelerate launch: leave the group cleanly
+            from distill.distributed import shutdown
+
+            shutdown()
+        return code
     except _user_errors() as err:
         if args.debug:
             raise

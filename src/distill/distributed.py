@@ -24,6 +24,17 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def shutdown() -> None:
+    """Wait for every process, then tear the process group down (nothing when there is none).
+
+    A process that exits with its group alive can abort in the communication threads'
+    destructors ("terminate called without an active exception") while its peers still talk.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather_batch(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` (``(n_r, ...)`` on process ``r``) concatenated over all processes along dim 0, in rank order.
 
