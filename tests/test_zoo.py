@@ -87,6 +87,17 @@ def test_options():
         distill.build_model("shufflenetv2", (1, 28, 28), 10, net_size=0.7)
 
 
+@pytest.mark.parametrize("name", ["resnet32x4", "resnet8", "resnet"])
+def test_zero_init_residual_blocks_start_as_the_identity(name):
+    torch.manual_seed(0)
+    model = distill.build_model(name, (1, 28, 28), 10, zero_init_residual=True).eval()
+    x = torch.relu(torch.randn(2, model.layer1[0].conv1.in_channels, 7, 7))  # a block's input is post-ReLU
+    for block in model.layer1:
+        assert torch.equal(block(x), x)  # identity shortcut: relu(0 + x) = x
+    plain = distill.build_model(name, (1, 28, 28), 10).eval()
+    assert not torch.equal(plain.layer1[0](x), x)
+
+
 def test_cli_lists_the_models(capsys):
     from distill.cli import main
 

@@ -48,13 +48,13 @@ _X4_WIDTHS = (64, 128, 256)
 
 
 @register_model("resnet8x4", "CIFAR ResNet-8 with 4x widths 64-128-256 (CRD teacher/student)")
-def resnet8x4(in_shape, num_classes):
-    return ResNet(in_shape, 8, _X4_WIDTHS, num_classes)
+def resnet8x4(in_shape, num_classes, zero_init_residual=False):
+    return ResNet(in_shape, 8, _X4_WIDTHS, num_classes, zero_init_residual)
 
 
 @register_model("resnet32x4", "CIFAR ResNet-32 with 4x widths 64-128-256 (CRD teacher)")
-def resnet32x4(in_shape, num_classes):
-    return ResNet(in_shape, 32, _X4_WIDTHS, num_classes)
+def resnet32x4(in_shape, num_classes, zero_init_residual=False):
+    return ResNet(in_shape, 32, _X4_WIDTHS, num_classes, zero_init_residual)
 
 
 # ---------------------------------------------------------------------------
