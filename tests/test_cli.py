@@ -112,6 +112,27 @@ def test_resume_an_interrupted_run(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr
     assert (kd / "student.safetensors").read_bytes() == final
     assert json.loads((run_dir / "summary.json").read_text())["rows"][-1]["label"] == "kd"
+
+    # killed while writing its first checkpoint: only a cut-off .tmp directory; the student starts afresh
+    for name in ("summary.json", "student.safetensors", "row.json"):
+        (kd / name).unlink()
+    shutil.rmtree(kd / "checkpoints")
+    (kd / "checkpoints" / "step-00000004.tmp").mkdir(parents=True)
+    (run_dir / "summary.json").unlink()
+    result = run_cli("run", "--resume", str(run_dir), "--no-progress", env_extra={"DISTILL_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    assert (kd / "student.safetensors").read_bytes() == final
+
+    # killed after the engine's summary but before the run's bookkeeping (no settings key): nothing to retrain
+    summary = json.loads((kd / "summary.json").read_text())
+    (kd / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "info"}))
+    (kd / "row.json").unlink()
+    (run_dir / "summary.json").unlink()
+    result = run_cli("run", "--resume", str(run_dir), "--no-progress", env_extra={"DISTILL_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    assert "training it again" not in result.stdout + result.stderr
+    assert (kd / "student.safetensors").read_bytes() == final
+    assert json.loads((kd / "summary.json").read_text())["info"]["key"]
     assert main(["run", "--resume", str(tmp_path / "missing")]) == 2
 
 

@@ -337,7 +337,7 @@ class Distiller:
     def _last_checkpoint(self) -> Path:
         if self.run_dir is None:
             raise DistillError("resume needs a run_dir")
-        found = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+        found = checkpoints_in(self.run_dir)
         if not found:
             raise DistillError(f"no checkpoint to resume from in {self.run_dir / 'checkpoints'}")
         return found[-1]
@@ -597,9 +597,8 @@ class Distiller:
 
         checkpoints = self.run_dir / "checkpoints"
         atomic_write_dir(checkpoints / f"step-{step:08d}", write)
-        for old in sorted(checkpoints.glob("step-*"))[: -self.config.keep_checkpoints]:
-            if not old.name.endswith(".tmp"):
-                shutil.rmtree(old, ignore_errors=True)
+        for old in checkpoints_in(self.run_dir)[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, optimizer, scheduler) -> tuple[int, int, dict | None]:
         ckpt = self._last_checkpoint()
@@ -624,6 +623,11 @@ class Distiller:
             kept = [line for line in lines if line and _before(json.loads(line), state)]
             atomic_write_text(metrics, "".join(line + "\n" for line in kept))
         return state["epoch"], state["step"], state["position"]
+
+
+def checkpoints_in(run_dir: Path) -> list[Path]:
+    """The finished checkpoints of a run directory, oldest first (a ``.tmp`` one was cut off while written)."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
 
 
 def _before(record: dict, state: dict) -> bool:

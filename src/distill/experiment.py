@@ -23,7 +23,7 @@ from safetensors.torch import load_file, load_model
 from distill.cache import TeacherOutputs
 from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
 from distill.datafree import SyntheticSet, deep_inversion
-from distill.engine import Distiller, TrainConfig, seed_everything
+from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_save_tensors, atomic_write_text, load_weights
@@ -160,7 +160,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     started = time.perf_counter()
     trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
                         run_dir=own, config=config, trust_pickle=trust_pickle)
-    trainer.fit(data.train, data.val, resume=resume and (own / "checkpoints").is_dir())
+    trainer.fit(data.train, data.val, resume=resume and bool(checkpoints_in(own)))
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
     if spec.cache and _main_process():
         cached.mkdir(parents=True, exist_ok=True)
@@ -181,10 +181,11 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
     key = student_key(recipe, method, stages)
-    if resume and (own / "summary.json").is_file():
-        info = json.loads((own / "summary.json").read_text()).get("info", {})
-        if info.get("key") == key:
-            return _saved_student(recipe, method, data, own), info
+    saved = own / "summary.json"
+    info = json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {}
+    if info.get("key") == key:
+        return _saved_student(recipe, method, data, own), info
+    if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
         _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
         shutil.rmtree(own)
     spec = method.student or recipe.student

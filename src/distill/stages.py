@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from distill.engine import Distiller, TrainConfig, seed_everything
+from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
 from distill.terms import Term
 
 
@@ -82,6 +82,6 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
             continue
         if len(stages) > 1:
             say(f"  stage {k}/{len(stages)} {stage.name}: {n} epochs")
-        trainer.fit(train, val, resume=resume and own is not None and (own / "checkpoints").is_dir())
+        trainer.fit(train, val, resume=resume and own is not None and bool(checkpoints_in(own)))
         history += trainer.history
     return {"history": history, "epoch_seconds": [h["time"] for h in history]}
