@@ -112,3 +112,36 @@ def test_a_new_cam_layer_remeasures_the_agreement_without_retraining(tmp_path, c
     for a, b in zip(first["rows"][1:], again["rows"][1:]):
         assert (a["cam_layer"], b["cam_layer"]) == ("last_stage", "stage1")
         assert a["test_accuracy"] == b["test_accuracy"] and a["cam_agreement"] != b["cam_agreement"]
+
+
+def test_rows_of_a_teacher_with_other_weights_are_trained_again(tmp_path, cache_dir, capsys):
+    # a new machine retrains the teacher under the same settings, and CPU rounding gives it other weights:
+    # rows measured with the old teacher must not be mixed into a table with the new one
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "bench"
+    first = run_benchmark("digits", seeds=1, quick=True, out_dir=out)
+    seed = out / "seed-0"
+    teacher_row = first["rows"][0]
+    summary = json.loads((seed / "summary.json").read_text())
+    weights = summary["rows"][0]["weights"]
+    assert all(r["teacher_weights"] == weights for r in summary["rows"] if r["label"] == "kd")
+    for path in list(seed.rglob("*")):
+        if path.is_file() and path.name != "row.json":
+            path.unlink()
+    [cached] = list((cache_dir / "teachers").glob("*/teacher.safetensors"))
+    state = load_file(cached)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3 * torch.randn_like(state[name])
+    save_file(state, cached)
+    capsys.readouterr()
+    again = run_benchmark("digits", seeds=1, quick=True, out_dir=out)
+    printed = capsys.readouterr().out
+    assert "student [kd]: its row" in printed and "teacher of other weights" in printed
+    assert "student [scratch]: its row" not in printed  # scratch learns from no teacher: reused
+    summary = json.loads((seed / "summary.json").read_text())
+    assert summary["rows"][0]["weights"] != weights
+    kd = next(r for r in summary["rows"] if r["label"] == "kd")
+    assert kd["teacher_weights"] == summary["rows"][0]["weights"]
+    assert again["rows"][0]["label"] == teacher_row["label"]

@@ -70,12 +70,23 @@ def dense_from_topk(values: torch.Tensor, indices: torch.Tensor, tail: torch.Ten
     return dense.scatter_(1, indices, values)
 
 
-def fingerprint(model: torch.nn.Module, dataset) -> str:
-    """A hash of the model's weights and of the dataset's size and first inputs."""
-    h = hashlib.sha256()
+def _hash_weights(h, model: torch.nn.Module) -> None:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of the model's weights (parameters and buffers)."""
+    h = hashlib.sha256()
+    _hash_weights(h, model)
+    return h.hexdigest()[:16]
+
+
+def fingerprint(model: torch.nn.Module, dataset) -> str:
+    """A hash of the model's weights and of the dataset's size and first inputs."""
+    h = hashlib.sha256()
+    _hash_weights(h, model)
     h.update(str(len(dataset)).encode())
     inputs = collate([dataset[i] for i in range(min(8, len(dataset)))])["input"]
     if isinstance(inputs, torch.Tensor):

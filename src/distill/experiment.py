@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model
 
-from distill.cache import TeacherOutputs
+from distill.cache import TeacherOutputs, weights_digest
 from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
 from distill.datafree import SyntheticSet, deep_inversion
 from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
@@ -104,6 +104,25 @@ def _teachers_key(recipe: Recipe, method):
     return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
 
 
+def teacher_weights(teacher, method=None, stages=None) -> str | None:
+    """A hash of the weights a student learns from (one teacher, or a mapping of several), or None when
+    there is no teacher or ``method`` (built into ``stages``) never asks it anything.
+
+    Kept in each student's info and row: a teacher retrained to other weights under the same settings (on
+    another machine or thread count, where CPU kernels round differently) makes its students stale."""
+    asks = stages is None or bool(method.via) or any(t.teacher is not None for st in stages for t in st.terms)
+    if teacher is None or not asks:
+        return None
+    if isinstance(teacher, dict):
+        return ",".join(f"{name}:{weights_digest(model)}" for name, model in teacher.items())
+    return weights_digest(teacher)
+
+
+def _same_teacher(info: dict, weights: str | None) -> bool:
+    # rows written before teacher weights were recorded carry none, and are taken as they are
+    return info.get("teacher_weights", weights) == weights
+
+
 def method_teacher(recipe: Recipe, method, teachers: dict):
     """What ``method`` learns from: the one teacher, the teacher it picks, or all of them as a mapping."""
     if not teachers:
@@ -180,13 +199,14 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     """
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
-    key = student_key(recipe, method, stages)
+    key, weights = student_key(recipe, method, stages), teacher_weights(teacher, method, stages)
     saved = own / "summary.json"
     info = json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {}
-    if info.get("key") == key:
+    if info.get("key") == key and _same_teacher(info, weights):
         return _saved_student(recipe, method, data, own), info
     if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
-        _say(f"student [{method.name}]: its settings changed since the finished run in {own}; training it again")
+        changed = "settings" if info["key"] != key else "teacher's weights"
+        _say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
         shutil.rmtree(own)
     spec = method.student or recipe.student
     chain, models, steps = [], [], [*method.via] + [spec] * (method.generations - 1)
@@ -212,6 +232,8 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
                   None if chain else teacher_outputs, key)
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
+    if weights is not None:
+        info["teacher_weights"] = weights
     if chain:
         info["chain"] = chain
         if method.generations > 1:  # born-again networks: the generations' ensemble too
@@ -342,7 +364,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     for name, spec in recipe.teacher_specs.items():
         teachers[name], info = get_teacher(recipe, data, run_dir, resume, trust_pickle, name=name)
         rows.append({"role": "teacher", "label": "teacher" if recipe.teacher is not None else f"teacher:{name}",
-                     "model": spec.model, "params": count_parameters(teachers[name]),
+                     "model": spec.model, "weights": weights_digest(teachers[name]),
+                     "params": count_parameters(teachers[name]),
                      "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
@@ -391,7 +414,13 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     saved, layer = own / "row.json", recipe.evaluation.cam_layer
     if resume and saved.is_file():
         row = json.loads(saved.read_text())
-        if row.get("key") == student_key(recipe, method, as_stages(method.build())):
+        stages = as_stages(method.build())
+        same_settings = row.get("key") == student_key(recipe, method, stages)
+        if same_settings and not _same_teacher(row, teacher_weights(teacher, method, stages)):
+            _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
+                 f"(the same settings, trained elsewhere); training it again")
+            shutil.rmtree(own)  # its checkpoints, if any, learnt from the other teacher too
+        elif same_settings:
             if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
                 return row
             if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
