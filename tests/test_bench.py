@@ -145,3 +145,44 @@ def test_rows_of_a_teacher_with_other_weights_are_trained_again(tmp_path, cache_
     kd = next(r for r in summary["rows"] if r["label"] == "kd")
     assert kd["teacher_weights"] == summary["rows"][0]["weights"]
     assert again["rows"][0]["label"] == teacher_row["label"]
+
+
+def test_rows_without_teacher_hashes_are_checked_against_the_recorded_teacher(tmp_path, cache_dir, capsys):
+    # rows written before teacher hashes existed: trusted while the teacher scores as the seed's summary
+    # recorded, trained again (those that ask the teacher) when it does not
+    out = tmp_path / "bench"
+    methods = "methods=[{method: scratch}, {method: kd}, {method: kd, label: kd2, temperature: %d}]"
+    run_benchmark("digits", seeds=1, quick=True, out_dir=out, overrides=[methods % 2])
+    seed = out / "seed-0"
+
+    def make_legacy(teacher_accuracy=None):
+        for path in seed.rglob("row.json"):
+            row = json.loads(path.read_text())
+            row.pop("teacher_weights", None)
+            path.write_text(json.dumps(row))
+        summary = json.loads((seed / "summary.json").read_text())
+        for row in summary["rows"]:
+            row.pop("weights", None)
+            row.pop("teacher_weights", None)
+        if teacher_accuracy is not None:
+            summary["rows"][0]["test_accuracy"] = teacher_accuracy
+        (seed / "summary.json").write_text(json.dumps(summary))
+        for path in list(seed.rglob("*")):  # a new machine: the rows and the seed's summary, no weights
+            if path.is_file() and path.name != "row.json" and path != seed / "summary.json":
+                path.unlink()
+
+    def rerun(temperature):  # kd2's settings change, so the seed runs again and loads the teacher
+        capsys.readouterr()
+        run_benchmark("digits", seeds=1, quick=True, out_dir=out, overrides=[methods % temperature])
+        return capsys.readouterr().out
+
+    make_legacy()
+    printed = rerun(3)
+    assert "student [kd2]:" in printed
+    assert "student [kd]" not in printed and "student [scratch]" not in printed  # the same teacher: reused
+    make_legacy(teacher_accuracy=12.5)  # the summary's teacher scored otherwise: another teacher
+    printed = rerun(4)
+    assert "student [kd]: its row" in printed and "teacher of other weights" in printed
+    assert "student [scratch]" not in printed  # asks the teacher nothing: reused
+    summary = json.loads((seed / "summary.json").read_text())
+    assert all(r["teacher_weights"] == summary["rows"][0]["weights"] for r in summary["rows"][2:])

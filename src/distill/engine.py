@@ -626,8 +626,10 @@ class Distiller:
 
 
 def checkpoints_in(run_dir: Path) -> list[Path]:
-    """The finished checkpoints of a run directory, oldest first (a ``.tmp`` one was cut off while written)."""
-    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    """The finished checkpoints of a run directory, oldest first (a ``.tmp`` one was cut off while written;
+    one without its files, e.g. emptied by a copy that kept only some files, cannot be resumed from)."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")
+                  and (p / "model.safetensors").is_file() and (p / "state.pt").is_file())
 
 
 def _before(record: dict, state: dict) -> bool:

@@ -118,9 +118,28 @@ def teacher_weights(teacher, method=None, stages=None) -> str | None:
     return weights_digest(teacher)
 
 
-def _same_teacher(info: dict, weights: str | None) -> bool:
-    # rows written before teacher weights were recorded carry none, and are taken as they are
-    return info.get("teacher_weights", weights) == weights
+def _same_teacher(info: dict, weights: str | None, unrecorded: bool = True) -> bool:
+    """Whether a finished student (its info or row) learnt from the teacher weights ``weights``.
+    Rows written before teacher weights were recorded carry none: ``unrecorded`` says whether to trust them."""
+    if "teacher_weights" not in info:
+        return weights is None or unrecorded
+    return info["teacher_weights"] == weights
+
+
+def _teachers_unchanged(run_dir: Path, rows: list[dict]) -> bool:
+    """Whether the teachers measured now (``rows``) score as the run's earlier summary recorded: the check
+    for students whose rows predate teacher weight hashes."""
+    try:
+        earlier = {r["label"]: r for r in json.loads((run_dir / "summary.json").read_text())["rows"]}
+    except (OSError, ValueError, KeyError):
+        return True  # no earlier summary: nothing to compare with
+    def same(old: dict | None, new: dict) -> bool:
+        if old is None:
+            return False
+        keys = ("weights",) if "weights" in old else ("test_accuracy", "val_accuracy")
+        return all(old.get(k) == new[k] for k in keys)
+
+    return all(same(earlier.get(r["label"]), r) for r in rows)
 
 
 def method_teacher(recipe: Recipe, method, teachers: dict):
@@ -369,6 +388,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
+    unrecorded = _teachers_unchanged(run_dir, rows) if resume else True
     cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         try:
@@ -386,7 +406,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
             directory = str(Path(directory) / choice)
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
-                           trust_pickle, store, cams, sample, timing)
+                           trust_pickle, store, cams, sample, timing, unrecorded)
         if cams is not None and "cam_agreement" not in row and method.student is None:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)
@@ -404,7 +424,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
 
 
 def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool, trust_pickle: bool,
-                 outputs: TeacherOutputs, cams: CamReference | None, sample, timing: dict) -> dict:
+                 outputs: TeacherOutputs, cams: CamReference | None, sample, timing: dict,
+                 unrecorded: bool = True) -> dict:
     """Train (or reuse) one method's student and measure it: its row of the run's table.
 
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
@@ -416,7 +437,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
         row = json.loads(saved.read_text())
         stages = as_stages(method.build())
         same_settings = row.get("key") == student_key(recipe, method, stages)
-        if same_settings and not _same_teacher(row, teacher_weights(teacher, method, stages)):
+        if same_settings and not _same_teacher(row, teacher_weights(teacher, method, stages), unrecorded):
             _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
             shutil.rmtree(own)  # its checkpoints, if any, learnt from the other teacher too
