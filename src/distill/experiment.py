@@ -104,18 +104,23 @@ def _teachers_key(recipe: Recipe, method):
     return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
 
 
-def teacher_weights(teacher, method=None, stages=None) -> str | None:
+def teacher_weights(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
     """A hash of the weights a student learns from (one teacher, or a mapping of several), or None when
-    there is no teacher or ``method`` (built into ``stages``) never asks it anything.
+    there is no teacher or ``method`` (built into ``stages``) never asks it anything. ``known`` maps
+    ``id(model)`` to a digest already computed for it (a run hashes each teacher once).
 
     Kept in each student's info and row: a teacher retrained to other weights under the same settings (on
     another machine or thread count, where CPU kernels round differently) makes its students stale."""
     asks = stages is None or bool(method.via) or any(t.teacher is not None for st in stages for t in st.terms)
     if teacher is None or not asks:
         return None
+
+    def digest(model):
+        return (known or {}).get(id(model)) or weights_digest(model)
+
     if isinstance(teacher, dict):
-        return ",".join(f"{name}:{weights_digest(model)}" for name, model in teacher.items())
-    return weights_digest(teacher)
+        return ",".join(f"{name}:{digest(model)}" for name, model in teacher.items())
+    return digest(teacher)
 
 
 def _same_teacher(info: dict, weights: str | None, unrecorded: bool = True) -> bool:
@@ -133,6 +138,7 @@ def _teachers_unchanged(run_dir: Path, rows: list[dict]) -> bool:
         earlier = {r["label"]: r for r in json.loads((run_dir / "summary.json").read_text())["rows"]}
     except (OSError, ValueError, KeyError):
         return True  # no earlier summary: nothing to compare with
+
     def same(old: dict | None, new: dict) -> bool:
         if old is None:
             return False
@@ -208,9 +214,11 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
 
 
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
-                  trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None):
+                  trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None,
+                  weights: str | None = None):
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused.
-    ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students.
+    ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students;
+    ``weights``, the :func:`teacher_weights` of ``teacher`` when the caller has it already.
 
     With ``via`` (teacher assistants) or ``generations`` (born-again networks) the method trains a
     chain: the teacher teaches the first model, each model the next, the last one teaches the
@@ -218,7 +226,8 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     """
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
-    key, weights = student_key(recipe, method, stages), teacher_weights(teacher, method, stages)
+    key = student_key(recipe, method, stages)
+    weights = weights or teacher_weights(teacher, method, stages)
     saved = own / "summary.json"
     info = json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {}
     if info.get("key") == key and _same_teacher(info, weights):
@@ -380,10 +389,12 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
     timing = dict(repeats=recipe.evaluation.latency_repeats)
     teachers = {}
+    digests = {}  # id(teacher) -> hash of its weights, computed once per run
     for name, spec in recipe.teacher_specs.items():
         teachers[name], info = get_teacher(recipe, data, run_dir, resume, trust_pickle, name=name)
+        digests[id(teachers[name])] = weights_digest(teachers[name])
         rows.append({"role": "teacher", "label": "teacher" if recipe.teacher is not None else f"teacher:{name}",
-                     "model": spec.model, "weights": weights_digest(teachers[name]),
+                     "model": spec.model, "weights": digests[id(teachers[name])],
                      "params": count_parameters(teachers[name]),
                      "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
@@ -406,7 +417,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
             directory = str(Path(directory) / choice)
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
-                           trust_pickle, store, cams, sample, timing, unrecorded)
+                           trust_pickle, store, cams, sample, timing, unrecorded, digests)
         if cams is not None and "cam_agreement" not in row and method.student is None:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)
@@ -425,7 +436,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
 
 def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool, trust_pickle: bool,
                  outputs: TeacherOutputs, cams: CamReference | None, sample, timing: dict,
-                 unrecorded: bool = True) -> dict:
+                 unrecorded: bool = True, digests: dict[int, str] | None = None) -> dict:
     """Train (or reuse) one method's student and measure it: its row of the run's table.
 
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
@@ -433,11 +444,12 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     """
     own = run_dir / "students" / method.name
     saved, layer = own / "row.json", recipe.evaluation.cam_layer
+    stages = as_stages(method.build())
+    weights = teacher_weights(teacher, method, stages, digests)
     if resume and saved.is_file():
         row = json.loads(saved.read_text())
-        stages = as_stages(method.build())
         same_settings = row.get("key") == student_key(recipe, method, stages)
-        if same_settings and not _same_teacher(row, teacher_weights(teacher, method, stages), unrecorded):
+        if same_settings and not _same_teacher(row, weights, unrecorded):
             _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
             shutil.rmtree(own)  # its checkpoints, if any, learnt from the other teacher too
@@ -449,7 +461,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
                 if _main_process():
                     atomic_write_text(saved, json.dumps(row, indent=2))
                 return row
-    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs)
+    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, weights)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
            "params": count_parameters(deployed), "macs": count_macs(deployed, sample[:8]),
