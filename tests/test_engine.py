@@ -292,7 +292,7 @@ def test_resume_from_inside_an_epoch_is_bit_identical(digits, teacher, tmp_path)
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_usable(digits, tmp_path, monkeypatch):
-    import distill.engine as engine
+    import distill.engine.checkpoint as engine
 
     def run(resume=False):
         seed_everything(0)

@@ -19,15 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from distill.data import IndexedDataset, collate
+from distill.data import IndexedDataset, read_items
 from distill.fileio import atomic_write_text
+from distill.tasks import get_task
 from distill.teacher import LiveTeacher
 
 
@@ -41,33 +44,34 @@ class CacheMismatch(ValueError):
 def topk_logits(logits: torch.Tensor, k: int, temperatures=(1.0,)) -> dict[str, torch.Tensor]:
     r"""The top ``k`` logits of each row and, per temperature :math:`T`, the log of the rest's mass.
 
-    ``logits``: ``(N, C)``. Returns ``values`` ``(N, k)``, ``indices`` ``(N, k)`` and
-    ``tail`` ``(N, len(temperatures))`` with
+    ``logits``: ``(..., C)``, the class axis last. Returns ``values`` ``(..., k)``, ``indices`` ``(..., k)`` and
+    ``tail`` ``(..., len(temperatures))`` with
     :math:`\mathrm{tail}_T = \log \sum_{i \notin \mathrm{top}k} e^{z_i / T}` (``-inf`` when ``k = C``).
     """
-    values, indices = logits.topk(k, dim=1)
-    rest = logits.scatter(1, indices, float("-inf"))
-    tail = torch.stack([torch.logsumexp(rest / t, dim=1) for t in temperatures], dim=1)
+    values, indices = logits.topk(k, dim=-1)
+    rest = logits.scatter(-1, indices, float("-inf"))
+    tail = torch.stack([torch.logsumexp(rest / t, dim=-1) for t in temperatures], dim=-1)
     return {"values": values, "indices": indices, "tail": tail}
 
 
 def dense_from_topk(values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int,
                     temperature: float = 1.0) -> torch.Tensor:
-    r"""``(N, C)`` logits whose softmax at ``temperature`` gives the exact top-``k`` probabilities
+    r"""``(..., C)`` logits whose softmax at ``temperature`` gives the exact top-``k`` probabilities
     and the exact remaining mass, spread evenly over the other ``C - k`` classes.
 
-    ``tail``: ``(N,)``, the log tail mass at that temperature (:func:`topk_logits`). Every other
-    class gets :math:`T\,(\mathrm{tail}_T - \log(C - k))`. For ``KL(p || q)`` against any
-    student ``q``, replacing the teacher's tail by an even one changes the value by at most
-    :math:`p_{tail}\,(\log(C-k) + \max_{i,j \in tail} |\log q_i - \log q_j|)` per sample
+    ``values``, ``indices``: ``(..., k)``; ``tail``: ``(...)``, the log tail mass at that temperature
+    (:func:`topk_logits`). Every other class gets :math:`T\,(\mathrm{tail}_T - \log(C - k))`. For
+    ``KL(p || q)`` against any student ``q``, replacing the teacher's tail by an even one changes the value
+    by at most :math:`p_{tail}\,(\log(C-k) + \max_{i,j \in tail} |\log q_i - \log q_j|)` per position
     (before KD's :math:`T^2`), and leaves the top-``k`` gradients exact.
     """
-    n, k = values.shape
+    k = values.shape[-1]
+    shape = (*values.shape[:-1], num_classes)
     if k == num_classes:
-        return torch.empty(n, num_classes, dtype=values.dtype, device=values.device).scatter_(1, indices, values)
+        return torch.empty(shape, dtype=values.dtype, device=values.device).scatter_(-1, indices, values)
     fill = temperature * (tail - math.log(num_classes - k))
-    dense = fill[:, None].to(values.dtype).expand(n, num_classes).clone()
-    return dense.scatter_(1, indices, values)
+    dense = fill[..., None].to(values.dtype).expand(shape).clone()
+    return dense.scatter_(-1, indices, values)
 
 
 def _hash_weights(h, model: torch.nn.Module) -> None:
@@ -83,14 +87,18 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(model: torch.nn.Module, dataset) -> str:
-    """A hash of the model's weights and of the dataset's size and first inputs."""
+def fingerprint(model: torch.nn.Module, dataset, collate=None) -> str:
+    """A hash of the model's weights and of the dataset's size and first inputs (every tensor of dict inputs)."""
     h = hashlib.sha256()
     _hash_weights(h, model)
     h.update(str(len(dataset)).encode())
-    inputs = collate([dataset[i] for i in range(min(8, len(dataset)))])["input"]
-    if isinstance(inputs, torch.Tensor):
-        h.update(inputs.detach().cpu().contiguous().numpy().tobytes())
+    collate = collate or get_task().collate
+    inputs = collate(read_items(dataset, range(min(8, len(dataset)))))["input"]
+    named = sorted(inputs.items()) if isinstance(inputs, Mapping) else [("", inputs)]
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -117,8 +125,9 @@ class TeacherOutputs:
     Args:
         path: a directory to keep them in as memory-mapped ``.npy`` files, reused by later runs
             with the same teacher weights and dataset; ``None`` keeps them in memory.
-        top_k: keep the ``logits`` tap as its top ``k`` entries and the log of the remaining mass
-            (on disk only; for large vocabularies), at ``temperatures``.
+        top_k: keep logit taps (``logits``, or those a run names: every tap a term reads at a temperature) as
+            their top ``k`` entries along the class axis (the last) and the log of the remaining mass (on disk
+            only; for large vocabularies), at ``temperatures``.
         temperatures: the temperatures whose remaining mass is kept with ``top_k`` (by default the
             usual KD ones, 1 to 20); a term reading the logits at another temperature is refused.
 
@@ -139,7 +148,7 @@ class TeacherOutputs:
         self.model = None
         self.dataset = None
 
-    def bind(self, model, dataset) -> None:
+    def bind(self, model, dataset, collate=None) -> None:
         """Tie the store to one teacher and one dataset (on disk: check or record their fingerprint)."""
         base = dataset.dataset if isinstance(dataset, IndexedDataset) else dataset  # a wrapper made per run
         if self.model is not None:
@@ -151,7 +160,7 @@ class TeacherOutputs:
         if self.path is None:
             return
         meta_file = self.path / "meta.json"
-        mark = fingerprint(model, dataset)
+        mark = fingerprint(model, dataset, collate)
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
         if meta is not None:
             if meta["fingerprint"] != mark:
@@ -172,38 +181,71 @@ class TeacherOutputs:
         return tap in self.values
 
     def _open(self, entry: dict):
-        if "files" in entry:
-            return {part: np.load(self.path / name, mmap_mode="r") for part, name in entry["files"].items()}
-        return np.load(self.path / entry["file"], mmap_mode="r")
+        parts = ({part: np.load(self.path / name, mmap_mode="r") for part, name in entry["files"].items()}
+                 if "files" in entry else np.load(self.path / entry["file"], mmap_mode="r"))
+        if "offsets" in entry:  # ragged: rows of every sample one after another
+            return {"ragged": parts, "offsets": np.load(self.path / entry["offsets"]), "classes": entry.get("classes")}
+        return parts
 
-    def fill(self, tap_batches, size: int, taps: list[str]) -> None:
-        """Store the values of ``taps`` from an iterable of ``(index, {tap: tensor})`` covering ``size`` samples."""
-        new, classes = {}, {}
-        for index, values in tap_batches:
+    def fill(self, tap_batches, size: int, taps: list[str], top_k_taps=("logits",)) -> None:
+        """Store the values of ``taps`` from an iterable of ``(index, {tap: tensor}, lengths)`` covering ``size``
+        samples in order. ``top_k_taps``: the taps (logits, class axis last) kept as their top ``k``.
+
+        A value ``(B, L, ...)`` of three or more axes whose second axis is the batch's padded length
+        (``lengths``: each sample's unpadded length, from the task's collate) is kept *ragged*: each sample's
+        first ``length`` rows only, so batches padded to different lengths share one store."""
+        new, classes, ragged = {}, {}, {}
+        for index, values, lengths in tap_batches:
             for tap in taps:
                 value = values[tap].detach()
-                if self.top_k is not None and tap == "logits":
-                    classes[tap] = value.shape[1]
-                    parts = topk_logits(value.float(), min(self.top_k, value.shape[1]), self.temperatures)
+                is_ragged = (lengths is not None and value.dim() >= 3 and value.shape[1] == int(lengths.max()))
+                if ragged.setdefault(tap, is_ragged) != is_ragged:
+                    raise ValueError(f"teacher tap {tap!r} is padded to the batch's length in some batches only")
+                if is_ragged:
+                    value = torch.cat([value[b, : int(n)] for b, n in enumerate(lengths)])
+                if self.top_k is not None and tap in top_k_taps:
+                    classes[tap] = value.shape[-1]
+                    parts = topk_logits(value.float(), min(self.top_k, value.shape[-1]), self.temperatures)
                     parts["indices"] = parts["indices"].int()
                 else:
                     parts = {"": value}
                 store = new.setdefault(tap, {})
                 for part, tensor in parts.items():
+                    if is_ragged:
+                        chunks = store.setdefault(part, [])
+                        chunks.append(tensor.cpu())
+                        continue
                     if part not in store:
                         store[part] = self._allocate(tap, part, (size, *tensor.shape[1:]), tensor)
                     if self.path is None:
                         store[part][index.to(tensor.device)] = tensor
                     else:
                         store[part][index.cpu().numpy()] = tensor.cpu().numpy()
+                if is_ragged:
+                    store.setdefault("<lengths>", []).append(torch.as_tensor(lengths).cpu())
         for tap, parts in new.items():
+            offsets = None
+            if ragged[tap]:
+                lengths = torch.cat(parts.pop("<lengths>"))
+                offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.long().cumsum(0)])
+                parts = {part: torch.cat(chunks) for part, chunks in parts.items()}
             if self.path is None:
-                self.values[tap] = parts[""]
+                if offsets is not None:
+                    self.values[tap] = {"ragged": parts if tap in classes else parts[""], "offsets": offsets.numpy(),
+                                        "classes": classes.get(tap)}
+                else:
+                    self.values[tap] = parts[""] if set(parts) == {""} else parts
                 continue
-            for array in parts.values():
-                array.flush()
+            for part, array in parts.items():
+                if offsets is not None:
+                    np.save(self.path / _file(tap, part), array.numpy())
+                else:
+                    array.flush()
             entry = ({"file": _file(tap)} if set(parts) == {""} else
                      {"files": {part: _file(tap, part) for part in parts}, "classes": classes[tap]})
+            if offsets is not None:
+                entry["offsets"] = _file(tap, "offsets")
+                np.save(self.path / entry["offsets"], offsets.numpy())
             self.meta["taps"][tap] = {**entry, "complete": True}
             atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=2))
             self.values[tap] = self._open(entry)
@@ -215,24 +257,46 @@ class TeacherOutputs:
         return np.lib.format.open_memmap(self.path / _file(tap, part), mode="w+", dtype=like.cpu().numpy().dtype,
                                          shape=tuple(shape))
 
+    def _tail_column(self, temperature: float) -> int:
+        if temperature not in self.temperatures:
+            raise CacheMismatch(f"the teacher cache keeps the top-{self.top_k} logits' remaining mass at "
+                                f"temperatures {self.temperatures}, not {temperature}; rebuild it with that "
+                                "temperature")
+        return self.temperatures.index(temperature)
+
     def read(self, tap: str, index: torch.Tensor, device, temperature: float = 1.0) -> torch.Tensor:
-        """The stored values of ``tap`` for the samples ``index`` (dense logits for a top-``k`` tap)."""
+        """The stored values of ``tap`` for the samples ``index`` (dense logits for a top-``k`` tap; ragged
+        values padded with zeros to the longest of these samples)."""
         stored = self.values[tap]
         if isinstance(stored, torch.Tensor):
             return stored[index.to(stored.device)].to(device)
+        if isinstance(stored, dict) and "ragged" in stored:
+            return self._read_ragged(stored, index, temperature).to(device)
         rows = np.sort(index.cpu().numpy())
         order = torch.as_tensor(np.searchsorted(rows, index.cpu().numpy()))
         if isinstance(stored, dict):
-            if temperature not in self.temperatures:
-                raise CacheMismatch(f"the teacher cache keeps the top-{self.top_k} logits' remaining mass at "
-                                    f"temperatures {self.temperatures}, not {temperature}; rebuild it with that "
-                                    "temperature")
-            t = self.temperatures.index(temperature)
-            part = {k: torch.from_numpy(np.ascontiguousarray(v[rows]))[order] for k, v in stored.items()}
-            dense = dense_from_topk(part["values"], part["indices"].long(), part["tail"][:, t],
+            t = self._tail_column(temperature)
+            part = {k: torch.as_tensor(np.ascontiguousarray(v[rows]))[order] for k, v in stored.items()}
+            dense = dense_from_topk(part["values"], part["indices"].long(), part["tail"][..., t],
                                     self.meta["taps"][tap]["classes"], temperature)
             return dense.to(device)
         return torch.from_numpy(np.ascontiguousarray(stored[rows]))[order].to(device)
+
+    def _read_ragged(self, stored: dict, index: torch.Tensor, temperature: float) -> torch.Tensor:
+        offsets = stored["offsets"]
+        spans = [(int(offsets[i]), int(offsets[i + 1])) for i in index.cpu().tolist()]
+
+        def rows(array):
+            return [torch.as_tensor(np.ascontiguousarray(array[a:b])) for a, b in spans]
+
+        if stored["classes"] is None:
+            samples = rows(stored["ragged"] if not isinstance(stored["ragged"], dict) else stored["ragged"][""])
+        else:
+            parts = {k: rows(v) for k, v in stored["ragged"].items()}
+            t = self._tail_column(temperature)
+            samples = [dense_from_topk(v, i.long(), tail[..., t], stored["classes"], temperature)
+                       for v, i, tail in zip(parts["values"], parts["indices"], parts["tail"])]
+        return torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
 
 
 class CachedTeacher:
@@ -244,23 +308,25 @@ class CachedTeacher:
     """
 
     def __init__(self, teacher: LiveTeacher, dataset, batch_size: int = 1000, device="cpu", progress: bool = False,
-                 outputs: TeacherOutputs | None = None, temperatures: dict[str, float] | None = None):
+                 outputs: TeacherOutputs | None = None, temperatures: dict[str, float] | None = None,
+                 collate_fn=None, top_k_taps=("logits",)):
         self.taps = teacher.taps
+        collate_fn = collate_fn or get_task().collate
         self.outputs = outputs if outputs is not None else TeacherOutputs()
-        self.outputs.bind(teacher.model, dataset)
+        self.outputs.bind(teacher.model, dataset, collate_fn)
         self.temperatures = temperatures or {}
         self.device = device
         missing = [tap for tap in self.taps if tap not in self.outputs]
         if missing:
             teacher.to(device)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
 
             def batches():
                 for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
-                    inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
-                    yield torch.as_tensor(batch["index"]).long(), teacher({**batch, "input": inputs})
+                    batch = send_to_device(batch, device)
+                    yield torch.as_tensor(batch["index"]).long(), teacher(batch), batch.get("lengths")
 
-            self.outputs.fill(batches(), len(dataset), missing)
+            self.outputs.fill(batches(), len(dataset), missing, top_k_taps)
 
     def to(self, device) -> "CachedTeacher":
         self.device = device

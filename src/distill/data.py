@@ -1,20 +1,28 @@
-"""Datasets as the engine sees them: items are dicts ``{"input", "label", "index"}``.
+"""Datasets as the engine reads them.
 
 * :class:`ArrayDataset` keeps tensors in memory and serves whole batches with one
   indexing operation (``__getitems__``), so no per-sample Python loop runs on the
   hot path.
-* :class:`IndexedDataset` adapts any ``torch.utils.data.Dataset`` returning
-  ``(input, label)`` pairs (or dicts).
+* :class:`IndexedDataset` adapts any map-style ``torch.utils.data.Dataset``: each item is read
+  as :class:`Indexed` ``(index, item)``, and the run's task (:mod:`distill.tasks`) turns a list of
+  them into a batch, whatever the items hold (pairs, bare inputs, Hugging Face style dicts).
 * :class:`RandomShift` is Hinton et al.'s jitter: every image moves by up to
   ``max_shift`` pixels in each direction, applied to a whole batch at once.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler
+
+
+class Indexed(NamedTuple):
+    """A dataset item as read for a batch: its position in the dataset and the item itself."""
+
+    index: int
+    item: object
 
 
 class ArrayDataset(Dataset):
@@ -54,7 +62,7 @@ class ArrayDataset(Dataset):
 
 
 class IndexedDataset(Dataset):
-    """Wraps a dataset of ``(input, label)`` pairs, bare inputs or dicts into the engine's dict items."""
+    """Wraps any map-style dataset so each item comes with its index (for cached teacher outputs)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -62,20 +70,8 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict:
-        item = self.dataset[i]
-        if isinstance(item, Mapping):
-            out = dict(item)
-            if "input" not in out:
-                raise ValueError(f"dataset items that are dicts need an 'input' key, got {sorted(out)}")
-        elif isinstance(item, (tuple, list)):
-            out = {"input": item[0]}
-            if len(item) > 1:
-                out["label"] = item[1]
-        else:
-            out = {"input": item}
-        out.setdefault("index", i)
-        return out
+    def __getitem__(self, i: int) -> Indexed:
+        return Indexed(i, self.dataset[i])
 
 
 def as_dataset(dataset) -> Dataset:
@@ -87,11 +83,11 @@ def as_dataset(dataset) -> Dataset:
     return IndexedDataset(dataset)
 
 
-def collate(items):
-    """Batches from ``__getitems__`` arrive ready; lists of dict items are stacked."""
-    if isinstance(items, Mapping):
-        return items
-    return default_collate(items)
+def read_items(dataset: Dataset, indices) -> list | dict:
+    """The items at ``indices``: a ready batch from ``__getitems__`` when the dataset serves one, else a list."""
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(list(indices))
+    return [dataset[i] for i in indices]
 
 
 class EpochSampler(Sampler):

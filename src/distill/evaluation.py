@@ -4,43 +4,59 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
+from accelerate.utils import send_to_device
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from distill.data import as_dataset, collate
-from distill.taps import logits_of
+from distill.data import as_dataset
+from distill.tasks import Task, collator, get_task
 from distill.teacher import run_model
 
 
-def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None) -> dict[str, float]:
-    """Top-1 accuracy (in %) and mean cross-entropy of ``model``'s logits on a labelled dataset.
+def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None, *, task: str | Task | None = None,
+             teacher: nn.Module | None = None, collate_fn=None) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset`` (classification: top-1 accuracy in % and mean
+    cross-entropy); with a ``teacher``, also its fidelity to the teacher (what an unlabelled set is scored by).
 
-    With an ``accelerator`` the evaluation is sharded across processes and the
-    results gathered, so every process returns the same numbers.
+    With an ``accelerator`` and several processes, each process evaluates every ``world``-th sample and the
+    metric sums are added up, so every process returns the same numbers.
     """
+    task = get_task(task)
     dataset = as_dataset(dataset)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     device = next(model.parameters()).device
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader, device_placement=True)
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
-    with torch.inference_mode():
-        for batch in loader:
-            inputs = batch["input"].to(device) if isinstance(batch["input"], torch.Tensor) else batch["input"]
-            labels = batch["label"].to(device)
-            logits = logits_of(run_model(model, inputs)).float()
-            if accelerator is not None:
-                logits, labels = accelerator.gather_for_metrics((logits, labels))
-            correct += int((logits.argmax(-1) == labels).sum())
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            count += len(labels)
-    model.train(was_training)
-    return {"accuracy": 100.0 * correct / max(1, count), "loss": loss_sum / max(1, count)}
+    if accelerator is not None and accelerator.num_processes > 1:
+        dataset = Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator(task, collate_fn))
+    models = [m for m in (model, teacher) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    sums: dict = {}
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                batch = send_to_device(batch, device)
+                pred = task.prediction(run_model(model, batch["input"]), batch)
+                reference = None if teacher is None else task.prediction(run_model(teacher, batch["input"]), batch)
+                task.add_batch(sums, pred, batch, reference)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = _sum_over_processes(sums, accelerator)
+    return task.summarize(sums)
+
+
+def _sum_over_processes(sums: dict, accelerator) -> dict:
+    out = {}
+    for key in sorted(sums):
+        value = torch.as_tensor(sums[key], dtype=torch.float64, device=accelerator.device)
+        total = accelerator.reduce(value, "sum").cpu()
+        out[key] = total if total.dim() else total.item()
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -74,7 +90,7 @@ def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return total // len(inputs)
+    return total // _batch_size(inputs)
 
 
 def inference_time(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
@@ -90,3 +106,10 @@ def inference_time(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, wa
                 times.append(time.perf_counter() - start)
     model.train(was_training)
     return statistics.median(times)
+
+
+def _batch_size(inputs) -> int:
+    """Samples in a batch of inputs: a tensor's first axis, or that of a dict's first tensor (HF inputs)."""
+    if isinstance(inputs, Mapping):
+        inputs = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+    return len(inputs)

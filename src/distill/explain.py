@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distill.data import as_dataset, collate
+from distill.data import as_dataset
+from distill.tasks import get_task
 from distill.losses.cam import gradcam_pp
 from distill.taps import TapError, logits_of, nearest, parse_tap
 from distill.teacher import run_model
@@ -168,7 +169,7 @@ class CamReference:
                 self.classes.append(logits.argmax(1).cpu())
 
     def _inputs(self):
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=range(self.count), collate_fn=collate)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=range(self.count), collate_fn=get_task().collate)
         for batch in loader:
             if not isinstance(batch["input"], torch.Tensor):
                 raise ExplainError("explaining needs image tensors as inputs")
@@ -245,7 +246,7 @@ def _draw(models, layers, dataset, count: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(models)
-    inputs = next(iter(DataLoader(dataset, batch_size=count, sampler=range(count), collate_fn=collate)))["input"]
+    inputs = next(iter(DataLoader(dataset, batch_size=count, sampler=range(count), collate_fn=get_task().collate)))["input"]
     size = tuple(inputs.shape[-2:])
     ref_maps, ref_logits = _model_maps(names[0], models[names[0]], layers[names[0]], inputs)
     classes = ref_logits.argmax(1)

@@ -1,0 +1,121 @@
+"""How a run is configured: the ``train:`` section of a recipe (:class:`TrainConfig`), the engine's errors,
+seeding, and the optimiser, schedule and Accelerator a configuration asks for."""
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DistillError(ValueError):
+    """A problem with the user's set-up (taps, terms, shapes), reported in one line."""
+
+
+class NonFiniteLoss(DistillError):
+    """A loss term became NaN or infinite; the message names it."""
+
+
+class TrainConfig(BaseModel):
+    """How the student is trained. Also the ``train:`` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="passes over the training set")
+    batch_size: int = Field(128, ge=1, description="samples per optimiser micro-batch (per process)")
+    eval_batch_size: int = Field(1000, ge=1)
+    eval_every: int = Field(1, ge=1, description="evaluate on the validation set every N epochs (and after the last)")
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "linear", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by gamma")
+    gamma: float = Field(0.1, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    clip_grad_norm: float | None = Field(None, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast the student's forward "
+                                                           "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
+    compile: bool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its taps and "
+                                                 "connectors); 'fullgraph' refuses graph breaks")
+    channels_last: bool = Field(False, description="channels-last memory format for a CNN student and its inputs")
+    seed: int = 0
+    log_every: int = Field(50, ge=1, description="steps between step-level log records")
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps within "
+                                         "an epoch (a resumed run then continues from that batch)")
+    progress: bool = True
+    num_workers: int = Field(0, ge=0)
+    cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
+    nonfinite: Literal["stop", "skip"] = Field("stop", description="what a NaN or infinite loss does: stop the run "
+                                               "(the last checkpoint stays intact) or skip that optimiser step")
+    cache_teacher: bool = Field(False, description="run the teacher once over the training set and reuse its "
+                                "outputs every epoch (only without augmentation)")
+    teacher_cache_dir: str | None = Field(None, description="with cache_teacher: keep the teacher's outputs in this "
+                                          "directory (memory-mapped), reused while the teacher and data are the same")
+    teacher_top_k: int | None = Field(None, ge=1, description="with teacher_cache_dir: keep only the top-k logits "
+                                      "and the remaining mass (for large vocabularies)")
+
+    @model_validator(mode="after")
+    def _cache_needs_caching(self):
+        if self.teacher_cache_dir is not None and not self.cache_teacher:
+            raise ValueError("teacher_cache_dir needs cache_teacher: true")
+        if self.teacher_top_k is not None and self.teacher_cache_dir is None:
+            raise ValueError("teacher_top_k needs teacher_cache_dir (top-k logits are kept on disk)")
+        return self
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # Accelerate keeps one process-wide state; a second Distiller in the same process with another
+    # precision (a bf16 student after a float32 teacher) needs that state cleared first.
+    # The process group (PartialState) is kept.
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    # Several processes without CUDA (torchrun on CPUs) need cpu=True for Accelerate to use gloo.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=cfg.cpu or multi_cpu, mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=1, step_scheduler_with_optimizer=False)  # the loop accumulates
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier after ``step`` optimiser steps."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "linear":
+        return max(0.0, 1 - progress)
+    if cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+

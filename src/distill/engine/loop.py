@@ -1,0 +1,527 @@
+"""The one training loop.
+
+:class:`Distiller` trains a student (and its connectors) on a weighted sum of
+loss terms, with a frozen teacher providing tap values. It runs on Hugging
+Face Accelerate, so the same code trains on one CPU process or, through
+``accelerate launch -m distill ...``, on several GPUs or machines.
+
+A run directory holds ``metrics.jsonl`` (one JSON record per log event),
+``checkpoints/step-NNNNNNNN/`` (safetensors weights plus optimiser, scheduler and
+RNG state), ``student.safetensors`` (the final student) and ``summary.json``.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from accelerate.utils import send_to_device
+from pydantic import ValidationError
+from safetensors.torch import load_model
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
+from distill.data import EpochSampler, as_dataset, read_items
+from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
+                                   make_accelerator)
+from distill.engine.probe import StudentWithTaps, modules_before, probe
+from distill.evaluation import evaluate
+from distill.fileio import atomic_save_model, atomic_write_text
+from distill.lock import RunDirLocked, RunLock
+from distill.tasks import Task, collator, get_task
+from distill.teacher import LiveTeacher, TeacherEnsemble
+from distill.terms import Term, unique_names, update_groups
+
+
+class Distiller:
+    """Train ``student`` to minimise a weighted sum of :class:`~distill.terms.Term` s.
+
+    Args:
+        student: any ``nn.Module``; left unmodified (taps use forward hooks).
+        teacher: a trained ``nn.Module`` (frozen here), several as ``{name: module}`` (terms then
+            name teacher taps ``"name/tap"``), a teacher signal, or ``None`` for terms that need
+            no teacher (training from scratch).
+        terms: the loss terms; default: the task's own loss (``[Term("ce")]`` for classification).
+        task: what kind of problem this is (:mod:`distill.tasks`): a name (``"classification"``, the default,
+            ``"regression"``, ``"multilabel"``, ``"tokens"``, ``"embedding"``) or a ``Task`` object (to give it
+            options: ``get_task("tokens", tokenizer=tok)``). It collates and pads batches, gives the
+            student's own loss and the validation metrics.
+        collate_fn: your own function from a list of dataset items to a batch (a dict of tensors, HF style
+            or ``{"input", "label"}``), used for training, evaluation and the teacher cache.
+        augment: an optional batch transform ``f(inputs, generator) -> inputs``
+            applied before teacher and student see the batch, so both see the same view.
+        run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
+        config: a :class:`TrainConfig`; keyword arguments override its fields.
+        trust_pickle: load checkpoint state that holds arbitrary Python objects (which can run
+            code); off by default, so only tensors and plain containers are read.
+        train_up_to: a student tap (module path or alias); only the student parameters used
+            to compute it are trained (FitNets' first stage), the rest stay as they are.
+            Connectors and loss-term modules always train.
+        teacher_outputs: with ``cache_teacher``, a :class:`~distill.cache.TeacherOutputs` shared by
+            several runs on the same teacher and training set, so the teacher runs over it once.
+
+    Example::
+
+        d = Distiller(student, teacher, [Term("ce", 0.5), Term("kd", 0.5, temperature=4)], epochs=5)
+        d.fit(train, val)
+        print(d.evaluate(test))
+        d.save("student.safetensors")
+    """
+
+    def __init__(self, student: nn.Module, teacher=None, terms: list[Term] | None = None, *,
+                 task: str | Task | None = None, collate_fn: Callable | None = None,
+                 augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
+                 config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
+                 teacher_outputs: TeacherOutputs | None = None, **overrides):
+        self.config = _config(config, overrides)
+        self.student = student
+        self.task = get_task(task)
+        self.collate = collator(self.task, collate_fn)
+        self.terms = unique_names(list(terms) if terms else self.task.default_terms())
+        self.augment = augment
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.trust_pickle = trust_pickle
+        self.train_up_to = train_up_to
+        self.teacher_outputs = teacher_outputs
+        self.history: list[dict] = []
+        self.model: StudentWithTaps | None = None
+        self._train_set = None
+        self._counts_items = {t.name: _accepts(t.fn, "num_items") for t in self.terms}
+        teacher_taps = [tap for t in self.terms for tap in t.teacher_taps]
+        if teacher_taps and teacher is None:
+            names = ", ".join(t.name for t in self.terms if t.teacher is not None)
+            raise DistillError(f"terms {names} need a teacher, but teacher=None")
+        self.reference = None  # the teacher model that unlabelled validation is compared with
+        if isinstance(teacher, (nn.Module, Mapping)):
+            several = isinstance(teacher, (Mapping, nn.ModuleDict))
+            student_params = {id(p) for p in student.parameters()}
+            models = list(teacher.values()) if several else [teacher]
+            if any(id(p) in student_params for m in models for p in m.parameters()):
+                raise DistillError("teacher and student share parameters; pass a separate (copied) teacher")
+            self.reference = models[0]
+            teacher = TeacherEnsemble(teacher, teacher_taps) if several else LiveTeacher(teacher, teacher_taps)
+        self.teacher = teacher
+        self.accelerator = make_accelerator(self.config)
+
+    # ----------------------------------------------------------------- set-up
+    def restore(self, train) -> None:
+        """Load the finished training of this run (its last checkpoint) without training again.
+
+        Builds connectors and loss-term modules on one batch of ``train`` as :meth:`fit` would,
+        then loads their weights and the student's from ``run_dir``'s last checkpoint.
+        """
+        checkpoint = last_checkpoint(self.run_dir)
+        device = self.accelerator.device
+        self.student.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        self.model = probe(self.student, self.terms, self.teacher, self._first_batch(as_dataset(train), device),
+                           device)
+        load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
+        self.history = json.loads((checkpoint / "history.json").read_text())
+
+    def _collate_for(self, dataset) -> Callable:
+        # a synthetic set (data-free) serves index batches and makes their inputs itself (make_batch)
+        return _index_batch if getattr(dataset, "synthetic", False) else self.collate
+
+    def _first_batch(self, train, device) -> dict:
+        first = self._collate_for(train)(read_items(train, range(min(len(train), self.config.batch_size))))
+        if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
+            first = self.task.prepare(train.make_batch(first))
+        return send_to_device(first, device)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        cfg = self.config
+        sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self._collate_for(dataset),
+                          num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+    def _cached_teacher(self, train, device) -> CachedTeacher:
+        cfg = self.config
+        if self.augment is not None:
+            raise DistillError("cache_teacher needs the same inputs every epoch, but augmentation changes them; "
+                               "drop the augmentation or set cache_teacher to false")
+        if getattr(train, "synthetic", False):
+            raise DistillError("cache_teacher needs the same inputs every epoch, but a synthetic training set "
+                               "makes new ones every batch; set cache_teacher to false")
+        temperatures: dict[str, set] = {}
+        logit_taps = set()  # taps some term reads at a temperature: logits, kept as top-k when asked
+        for term in self.terms:
+            temperature = _term_param(term, "temperature", None)
+            for tap in term.teacher_taps:
+                temperatures.setdefault(tap, set()).add(float(temperature if temperature is not None else 1.0))
+                if temperature is not None:
+                    logit_taps.add(tap)
+        outputs = self.teacher_outputs
+        if outputs is None:
+            outputs = TeacherOutputs(cfg.teacher_cache_dir, cfg.teacher_top_k)
+        if outputs.top_k is not None:
+            if not logit_taps:
+                raise DistillError(f"teacher_top_k keeps the top-{outputs.top_k} teacher logits, but no term reads "
+                                   "teacher logits at a temperature; drop teacher_top_k")
+            for tap, ts in temperatures.items():
+                if len(ts) > 1:
+                    raise DistillError(f"top-{outputs.top_k} cached {tap!r} values are rebuilt for one temperature, "
+                                       f"but the terms read them at {sorted(ts)}")
+        try:
+            return CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress, outputs=outputs,
+                                 temperatures={tap: min(ts) for tap, ts in temperatures.items()},
+                                 collate_fn=self.collate, top_k_taps=logit_taps)
+        except CacheMismatch as err:
+            raise DistillError(str(err)) from None
+
+    # ---------------------------------------------------------------- training
+    def fit(self, train, val=None, *, resume: bool = False) -> list[dict]:
+        """Train for ``config.epochs`` epochs; evaluate on ``val`` after each. Returns the per-epoch history.
+
+        With a ``run_dir``, the directory is locked for this process while it trains.
+        """
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return self._fit(train, val, resume)
+        try:
+            lock = RunLock(self.run_dir).acquire()
+        except RunDirLocked as err:
+            raise DistillError(str(err)) from None
+        except OSError as err:
+            raise DistillError(f"cannot write the run directory {self.run_dir}: {err.strerror}") from None
+        try:
+            return self._fit(train, val, resume)
+        finally:
+            lock.release()
+
+    def _check_validation(self, val) -> None:
+        if len(val) == 0:
+            raise DistillError("the validation set is empty: pass a validation set with samples, or val=None")
+        if not self._labelled(val) and self.reference is None:
+            raise DistillError("the validation set has no targets and there is no teacher to compare the student "
+                               "with: pass a labelled validation set, a teacher, or val=None")
+
+    def _labelled(self, dataset) -> bool:
+        return "label" in self.collate(read_items(dataset, [0]))
+
+    def _fit(self, train, val, resume: bool) -> list[dict]:
+        cfg, acc = self.config, self.accelerator
+        train = self._train_set = as_dataset(train)
+        val = as_dataset(val) if val is not None else None
+        if len(train) == 0:
+            raise DistillError("the training set is empty")
+        if val is not None:
+            self._check_validation(val)
+        device = acc.device
+        self.student.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+
+        if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
+            self.teacher = self._cached_teacher(train, device)
+        first = self._first_batch(train, device)
+        if cfg.channels_last:
+            self.student.to(memory_format=torch.channels_last)
+        model = probe(self.student, self.terms, self.teacher, first, device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.train_up_to is not None:
+            frozen = {id(p) for p in self.student.parameters()} - modules_before(self.student, self.train_up_to, first)
+            params = [p for p in params if id(p) not in frozen]
+        optimizer = build_optimizer(params, cfg)
+        groups = update_groups(self.terms)
+        if len(groups) > 1 and cfg.grad_accum > 1:
+            raise DistillError("terms in several update groups (alternating updates, e.g. DML) step the optimiser "
+                               "once per group and batch: use grad_accum 1")
+        loader = self._loader(train, cfg.batch_size, shuffle=True)
+        raw = model
+        if cfg.compile:  # taps are forward hooks registered before compiling, which dynamo traces through
+            model = torch.compile(model, fullgraph=cfg.compile == "fullgraph")
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        # after prepare: under several processes each one steps through its share of the batches
+        steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
+        self.model = raw
+
+        start_epoch, global_step, position = 0, 0, None
+        if resume:
+            start_epoch, global_step, position, self.history = load_checkpoint(
+                self.run_dir, self.model, optimizer, scheduler, device, trust_pickle=self.trust_pickle,
+                train_set=self._train_set, main_process=acc.is_main_process)
+        elif self.run_dir is not None and acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").write_text("")
+
+        aug_gen = torch.Generator(device="cpu")
+        make_batch = getattr(train, "make_batch", None)
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            loader.set_epoch(epoch)
+            aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7)
+            sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
+            count, skipped, started, first = 0, 0, time.perf_counter(), 0
+            batches, rng_to_restore = loader, None
+            if position is not None:  # resuming inside this epoch
+                first, sums, count, skipped = position["batch"], position["sums"], position["count"], position["skipped"]
+                aug_gen.set_state(position["aug_rng"])
+                batches, rng_to_restore, position = acc.skip_first_batches(loader, first), position["torch_rng"], None
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, initial=first, total=len(loader),
+                       disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+            for window in _windows(enumerate(bar, start=first), cfg.grad_accum):
+                if rng_to_restore is not None:
+                    # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
+                    # start of the epoch, before the saved state, so the state is put back only now.
+                    torch.set_rng_state(rng_to_restore)
+                    rng_to_restore = None
+                window = [(i, self._ready(batch, make_batch, aug_gen)) for i, batch in window]
+                i = window[-1][0]
+                result = self._step(model, groups, window, optimizer, epoch, len(loader), global_step)
+                if result is None:  # a non-finite loss, skipped (train.nonfinite: skip)
+                    skipped += 1
+                    continue
+                parts, loss = result
+                scheduler.step()
+                global_step += 1
+                for name, value in parts.items():
+                    sums[name] += value
+                sums["loss"] += loss
+                count += len(window)
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and i + 1 < len(loader):
+                    self._save_checkpoint(epoch, global_step, optimizer, scheduler, position={
+                        "batch": i + 1, "sums": sums, "count": count, "skipped": skipped,
+                        "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
+                if global_step % cfg.log_every == 0:
+                    self._log({"event": "step", "epoch": epoch + 1, "step": global_step,
+                               "lr": scheduler.get_last_lr()[0], "loss": loss / len(window),
+                               **{f"loss/{k}": v / len(window) for k, v in parts.items()}})
+                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+            bar.close()
+            record = {"event": "epoch", "epoch": epoch + 1, "step": global_step,
+                      "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
+                      **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
+            if skipped:
+                record["skipped_steps"] = skipped
+            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
+            self.history.append(record)
+            self._log(record)
+            if cfg.progress and acc.is_local_main_process:
+                tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
+                           f"  ({record['time']:.1f}s)")
+            self._save_checkpoint(epoch + 1, global_step, optimizer, scheduler)
+        if self.run_dir is not None and acc.is_main_process:
+            self.save(self.run_dir / "student.safetensors")
+            summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms], "task": self.task.name,
+                       "final": self.history[-1] if self.history else {}}
+            best = self.best()
+            if best is not None:
+                summary["best"] = best
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return self.history
+
+    def _ready(self, batch, make_batch, aug_gen) -> dict:
+        """A loaded batch as the models see it: synthetic inputs made, augmented, in the memory format asked."""
+        if make_batch is not None:
+            batch = self.task.prepare(make_batch(batch))
+        if self.augment is not None:
+            batch = dict(batch, input=self.augment(batch["input"], aug_gen))
+        if self.config.channels_last and isinstance(batch["input"], torch.Tensor) and batch["input"].dim() == 4:
+            batch = dict(batch, input=batch["input"].contiguous(memory_format=torch.channels_last))
+        return batch
+
+    def _val_text(self, record: dict) -> str:
+        metric, _ = self.task.selection("val/" + self.task.select in record)
+        value = record.get(f"val/{metric}")
+        if value is None:
+            return ""
+        return f"  val acc {value:.2f}%" if metric == "accuracy" else f"  val {metric} {value:.4g}"
+
+    def best(self) -> dict | None:
+        """The epoch record with the best validation score (the task's selecting metric and direction)."""
+        scored = [r for r in self.history if any(k.startswith("val/") for k in r)]
+        if not scored:
+            return None
+        metric, mode = self.task.selection(f"val/{self.task.select}" in scored[-1])
+        key = f"val/{metric}"
+        scored = [r for r in scored if key in r]
+        if not scored:
+            return None
+        pick = max if mode == "max" else min
+        record = pick(scored, key=lambda r: r[key])
+        return {"epoch": record["epoch"], "metric": metric, "mode": mode, "value": record[key]}
+
+    def _step(self, model, groups, window, optimizer, epoch: int, batches_per_epoch: int, global_step: int):
+        """One optimiser step over a window of ``grad_accum`` micro-batches, for each update group of terms.
+
+        Per-position terms that take ``num_items`` are normalised by the positions counted over the whole
+        window (and every process), so accumulated and unaccumulated runs give the same gradients (TRL's
+        ``num_items_in_batch``); the other terms are averaged over the window's micro-batches. Returns the
+        terms' values and the total loss summed over the window, or ``None`` when a non-finite loss was skipped.
+        """
+        cfg, acc = self.config, self.accelerator
+        accum, world = cfg.grad_accum, acc.num_processes
+        num_items = self._num_items([batch for _, batch in window])
+        if num_items is not None:
+            window = [(i, dict(batch, num_items=num_items)) for i, batch in window]
+        teacher_values = [self.teacher(batch) if self.teacher is not None else {} for _, batch in window]
+        parts: dict[str, float] = {}
+        total = 0.0
+        for terms in groups:  # one group unless a method updates parts of the student in turn (DML)
+            for n, ((i, batch), t_values) in enumerate(zip(window, teacher_values)):
+                progress = epoch + i / batches_per_epoch
+                last = n == len(window) - 1
+                with acc.no_sync(model) if not last else _nothing():
+                    with acc.autocast():
+                        s_values = model(batch["input"])
+                    values = {t.name: t(s_values, t_values, batch) for t in terms}
+                    # per-position terms are already divided by the window's count; DDP averages over processes
+                    scale = {t.name: (world if num_items is not None and self._counts_items[t.name] else 1 / accum)
+                             for t in terms}
+                    loss = sum(t.weight_at(progress, cfg.epochs) * values[t.name] * scale[t.name] for t in terms)
+                    if not self._finite(loss):
+                        self._nonfinite(values, loss, epoch, i, global_step)
+                        optimizer.zero_grad(set_to_none=True)
+                        return None
+                    acc.backward(loss)
+                # logged values: each term as a per-sample (per-position) mean of this micro-batch
+                for t in terms:
+                    shown = float(values[t.name].detach()) * (scale[t.name] * accum)
+                    parts[t.name] = parts.get(t.name, 0.0) + shown
+                total += float(loss.detach()) * accum
+            if cfg.clip_grad_norm:
+                acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()  # parameters without a gradient (other groups') are left alone
+            optimizer.zero_grad(set_to_none=True)
+        return parts, total
+
+    def _num_items(self, batches: list[dict]):
+        """Positions that count in a window of micro-batches, over every process (None: no per-position mask)."""
+        masks = [b.get("mask") for b in batches]
+        if any(m is None for m in masks):
+            return None
+        count = torch.tensor(float(sum(int(m.sum()) for m in masks)), device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, "sum")
+        return max(1.0, float(count))
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.accelerator.num_processes > 1:  # every process must skip or stop together
+            bad = self.accelerator.reduce(bad, "sum")
+        return not bool(bad)
+
+    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int, step: int) -> None:
+        """Stop with the offending term's name, or (``nonfinite: skip``) log the skipped step."""
+        culprits = [f"{name} = {float(v.detach())}" for name, v in parts.items() if not torch.isfinite(v.detach())]
+        what = "term " + ", ".join(culprits) if culprits else f"the weighted sum of the terms = {float(loss.detach())}"
+        where = f"epoch {epoch + 1}, batch {batch + 1}"
+        if self.config.nonfinite == "skip":
+            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "step": step, "reason": what})
+            return
+        kept = "; the last checkpoint is kept" if self.run_dir is not None else ""
+        raise NonFiniteLoss(f"non-finite loss at {where}: {what}{kept} (lower the learning rate, clip gradients, "
+                            "or set nonfinite: skip)")
+
+    def evaluate(self, dataset, batch_size: int | None = None) -> dict[str, float]:
+        """The task's metrics of the student on ``dataset`` (classification: accuracy and cross-entropy);
+        on a dataset without targets, its fidelity to the teacher."""
+        dataset = as_dataset(dataset)
+        if len(dataset) == 0:
+            raise DistillError("cannot evaluate on an empty dataset")
+        teacher = None if self._labelled(dataset) else self.reference
+        return evaluate(self.student, dataset, batch_size or self.config.eval_batch_size, self.accelerator,
+                        task=self.task, teacher=teacher, collate_fn=self.collate)
+
+    # ------------------------------------------------------- logs and state
+    def _log(self, record: dict) -> None:
+        if self.run_dir is not None and self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def trainable_state(self) -> nn.Module:
+        """The module holding the student and its connectors (what checkpoints save)."""
+        if self.model is None:
+            raise DistillError("nothing trained yet: call fit() first")
+        return self.model
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the student's weights to ``path`` (safetensors) and its connectors beside it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_model(self.accelerator.unwrap_model(self.student), path)
+        if self.model is not None and len(self.model.connectors):
+            atomic_save_model(self.model.connectors, path.with_name(path.stem + ".connectors.safetensors"))
+
+    def _save_checkpoint(self, epoch: int, step: int, optimizer, scheduler, position: dict | None = None) -> None:
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return
+        save_checkpoint(self.run_dir, self.model, optimizer, scheduler, epoch=epoch, step=step, history=self.history,
+                        keep=self.config.keep_checkpoints, position=position, train_set=self._train_set)
+
+
+def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """The run's settings: ``config`` with keyword overrides; a mistyped keyword is named in one line."""
+    fields = TrainConfig.model_fields
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DistillError(f"Distiller got an unknown keyword {key!r}{hint} (settings: distill.TrainConfig)")
+    try:
+        return TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        raise DistillError(f"setting {field!r}: {first['msg']}, got {first.get('input')!r}") from None
+
+
+def _accepts(fn, name: str) -> bool:
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _term_param(term: Term, name: str, default):
+    """The value of ``name`` a term's function really uses: the term's own, else the function's default."""
+    if name in term.params:
+        return term.params[name]
+    target = term.fn.forward if isinstance(term.fn, nn.Module) else term.fn
+    try:
+        parameter = inspect.signature(target).parameters.get(name)
+    except (TypeError, ValueError):
+        parameter = None
+    if parameter is not None and parameter.default is not inspect.Parameter.empty:
+        return parameter.default
+    return default
+
+
+def _windows(batches, size: int):
+    """Consecutive groups of ``size`` items (the last may be shorter): one optimiser step's micro-batches."""
+    window = []
+    for item in batches:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _index_batch(items):
+    if isinstance(items, Mapping):
+        return dict(items)
+    return {"index": torch.as_tensor([int(it["index"]) for it in items], dtype=torch.long)}
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

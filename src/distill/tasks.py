@@ -1,0 +1,590 @@
+"""Tasks: what kind of problem a run solves.
+
+The engine knows nothing of images, labels or accuracy; a task does. It
+
+* turns dataset items into one batch (:meth:`Task.collate`): every key that is not a target is a
+  model input, sequences of different lengths are padded per batch (``input_ids`` with the pad token,
+  ``attention_mask`` with 0, token labels with ``-100``), and the engine's batch is
+  ``{"input": model inputs, "label": targets, "index": sample indices}`` plus, for per-position tasks,
+  ``"mask"`` (the positions that count) and ``"lengths"`` (each sample's unpadded length);
+* names the student's own loss on the targets (:meth:`Task.default_terms`);
+* measures a model on a dataset (:meth:`Task.add_batch` / :meth:`Task.summarize`): its metrics and the one
+  that selects (``select``, ``mode``). A validation set without labels is measured by fidelity to the
+  teacher instead (KL or MSE to the teacher, top-1 agreement).
+
+Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``regression``, ``multilabel``,
+``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders) and ``embedding``.
+Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
+Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
+keyword arguments.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import send_to_device
+
+from distill.data import Indexed
+from distill.losses.regression import bce_loss, mse_loss
+from distill.taps import logits_of
+from distill.terms import Term
+
+IGNORE_INDEX = -100
+# item keys padded with 0 (besides the pad token of ``input_ids``): masks and segment ids
+_ZERO_PADDED = ("attention_mask", "token_type_ids", "decoder_attention_mask", "position_ids")
+_PAD_TOKEN_KEYS = ("input_ids", "decoder_input_ids")
+
+
+class TaskError(ValueError):
+    """Items or targets a task cannot use; the message names the key and what to do."""
+
+
+def _tensor(value, key: str, is_input: bool) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        out = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TaskError(f"item key {key!r}: cannot make a tensor of {type(value).__name__} ({err})") from None
+    if is_input and out.dtype == torch.float64:  # numpy's default float; models are built in torch's
+        out = out.to(torch.get_default_dtype())
+    return out
+
+
+class Task:
+    """The base of every task; subclasses set the metrics and the student's own loss.
+
+    Args:
+        target: the item key holding the targets (default: ``label`` or ``labels``, whichever is present).
+        pad_token_id: pads ``input_ids`` when items have different lengths (or give ``tokenizer``).
+        tokenizer: a Hugging Face tokenizer; only its ``pad_token_id`` is used.
+    """
+
+    name: ClassVar[str] = "task"
+    select: ClassVar[str] = "loss"  # the metric that selects a model on validation
+    mode: ClassVar[str] = "min"  # "max": higher is better
+    per_position: ClassVar[bool] = False  # logits (B, L, V) scored per position, with a mask
+    distribution: ClassVar[bool] = True  # outputs are logits of a softmax (fidelity by KL and agreement)
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None):
+        if pad_token_id is None and tokenizer is not None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        self.target = target
+        self.pad_token_id = pad_token_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # ------------------------------------------------------------ batches
+    @property
+    def target_keys(self) -> tuple[str, ...]:
+        return (self.target,) if self.target else ("label", "labels")
+
+    def split_item(self, raw) -> dict:
+        """One dataset item as ``{"input": ..., "label": ...}`` (no label when the item has none)."""
+        if isinstance(raw, Mapping):
+            if "input" in raw:
+                out = {"input": raw["input"]}
+                found = [k for k in self.target_keys if k in raw]
+            else:
+                found = [k for k in self.target_keys if k in raw]
+                out = {"input": {k: v for k, v in raw.items() if k not in found and k != "index"}}
+                if not out["input"]:
+                    raise TaskError(f"dataset item has only targets ({', '.join(found)}) and no model input")
+            if found and raw[found[0]] is not None:
+                out["label"] = raw[found[0]]
+            return out
+        if isinstance(raw, (tuple, list)):
+            if not raw:
+                raise TaskError("dataset item is an empty tuple")
+            return {"input": raw[0], "label": raw[1]} if len(raw) > 1 else {"input": raw[0]}
+        return {"input": raw}
+
+    def collate(self, items) -> dict:
+        """Stack (padding where lengths differ) a list of items into the engine's batch.
+
+        ``items``: dataset items, :class:`Indexed` items, or a ready batch (a mapping, as
+        ``ArrayDataset.__getitems__`` serves), which is only checked and completed.
+        """
+        if isinstance(items, Mapping):
+            return self.prepare(items)
+        if not items:
+            raise TaskError("cannot make a batch of no items")
+        indices, parts = [], []
+        for n, it in enumerate(items):
+            if isinstance(it, Indexed):
+                indices.append(it.index)
+                it = it.item
+            elif isinstance(it, Mapping) and "index" in it:
+                indices.append(int(it["index"]))
+            else:
+                indices.append(n)
+            parts.append(self.split_item(it))
+        labelled = ["label" in p for p in parts]
+        if any(labelled) and not all(labelled):
+            raise TaskError(f"batch mixes items with and without targets (item {labelled.index(False)} has none)")
+        batch: dict = {"index": torch.as_tensor(indices, dtype=torch.long)}
+        first = parts[0]["input"]
+        if isinstance(first, Mapping):
+            keys = list(first)
+            for p in parts:
+                if not isinstance(p["input"], Mapping) or list(p["input"]) != keys:
+                    raise TaskError(f"items have different input keys: {keys} and "
+                                    f"{list(p['input']) if isinstance(p['input'], Mapping) else 'a tensor'}")
+            inputs, lengths = {}, None
+            for key in keys:
+                inputs[key], key_lengths = self._stack([p["input"][key] for p in parts], key, True)
+                if key_lengths is not None and (lengths is None or key in _PAD_TOKEN_KEYS):
+                    lengths = key_lengths
+            if lengths is not None and "input_ids" in inputs and "attention_mask" not in inputs:
+                positions = torch.arange(inputs["input_ids"].shape[1])
+                inputs["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
+            batch["input"] = inputs
+        else:
+            batch["input"], lengths = self._stack([p["input"] for p in parts], "input", True)
+        if lengths is not None:
+            batch["lengths"] = lengths
+        if all(labelled):
+            batch["label"] = self.stack_labels([p["label"] for p in parts])
+        return self.prepare(batch)
+
+    def stack_labels(self, labels: list):
+        """One batch's targets from the items' (padded with ``-100`` when lengths differ). A task whose
+        targets do not stack (boxes per image) returns its own structure, e.g. the list itself."""
+        return self._stack(labels, self.target or "label", False)[0]
+
+    def _stack(self, values: list, key: str, is_input: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stack the values of one key; right-pad along the first axis when lengths differ.
+        Returns the stacked tensor and, when padded, each value's length."""
+        tensors = [_tensor(v, key, is_input) for v in values]
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) == 1:
+            return torch.stack(tensors), None
+        if any(t.dim() == 0 for t in tensors) or len({t.shape[1:] for t in tensors}) > 1:
+            raise TaskError(f"item key {key!r}: values of shapes {sorted(shapes)[:3]} cannot be batched "
+                            "(only the first axis may differ, and is then padded)")
+        lengths = torch.tensor([t.shape[0] for t in tensors])
+        pad = self._pad_value(key, is_input)
+        out = tensors[0].new_full((len(tensors), int(lengths.max()), *tensors[0].shape[1:]), pad)
+        for i, t in enumerate(tensors):
+            out[i, : t.shape[0]] = t
+        return out, lengths
+
+    def _pad_value(self, key: str, is_input: bool):
+        if not is_input:
+            return IGNORE_INDEX
+        if key in _ZERO_PADDED:
+            return 0
+        if key in _PAD_TOKEN_KEYS:
+            if self.pad_token_id is None:
+                raise TaskError(f"items have {key!r} of different lengths: give the task a tokenizer or "
+                                "pad_token_id to pad them per batch (e.g. get_task('classification', "
+                                "tokenizer=tok)), or pass collate_fn")
+            return self.pad_token_id
+        return 0
+
+    def prepare(self, batch: Mapping) -> dict:
+        """A collated batch in the engine's form: HF-style keys split into inputs and targets,
+        targets checked; subclasses add what they need (token tasks: shifted labels and a mask)."""
+        batch = dict(batch)
+        if "input" not in batch:
+            found = [k for k in self.target_keys if k in batch]
+            meta = {k: batch.pop(k) for k in ("index", "lengths", "mask", "num_items") if k in batch}
+            label = batch.pop(found[0]) if found else None
+            batch = {**meta, "input": batch, "label": label}
+        label = batch.get("label")
+        if label is None:
+            batch.pop("label", None)
+        elif not (isinstance(label, (list, tuple)) and label and isinstance(label[0], (Mapping, torch.Tensor))):
+            batch["label"] = self.check_labels(_tensor(label, self.target or "label", False))
+        return batch
+
+    def check_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    # -------------------------------------------------------- training
+    def default_terms(self) -> list[Term]:
+        """The student's own loss on the targets (what ``Distiller`` trains on when given no terms)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------ evaluation
+    def prediction(self, output, batch: Mapping) -> torch.Tensor:
+        """What the metrics read from a model's output: its logits (or vectors)."""
+        return logits_of(output)
+
+    def add_batch(self, sums: dict, pred: torch.Tensor, batch: Mapping, teacher_pred: torch.Tensor | None) -> None:
+        """Add one batch's metric sums to ``sums`` (labelled metrics when the batch has labels,
+        fidelity to the teacher when ``teacher_pred`` is given)."""
+        pred = pred.float()
+        if "label" in batch:
+            self.add_labelled(sums, pred, send_to_device(batch["label"], pred.device), batch.get("mask"))
+        if teacher_pred is not None:
+            self.add_fidelity(sums, pred, teacher_pred.float(), batch.get("mask"))
+
+    def add_labelled(self, sums: dict, pred, labels, mask) -> None:
+        raise NotImplementedError
+
+    def add_fidelity(self, sums: dict, pred, teacher, mask) -> None:
+        if pred.shape != teacher.shape:
+            raise TaskError(f"student output {tuple(pred.shape)} and teacher output {tuple(teacher.shape)} differ: "
+                            "fidelity to the teacher needs outputs of the same shape")
+        width = pred.shape[-1]
+        p, t = pred.reshape(-1, width), teacher.reshape(-1, width)
+        if mask is not None:
+            keep = mask.reshape(-1).to(p.device).bool()
+            p, t = p[keep], t[keep]
+        _add(sums, "fidelity_count", len(p))
+        if self.distribution:
+            kl = F.kl_div(F.log_softmax(p, -1), F.log_softmax(t, -1), reduction="sum", log_target=True)
+            _add(sums, "fidelity_kl", float(kl))
+            _add(sums, "fidelity_agree", int((p.argmax(-1) == t.argmax(-1)).sum()))
+        else:
+            _add(sums, "fidelity_mse", float(((p - t) ** 2).mean(-1).sum()))
+            _add(sums, "fidelity_cosine", float(F.cosine_similarity(p, t, dim=-1).sum()))
+
+    def summarize(self, sums: Mapping) -> dict[str, float]:
+        """Metrics from the sums of all batches (and all processes)."""
+        out = self.labelled_metrics(sums) if sums.get("count") else {}
+        n = sums.get("fidelity_count", 0)
+        if n:
+            if self.distribution:
+                out["teacher_kl"] = sums["fidelity_kl"] / n
+                out["teacher_agreement"] = 100.0 * sums["fidelity_agree"] / n
+            else:
+                out["teacher_mse"] = sums["fidelity_mse"] / n
+                out["teacher_cosine"] = sums["fidelity_cosine"] / n
+        return out
+
+    def labelled_metrics(self, sums: Mapping) -> dict[str, float]:
+        raise NotImplementedError
+
+    def selection(self, labelled: bool) -> tuple[str, str]:
+        """The metric that selects a model and its direction; without labels, fidelity to the teacher."""
+        if labelled:
+            return self.select, self.mode
+        return ("teacher_agreement", "max") if self.distribution else ("teacher_mse", "min")
+
+
+def _add(sums: dict, key: str, value) -> None:
+    sums[key] = sums.get(key, 0) + value
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Make a task class available by its ``name`` (``get_task(name)``, recipes' ``task:``)."""
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(task: str | Task | None = None, **options) -> Task:
+    """A task object from a name (``"classification"``, ``"tokens"`` ...) and its options, or the task itself."""
+    if isinstance(task, Task):
+        if options:
+            raise TaskError("options are for a task given by name, not a Task object")
+        return task
+    name = task or "classification"
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    try:
+        return TASKS[name](**options)
+    except TypeError as err:
+        raise TaskError(f"task {name!r}: {err}") from None
+
+
+@register_task
+class Classification(Task):
+    """One class per sample (or per position of ``(..., C)`` logits): cross-entropy, accuracy (%)."""
+
+    name = "classification"
+    select, mode = "accuracy", "max"
+
+    def check_labels(self, labels):
+        if labels.is_floating_point():
+            if not torch.equal(labels, labels.round()):
+                raise TaskError(f"classification labels must be class indices, got float values such as "
+                                f"{float(labels[labels != labels.round()][0]):g}: for float targets use task "
+                                "'regression' or 'multilabel'")
+            labels = labels.long()
+        return labels
+
+    def default_terms(self) -> list[Term]:
+        return [Term("ce")]
+
+    def add_labelled(self, sums, pred, labels, mask):
+        classes = pred.shape[-1]
+        if labels.numel() and (int(labels.max()) >= classes or int(labels.min()) < 0):
+            bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+            raise TaskError(f"label {bad} is out of range for a model with {classes} outputs")
+        _add(sums, "correct", int((pred.argmax(-1) == labels).sum()))
+        _add(sums, "loss", float(F.cross_entropy(pred, labels, reduction="sum")))
+        _add(sums, "count", len(labels))
+
+    def labelled_metrics(self, sums):
+        return {"accuracy": 100.0 * sums["correct"] / sums["count"], "loss": sums["loss"] / sums["count"]}
+
+
+@register_task
+class Regression(Task):
+    """Float targets, one or several per sample: mean squared and absolute error."""
+
+    name = "regression"
+    select, mode = "mse", "min"
+    distribution = False
+
+    def check_labels(self, labels):
+        return labels if labels.is_floating_point() else labels.to(torch.get_default_dtype())
+
+    def default_terms(self) -> list[Term]:
+        return [Term(mse_loss, teacher=None, labels=True, name="mse")]
+
+    def add_labelled(self, sums, pred, labels, mask):
+        labels = labels.float().reshape(pred.shape) if labels.numel() == pred.numel() else labels.float()
+        if labels.shape != pred.shape:
+            raise TaskError(f"regression targets {tuple(labels.shape)} do not match the model's outputs "
+                            f"{tuple(pred.shape)}")
+        _add(sums, "se", float(((pred - labels) ** 2).sum()))
+        _add(sums, "ae", float((pred - labels).abs().sum()))
+        _add(sums, "elements", labels.numel())
+        _add(sums, "count", len(labels))
+
+    def labelled_metrics(self, sums):
+        return {"mse": sums["se"] / sums["elements"], "mae": sums["ae"] / sums["elements"],
+                "loss": sums["se"] / sums["elements"]}
+
+
+@register_task
+class MultiLabel(Task):
+    """Several independent yes/no labels per sample (multi-hot float targets, sigmoid outputs):
+    binary cross-entropy, per-label F1 (macro average, %) and per-label accuracy (%)."""
+
+    name = "multilabel"
+    select, mode = "f1", "max"
+    distribution = False
+
+    def check_labels(self, labels):
+        return labels if labels.is_floating_point() else labels.to(torch.get_default_dtype())
+
+    def default_terms(self) -> list[Term]:
+        return [Term(bce_loss, teacher=None, labels=True, name="bce")]
+
+    def add_labelled(self, sums, pred, labels, mask):
+        labels = labels.float()
+        if labels.shape != pred.shape:
+            raise TaskError(f"multi-label targets {tuple(labels.shape)} do not match the model's outputs "
+                            f"{tuple(pred.shape)}")
+        yes, truth = pred > 0, labels > 0.5
+        _add(sums, "loss", float(F.binary_cross_entropy_with_logits(pred, labels, reduction="sum")))
+        _add(sums, "correct", int((yes == truth).sum()))
+        _add(sums, "elements", labels.numel())
+        _add(sums, "count", len(labels))
+        for name, hits in (("tp", yes & truth), ("fp", yes & ~truth), ("fn", ~yes & truth)):
+            per_label = hits.reshape(-1, labels.shape[-1]).sum(0).double()
+            sums[name] = sums[name] + per_label if name in sums else per_label
+
+    def labelled_metrics(self, sums):
+        tp, fp, fn = (torch.as_tensor(sums[k]) for k in ("tp", "fp", "fn"))
+        seen = (tp + fp + fn) > 0  # labels never predicted nor present do not count
+        f1 = (2 * tp / (2 * tp + fp + fn).clamp(min=1))[seen]
+        return {"f1": 100.0 * float(f1.mean()) if len(f1) else 0.0,
+                "accuracy": 100.0 * sums["correct"] / sums["elements"], "loss": sums["loss"] / sums["elements"]}
+
+    def add_fidelity(self, sums, pred, teacher, mask):
+        if pred.shape != teacher.shape:
+            raise TaskError(f"student output {tuple(pred.shape)} and teacher output {tuple(teacher.shape)} differ")
+        _add(sums, "fidelity_count", pred.numel())
+        _add(sums, "fidelity_mse", float(((pred.sigmoid() - teacher.sigmoid()) ** 2).sum()))
+        _add(sums, "fidelity_agree", int(((pred > 0) == (teacher > 0)).sum()))
+
+    def summarize(self, sums):
+        out = self.labelled_metrics(sums) if sums.get("count") else {}
+        n = sums.get("fidelity_count", 0)
+        if n:
+            out["teacher_mse"] = sums["fidelity_mse"] / n  # of the probabilities
+            out["teacher_agreement"] = 100.0 * sums["fidelity_agree"] / n  # per label
+        return out
+
+    def selection(self, labelled):
+        return (self.select, self.mode) if labelled else ("teacher_agreement", "max")
+
+
+@register_task
+class Tokens(Task):
+    """Per-token logits ``(B, L, V)``: causal language models and seq2seq decoders.
+
+    Targets are token ids with ``-100`` at positions that do not count (padding, prompts). A causal LM
+    (``shift=True``, the default) is scored at position ``i`` on token ``i + 1``: the task shifts the labels
+    (or, when items have none, the ``input_ids`` with padding masked) one step left, so logits and labels
+    line up and every term sees the same positions. A seq2seq decoder's labels are already aligned
+    (``shift=False``). The batch's ``mask`` marks the positions that count, for every per-position term.
+    Metrics: token accuracy (%), cross-entropy per token, perplexity (selects).
+    """
+
+    name = "tokens"
+    select, mode = "perplexity", "min"
+    per_position = True
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
+                 shift: bool = True):
+        super().__init__(target, pad_token_id, tokenizer)
+        self.shift = shift
+
+    def prepare(self, batch):
+        batch = super().prepare(batch)
+        inputs = batch["input"]
+        labels = batch.get("label")
+        if labels is None and self.shift and isinstance(inputs, Mapping) and "input_ids" in inputs:
+            labels = inputs["input_ids"].clone()
+            if "attention_mask" in inputs:
+                labels = labels.masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
+        if labels is not None:
+            if self.shift:
+                labels = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), IGNORE_INDEX)], dim=1)
+            batch["label"] = labels
+            batch["mask"] = labels != IGNORE_INDEX
+        elif isinstance(inputs, Mapping) and "attention_mask" in inputs:
+            batch["mask"] = inputs["attention_mask"].bool()
+        return batch
+
+    def check_labels(self, labels):
+        return Classification.check_labels(self, labels)
+
+    def default_terms(self) -> list[Term]:
+        return [Term("ce")]
+
+    def add_labelled(self, sums, pred, labels, mask):
+        keep = labels != IGNORE_INDEX
+        if pred.shape[:-1] != labels.shape:
+            raise TaskError(f"token logits {tuple(pred.shape)} do not line up with labels {tuple(labels.shape)}")
+        logits, targets = pred[keep], labels[keep]
+        Classification.add_labelled(self, sums, logits, targets, None)
+
+    def labelled_metrics(self, sums):
+        loss = sums["loss"] / sums["count"]
+        return {"accuracy": 100.0 * sums["correct"] / sums["count"], "loss": loss,
+                "perplexity": math.exp(min(loss, 700.0))}
+
+
+@register_task
+class Embedding(Task):
+    """Vectors, usually learnt from a teacher's (no labels needed): cosine similarity to the teacher,
+    mean squared error, and top-1 retrieval within each evaluation batch (the teacher's vector of the same
+    sample is the student's nearest among the batch's teacher vectors, %).
+
+    ``pooling``: ``"none"`` (the model returns ``(B, D)`` vectors), ``"mean"`` (mean of the last hidden
+    state over the attention mask, as sentence-transformers pools) or ``"cls"`` (its first position);
+    ``normalize``: unit-length vectors. Items with targets (``label``) are scored against them too.
+    """
+
+    name = "embedding"
+    select, mode = "cosine", "max"
+    distribution = False
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
+                 pooling: str = "none", normalize: bool = False):
+        super().__init__(target, pad_token_id, tokenizer)
+        if pooling not in ("none", "mean", "cls"):
+            raise TaskError(f"pooling must be 'none', 'mean' or 'cls', got {pooling!r}")
+        self.pooling, self.normalize = pooling, normalize
+
+    def prepare(self, batch):
+        batch = super().prepare(batch)
+        inputs = batch["input"]
+        if self.pooling != "none" and isinstance(inputs, Mapping) and "attention_mask" in inputs:
+            batch["mask"] = inputs["attention_mask"].bool()
+        return batch
+
+    def check_labels(self, labels):
+        return Regression.check_labels(self, labels)
+
+    def default_terms(self) -> list[Term]:
+        tap = "logits" if self.pooling == "none" else "output[0]"
+        return [Term(embedding_mse(self.pooling, self.normalize), student=tap, teacher=tap, name="embedding_mse")]
+
+    def prediction(self, output, batch):
+        if self.pooling == "none":
+            vectors = logits_of(output)
+        else:
+            hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else logits_of(output)
+            vectors = pool(hidden, batch.get("mask"), self.pooling)
+        return F.normalize(vectors.float(), dim=-1) if self.normalize else vectors
+
+    def add_batch(self, sums, pred, batch, teacher_pred):
+        pred = pred.float()
+        if "label" in batch:
+            self._add_pair(sums, "", pred, batch["label"].to(pred.device).float().reshape(pred.shape))
+        if teacher_pred is not None:
+            self._add_pair(sums, "fidelity_", pred, teacher_pred.float())
+
+    @staticmethod
+    def _add_pair(sums, prefix, pred, target):
+        if pred.shape != target.shape:
+            raise TaskError(f"student vectors {tuple(pred.shape)} and target vectors {tuple(target.shape)} differ")
+        cos = F.cosine_similarity(pred[:, None, :], target[None, :, :], dim=-1)  # (student, target)
+        _add(sums, prefix + "cosine", float(cos.diagonal().sum()))
+        _add(sums, prefix + "mse", float(((pred - target) ** 2).mean(-1).sum()))
+        _add(sums, prefix + "top1", int((cos.argmax(1) == torch.arange(len(pred), device=pred.device)).sum()))
+        _add(sums, prefix + "count", len(pred))
+
+    def summarize(self, sums):
+        out = {}
+        for prefix, name in (("", ""), ("fidelity_", "teacher_")):
+            n = sums.get(prefix + "count", 0)
+            if n:
+                out |= {name + "cosine": sums[prefix + "cosine"] / n, name + "mse": sums[prefix + "mse"] / n,
+                        name + "top1": 100.0 * sums[prefix + "top1"] / n}
+        return out
+
+    def selection(self, labelled):
+        return ("cosine", "max") if labelled else ("teacher_cosine", "max")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """``(B, L, D)`` hidden states to ``(B, D)``: the mean over ``mask`` (``"mean"``) or the first position."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(1)
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def embedding_mse(pooling: str = "none", normalize: bool = False) -> Callable:
+    """The embedding task's loss: mean squared error between the student's and the teacher's (pooled) vectors."""
+    def embedding_mse(student, teacher, mask=None):
+        s, t = pool(student, mask, pooling) if pooling != "none" else student, \
+            pool(teacher, mask, pooling) if pooling != "none" else teacher
+        if normalize:
+            s, t = F.normalize(s.float(), dim=-1), F.normalize(t.float(), dim=-1)
+        return mse_loss(s, t)
+
+    return embedding_mse
+
+
+def collator(task: Task, collate_fn: Callable | None = None) -> Callable:
+    """The loaders' collate function: the task's own, or the user's ``collate_fn`` called on the raw dataset
+    items (its result may be a dict of tensors, HF-style or ``{"input", "label"}``, or an ``(input, label)``
+    pair), then completed by the task (targets split off and checked, sample indices added)."""
+    if collate_fn is None:
+        return task.collate
+
+    def collate(items):
+        if isinstance(items, Mapping):
+            return task.prepare(items)
+        indices = [it.index if isinstance(it, Indexed) else n for n, it in enumerate(items)]
+        out = collate_fn([it.item if isinstance(it, Indexed) else it for it in items])
+        if isinstance(out, (tuple, list)):
+            out = {"input": out[0], "label": out[1]} if len(out) > 1 else {"input": out[0]}
+        elif not isinstance(out, Mapping):
+            out = {"input": out}
+        batch = task.prepare(out)
+        batch.setdefault("index", torch.as_tensor(indices, dtype=torch.long))
+        return batch
+
+    return collate
