@@ -157,3 +157,49 @@ def test_nst_by_loops():
     assert nst_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="spatial"):
         nst_loss(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2))
+
+
+# --- reference-code scalings: the factor between each loss here and its authors' code, on a hand-made batch
+
+def test_pkt_is_n_times_the_reference_mean_over_all_pairs():
+    s, t = torch.randn(6, 5), torch.randn(6, 4)
+
+    def conditional(x):
+        x = F.normalize(x, dim=1)
+        similarity = (x @ x.T + 1) / 2
+        return similarity / similarity.sum(1, keepdim=True)
+
+    p_s, p_t = conditional(s), conditional(t)
+    reference = (p_t * torch.log((p_t + 1e-7) / (p_s + 1e-7))).mean()  # the mean over all N^2 entries
+    assert pkt_loss(s, t).item() == pytest.approx(6 * reference.item(), rel=1e-5)
+
+
+def test_rkd_distance_is_n_over_n_minus_1_times_the_reference_mean_with_the_diagonal():
+    s, t = torch.randn(5, 3), torch.randn(5, 4)
+
+    def normalised_distances(x):
+        d = torch.cdist(x, x)
+        return d / d[d > 0].mean()
+
+    reference = F.smooth_l1_loss(normalised_distances(s), normalised_distances(t))  # over all N^2, diagonal too
+    ours = rkd_loss(s, t, distance_weight=1.0, angle_weight=0.0)
+    assert ours.item() == pytest.approx(5 / 4 * reference.item(), rel=1e-5)
+
+
+def test_ca_mkd_confidence_weighting_has_m_times_the_reference_gradient():
+    from distill.losses import multi_teacher_kd_loss, teacher_mixture_weights
+
+    torch.manual_seed(4)
+    m, temperature = 3, 2.0
+    student = torch.randn(4, 5, requires_grad=True)
+    teachers, labels = [torch.randn(4, 5) for _ in range(m)], torch.tensor([0, 1, 2, 3])
+    ours = multi_teacher_kd_loss(student, teachers, labels, temperature=temperature, weighting="confidence")
+    (grad_ours,) = torch.autograd.grad(ours, student)
+    # the reference: per-sample, per-teacher KL weighted by the confidence weights, summed, / (N * M)
+    w = teacher_mixture_weights(teachers, labels, "confidence")
+    log_q = F.log_softmax(student / temperature, 1)
+    kl = torch.stack([F.kl_div(log_q, torch.softmax(z / temperature, 1), reduction="none").sum(1)
+                      for z in teachers], 1) * temperature**2
+    reference = (w * kl).sum() / (4 * m)
+    (grad_reference,) = torch.autograd.grad(reference, student)
+    torch.testing.assert_close(grad_ours, m * grad_reference, rtol=1e-4, atol=1e-6)

@@ -91,3 +91,82 @@ def test_recipe_terms_take_lists_of_taps_and_module_parameters():
     with pytest.raises(Exception, match="queue_sizes"):
         parse_recipe({"data": {"dataset": "digits"}, "teacher": {"model": "cnn"}, "student": {"model": "cnn"},
                       "methods": [{"terms": [{"loss": "crd", "queue_sizes": 4}]}]})
+
+
+def test_every_loss_registers_itself_with_its_binding():
+    import distill.losses as losses
+    from distill.losses.registry import LOSSES, STAGES, register_loss
+    from distill.terms import LOSSES as term_losses
+
+    assert term_losses is LOSSES and STAGES == ("stage1", "stage2", "stage3")
+    expected = {
+        "ce": (losses.cross_entropy, {"teacher": None, "labels": True}), "kd": (losses.kd_loss, {}),
+        "hint": (losses.hint_loss, {"connector": "auto"}), "dkd": (losses.dkd_loss, {"labels": True}),
+        "dist": (losses.dist_loss, {"gather": True}), "at": (losses.at_loss, {}), "nst": (losses.nst_loss, {}),
+        "sp": (losses.sp_loss, {"gather": True}), "rkd": (losses.rkd_loss, {"gather": True}),
+        "pkt": (losses.pkt_loss, {"gather": True}), "cc": (losses.cc_loss, {"gather": True}),
+        "vid": (losses.VID, {}), "fsp": (losses.fsp_loss, {"student": list(STAGES), "teacher": list(STAGES)}),
+        "ab": (losses.ab_loss, {"connector": "auto"}),
+        "crd": (losses.LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True, "gather": True}),
+        "cam": (losses.cam_match_loss, {"student": ["last_stage", "logits"],
+                                        "teacher": ["gradcam++(last_stage)", "logits"]}),
+        "multi_kd": (losses.multi_teacher_kd_loss, {"labels": True}),
+        "tf_kd": (losses.tf_kd_loss, {"teacher": None, "labels": True}),
+        "dml": (losses.dml_loss, {"teacher": None, "labels": True}),
+        "kdcl": (losses.kdcl_loss, {"teacher": None, "labels": True}),
+        "one": (losses.one_loss, {"teacher": None, "labels": True}), "logit_l1": (losses.logit_l1, {}),
+        "generalized_jsd": (losses.generalized_jsd_loss, {}),
+    }
+    assert LOSSES == expected
+    assert losses.crd_loss is losses.crd_nce_loss and losses.teacher_weights is losses.teacher_mixture_weights
+    assert Term("fsp").student == list(STAGES) and Term("crd").index and Term("crd").gather
+    with pytest.raises(ValueError, match="registered already"):
+        register_loss("kd")(lambda s, t: s)
+    with pytest.raises(ValueError, match="unknown binding keys"):
+        register_loss("new_loss", teachers="logits")
+
+
+def test_term_passes_the_batch_mask_and_num_items_to_losses_that_take_them():
+    seen = {}
+
+    def per_token(s, t, temperature=1.0, mask=None, num_items=None):
+        seen.update(mask=mask, num_items=num_items)
+        return torch.zeros(())
+
+    def plain(s, t):
+        return torch.zeros(())
+
+    class TokenModule(nn.Module):
+        def forward(self, s, t, mask=None):
+            seen.update(module_mask=mask)
+            return torch.zeros(())
+
+    values = {"logits": torch.zeros(2, 3, 4)}
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    batch = {"mask": mask, "num_items": 7, "label": None}
+    Term(per_token)(values, values, batch)
+    assert seen["mask"] is mask and seen["num_items"] == 7
+    Term(per_token)(values, values, {"mask": None})
+    assert seen["mask"] is None and seen["num_items"] is None
+    Term(plain)(values, values, batch)  # a loss without the keywords is called as before
+    Term(TokenModule)(values, values, batch)
+    assert seen["module_mask"] is mask and Term(TokenModule).batch_keywords == ("mask",)
+    # the registered per-position losses take them: kd over the first three tokens, divided by 7
+    s, t = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    from distill.losses import kd_loss
+    loss = Term("kd", temperature=2.0)({"logits": s}, {"logits": t}, batch)
+    assert loss.item() == pytest.approx(kd_loss(s[mask], t[mask], 2.0).item() * 3 / 7, rel=1e-6)
+
+
+def test_term_param_gives_the_value_the_loss_uses():
+    assert Term("kd").param("temperature") == 4.0  # kd_loss's default, not 1.0
+    assert Term("kd", temperature=2).param("temperature") == 2
+    assert Term("dkd").param("beta") == 8.0 and Term("generalized_jsd").param("beta") == 0.5
+    assert Term("crd").param("temperature") == 0.07  # a module loss: its constructor's default
+    assert Term("crd", temperature=0.1).param("temperature") == 0.1
+    assert Term("ce").param("temperature", 1.0) == 1.0
+    with pytest.raises(TermError, match="no parameter 'temperature'"):
+        Term("ce").param("temperature")
+    assert Term("kd", temperature=3).effective_params == {"temperature": 3, "ignore_index": -100}
+    term = Term("hint", student="a", teacher="b")
+    assert term.student_value_key == "hint<-a" and Term("kd").student_value_key == "logits"

@@ -11,51 +11,31 @@ counts::
 The function is called as ``fn(student_value[, teacher_value][, labels], **params)``.
 A list of taps (``student=["layer1", "layer2"]``) passes a list of values;
 ``index=True`` adds ``index=batch["index"]`` (sample indices, for memory banks).
+A function that takes ``mask`` or ``num_items`` keywords gets ``batch["mask"]`` and
+``batch["num_items"]`` when the batch has them (token tasks: which positions count, and the
+number of counted positions across the accumulated batch).
+
+The registered names and default bindings live beside each loss
+(:data:`distill.losses.registry.LOSSES`, also importable from here).
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+import distill.losses  # noqa: F401  (importing the losses registers them)
 from distill.distributed import gather_batch, world_size
-from distill.losses import (VID, LazyCRD, ab_loss, at_loss, cam_match_loss, cc_loss, cross_entropy, dist_loss, dkd_loss,
-                            dml_loss, fsp_loss, hint_loss, kd_loss, kdcl_loss, logit_l1, multi_teacher_kd_loss,
-                            nst_loss, one_loss, pkt_loss, rkd_loss, sp_loss, tf_kd_loss)
+from distill.losses.registry import LOSSES, STAGES
 
-STAGES = ["stage1", "stage2", "stage3"]
+__all__ = ["LOSSES", "STAGES", "Ramp", "Term", "TermError", "unique_names", "update_groups"]
 
-# name -> (function, default binding). The binding says which inputs the function takes, and
-# "gather" marks losses that compare samples within a batch. A loss with learnt parameters or
-# memory is an nn.Module class: each term builds its own, with the term's parameters.
-LOSSES: dict[str, tuple[Callable, dict]] = {
-    "ce": (cross_entropy, {"teacher": None, "labels": True}),
-    "kd": (kd_loss, {}),
-    "hint": (hint_loss, {"connector": "auto"}),
-    "dkd": (dkd_loss, {"labels": True}),
-    "dist": (dist_loss, {"gather": True}),
-    "at": (at_loss, {}),
-    "nst": (nst_loss, {}),
-    "sp": (sp_loss, {"gather": True}),
-    "rkd": (rkd_loss, {"gather": True}),
-    "pkt": (pkt_loss, {"gather": True}),
-    "cc": (cc_loss, {"gather": True}),
-    "vid": (VID, {}),
-    "fsp": (fsp_loss, {"student": STAGES, "teacher": STAGES}),
-    "ab": (ab_loss, {"connector": "auto"}),
-    "crd": (LazyCRD, {"student": "embedding", "teacher": "embedding", "index": True, "gather": True}),
-    "cam": (cam_match_loss, {"student": ["last_stage", "logits"], "teacher": ["gradcam++(last_stage)", "logits"]}),
-    # several teachers: pass teacher=["a/logits", "b/logits"] (the teachers' names in Distiller(teacher={...}))
-    "multi_kd": (multi_teacher_kd_loss, {"labels": True}),
-    "tf_kd": (tf_kd_loss, {"teacher": None, "labels": True}),
-    # online: the student is a Cohort; pass student=["peers.0", "peers.1", ...]
-    "dml": (dml_loss, {"teacher": None, "labels": True}),
-    "kdcl": (kdcl_loss, {"teacher": None, "labels": True}),
-    "one": (one_loss, {"teacher": None, "labels": True}),  # student=["branches.0", ..., "logits"]
-    "logit_l1": (logit_l1, {}),  # DFAD's student loss
-}
+# keyword arguments a term passes from the batch when its loss takes them (token tasks' masks and counts)
+BATCH_KEYWORDS = ("mask", "num_items")
+_MISSING = object()
 
 
 class TermError(ValueError):
@@ -130,13 +110,17 @@ class Term:
             fn, binding = LOSSES[fn]
         elif not callable(fn):
             raise TermError(f"a term needs a loss function or a loss name, got {fn!r}")
+        self.init_params: dict = {}  # the params a module loss was built with
         if isinstance(fn, type) and issubclass(fn, nn.Module):  # a fresh module per term, built from the params
             name = name or fn.__name__.lower()
             try:
-                fn, params = fn(**params), {}
+                fn, params, self.init_params = fn(**params), {}, params
             except TypeError as err:
                 raise TermError(f"loss {name!r}: {err}") from None
         self.fn = fn
+        self._signatures = _signatures(fn)
+        # the batch keywords the function takes by name, read from its signature once
+        self.batch_keywords = tuple(k for k in BATCH_KEYWORDS if k in self._signatures[0].parameters)
         # the name keys logs and the connector (a ModuleDict key: no dots)
         self.name = (name or getattr(fn, "__name__", "term")).replace(".", "_")
         self.weight = weight
@@ -164,9 +148,41 @@ class Term:
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
     @property
-    def student_key(self) -> str:
-        """Key of this term's (possibly connected) student value in the student's tap dict."""
+    def student_value_key(self) -> str:
+        """The key under which the student's tap dict holds this term's student value: the tap's name,
+        or, when the term has a connector, ``"<term name><-<tap>"`` (the tap mapped by the connector)."""
         return f"{self.name}<-{self.student}" if self.connector else self.student
+
+    def param(self, name: str, default=_MISSING):
+        """The value of parameter ``name`` the loss will actually use: the term's own setting, else (for a
+        module loss) what the module was built with, else the default in the function's signature.
+
+        ``Term("kd").param("temperature")`` is ``4.0``, :func:`~distill.losses.kd_loss`'s default. A parameter
+        the function neither is given nor has a default for returns ``default``, or, without one, raises
+        :class:`TermError`.
+        """
+        if name in self.params:
+            return self.params[name]
+        if name in self.init_params:
+            return self.init_params[name]
+        for signature in self._signatures:
+            parameter = signature.parameters.get(name)
+            if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                return parameter.default
+        if default is not _MISSING:
+            return default
+        raise TermError(f"term {self.name!r}: its loss has no parameter {name!r} with a value or a default")
+
+    @property
+    def effective_params(self) -> dict:
+        """Every keyword parameter of the loss with the value it will use (:meth:`param`), the batch's
+        ``mask`` / ``num_items`` / ``index`` left out (they come with each batch)."""
+        values = {}
+        for signature in reversed(self._signatures):  # the call's own signature wins
+            for key, parameter in signature.parameters.items():
+                if parameter.default is not inspect.Parameter.empty and key not in (*BATCH_KEYWORDS, "index"):
+                    values[key] = parameter.default
+        return {**values, **self.init_params, **self.params}
 
     def weight_at(self, progress: float, total_epochs: float = 1.0) -> float:
         """The weight after ``progress`` epochs of a run lasting ``total_epochs``."""
@@ -180,7 +196,7 @@ class Term:
         if isinstance(self.student, list):
             args = [[student_values[tap] for tap in self.student]]
         else:
-            args = [student_values[self.student_key]]
+            args = [student_values[self.student_value_key]]
         if isinstance(self.teacher, list):
             args.append([teacher_values[tap] for tap in self.teacher])
         elif self.teacher is not None:
@@ -193,11 +209,18 @@ class Term:
         if self.index:  # the function decides whether it can do without (a CRD queue can, its memory bank not)
             index = batch.get("index")
             params = {**params, "index": None if index is None else torch.as_tensor(index).long()}
+        for key in self.batch_keywords:  # a term's own setting wins over the batch's
+            if key not in params and batch.get(key) is not None:
+                params = {**params, key: batch[key]}
         if self.gather and world_size() > 1:
             args = [[gather_batch(v) for v in a] if isinstance(a, list) else gather_batch(a) for a in args]
+            first = args[0][0] if isinstance(args[0], list) else args[0]
             if params.get("index") is not None:
-                first = args[0][0] if isinstance(args[0], list) else args[0]
                 params = {**params, "index": gather_batch(params["index"].to(first.device))}
+            mask = params.get("mask")
+            if isinstance(mask, torch.Tensor):  # the positions of the gathered batch (bool through uint8)
+                gathered = gather_batch(mask.to(first.device, torch.uint8 if mask.dtype == torch.bool else mask.dtype))
+                params = {**params, "mask": gathered.bool() if mask.dtype == torch.bool else gathered}
         return self.fn(*args, **params)
 
     def __repr__(self) -> str:
@@ -205,6 +228,19 @@ class Term:
         group = f", group={self.group}" if self.group else ""
         return (f"Term({self.name!r}, weight={self.weight!r}, student={self.student!r}, "
                 f"teacher={self.teacher!r}{params}{group})")
+
+
+def _signatures(fn) -> list[inspect.Signature]:
+    """The signatures whose defaults the term's loss uses: the function's (a module's ``forward``), then,
+    for a module, its class's ``__init__``."""
+    signatures = []
+    targets = [fn.forward, type(fn).__init__] if isinstance(fn, nn.Module) else [fn]
+    for target in targets:
+        try:
+            signatures.append(inspect.signature(target))
+        except (TypeError, ValueError):  # a builtin without a signature
+            signatures.append(inspect.Signature())
+    return signatures
 
 
 def _taps(value):

@@ -2,29 +2,39 @@
 
 Every function here takes tensors and returns a scalar tensor. None of them
 knows about models, taps, engines or recipes; :class:`distill.terms.Term`
-binds a function to tap names and a weight.
+binds a function to tap names and a weight. Each loss registers its name and default
+binding where it is defined (:func:`distill.losses.registry.register_loss`, filling
+:data:`distill.losses.registry.LOSSES`).
+
+Per-position logit losses (``kd_loss``, ``dkd_loss``, ``dist_loss``, ``cross_entropy``,
+``generalized_jsd_loss``) take ``(batch, ..., classes)`` logits with the class axis last and
+the keywords ``mask`` (bool, or integer labels with ``ignore_index=-100``) and ``num_items``
+(the divisor; see :mod:`distill.losses.positions`).
 """
 from distill.losses.ab import ab_loss
 from distill.losses.attention import at_loss, nst_loss
 from distill.losses.cam import cam_match_loss, gradcam_pp
-from distill.losses.crd import CRD, LazyCRD, crd_nce_loss
+from distill.losses.crd import CRD, LazyCRD, crd_loss, crd_nce_loss
 from distill.losses.datafree import bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1, total_variation
 from distill.losses.dist import dist_loss
 from distill.losses.dkd import dkd_loss
 from distill.losses.fsp import fsp_loss, fsp_matrix
 from distill.losses.ft import FactorTransferLoss, Paraphraser, ParaphraserLoss, Translator, ft_loss
+from distill.losses.gkd import generalized_jsd_loss
 from distill.losses.hint import hint_loss
 from distill.losses.kd import cross_entropy, kd_loss
-from distill.losses.multi_teacher import multi_teacher_kd_loss, teacher_weights
+from distill.losses.multi_teacher import multi_teacher_kd_loss, teacher_mixture_weights, teacher_weights
 from distill.losses.online import dml_loss, kdcl_loss, one_loss
+from distill.losses.registry import LOSSES, STAGES, register_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
 from distill.losses.tf_kd import tf_kd_loss
 from distill.losses.vid import VID, vid_loss
 
 __all__ = [
-    "CRD", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "Translator", "VID", "ab_loss",
-    "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_nce_loss", "cross_entropy",
-    "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss", "gradcam_pp",
-    "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1", "multi_teacher_kd_loss", "nst_loss",
-    "one_loss", "pkt_loss", "rkd_loss", "sp_loss", "teacher_weights", "tf_kd_loss", "total_variation", "vid_loss",
+    "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "Translator", "VID",
+    "ab_loss", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
+    "cross_entropy", "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss",
+    "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1",
+    "multi_teacher_kd_loss", "nst_loss", "one_loss", "pkt_loss", "register_loss", "rkd_loss", "sp_loss",
+    "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "total_variation", "vid_loss",
 ]

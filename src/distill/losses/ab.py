@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
 
+
+@register_loss("ab", connector="auto")
 def ab_loss(student_preact: torch.Tensor, teacher_preact: torch.Tensor,
             margin: float | torch.Tensor = 1.0, reduction: str = "sum") -> torch.Tensor:
     r"""Activation-boundary transfer — Heo et al. 2019, *Knowledge Transfer via Distillation of Activation

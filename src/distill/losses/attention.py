@@ -4,12 +4,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
+
 
 def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``(N, C, H, W) -> (N, H*W)``: the channel mean of ``|A|^p``, L2-normalised per sample."""
     return F.normalize(features.float().abs().pow(p).mean(1).flatten(1), dim=1)
 
 
+@register_loss("at")
 def at_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     r"""Attention transfer — Zagoruyko & Komodakis 2017, *Paying More Attention to Attention* (ICLR).
 
@@ -32,6 +35,7 @@ def at_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, p: f
     return (attention_map(student_features, p) - attention_map(teacher_features, p)).pow(2).mean()
 
 
+@register_loss("nst")
 def nst_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     r"""Neuron selectivity transfer — Huang & Wang 2017, *Like What You Like: Knowledge Distill via
     Neuron Selectivity Transfer*.

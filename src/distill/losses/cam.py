@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
+
 
 def gradcam_pp(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     r"""Grad-CAM++ maps — Chattopadhay et al. 2018, *Grad-CAM++: Generalized Gradient-based Visual
@@ -59,6 +61,7 @@ def _source(features: torch.Tensor):
     return features
 
 
+@register_loss("cam", student=["last_stage", "logits"], teacher=["gradcam++(last_stage)", "logits"])
 def cam_match_loss(student_values: list[torch.Tensor], teacher_values: list[torch.Tensor]) -> torch.Tensor:
     r"""Matching Grad-CAM++ explanations — the knowledge-distillation experiment of Chattopadhay et al.
     2018, *Grad-CAM++* (WACV), §5: the student is trained with

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.losses.registry import register_loss
+
 OBJECTIVES = ("nce", "infonce")
 
 
@@ -170,6 +172,10 @@ def crd_nce_loss(
     positive_scores = (a * p).sum(1)
     return contrastive_loss_from_scores(positive_scores / temperature, negative_scores / temperature,
                                         objective, num_data, log_normalizer)
+
+
+#: The contrastive objective under its family's name (the same function as :func:`crd_nce_loss`).
+crd_loss = crd_nce_loss
 
 
 class CRD(nn.Module):
@@ -432,6 +438,7 @@ class CRD(nn.Module):
         self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
 
 
+@register_loss("crd", student="embedding", teacher="embedding", index=True, gather=True)
 class LazyCRD(nn.Module):
     """:class:`CRD` whose feature widths are read from the first batch it sees.
 

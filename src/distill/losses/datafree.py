@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
+
 
 def dafl_generator_loss(teacher_logits: torch.Tensor, teacher_features: torch.Tensor, alpha: float = 0.1,
                         beta: float = 5.0) -> torch.Tensor:
@@ -32,6 +34,7 @@ def dafl_generator_loss(teacher_logits: torch.Tensor, teacher_features: torch.Te
     return one_hot - alpha * activation - beta * entropy
 
 
+@register_loss("logit_l1")  # DFAD's student loss
 def logit_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     r"""Mean absolute difference of logits, DFAD's discrepancy — Fang et al. 2019, *Data-Free
     Adversarial Distillation*: :math:`\frac{1}{NC}\sum_{i,c}|z^s_{ic} - z^t_{ic}|`. The student

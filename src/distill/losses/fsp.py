@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import STAGES, register_loss
+
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     r"""The FSP matrix of two ``(N, C_1, H, W)`` and ``(N, C_2, H', W')`` feature maps: ``(N, C_1, C_2)``.
@@ -29,6 +31,7 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return a.flatten(2) @ b.flatten(2).transpose(1, 2) / (size[0] * size[1])
 
 
+@register_loss("fsp", student=list(STAGES), teacher=list(STAGES))
 def fsp_loss(student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
     r"""FSP loss — Yim et al. 2017, *A Gift from Knowledge Distillation: Fast Optimization, Network
     Minimization and Transfer Learning* (CVPR).

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
 
+
+@register_loss("hint", connector="auto")
 def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     r"""FitNets hint loss — Romero et al. 2015, *FitNets: Hints for Thin Deep Nets*.
 

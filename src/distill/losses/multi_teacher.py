@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses.kd import _check_logits
+from distill.losses.registry import register_loss
 
 WEIGHTINGS = ("mean", "fixed", "confidence")
 
 
-def teacher_weights(teacher_logits: list[torch.Tensor], labels: torch.Tensor | None = None,
-                    weighting: str = "mean", weights: list[float] | None = None) -> torch.Tensor:
+def teacher_mixture_weights(teacher_logits: list[torch.Tensor], labels: torch.Tensor | None = None,
+                            weighting: str = "mean", weights: list[float] | None = None) -> torch.Tensor:
     r"""Per-sample weights ``(N, M)`` of ``M`` teachers (each row sums to 1).
 
     * ``"mean"``: :math:`w_m = 1/M` (the ensemble average, Hinton et al. 2015 §3 uses one);
@@ -26,6 +27,8 @@ def teacher_weights(teacher_logits: list[torch.Tensor], labels: torch.Tensor | N
       .. math:: w_m = \frac{1}{M-1}\Big(1 - \frac{\exp(\mathcal{L}^m_{CE})}{\sum_j \exp(\mathcal{L}^j_{CE})}\Big)
 
       so the teacher that is surer of the right class counts more (one teacher: weight 1).
+
+    (Called ``teacher_weights`` before; that name stays an alias.)
     """
     if not teacher_logits:
         raise ValueError("need at least one teacher's logits")
@@ -50,6 +53,11 @@ def teacher_weights(teacher_logits: list[torch.Tensor], labels: torch.Tensor | N
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
+teacher_weights = teacher_mixture_weights  # the earlier name
+
+
+# several teachers: pass teacher=["a/logits", "b/logits"] (the teachers' names in Distiller(teacher={...}))
+@register_loss("multi_kd", labels=True)
 def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor],
                           labels: torch.Tensor | None = None, temperature: float = 4.0, weighting: str = "mean",
                           weights: list[float] | None = None) -> torch.Tensor:
@@ -59,10 +67,18 @@ def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: list[tor
         \bar p_n = \sum_m w_{nm}\,\mathrm{softmax}(z^m_n / T),\qquad
         \mathcal{L} = T^2 \frac1N \sum_n \mathrm{KL}\big(\bar p_n \,\|\, \mathrm{softmax}(z^s_n / T)\big)
 
-    with weights from :func:`teacher_weights` (``"mean"``, ``"fixed"``, or CA-MKD's per-sample
+    with weights from :func:`teacher_mixture_weights` (``"mean"``, ``"fixed"``, or CA-MKD's per-sample
     ``"confidence"``). The weighted sum of per-teacher KL terms that CA-MKD writes,
     :math:`\sum_m w_m \mathrm{KL}(p^m \| q)`, differs from this by a constant in the student,
     so both give the same gradients.
+
+    Scale against CA-MKD's reference code: that code sums :math:`w_{nm}\,\mathrm{KL}(p^m_n \| q_n)`
+    over samples and teachers and divides by :math:`N \cdot M`, although its weights already sum
+    to 1 over the teachers; so its distillation gradient is :math:`1/M` of this loss's (this loss
+    is :math:`M` times it in the gradient, e.g. 3× with three teachers). This loss keeps the plain
+    KD scale (with one teacher, or identical teachers, it is :func:`~distill.losses.kd_loss`), so a
+    weight :math:`\lambda` copied from the reference code with :math:`M` teachers is
+    :math:`\lambda / M` here.
 
     Args:
         student_logits: ``(N, C)``.
@@ -75,7 +91,7 @@ def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: list[tor
         raise ValueError(f"temperature must be positive, got {temperature}")
     for z in teacher_logits:
         _check_logits(student_logits, z)
-    w = teacher_weights(teacher_logits, labels, weighting, weights).detach()
+    w = teacher_mixture_weights(teacher_logits, labels, weighting, weights).detach()
     probs = torch.stack([torch.softmax(z.detach().float() / temperature, dim=-1) for z in teacher_logits], dim=1)
     target = (w[:, :, None] * probs).sum(1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses.kd import kd_loss
+from distill.losses.registry import register_loss
 
 
 def _check_peers(peer_logits: list[torch.Tensor]) -> None:
@@ -25,6 +26,8 @@ def _kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -
     return kd_loss(logits, target_logits.detach(), temperature)
 
 
+# the student is a Cohort; pass student=["peers.0", "peers.1", ...]
+@register_loss("dml", teacher=None, labels=True)
 def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0,
              peer: int | None = None) -> torch.Tensor:
     r"""Deep mutual learning — Zhang, Xiang, Hospedales & Lu 2018, *Deep Mutual Learning* (CVPR).
@@ -53,6 +56,7 @@ def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature:
     return total
 
 
+@register_loss("kdcl", teacher=None, labels=True)
 def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 3.0,
               ensemble: str = "min_logit") -> torch.Tensor:
     r"""KDCL — Guo et al. 2020, *Online Knowledge Distillation via Collaborative Learning* (CVPR).
@@ -87,6 +91,8 @@ def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature
     return sum(F.cross_entropy(z.float(), labels) + _kl(teacher, z, temperature) for z in peer_logits)
 
 
+# student=["branches.0", ..., "logits"]
+@register_loss("one", teacher=None, labels=True)
 def one_loss(branch_and_ensemble_logits: list[torch.Tensor], labels: torch.Tensor,
              temperature: float = 3.0) -> torch.Tensor:
     r"""ONE — Lan, Zhu & Gong 2018, *Knowledge Distillation by On-the-Fly Native Ensemble* (NeurIPS).

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
+
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     if x.dim() < 2 or x.shape[0] < 2:
@@ -23,6 +25,7 @@ def _same_batch(s: torch.Tensor, t: torch.Tensor) -> None:
         raise ValueError(f"student batch {s.shape[0]} and teacher batch {t.shape[0]} differ")
 
 
+@register_loss("sp", gather=True)
 def sp_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     r"""Similarity-preserving KD — Tung & Mori 2019, *Similarity-Preserving Knowledge Distillation* (ICCV).
 
@@ -45,6 +48,7 @@ def _pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return squared.clamp_min(eps).sqrt() * (1 - torch.eye(len(x), device=x.device))
 
 
+@register_loss("rkd", gather=True)
 def rkd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
              distance_weight: float = 25.0, angle_weight: float = 50.0) -> torch.Tensor:
     r"""Relational KD — Park et al. 2019, *Relational Knowledge Distillation* (CVPR).
@@ -62,6 +66,13 @@ def rkd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
 
     with the Huber loss :math:`\ell_\delta` (``smooth_l1``, δ = 1) averaged over
     pairs and triplets; the paper's weights are λ_D = 25, λ_A = 50.
+
+    Scale against the authors' reference code: its distance term averages the Huber loss over all
+    :math:`N^2` entries of the distance matrices, the :math:`N` zero diagonal entries included; this
+    averages over the :math:`N(N-1)` distinct pairs (the paper's mean over pairs), so the distance
+    term here is :math:`N/(N-1)` times the reference's (1.016× at batch 64, 2× at batch 2): a λ_D
+    copied from the reference matches it as :math:`\lambda_D (N-1)/N` here. The angle term matches
+    the reference (both average over all :math:`N^3` triplets, degenerate ones included).
     """
     s, t = _flat(student_features), _flat(teacher_features)
     _same_batch(s, t)
@@ -80,6 +91,7 @@ def _angles(x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(e, e.transpose(1, 2)).flatten()  # [j, i, k] = <e_ji, e_jk>: the angle at x_j
 
 
+@register_loss("pkt", gather=True)
 def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     r"""Probabilistic knowledge transfer — Passalis & Tefas 2018, *Learning Deep Representations with
     Probabilistic Knowledge Transfer* (ECCV).
@@ -90,6 +102,12 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
     the loss is the divergence of the student's from the teacher's:
 
     .. math:: \mathcal{L}_{PKT} = \frac{1}{N}\sum_i\sum_j p^t_{j|i}\,\log\frac{p^t_{j|i} + \epsilon}{p^s_{j|i} + \epsilon}
+
+    the mean over the :math:`N` samples of each row's divergence (the ``batchmean`` of every
+    loss here). Scale against the authors' reference code: it takes the mean over all :math:`N^2`
+    entries instead, so this is :math:`N` times the reference's value (64× at batch 64) and is
+    independent of the batch size where the reference's shrinks as :math:`1/N`; a weight
+    :math:`\lambda` tuned with the reference code at batch size :math:`N` is :math:`\lambda / N` here.
     """
     s, t = _flat(student_features), _flat(teacher_features)
     _same_batch(s, t)
@@ -103,6 +121,7 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).sum() / s.shape[0]
 
 
+@register_loss("cc", gather=True)
 def cc_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, gamma: float = 0.4) -> torch.Tensor:
     r"""Correlation congruence — Peng et al. 2019, *Correlation Congruence for Knowledge Distillation* (ICCV).
 

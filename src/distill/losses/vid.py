@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.hint import match_spatial
+from distill.losses.registry import register_loss
 
 
 def _channel_rows(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +62,7 @@ def vid_loss(student_mean: torch.Tensor, teacher_features: torch.Tensor, alpha: 
     return (0.5 * (variance.log() + (t - mu).pow(2) / variance)).mean()
 
 
+@register_loss("vid")
 class VID(nn.Module):
     r"""The VID loss with its regressor and variances, for use as a term function.
 
