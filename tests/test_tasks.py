@@ -122,13 +122,14 @@ def test_token_task_shifts_labels_and_masks_padding():
     assert batch["mask"].tolist() == [[True, True, False], [True, False, False]]
 
 
-def _lm_run(grad_accum, batch_size, teacher, epochs=1):
+def _lm_run(grad_accum, batch_size, teacher, epochs=1, optimizer="sgd", lr=0.1):
     from distill.losses import generalized_jsd_loss
 
     student = tiny_gpt(1, 16, seed=5)
     terms = [Term("ce", 0.5), Term(generalized_jsd_loss, 0.5, beta=0.5, temperature=1.0, name="gjsd")]
-    d = Distiller(student, teacher, terms, task=get_task("tokens", pad_token_id=0), epochs=epochs, lr=1e-2,
-                  batch_size=batch_size, grad_accum=grad_accum, progress=False, schedule="constant")
+    d = Distiller(student, teacher, terms, task=get_task("tokens", pad_token_id=0), epochs=epochs, lr=lr,
+                  optimizer=optimizer, batch_size=batch_size, grad_accum=grad_accum, progress=False,
+                  schedule="constant")
     history = d.fit(lm_items(64, seed=7), lm_items(32, seed=8))
     return student, history
 
@@ -139,11 +140,12 @@ def test_causal_lm_distils_token_by_token_and_accumulation_matches():
               progress=False).fit(lm_items(256, seed=6))
     plain, history = _lm_run(1, 16, teacher)
     accumulated, _ = _lm_run(2, 8, teacher)
-    # the same 16 items per step, padded differently; every token loss is normalised by the step's tokens
+    # the same 16 items per step, padded differently; every token loss is normalised by the step's tokens, so
+    # plain SGD ends at the same weights (per-micro-batch means would weight short sequences' tokens more)
     for (name, a), b in zip(plain.state_dict().items(), accumulated.state_dict().values()):
-        assert torch.allclose(a, b, atol=2e-6, rtol=1e-4), name
+        assert torch.allclose(a, b, atol=1e-7, rtol=1e-5), name
     assert {"val/accuracy", "val/perplexity", "val/loss"} <= set(history[-1])
-    _, longer = _lm_run(1, 16, teacher, epochs=6)
+    _, longer = _lm_run(1, 16, teacher, epochs=6, optimizer="adamw", lr=1e-2)
     assert longer[-1]["val/perplexity"] < 0.5 * longer[0]["val/perplexity"]  # it learns
 
 

@@ -12,7 +12,6 @@ RNG state), ``student.safetensors`` (the final student) and ``summary.json``.
 from __future__ import annotations
 
 import difflib
-import inspect
 import json
 import math
 import os
@@ -95,7 +94,7 @@ class Distiller:
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
         self._train_set = None
-        self._counts_items = {t.name: _accepts(t.fn, "num_items") for t in self.terms}
+        self._counts_items = {t.name: "num_items" in t.batch_keywords for t in self.terms}
         teacher_taps = [tap for t in self.terms for tap in t.teacher_taps]
         if teacher_taps and teacher is None:
             names = ", ".join(t.name for t in self.terms if t.teacher is not None)
@@ -156,7 +155,7 @@ class Distiller:
         temperatures: dict[str, set] = {}
         logit_taps = set()  # taps some term reads at a temperature: logits, kept as top-k when asked
         for term in self.terms:
-            temperature = _term_param(term, "temperature", None)
+            temperature = term.param("temperature", None)
             for tap in term.teacher_taps:
                 temperatures.setdefault(tap, set()).add(float(temperature if temperature is not None else 1.0))
                 if temperature is not None:
@@ -477,28 +476,6 @@ def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise DistillError(f"setting {field!r}: {first['msg']}, got {first.get('input')!r}") from None
-
-
-def _accepts(fn, name: str) -> bool:
-    target = fn.forward if isinstance(fn, nn.Module) else fn
-    try:
-        return name in inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _term_param(term: Term, name: str, default):
-    """The value of ``name`` a term's function really uses: the term's own, else the function's default."""
-    if name in term.params:
-        return term.params[name]
-    target = term.fn.forward if isinstance(term.fn, nn.Module) else term.fn
-    try:
-        parameter = inspect.signature(target).parameters.get(name)
-    except (TypeError, ValueError):
-        parameter = None
-    if parameter is not None and parameter.default is not inspect.Parameter.empty:
-        return parameter.default
-    return default
 
 
 def _windows(batches, size: int):

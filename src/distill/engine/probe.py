@@ -17,7 +17,7 @@ class StudentWithTaps(nn.Module):
     """The trainable part of a run: the student and its connectors.
 
     ``forward`` returns the student's tap values, with each connector applied to
-    its term's tap (under the key :attr:`Term.student_key`). Keeping connectors
+    its term's tap (under the key :attr:`Term.student_value_key`). Keeping connectors
     inside this module's forward keeps distributed gradient sync correct.
 
     A loss term whose function is an ``nn.Module`` (a contrastive memory bank, a
