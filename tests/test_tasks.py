@@ -109,7 +109,8 @@ def lm_items(n, seed):
 def tiny_gpt(layers, width, seed):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=30, n_positions=16, n_embd=width, n_layer=layers, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=1, eos_token_id=1)
     return transformers.GPT2LMHeadModel(config)
 
 
@@ -339,3 +340,32 @@ def test_restoration_shape_image_to_image():
 
 def _mse(student, teacher):
     return ((student - teacher) ** 2).mean()
+
+
+# ------------------------------------------------------------------------ the teacher cache over tokens
+def test_token_teacher_cache_keeps_top_k_along_the_vocabulary_ragged(tmp_path):
+    import numpy as np
+
+    from distill.cache import fingerprint
+
+    task = get_task("tokens", pad_token_id=0)
+    teacher = tiny_gpt(1, 16, seed=4)
+    data = lm_items(40, seed=9)
+
+    def run(**cache):
+        student = tiny_gpt(1, 16, seed=5)
+        Distiller(student, teacher, [Term("kd", temperature=1.0)], task=task, epochs=2, lr=0.1, optimizer="sgd",
+                  batch_size=8, eval_batch_size=16, progress=False, **cache).fit(data)
+        return student
+
+    live = run()
+    full = run(cache_teacher=True, teacher_cache_dir=str(tmp_path / "full"), teacher_top_k=30)  # k = vocabulary
+    for (name, a), b in zip(live.state_dict().items(), full.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    run(cache_teacher=True, teacher_cache_dir=str(tmp_path / "top5"), teacher_top_k=5)
+    tokens = sum(len(data[i]["input_ids"]) for i in range(len(data)))
+    values = [np.load(p) for p in (tmp_path / "top5").glob("*.values.npy")]
+    assert [v.shape for v in values] == [(tokens, 5)]  # one row per real token, none for padding
+    # the fingerprint sees every tensor of dict inputs
+    other = ListDataset([{"input_ids": [1] + item["input_ids"][1:]} for item in data.items])
+    assert fingerprint(teacher, data, task.collate) != fingerprint(teacher, other, task.collate)

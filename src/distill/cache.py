@@ -236,6 +236,7 @@ class TeacherOutputs:
                 else:
                     self.values[tap] = parts[""] if set(parts) == {""} else parts
                 continue
+            self.path.mkdir(parents=True, exist_ok=True)
             for part, array in parts.items():
                 if offsets is not None:
                     np.save(self.path / _file(tap, part), array.numpy())
@@ -276,7 +277,7 @@ class TeacherOutputs:
         order = torch.as_tensor(np.searchsorted(rows, index.cpu().numpy()))
         if isinstance(stored, dict):
             t = self._tail_column(temperature)
-            part = {k: torch.as_tensor(np.ascontiguousarray(v[rows]))[order] for k, v in stored.items()}
+            part = {k: torch.from_numpy(np.ascontiguousarray(v[rows]))[order] for k, v in stored.items()}
             dense = dense_from_topk(part["values"], part["indices"].long(), part["tail"][..., t],
                                     self.meta["taps"][tap]["classes"], temperature)
             return dense.to(device)
@@ -287,7 +288,7 @@ class TeacherOutputs:
         spans = [(int(offsets[i]), int(offsets[i + 1])) for i in index.cpu().tolist()]
 
         def rows(array):
-            return [torch.as_tensor(np.ascontiguousarray(array[a:b])) for a, b in spans]
+            return [torch.from_numpy(np.array(array[a:b])) for a, b in spans]
 
         if stored["classes"] is None:
             samples = rows(stored["ragged"] if not isinstance(stored["ragged"], dict) else stored["ragged"][""])
