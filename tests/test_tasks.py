@@ -79,6 +79,33 @@ def test_bert_distils_hf_items_through_the_python_api():
     assert d.evaluate(val)["accuracy"] == history[-1]["val/accuracy"]
 
 
+def keyword_splits():
+    """A recipe's data function (``data: {dataset: "test_tasks:keyword_splits"}``)."""
+    return {"train": keyword_items(384, seed=1), "val": keyword_items(128, seed=2), "test": keyword_items(128, seed=3)}
+
+
+def test_bert_distils_hf_items_through_a_recipe(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import parse_recipe
+
+    for name, (layers, hidden) in {"teacher": (2, 32), "student": (1, 16)}.items():
+        tiny_bert(layers, hidden, seed=0).save_pretrained(tmp_path / name)
+    fast = {"epochs": 6, "lr": 3e-3, "batch_size": 32, "progress": False}
+    recipe = parse_recipe({
+        "name": "bert-keyword", "task": {"name": "classification", "pad_token_id": 0},
+        "data": {"dataset": "test_tasks:keyword_splits"},
+        "teacher": {"model": f"hf:{tmp_path / 'teacher'}", "train": fast},
+        "student": {"model": f"hf:{tmp_path / 'student'}"},
+        "methods": [{"method": "scratch"}, {"method": "kd", "alpha": 0.5, "temperature": 2}],
+        "train": fast, "evaluation": {"latency_batch_size": 16, "latency_repeats": 2}})
+    summary = run_recipe(recipe, tmp_path / "run")
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert set(rows) == {"teacher", "scratch", "kd"}
+    assert rows["teacher"]["test_accuracy"] > 85 and rows["kd"]["test_accuracy"] > 75
+    assert rows["kd"]["params"] < rows["teacher"]["params"]
+    assert "kd vs scratch" in (tmp_path / "run" / "summary.md").read_text()
+
+
 def test_a_user_collate_fn_is_used_for_training_and_evaluation():
     calls = []
 

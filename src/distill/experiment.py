@@ -30,8 +30,10 @@ from distill.fileio import UnsafeFile, atomic_save_model, atomic_save_tensors, a
 from distill.lock import RunDirLocked, RunLock
 from distill.stages import as_stages, fit_stages
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
+from distill import sources
+from distill.tasks import Task, get_task
 from distill.terms import Term
-from distill.zoo import build_model, load_dataset
+from distill.zoo import build_model
 
 
 def cache_dir() -> Path:
@@ -48,9 +50,25 @@ def _augment(spec: AugmentSpec | None):
 
 def _build(spec: ModelSpec, data) -> torch.nn.Module:
     try:
-        return build_model(spec.model, data.input_shape, data.num_classes, **spec.options)
-    except (TypeError, ValueError, RuntimeError) as err:
+        return sources.build(spec.model, spec.options, data, _task(data))
+    except (TypeError, ValueError, RuntimeError, OSError) as err:
         raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
+
+
+def _task(data) -> Task:
+    """The recipe's task, which the loaded data carries (classification for data loaded elsewhere)."""
+    return getattr(data, "task", None) or get_task()
+
+
+def load_data(recipe: Recipe):
+    """The recipe's train / validation / test splits, carrying the recipe's task (``data.task``)."""
+    try:
+        data = sources.load(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
+                            test_size=recipe.data.test_size)
+    except sources.SourceError as err:
+        raise RecipeError(f"recipe field 'data.dataset': {err}") from None
+    data.task = recipe.build_task()
+    return data
 
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
@@ -70,7 +88,7 @@ def _teacher_key(recipe: Recipe, name: str = "teacher") -> str:
     spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
                                                               exclude={"augment", "test_size", "student_labels"}),
-               "seed": teacher_seed(recipe, name), "format": 2}
+               "seed": teacher_seed(recipe, name), "format": 2, **_task_key(recipe)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -91,8 +109,13 @@ def student_key(recipe: Recipe, method, stages) -> str:
                "train": recipe.train.model_dump(mode="json", exclude_defaults=True,
                                                 exclude=_NOT_TRAINING - {"cache_teacher"}),
                "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
-               "seed": recipe.seed, "teacher": _teachers_key(recipe, method)}
+               "seed": recipe.seed, "teacher": _teachers_key(recipe, method), **_task_key(recipe)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _task_key(recipe: Recipe) -> dict:
+    # only a task other than the default enters the keys, so earlier classification runs stay reusable
+    return {} if recipe.task == "classification" else {"task": recipe.task}
 
 
 def _teachers_key(recipe: Recipe, method):
@@ -202,7 +225,8 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     _say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
     config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
     started = time.perf_counter()
-    trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
+    trainer = Distiller(teacher, terms=data.task.default_terms(), task=data.task,
+                        augment=_augment(spec.augment or recipe.data.augment),
                         run_dir=own, config=config, trust_pickle=trust_pickle)
     trainer.fit(data.train, data.val, resume=resume and bool(checkpoints_in(own)))
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
@@ -295,6 +319,7 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
             config = config.model_copy(update={"cache_teacher": False, "teacher_cache_dir": None,
                                                "teacher_top_k": None})
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
+                        task=_task(data),
                         resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
     if hasattr(train, "samples") and _main_process():  # a generator's images, for distill report
         atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
@@ -383,10 +408,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
     _say(f"run directory: {run_dir}")
     started = time.perf_counter()
-    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
-                        test_size=recipe.data.test_size)
+    data = load_data(recipe)
     rows = []
-    sample = data.test.inputs[: recipe.evaluation.latency_batch_size]
+    sample = sources.first_inputs(data.test, recipe.evaluation.latency_batch_size, data.task)
+    macs_sample = sources.first_inputs(data.test, 8, data.task)
     timing = dict(repeats=recipe.evaluation.latency_repeats)
     teachers = {}
     digests = {}  # id(teacher) -> hash of its weights, computed once per run
@@ -396,7 +421,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         rows.append({"role": "teacher", "label": "teacher" if recipe.teacher is not None else f"teacher:{name}",
                      "model": spec.model, "weights": digests[id(teachers[name])],
                      "params": count_parameters(teachers[name]),
-                     "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
+                     "macs": count_macs(teachers[name], macs_sample), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
     unrecorded = _teachers_unchanged(run_dir, rows) if resume else True
@@ -417,7 +442,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
             directory = str(Path(directory) / choice)
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
-                           trust_pickle, store, cams, sample, timing, unrecorded, digests)
+                           trust_pickle, store, cams, (sample, macs_sample), timing, unrecorded, digests)
         if cams is not None and "cam_agreement" not in row and method.student is None:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)
@@ -425,7 +450,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
-               "latency_batch_size": len(sample), "wall_seconds": time.perf_counter() - started, "rows": rows}
+               "latency_batch_size": min(recipe.evaluation.latency_batch_size, len(data.test)),
+               "metric": data.task.select, "wall_seconds": time.perf_counter() - started, "rows": rows}
     table = format_table(summary)
     if _main_process():
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -461,10 +487,11 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
                 if _main_process():
                     atomic_write_text(saved, json.dumps(row, indent=2))
                 return row
+    sample, macs_sample = sample
     student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, weights)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
-           "params": count_parameters(deployed), "macs": count_macs(deployed, sample[:8]),
+           "params": count_parameters(deployed), "macs": count_macs(deployed, macs_sample),
            **_scores(deployed, data), "seconds_per_batch": inference_time(deployed, sample, **timing), **info}
     if deployed is not student:
         row["ensemble_test_accuracy"] = evaluate(student, data.test)["accuracy"]
@@ -485,18 +512,27 @@ def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str
 
 
 def _scores(model, data) -> dict:
-    val, test = evaluate(model, data.val), evaluate(model, data.test)
-    return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-            "test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)}
+    """Validation and test scores of a model: accuracy and test errors for classification, the task's
+    selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise."""
+    task = _task(data)
+    val, test = evaluate(model, data.val, task=task), evaluate(model, data.test, task=task)
+    if task.name == "classification":
+        return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+                "test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)}
+    metric = task.select
+    return {f"val_{metric}": val[metric], f"test_{metric}": test[metric], "test_metrics": test}
 
 
 def format_table(summary: dict) -> str:
     """A markdown table: parameters, test accuracy, inference time and speed-up of every model
     (and, when measured, training seconds per epoch and Grad-CAM++ agreement with the teacher)."""
     n = summary["latency_batch_size"]
+    metric = summary.get("metric", "accuracy")
+    score = "test_accuracy" if metric == "accuracy" else f"test_{metric}"
     timed = any(row.get("epoch_seconds") for row in summary["rows"])
     cams = any("cam_agreement" in row for row in summary["rows"])
-    lines = [f"| model | params | MACs / image | test acc (%) | test errors | CPU ms / batch of {n} "
+    heading = "test acc (%) | test errors" if metric == "accuracy" else f"test {metric} | -"
+    lines = [f"| model | params | MACs / image | {heading} | CPU ms / batch of {n} "
              "| speed-up vs teacher |" + (" train s / epoch |" if timed else "")
              + (" Grad-CAM++ agreement |" if cams else ""),
              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if timed else "") + ("---:|" if cams else "")]
@@ -504,7 +540,9 @@ def format_table(summary: dict) -> str:
         name = f"{row['label']} ({row['model']})"
         speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         macs = f"{row['macs']:,}" if "macs" in row else "-"
-        line = (f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
+        line = (f"| {name} | {row['params']:,} | {macs} | {row[score]:.4g} | {row.get('test_errors', '-')} | "
+                if metric != "accuracy" else
+                f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
                 f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
         if timed:
             epochs = row.get("epoch_seconds")
@@ -522,8 +560,10 @@ def format_table(summary: dict) -> str:
     if scratch is not None:
         for row in summary["rows"]:
             if row["role"] == "student" and row is not scratch:
-                delta = row["test_accuracy"] - scratch["test_accuracy"]
-                lines.append(f"\n{row['label']} vs scratch: {delta:+.2f} points of test accuracy")
+                delta = row[score] - scratch[score]
+                unit = "points of test accuracy" if metric == "accuracy" else f"test {metric}"
+                lines.append(f"\n{row['label']} vs scratch: {delta:+.4g} {unit}" if metric != "accuracy" else
+                             f"\n{row['label']} vs scratch: {delta:+.2f} {unit}")
     return "\n".join(lines)
 
 

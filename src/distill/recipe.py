@@ -24,8 +24,8 @@ from distill.engine import TrainConfig
 from distill.methods import METHODS
 from distill.stages import as_stages
 from distill.terms import LOSSES, Term
-from distill.zoo.datasets import LOADERS
-from distill.zoo.models import MODELS
+from distill.sources import check_data_name, check_model_name
+from distill.tasks import Task, TaskError, get_task
 
 
 class RecipeError(ValueError):
@@ -59,16 +59,15 @@ def _check_params(fn, params: dict, what: str) -> None:
 
 
 class ModelSpec(_Strict):
-    model: str = Field(description="a zoo model name (distill list models)")
+    model: str = Field(description="a zoo model name (distill list models), hf:PATH (a local Hugging Face folder, "
+                       "its head chosen by the task) or package.module:factory (your own code)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder")
     checkpoint: Path | None = Field(None, description="safetensors weights to load instead of training")
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; available: {', '.join(sorted(MODELS))}")
-        return v
+        return check_model_name(v)
 
     @field_validator("checkpoint")
     @classmethod
@@ -87,7 +86,8 @@ class AugmentSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    dataset: str = Field(description="a bundled dataset (distill list datasets)")
+    dataset: str = Field(description="a bundled dataset (distill list datasets) or package.module:function "
+                         "returning train, val and test datasets")
     val_size: int = Field(5000, ge=1, description="validation samples carved from the training set")
     train_size: int | None = Field(None, ge=1, description="keep only this many training samples")
     test_size: int | None = Field(None, ge=1, description="keep only the first this many test samples (quick checks)")
@@ -98,9 +98,7 @@ class DataSpec(_Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        if v not in LOADERS:
-            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(LOADERS)}")
-        return v
+        return check_data_name(v)
 
 
 class TeacherSpec(ModelSpec):
@@ -242,6 +240,9 @@ class Recipe(_Strict):
     name: str = "run"
     description: str = ""
     seed: int = Field(0, description="seeds data order, initialisation and augmentation of every model")
+    task: str | dict[str, Any] = Field("classification", description="what kind of problem (distill.tasks): a name "
+                                       "(classification, regression, multilabel, tokens, embedding) or "
+                                       "{name: ..., options such as pad_token_id, shift, pooling}")
     data: DataSpec
     teacher: TeacherSpec | None = None
     teachers: dict[str, TeacherSpec] | None = Field(None, description="several teachers by name (instead of "
@@ -251,6 +252,16 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="how the students are trained")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     output_dir: Path = Field(Path("runs"), description="run directories are created under this folder")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v):
+        build_task(v)
+        return v
+
+    def build_task(self) -> Task:
+        """The recipe's task object."""
+        return build_task(self.task)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -293,6 +304,16 @@ class Recipe(_Strict):
         if self.teachers is not None:
             return dict(self.teachers)
         return {} if self.teacher is None else {"teacher": self.teacher}
+
+
+def build_task(spec: str | dict) -> Task:
+    """A task from a recipe's ``task:`` (a name, or a mapping with ``name`` and the task's options)."""
+    options = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    name = options.pop("name", "classification")
+    try:
+        return get_task(name, **options)
+    except TaskError as err:
+        raise ValueError(str(err)) from None
 
 
 def _format_error(err: ValidationError) -> str:

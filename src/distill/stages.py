@@ -58,7 +58,7 @@ def stage_epochs(stages: list[Stage], total: int) -> list[int]:
 
 def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None, *, config: TrainConfig,
                run_dir: str | Path | None = None, augment=None, resume: bool = False,
-               trust_pickle: bool = False, teacher_outputs=None, say=print) -> dict:
+               trust_pickle: bool = False, teacher_outputs=None, say=print, task=None) -> dict:
     """Train ``student`` through ``stages`` in order. Returns ``{"history": [...], "epoch_seconds": [...]}``.
 
     With a ``run_dir``, a finished stage (its ``summary.json`` exists) is not trained again on
@@ -75,7 +75,7 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
         uses_teacher = any(t.teacher is not None for t in stage.terms)
         trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, augment=augment, run_dir=own,
                             config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to,
-                            teacher_outputs=teacher_outputs)
+                            teacher_outputs=teacher_outputs, task=task)
         if resume and own is not None and (own / "summary.json").is_file():
             trainer.restore(train)  # a finished stage: its student and loss modules as it left them
             history += trainer.history

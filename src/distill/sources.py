@@ -1,0 +1,128 @@
+"""Where a recipe's models and data come from.
+
+* a zoo name (``distill list models`` / ``distill list datasets``);
+* ``hf:PATH`` — a local Hugging Face folder (``save_pretrained``), loaded with ``transformers``' Auto
+  classes, the head chosen by the task: sequence classification for ``classification``, ``regression``
+  and ``multilabel``, a causal LM for ``tokens``, the bare encoder for ``embedding``;
+* ``package.module:function`` — your own code: a model factory called with the recipe's ``options``,
+  or a data function returning ``{"train": ..., "val": ..., "test": ...}`` (or an object with those
+  attributes) of any map-style datasets.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.data import read_items
+from distill.tasks import Task
+from distill.zoo import build_model, load_dataset
+from distill.zoo.datasets import LOADERS
+from distill.zoo.models import MODELS
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+HF_HEADS = {"classification": "AutoModelForSequenceClassification", "regression": "AutoModelForSequenceClassification",
+            "multilabel": "AutoModelForSequenceClassification", "tokens": "AutoModelForCausalLM",
+            "embedding": "AutoModel"}
+
+
+class SourceError(ValueError):
+    """A model or data source that cannot be used; the message says why in one line."""
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it names a zoo model, a ``hf:`` folder or an import path; else a one-line error."""
+    if name in MODELS or _IMPORT_PATH.fullmatch(name):
+        return name
+    if name.startswith("hf:"):
+        folder = Path(name[3:]).expanduser()
+        if not (folder / "config.json").is_file():
+            raise SourceError(f"{name}: no Hugging Face model folder there (expected {folder / 'config.json'})")
+        return name
+    raise SourceError(f"unknown model {name!r}; give a zoo model ({', '.join(sorted(MODELS))}), hf:PATH (a local "
+                      "Hugging Face folder) or package.module:factory")
+
+
+def check_data_name(name: str) -> str:
+    if name in LOADERS or _IMPORT_PATH.fullmatch(name):
+        return name
+    raise SourceError(f"unknown dataset {name!r}; give a bundled dataset ({', '.join(LOADERS)}) or "
+                      "package.module:function")
+
+
+def import_object(path: str):
+    """The object at ``package.module:name``."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SourceError(f"{path}: cannot import {module_name!r} ({err})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SourceError(f"{path}: module {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SourceError(f"{path}: {attr!r} is not callable")
+    return obj
+
+
+def build(name: str, options: dict, data, task: Task) -> nn.Module:
+    """A model from a recipe's ``model`` and ``options`` (a fresh one; weights loaded by the caller)."""
+    if name.startswith("hf:"):
+        try:
+            import transformers
+        except ImportError:
+            raise SourceError(f"{name}: Hugging Face models need transformers: pip install transformers") from None
+        auto = getattr(transformers, HF_HEADS.get(task.name, "AutoModel"))
+        return auto.from_pretrained(str(Path(name[3:]).expanduser()), **options)
+    if ":" in name:
+        model = import_object(name)(**options)
+        if not isinstance(model, nn.Module):
+            raise SourceError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    return build_model(name, data.input_shape, data.num_classes, **options)
+
+
+@dataclass
+class UserData:
+    """Train / validation / test splits from a user's data function."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int | None = None
+
+    @property
+    def input_shape(self):
+        return None
+
+
+def load(name: str, val_size: int, seed: int, train_size: int | None, test_size: int | None):
+    """A recipe's data: a bundled dataset, or the splits a user's function returns."""
+    if ":" not in name:
+        return load_dataset(name, val_size, seed=seed, train_size=train_size, test_size=test_size)
+    out = import_object(name)()
+    splits = {}
+    for split in ("train", "val", "test"):
+        value = out.get(split) if isinstance(out, dict) else getattr(out, split, None)
+        if value is None or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+            raise SourceError(f"{name}() must return train, val and test datasets (a dict or attributes); "
+                              f"{split!r} is {type(value).__name__}")
+        splits[split] = value
+    train, test = splits["train"], splits["test"]
+    if train_size is not None:
+        train = torch.utils.data.Subset(train, range(min(train_size, len(train))))
+    if test_size is not None:
+        test = torch.utils.data.Subset(test, range(min(test_size, len(test))))
+    num_classes = out.get("num_classes") if isinstance(out, dict) else getattr(out, "num_classes", None)
+    return UserData(train, splits["val"], test, num_classes)
+
+
+def first_inputs(dataset, count: int, task: Task):
+    """The model inputs of the first ``count`` samples of ``dataset`` as one batch (for timing and MACs)."""
+    return task.collate(read_items(dataset, range(min(count, len(dataset)))))["input"]
