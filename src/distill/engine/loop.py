@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +40,18 @@ from distill.lock import RunDirLocked, RunLock
 from distill.tasks import Task, collator, get_task
 from distill.teacher import LiveTeacher, TeacherEnsemble
 from distill.terms import Term, unique_names, update_groups
+
+
+@dataclass
+class _Training:
+    """What one ``fit`` steps: the (prepared) student, optimiser, schedule, loader, term groups and step count."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    groups: list[list[Term]]
+    step: int = 0
 
 
 class Distiller:
@@ -215,17 +228,50 @@ class Distiller:
             raise DistillError("the training set is empty")
         if val is not None:
             self._check_validation(val)
+        run = self._prepare(train)
+        start_epoch, position = 0, None
+        if resume:
+            start_epoch, run.step, position, self.history = load_checkpoint(
+                self.run_dir, self.model, run.optimizer, run.scheduler, acc.device, trust_pickle=self.trust_pickle,
+                train_set=train, main_process=acc.is_main_process)
+        elif self.run_dir is not None and acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").write_text("")
+        for epoch in range(start_epoch, cfg.epochs):
+            record = self._train_epoch(run, train, epoch, position)
+            position = None
+            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
+            self.history.append(record)
+            self._log(record)
+            if cfg.progress and acc.is_local_main_process:
+                tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
+                           f"  ({record['time']:.1f}s)")
+            self._save_checkpoint(epoch + 1, run.step, run.optimizer, run.scheduler)
+        if self.run_dir is not None and acc.is_main_process:
+            self.save(self.run_dir / "student.safetensors")
+            summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms], "task": self.task.name,
+                       "final": self.history[-1] if self.history else {}}
+            best = self.best()
+            if best is not None:
+                summary["best"] = best
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return self.history
+
+    def _prepare(self, train) -> _Training:
+        """Everything a run needs before its first step: the teacher's cache, the probed student with its
+        connectors, the optimiser, the loader and the schedule, prepared by Accelerate."""
+        cfg, acc = self.config, self.accelerator
         device = acc.device
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
-
         if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
             self.teacher = self._cached_teacher(train, device)
         first = self._first_batch(train, device)
         if cfg.channels_last:
             self.student.to(memory_format=torch.channels_last)
-        model = probe(self.student, self.terms, self.teacher, first, device)
+        model = self.model = probe(self.student, self.terms, self.teacher, first, device)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.train_up_to is not None:
             frozen = {id(p) for p in self.student.parameters()} - modules_before(self.student, self.train_up_to, first)
@@ -236,91 +282,66 @@ class Distiller:
             raise DistillError("terms in several update groups (alternating updates, e.g. DML) step the optimiser "
                                "once per group and batch: use grad_accum 1")
         loader = self._loader(train, cfg.batch_size, shuffle=True)
-        raw = model
         if cfg.compile:  # taps are forward hooks registered before compiling, which dynamo traces through
             model = torch.compile(model, fullgraph=cfg.compile == "fullgraph")
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         # after prepare: under several processes each one steps through its share of the batches
         steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
-        self.model = raw
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
+        return _Training(model, optimizer, scheduler, loader, groups)
 
-        start_epoch, global_step, position = 0, 0, None
-        if resume:
-            start_epoch, global_step, position, self.history = load_checkpoint(
-                self.run_dir, self.model, optimizer, scheduler, device, trust_pickle=self.trust_pickle,
-                train_set=self._train_set, main_process=acc.is_main_process)
-        elif self.run_dir is not None and acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "metrics.jsonl").write_text("")
-
-        aug_gen = torch.Generator(device="cpu")
+    def _train_epoch(self, run: _Training, train, epoch: int, position: dict | None) -> dict:
+        """One pass over the training set (from ``position`` when resuming inside it); its log record."""
+        cfg, acc = self.config, self.accelerator
+        loader = run.loader
+        run.model.train()
+        loader.set_epoch(epoch)
+        aug_gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch + 7)
         make_batch = getattr(train, "make_batch", None)
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            loader.set_epoch(epoch)
-            aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch + 7)
-            sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
-            count, skipped, started, first = 0, 0, time.perf_counter(), 0
-            batches, rng_to_restore = loader, None
-            if position is not None:  # resuming inside this epoch
-                first, sums, count, skipped = position["batch"], position["sums"], position["count"], position["skipped"]
-                aug_gen.set_state(position["aug_rng"])
-                batches, rng_to_restore, position = acc.skip_first_batches(loader, first), position["torch_rng"], None
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, initial=first, total=len(loader),
-                       disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
-            for window in _windows(enumerate(bar, start=first), cfg.grad_accum):
-                if rng_to_restore is not None:
-                    # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
-                    # start of the epoch, before the saved state, so the state is put back only now.
-                    torch.set_rng_state(rng_to_restore)
-                    rng_to_restore = None
-                window = [(i, self._ready(batch, make_batch, aug_gen)) for i, batch in window]
-                i = window[-1][0]
-                result = self._step(model, groups, window, optimizer, epoch, len(loader), global_step)
-                if result is None:  # a non-finite loss, skipped (train.nonfinite: skip)
-                    skipped += 1
-                    continue
-                parts, loss = result
-                scheduler.step()
-                global_step += 1
-                for name, value in parts.items():
-                    sums[name] += value
-                sums["loss"] += loss
-                count += len(window)
-                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and i + 1 < len(loader):
-                    self._save_checkpoint(epoch, global_step, optimizer, scheduler, position={
-                        "batch": i + 1, "sums": sums, "count": count, "skipped": skipped,
-                        "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
-                if global_step % cfg.log_every == 0:
-                    self._log({"event": "step", "epoch": epoch + 1, "step": global_step,
-                               "lr": scheduler.get_last_lr()[0], "loss": loss / len(window),
-                               **{f"loss/{k}": v / len(window) for k, v in parts.items()}})
-                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
-            bar.close()
-            record = {"event": "epoch", "epoch": epoch + 1, "step": global_step,
-                      "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
-                      **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
-            if skipped:
-                record["skipped_steps"] = skipped
-            if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
-            self.history.append(record)
-            self._log(record)
-            if cfg.progress and acc.is_local_main_process:
-                tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
-                           f"  ({record['time']:.1f}s)")
-            self._save_checkpoint(epoch + 1, global_step, optimizer, scheduler)
-        if self.run_dir is not None and acc.is_main_process:
-            self.save(self.run_dir / "student.safetensors")
-            summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms], "task": self.task.name,
-                       "final": self.history[-1] if self.history else {}}
-            best = self.best()
-            if best is not None:
-                summary["best"] = best
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        return self.history
+        sums = {t.name: 0.0 for t in self.terms} | {"loss": 0.0}
+        count, skipped, started, first = 0, 0, time.perf_counter(), 0
+        batches, rng_to_restore = loader, None
+        if position is not None:  # resuming inside this epoch
+            first, sums, count, skipped = position["batch"], position["sums"], position["count"], position["skipped"]
+            aug_gen.set_state(position["aug_rng"])
+            batches, rng_to_restore = acc.skip_first_batches(loader, first), position["torch_rng"]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, initial=first, total=len(loader),
+                   disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+        for window in _windows(enumerate(bar, start=first), cfg.grad_accum):
+            if rng_to_restore is not None:
+                # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
+                # start of the epoch, before the saved state, so the state is put back only now.
+                torch.set_rng_state(rng_to_restore)
+                rng_to_restore = None
+            window = [(i, self._ready(batch, make_batch, aug_gen)) for i, batch in window]
+            last = window[-1][0]
+            result = self._step(run, window, epoch, len(loader))
+            if result is None:  # a non-finite loss, skipped (train.nonfinite: skip)
+                skipped += 1
+                continue
+            parts, loss = result
+            run.scheduler.step()
+            run.step += 1
+            for name, value in parts.items():
+                sums[name] += value
+            sums["loss"] += loss
+            count += len(window)
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and last + 1 < len(loader):
+                self._save_checkpoint(epoch, run.step, run.optimizer, run.scheduler, position={
+                    "batch": last + 1, "sums": sums, "count": count, "skipped": skipped,
+                    "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
+            if run.step % cfg.log_every == 0:
+                self._log({"event": "step", "epoch": epoch + 1, "step": run.step,
+                           "lr": run.scheduler.get_last_lr()[0], "loss": loss / len(window),
+                           **{f"loss/{k}": v / len(window) for k, v in parts.items()}})
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+        bar.close()
+        record = {"event": "epoch", "epoch": epoch + 1, "step": run.step,
+                  "lr": run.scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
+                  **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
+        if skipped:
+            record["skipped_steps"] = skipped
+        return record
 
     def _ready(self, batch, make_batch, aug_gen) -> dict:
         """A loaded batch as the models see it: synthetic inputs made, augmented, in the memory format asked."""
@@ -353,7 +374,7 @@ class Distiller:
         record = pick(scored, key=lambda r: r[key])
         return {"epoch": record["epoch"], "metric": metric, "mode": mode, "value": record[key]}
 
-    def _step(self, model, groups, window, optimizer, epoch: int, batches_per_epoch: int, global_step: int):
+    def _step(self, run: _Training, window: list, epoch: int, batches_per_epoch: int):
         """One optimiser step over a window of ``grad_accum`` micro-batches, for each update group of terms.
 
         Per-position terms that take ``num_items`` are normalised by the positions counted over the whole
@@ -362,6 +383,7 @@ class Distiller:
         terms' values and the total loss summed over the window, or ``None`` when a non-finite loss was skipped.
         """
         cfg, acc = self.config, self.accelerator
+        model, optimizer = run.model, run.optimizer
         accum, world = cfg.grad_accum, acc.num_processes
         num_items = self._num_items([batch for _, batch in window])
         if num_items is not None:
@@ -369,7 +391,7 @@ class Distiller:
         teacher_values = [self.teacher(batch) if self.teacher is not None else {} for _, batch in window]
         parts: dict[str, float] = {}
         total = 0.0
-        for terms in groups:  # one group unless a method updates parts of the student in turn (DML)
+        for terms in run.groups:  # one group unless a method updates parts of the student in turn (DML)
             for n, ((i, batch), t_values) in enumerate(zip(window, teacher_values)):
                 progress = epoch + i / batches_per_epoch
                 last = n == len(window) - 1
@@ -382,7 +404,7 @@ class Distiller:
                              for t in terms}
                     loss = sum(t.weight_at(progress, cfg.epochs) * values[t.name] * scale[t.name] for t in terms)
                     if not self._finite(loss):
-                        self._nonfinite(values, loss, epoch, i, global_step)
+                        self._nonfinite(values, loss, epoch, i, run.step)
                         optimizer.zero_grad(set_to_none=True)
                         return None
                     acc.backward(loss)
