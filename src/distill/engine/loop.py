@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,7 +396,7 @@ class Distiller:
             for n, ((i, batch), t_values) in enumerate(zip(window, teacher_values)):
                 progress = epoch + i / batches_per_epoch
                 last = n == len(window) - 1
-                with acc.no_sync(model) if not last else _nothing():
+                with acc.no_sync(model) if not last else nullcontext():
                     with acc.autocast():
                         s_values = model(batch["input"])
                     values = {t.name: t(s_values, t_values, batch) for t in terms}
@@ -516,11 +517,3 @@ def _index_batch(items):
     if isinstance(items, Mapping):
         return dict(items)
     return {"index": torch.as_tensor([int(it["index"]) for it in items], dtype=torch.long)}
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
