@@ -8,7 +8,11 @@
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
 line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
-For several GPUs or machines: ``accelerate launch -m distill run RECIPE``.
+For several processes, GPUs or machines: ``torchrun --nproc_per_node N -m distill run RECIPE`` or
+``accelerate launch --num_processes N -m distill run RECIPE``. Each process trains its share of every
+batch (``train.batch_size`` is per process); rank 0 chooses the run directory, locks it and writes
+every file, and the others wait for it wherever they read one (the run directory and
+``$DISTILL_CACHE`` must be on a file system all processes see).
 """
 from __future__ import annotations
 
@@ -234,15 +238,26 @@ def main(argv: list[str] | None = None) -> int:
             shutdown()
         return code
     except _user_errors() as err:
+        _leave_group()
         if args.debug:
             raise
         from distill.recipe import error_line
 
-        print(f"distill: error: {error_line(err)}", file=sys.stderr)
+        if not getattr(err, "distill_shared", False):  # one line, from the process the error happened in
+            print(f"distill: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _leave_group()
         print("distill: interrupted", file=sys.stderr)
         return 130
+
+
+def _leave_group() -> None:
+    """After an error: leave the process group (if any) without waiting for the other processes."""
+    if "torch.distributed" in sys.modules:
+        from distill.distributed import abandon
+
+        abandon()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model
 
+from distill import distributed
 from distill.cache import TeacherOutputs, weights_digest
 from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
 from distill.datafree import SyntheticSet, deep_inversion
@@ -157,12 +158,8 @@ def method_teacher(recipe: Recipe, method, teachers: dict):
     return teachers[method.teacher] if method.teacher is not None else dict(teachers)
 
 
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _say(message: str) -> None:
-    if _main_process():
+    if distributed.is_main():
         print(message, flush=True)
 
 
@@ -188,12 +185,19 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
                               f"{spec.model}: {error_line(err)}") from None
         return teacher, {"source": str(spec.checkpoint)}
     cached = cache_dir() / "teachers" / _teacher_key(recipe, name)
-    if spec.cache and (cached / "teacher.safetensors").is_file():
+    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
+
+    def look() -> str | None:  # rank 0 looks, so every process takes the same branch
+        if spec.cache and (cached / "teacher.safetensors").is_file():
+            return "cache"
+        return "run" if (own / "student.safetensors").is_file() else None
+
+    found = distributed.on_main(look)
+    if found == "cache":
         load_model(teacher, str(cached / "teacher.safetensors"))
         _say(f"{field}: reusing {cached}")
         return teacher, {"source": str(cached)}
-    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
-    if (own / "student.safetensors").is_file():
+    if found == "run":
         load_model(teacher, str(own / "student.safetensors"))
         return teacher, {"source": str(own)}
     if not train:
@@ -204,12 +208,17 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     started = time.perf_counter()
     trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
                         run_dir=own, config=config, trust_pickle=trust_pickle)
-    trainer.fit(data.train, data.val, resume=resume and bool(checkpoints_in(own)))
+    trainer.fit(data.train, data.val, resume=resume and distributed.on_main(lambda: bool(checkpoints_in(own))))
+    distributed.broadcast_module(teacher)  # rank 0's BatchNorm statistics, as saved
     info = {"source": str(own), "train_seconds": time.perf_counter() - started}
-    if spec.cache and _main_process():
-        cached.mkdir(parents=True, exist_ok=True)
-        atomic_save_model(teacher, cached / "teacher.safetensors")
-        atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
+
+    def keep() -> None:  # after it, every process sees teacher/ and the cached teacher complete
+        if spec.cache:
+            cached.mkdir(parents=True, exist_ok=True)
+            atomic_save_model(teacher, cached / "teacher.safetensors")
+            atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
+
+    distributed.on_main(keep)
     return teacher, info
 
 
@@ -229,13 +238,14 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     key = student_key(recipe, method, stages)
     weights = weights or teacher_weights(teacher, method, stages)
     saved = own / "summary.json"
-    info = json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {}
+    info = distributed.on_main(
+        lambda: json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {})
     if info.get("key") == key and _same_teacher(info, weights):
         return _saved_student(recipe, method, data, own), info
     if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
         changed = "settings" if info["key"] != key else "teacher's weights"
         _say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
-        shutil.rmtree(own)
+        distributed.on_main(lambda: shutil.rmtree(own))
     spec = method.student or recipe.student
     chain, models, steps = [], [], [*method.via] + [spec] * (method.generations - 1)
     started = time.perf_counter()
@@ -246,9 +256,12 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         if method.generations > 1 and k == 1:  # born-again: the first generation learns from the labels
             _fit(recipe, method, as_stages([Term("ce")]), model, None, data, own / "step-1", resume, trust_pickle,
                  None, f"{key}-step1")
-        else:
+        elif k == 1:  # the recipe's teacher teaches the first step: its shared outputs
+            _fit(recipe, method, stages, model, teacher, data, own / "step-1", resume, trust_pickle,
+                 teacher_outputs, f"{key}-step1")
+        else:  # the step before teaches: outputs of its own, apart from the recipe teacher's
             _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
-                 teacher_outputs if k == 1 else None, f"{key}-step{k}")
+                 None, f"{key}-step{k}", cache=(method.name, key, f"step-{k}"))
         chain.append({"model": step.model, "params": count_parameters(model), **_scores(model, data)})
         models.append(model)
         teacher = model
@@ -258,7 +271,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
                            for t in stage.terms) for stage in stages]
     _say(f"student [{method.name}]: {' | then '.join(described)}")
     result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
-                  None if chain else teacher_outputs, key)
+                  None if chain else teacher_outputs, key, cache=(method.name, key, "student") if chain else ())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
     if weights is not None:
         info["teacher_weights"] = weights
@@ -266,8 +279,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         info["chain"] = chain
         if method.generations > 1:  # born-again networks: the generations' ensemble too
             info["ensemble_test_accuracy"] = ensemble_accuracy(models[len(method.via):] + [student], data.test)
-    if _main_process():
-        atomic_write_text(own / "summary.json", json.dumps({**result["summary"], "info": info}, indent=2))
+    distributed.on_main(lambda: atomic_write_text(saved, json.dumps({**result["summary"], "info": info}, indent=2)))
     return student, info
 
 
@@ -279,15 +291,32 @@ def _saved_student(recipe: Recipe, method, data, own: Path) -> torch.nn.Module:
     return student
 
 
+def teacher_outputs_dir(directory: str | Path | None, *parts: str) -> str | None:
+    """Where one teacher's cached outputs go: ``directory/parts...`` (``train.teacher_cache_dir``), or None.
+
+    Under several processes each one fills a store of its own (rank K > 0 in ``.../.rank-K``): two
+    processes writing one memory-mapped file would overwrite each other's half-written arrays."""
+    if directory is None:
+        return None
+    path = Path(directory).joinpath(*parts)
+    return str(path if distributed.is_main() else path / f".rank-{distributed.rank()}")
+
+
 def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool,
-         outputs, key: str) -> dict:
-    """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``."""
+         outputs, key: str, cache: tuple[str, ...] = ()) -> dict:
+    """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``.
+
+    ``outputs``: the teacher's shared cached outputs (``train.cache_teacher``); without them, a
+    ``train.teacher_cache_dir`` is used at ``teacher_cache_dir/cache...`` (a chain step's teacher is not
+    the recipe's, so its outputs live apart)."""
     done = own / "summary.json"
-    finished = json.loads(done.read_text()) if resume and done.is_file() else {}
+    finished = distributed.on_main(lambda: json.loads(done.read_text()) if resume and done.is_file() else {})
     if finished.get("info", {}).get("key") == key:
         load_model(model, str(own / "student.safetensors"))
         return {"epoch_seconds": [], "summary": finished}
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
+    if outputs is None and config.teacher_cache_dir is not None:
+        config = config.model_copy(update={"teacher_cache_dir": teacher_outputs_dir(config.teacher_cache_dir, *cache)})
     train, augment = _student_data(recipe, method, model, teacher, data, own)
     if train is not data.train or augment is not None:
         outputs = None  # the shared teacher outputs belong to the plain training set
@@ -296,17 +325,20 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
                                                "teacher_top_k": None})
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
                         resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
-    if hasattr(train, "samples") and _main_process():  # a generator's images, for distill report
-        atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
-    if len(stages) > 1:
-        if _main_process():
+    distributed.broadcast_module(model)  # rank 0's BatchNorm statistics, as saved
+
+    def record() -> dict:  # rank 0 wrote the run's files (the engine's summary.json too); the others wait here
+        if hasattr(train, "samples"):  # a generator's images, for distill report
+            atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
+        if len(stages) > 1:
             atomic_save_model(model, own / "student.safetensors")
-        summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
-    else:
-        summary = json.loads(done.read_text())
-    if _main_process():
+            summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
+        else:
+            summary = json.loads(done.read_text())
         atomic_write_text(done, json.dumps({**summary, "info": {"key": key}}, indent=2))
-    return {**result, "summary": summary}
+        return summary
+
+    return {**result, "summary": distributed.on_main(record)}
 
 
 def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
@@ -320,16 +352,23 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     params = spec.params
     if spec.objective == "deep_inversion":
         pool = own / "deep_inversion.safetensors"  # synthesised once: a resumed run reuses it
-        if pool.is_file():
+
+        def synthesise():  # by rank 0; every process then reads the same pool
+            if pool.is_file():
+                return None
+            competing = student if params.get("competition_weight") else None
+            made = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
+                                  student=competing, seed=recipe.seed, say=_say, **params)
+            own.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors({"images": made[0], "labels": made[1]}, pool)
+            return made if distributed.world_size() == 1 else None
+
+        made = distributed.on_main(synthesise)
+        if made is not None:
+            images, targets = made
+        else:
             saved = load_file(str(pool))
             images, targets = saved["images"], saved["labels"]
-        else:
-            competing = student if params.get("competition_weight") else None
-            images, targets = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
-                                             student=competing, seed=recipe.seed, say=_say, **params)
-            if _main_process():
-                own.mkdir(parents=True, exist_ok=True)
-                atomic_save_tensors({"images": images, "labels": targets}, pool)
         repeats = -(-spec.size // len(images))  # the pool, repeated to size samples per epoch
         images, targets = images.repeat(repeats, 1, 1, 1)[: spec.size], targets.repeat(repeats)[: spec.size]
         return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment
@@ -360,20 +399,27 @@ def ensemble_accuracy(models, dataset) -> float:
 def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False,
                trust_pickle: bool = False) -> dict:
     """Run a recipe end to end and return its summary (also written to ``RUN_DIR/summary.json``)."""
+    # under torchrun / accelerate launch: join the process group now, so the processes agree on one run
+    # directory (rank 0's clock names it) and only rank 0 locks it and writes to it
+    distributed.init(cpu=not torch.cuda.is_available() or recipe.train.cpu
+                     or any(spec.train.cpu for spec in recipe.teacher_specs.values()))
     if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = distributed.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
         run_dir = recipe.output_dir / f"{recipe.name}-{stamp}"
     run_dir = Path(run_dir)
     lock = RunLock(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if _main_process():
+
+    def prepare() -> None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    except OSError as err:
-        raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
-    except RunDirLocked as err:
-        raise RecipeError(str(err)) from None
+        except OSError as err:
+            raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
+        except RunDirLocked as err:
+            raise RecipeError(str(err)) from None
+
+    distributed.on_main(prepare)
     try:
         return _run_recipe(recipe, run_dir, resume, trust_pickle)
     finally:
@@ -399,7 +445,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "macs": count_macs(teachers[name], sample[:8]), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
-    unrecorded = _teachers_unchanged(run_dir, rows) if resume else True
+    unrecorded = distributed.on_main(lambda: _teachers_unchanged(run_dir, rows)) if resume else True
     cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         try:
@@ -412,9 +458,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     outputs: dict[str, TeacherOutputs] = {}
     for method in recipe.methods:
         choice = method.teacher or "all"
-        directory = recipe.train.teacher_cache_dir
-        if directory is not None and recipe.teachers is not None:
-            directory = str(Path(directory) / choice)
+        directory = teacher_outputs_dir(recipe.train.teacher_cache_dir,
+                                        *([choice] if recipe.teachers is not None else []))
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
                            trust_pickle, store, cams, sample, timing, unrecorded, digests)
@@ -427,9 +472,12 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
                "latency_batch_size": len(sample), "wall_seconds": time.perf_counter() - started, "rows": rows}
     table = format_table(summary)
-    if _main_process():
+
+    def write() -> None:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(run_dir / "summary.md", f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
+
+    distributed.on_main(write)
     _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
 
@@ -446,20 +494,20 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     saved, layer = own / "row.json", recipe.evaluation.cam_layer
     stages = as_stages(method.build())
     weights = teacher_weights(teacher, method, stages, digests)
-    if resume and saved.is_file():
-        row = json.loads(saved.read_text())
+    row = distributed.on_main(lambda: json.loads(saved.read_text()) if resume and saved.is_file() else None)
+    if row is not None:
         same_settings = row.get("key") == student_key(recipe, method, stages)
         if same_settings and not _same_teacher(row, weights, unrecorded):
             _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
-            shutil.rmtree(own)  # its checkpoints, if any, learnt from the other teacher too
+            distributed.on_main(lambda: shutil.rmtree(own))  # its checkpoints, if any, learnt from the other teacher
         elif same_settings:
             if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
                 return row
-            if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
+            if distributed.on_main(lambda: (own / "student.safetensors").is_file()):  # only the agreement is
+                # missing or at another layer
                 _cam_agreement(row, cams, method.name, deployable(_saved_student(recipe, method, data, own)), layer)
-                if _main_process():
-                    atomic_write_text(saved, json.dumps(row, indent=2))
+                distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
                 return row
     student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, weights)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
@@ -470,8 +518,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
         row["ensemble_test_accuracy"] = evaluate(student, data.test)["accuracy"]
     if cams is not None:
         _cam_agreement(row, cams, method.name, deployed, layer)
-    if _main_process():
-        atomic_write_text(saved, json.dumps(row, indent=2))
+    distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
     return row
 
 
