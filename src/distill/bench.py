@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.experiment import run_recipe, student_key
+from distill.experiment import run_recipe, student_settings_key
 from distill.stages import as_stages
 from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
 
@@ -243,7 +243,7 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
 def _up_to_date(summary: dict, recipe) -> bool:
     """Whether a finished seed's students were trained with the recipe's current methods and settings."""
     trained = {row["label"]: row.get("key") for row in summary["rows"] if row["role"] == "student"}
-    current = {m.name: student_key(recipe, m, as_stages(m.build())) for m in recipe.methods}
+    current = {m.name: student_settings_key(recipe, m, as_stages(m.build())) for m in recipe.methods}
     return trained == current
 
 

@@ -80,7 +80,7 @@ def teacher_seed(recipe: Recipe, name: str = "teacher") -> int:
     return recipe.seed if spec.seed is None else spec.seed
 
 
-def student_key(recipe: Recipe, method, stages) -> str:
+def student_settings_key(recipe: Recipe, method, stages) -> str:
     """What a student's training depends on: a finished student is reused only if this is unchanged."""
     def describe(term: Term) -> str:
         return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(term.connector)
@@ -105,7 +105,7 @@ def _teachers_key(recipe: Recipe, method):
     return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
 
 
-def teacher_weights(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
+def teacher_digest(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
     """A hash of the weights a student learns from (one teacher, or a mapping of several), or None when
     there is no teacher or ``method`` (built into ``stages``) never asks it anything. ``known`` maps
     ``id(model)`` to a digest already computed for it (a run hashes each teacher once).
@@ -124,12 +124,13 @@ def teacher_weights(teacher, method=None, stages=None, known: dict[int, str] | N
     return digest(teacher)
 
 
-def _same_teacher(info: dict, weights: str | None, unrecorded: bool = True) -> bool:
-    """Whether a finished student (its info or row) learnt from the teacher weights ``weights``.
-    Rows written before teacher weights were recorded carry none: ``unrecorded`` says whether to trust them."""
+def _same_teacher(info: dict, digest: str | None, unrecorded: bool = True) -> bool:
+    """Whether a finished student (its info or row) learnt from the teacher whose :func:`teacher_digest` is
+    ``digest``. The digest is kept under the JSON key ``teacher_weights``. Rows written before teacher digests
+    were recorded carry none: ``unrecorded`` says whether to trust them."""
     if "teacher_weights" not in info:
-        return weights is None or unrecorded
-    return info["teacher_weights"] == weights
+        return digest is None or unrecorded
+    return info["teacher_weights"] == digest
 
 
 def _teachers_unchanged(run_dir: Path, rows: list[dict]) -> bool:
@@ -224,10 +225,10 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
 
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
                   trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None,
-                  weights: str | None = None):
+                  digest: str | None = None):
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused.
     ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students;
-    ``weights``, the :func:`teacher_weights` of ``teacher`` when the caller has it already.
+    ``digest``, the :func:`teacher_digest` of ``teacher`` when the caller has it already.
 
     With ``via`` (teacher assistants) or ``generations`` (born-again networks) the method trains a
     chain: the teacher teaches the first model, each model the next, the last one teaches the
@@ -235,12 +236,12 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     """
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
-    key = student_key(recipe, method, stages)
-    weights = weights or teacher_weights(teacher, method, stages)
+    key = student_settings_key(recipe, method, stages)
+    digest = digest or teacher_digest(teacher, method, stages)
     saved = own / "summary.json"
     info = distributed.on_main(
         lambda: json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {})
-    if info.get("key") == key and _same_teacher(info, weights):
+    if info.get("key") == key and _same_teacher(info, digest):
         return _saved_student(recipe, method, data, own), info
     if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
         changed = "settings" if info["key"] != key else "teacher's weights"
@@ -273,8 +274,8 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
                   None if chain else teacher_outputs, key, cache=(method.name, key, "student") if chain else ())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
-    if weights is not None:
-        info["teacher_weights"] = weights
+    if digest is not None:
+        info["teacher_weights"] = digest  # the JSON key predates the name teacher_digest; old runs keep resuming
     if chain:
         info["chain"] = chain
         if method.generations > 1:  # born-again networks: the generations' ensemble too
@@ -488,16 +489,16 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     """Train (or reuse) one method's student and measure it: its row of the run's table.
 
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
-    settings (:func:`student_key`) are unchanged, even without the student's weights.
+    settings (:func:`student_settings_key`) are unchanged, even without the student's weights.
     """
     own = run_dir / "students" / method.name
     saved, layer = own / "row.json", recipe.evaluation.cam_layer
     stages = as_stages(method.build())
-    weights = teacher_weights(teacher, method, stages, digests)
+    digest = teacher_digest(teacher, method, stages, digests)
     row = distributed.on_main(lambda: json.loads(saved.read_text()) if resume and saved.is_file() else None)
     if row is not None:
-        same_settings = row.get("key") == student_key(recipe, method, stages)
-        if same_settings and not _same_teacher(row, weights, unrecorded):
+        same_settings = row.get("key") == student_settings_key(recipe, method, stages)
+        if same_settings and not _same_teacher(row, digest, unrecorded):
             _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
             distributed.on_main(lambda: shutil.rmtree(own))  # its checkpoints, if any, learnt from the other teacher
@@ -509,7 +510,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
                 _cam_agreement(row, cams, method.name, deployable(_saved_student(recipe, method, data, own)), layer)
                 distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
                 return row
-    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, weights)
+    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, digest)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
            "params": count_parameters(deployed), "macs": count_macs(deployed, sample[:8]),
