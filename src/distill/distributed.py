@@ -191,3 +191,9 @@ class _AllGather(torch.autograd.Function):
         grad = torch.stack(grads)
         dist.all_reduce(grad)
         return grad[dist.get_rank()]
+
+
+def say(message: str) -> None:
+    """Print ``message`` once: from rank 0 (every process runs the same code)."""
+    if is_main():
+        print(message, flush=True)

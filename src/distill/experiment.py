@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from datetime import datetime
@@ -22,62 +21,20 @@ from safetensors.torch import load_file, load_model
 
 from distill import distributed
 from distill.cache import TeacherOutputs, weights_digest
-from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
+from distill.data import ArrayDataset, unlabelled
 from distill.datafree import SyntheticSet, deep_inversion
-from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
+from distill.engine import TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
-from distill.fileio import UnsafeFile, atomic_save_model, atomic_save_tensors, atomic_write_text, load_weights
+from distill.fileio import atomic_save_model, atomic_save_tensors, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
+from distill.recipe import Recipe, RecipeError, dump_recipe, parse_recipe
+# get_teacher, cache_dir, teacher_seed, TeacherNotTrained: also reachable here, as before they moved
+from distill.run_models import (NOT_TRAINING, TeacherNotTrained, augment_from_spec, build_from_spec, cache_dir,  # noqa: F401
+                                deployable, get_teacher, say, teacher_key, teacher_seed)
 from distill.stages import as_stages, fit_stages
-from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
 from distill.terms import Term
 from distill.zoo import build_model, load_dataset
-
-
-def cache_dir() -> Path:
-    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
-    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
-
-
-def _augment(spec: AugmentSpec | None):
-    if spec is None:
-        return None
-    transforms = ([RandomShift(spec.shift)] if spec.shift else []) + ([MixUp(spec.mixup)] if spec.mixup else [])
-    return None if not transforms else transforms[0] if len(transforms) == 1 else Compose(*transforms)
-
-
-def _build(spec: ModelSpec, data) -> torch.nn.Module:
-    try:
-        return build_model(spec.model, data.input_shape, data.num_classes, **spec.options)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
-
-
-# TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every",
-                 "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
-
-# Keys hash the settings that differ from their defaults, so a field added later (with a default that keeps
-# the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".
-
-
-def _teacher_key(recipe: Recipe, name: str = "teacher") -> str:
-    teacher = recipe.teacher_specs[name]
-    # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
-    spec = teacher.model_dump(mode="json", exclude_defaults=True,
-                              exclude={"cache": True, "checkpoint": True, "seed": True,
-                                       "train": _NOT_TRAINING | {"teacher_top_k"}})
-    spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
-    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
-                                                              exclude={"augment", "test_size", "student_labels"}),
-               "seed": teacher_seed(recipe, name), "format": 2}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def teacher_seed(recipe: Recipe, name: str = "teacher") -> int:
-    spec = recipe.teacher_specs[name]
-    return recipe.seed if spec.seed is None else spec.seed
 
 
 def student_settings_key(recipe: Recipe, method, stages) -> str:
@@ -90,7 +47,7 @@ def student_settings_key(recipe: Recipe, method, stages) -> str:
                "stages": [[describe(t) for t in stage.terms] + [repr((stage.epochs, stage.train_up_to))]
                           for stage in stages],
                "train": recipe.train.model_dump(mode="json", exclude_defaults=True,
-                                                exclude=_NOT_TRAINING - {"cache_teacher"}),
+                                                exclude=NOT_TRAINING - {"cache_teacher"}),
                "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
                "seed": recipe.seed, "teacher": _teachers_key(recipe, method)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -98,11 +55,11 @@ def student_settings_key(recipe: Recipe, method, stages) -> str:
 
 def _teachers_key(recipe: Recipe, method):
     if recipe.teacher is not None:
-        return [_teacher_key(recipe), str(recipe.teacher.checkpoint)]
+        return [teacher_key(recipe), str(recipe.teacher.checkpoint)]
     if recipe.teachers is None:
         return None
     used = [method.teacher] if method.teacher is not None else list(recipe.teachers)
-    return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
+    return [[name, teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
 
 
 def teacher_digest(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
@@ -159,70 +116,6 @@ def method_teacher(recipe: Recipe, method, teachers: dict):
     return teachers[method.teacher] if method.teacher is not None else dict(teachers)
 
 
-def _say(message: str) -> None:
-    if distributed.is_main():
-        print(message, flush=True)
-
-
-class TeacherNotTrained(RecipeError):
-    """``get_teacher(..., train=False)`` found no trained teacher."""
-
-
-def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust_pickle: bool = False,
-                train: bool = True, name: str = "teacher") -> tuple[torch.nn.Module, dict]:
-    """Load the recipe's teacher (with several ``teachers``, the one called ``name``) from its checkpoint
-    or the cache, or train it (``train=False``: raise :class:`TeacherNotTrained` instead)."""
-    spec = recipe.teacher_specs[name]
-    field = "teacher" if recipe.teacher is not None else f"teachers.{name}"
-    seed_everything(teacher_seed(recipe, name))
-    teacher = _build(spec, data)
-    if spec.checkpoint is not None:
-        try:
-            load_weights(teacher, spec.checkpoint, trust_pickle)
-        except UnsafeFile as err:
-            raise RecipeError(f"recipe field '{field}.checkpoint': {err}") from None
-        except (RuntimeError, OSError, ValueError) as err:
-            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {spec.checkpoint} into "
-                              f"{spec.model}: {error_line(err)}") from None
-        return teacher, {"source": str(spec.checkpoint)}
-    cached = cache_dir() / "teachers" / _teacher_key(recipe, name)
-    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
-
-    def look() -> str | None:  # rank 0 looks, so every process takes the same branch
-        if spec.cache and (cached / "teacher.safetensors").is_file():
-            return "cache"
-        return "run" if (own / "student.safetensors").is_file() else None
-
-    found = distributed.on_main(look)
-    if found == "cache":
-        load_model(teacher, str(cached / "teacher.safetensors"))
-        _say(f"{field}: reusing {cached}")
-        return teacher, {"source": str(cached)}
-    if found == "run":
-        load_model(teacher, str(own / "student.safetensors"))
-        return teacher, {"source": str(own)}
-    if not train:
-        raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
-                                f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
-    _say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
-    config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
-    started = time.perf_counter()
-    trainer = Distiller(teacher, terms=[Term("ce")], augment=_augment(spec.augment or recipe.data.augment),
-                        run_dir=own, config=config, trust_pickle=trust_pickle)
-    trainer.fit(data.train, data.val, resume=resume and distributed.on_main(lambda: bool(checkpoints_in(own))))
-    distributed.broadcast_module(teacher)  # rank 0's BatchNorm statistics, as saved
-    info = {"source": str(own), "train_seconds": time.perf_counter() - started}
-
-    def keep() -> None:  # after it, every process sees teacher/ and the cached teacher complete
-        if spec.cache:
-            cached.mkdir(parents=True, exist_ok=True)
-            atomic_save_model(teacher, cached / "teacher.safetensors")
-            atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
-
-    distributed.on_main(keep)
-    return teacher, info
-
-
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
                   trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None,
                   digest: str | None = None):
@@ -245,15 +138,15 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         return _saved_student(recipe, method, data, own), info
     if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
         changed = "settings" if info["key"] != key else "teacher's weights"
-        _say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
+        say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
         distributed.on_main(lambda: shutil.rmtree(own))
     spec = method.student or recipe.student
     chain, models, steps = [], [], [*method.via] + [spec] * (method.generations - 1)
     started = time.perf_counter()
     for k, step in enumerate(steps, start=1):
         seed_everything(recipe.seed * 1000 + k)  # each generation starts from its own initialisation
-        model = _build(step, data)
-        _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {step.model}")
+        model = build_from_spec(step, data)
+        say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {step.model}")
         if method.generations > 1 and k == 1:  # born-again: the first generation learns from the labels
             _fit(recipe, method, as_stages([Term("ce")]), model, None, data, own / "step-1", resume, trust_pickle,
                  None, f"{key}-step1")
@@ -267,10 +160,10 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         models.append(model)
         teacher = model
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
-    student = _build(spec, data)
+    student = build_from_spec(spec, data)
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
-    _say(f"student [{method.name}]: {' | then '.join(described)}")
+    say(f"student [{method.name}]: {' | then '.join(described)}")
     result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
                   None if chain else teacher_outputs, key, cache=(method.name, key, "student") if chain else ())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
@@ -287,7 +180,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
 def _saved_student(recipe: Recipe, method, data, own: Path) -> torch.nn.Module:
     """The finished student of ``method`` in the run directory ``own``."""
     seed_everything(recipe.seed)
-    student = _build(method.student or recipe.student, data)
+    student = build_from_spec(method.student or recipe.student, data)
     load_model(student, str(own / "student.safetensors"))
     return student
 
@@ -325,7 +218,7 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
             config = config.model_copy(update={"cache_teacher": False, "teacher_cache_dir": None,
                                                "teacher_top_k": None})
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
-                        resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
+                        resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=say)
     distributed.broadcast_module(model)  # rank 0's BatchNorm statistics, as saved
 
     def record() -> dict:  # rank 0 wrote the run's files (the engine's summary.json too); the others wait here
@@ -345,7 +238,7 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
 def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     """The training set and augmentation of ``method``'s student: the recipe's, the method's own
     (``augment``, ``student_labels``), or made without real images (``data_free``)."""
-    augment = _augment(method.augment if method.augment is not None else recipe.data.augment)
+    augment = augment_from_spec(method.augment if method.augment is not None else recipe.data.augment)
     labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
     spec = method.data_free
     if spec is None:
@@ -359,7 +252,7 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
                 return None
             competing = student if params.get("competition_weight") else None
             made = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
-                                  student=competing, seed=recipe.seed, say=_say, **params)
+                                  student=competing, seed=recipe.seed, say=say, **params)
             own.mkdir(parents=True, exist_ok=True)
             atomic_save_tensors({"images": made[0], "labels": made[1]}, pool)
             return made if distributed.world_size() == 1 else None
@@ -377,11 +270,6 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **spec.generator)
     return SyntheticSet(teacher, spec.objective, generator, student, input_shape=data.input_shape, size=spec.size,
                         seed=recipe.seed, **params), augment
-
-
-def deployable(model: torch.nn.Module) -> torch.nn.Module:
-    """The single network a trained model deploys as (``model.deployable()``, e.g. a cohort's first peer)."""
-    return model.deployable() if hasattr(model, "deployable") else model
 
 
 def ensemble_accuracy(models, dataset) -> float:
@@ -428,7 +316,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
 
 def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
-    _say(f"run directory: {run_dir}")
+    say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
                         test_size=recipe.data.test_size)
@@ -453,7 +341,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
             cams = CamReference("teacher", teacher, recipe.evaluation.cam_layer, data.test,
                                 recipe.evaluation.cam_agreement_images)
         except ExplainError as err:  # e.g. a teacher without a feature map to explain
-            _say(f"Grad-CAM++ agreement not measured: {err}")
+            say(f"Grad-CAM++ agreement not measured: {err}")
     # each teacher runs over the training set once for all students (and, with a cache directory, once for all
     # runs): one store per teacher choice (one teacher, or all of them)
     outputs: dict[str, TeacherOutputs] = {}
@@ -479,7 +367,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         atomic_write_text(run_dir / "summary.md", f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
 
     distributed.on_main(write)
-    _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
+    say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
 
 
@@ -499,7 +387,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     if row is not None:
         same_settings = row.get("key") == student_settings_key(recipe, method, stages)
         if same_settings and not _same_teacher(row, digest, unrecorded):
-            _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
+            say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
             distributed.on_main(lambda: shutil.rmtree(own))  # its checkpoints, if any, learnt from the other teacher
         elif same_settings:
@@ -529,7 +417,7 @@ def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str
         row["cam_agreement"] = cams.agreement(name, student, layer)["mean"]
         row["cam_layer"] = layer
     except ExplainError as err:  # e.g. an MLP student has no feature map
-        _say(f"Grad-CAM++ agreement not measured: {err}")
+        say(f"Grad-CAM++ agreement not measured: {err}")
 
 
 def _scores(model, data) -> dict:

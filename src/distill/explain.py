@@ -293,7 +293,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     import yaml
     from safetensors.torch import load_model
 
-    from distill.experiment import TeacherNotTrained, _build, deployable, get_teacher
+    from distill.run_models import TeacherNotTrained, build_from_spec, deployable, get_teacher
     from distill.fileio import atomic_write_text
     from distill.recipe import parse_recipe
     from distill.zoo import load_dataset
@@ -318,7 +318,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
     models = {"teacher": teacher}
     for label, path, spec in students:
-        student = _build(spec, data)
+        student = build_from_spec(spec, data)
         load_model(student, str(path))
         models[label] = deployable(student)
     out_dir = Path(out) if out is not None else run_dir / "explain"
