@@ -72,15 +72,22 @@ def init(cpu: bool | None = None) -> None:
     PartialState(cpu=(not torch.cuda.is_available()) if cpu is None else cpu)
 
 
+def _joined() -> int:
+    """The number of processes, joining the launcher's group first if this process has not yet."""
+    if launched() and not _group():
+        init()
+    return world_size()
+
+
 def barrier() -> None:
     """Wait until every process gets here (nothing for one process)."""
-    if world_size() > 1:
+    if _joined() > 1:
         dist.barrier()
 
 
 def broadcast(value: T) -> T:
     """Rank 0's ``value`` (any picklable object), on every process."""
-    if world_size() == 1:
+    if _joined() == 1:
         return value
     box = [value if is_main() else None]
     dist.broadcast_object_list(box, src=0)
@@ -94,7 +101,7 @@ def on_main(fn: Callable[[], T]) -> T:
     decision ``fn`` takes from the file system is the same everywhere. An exception ``fn`` raises is
     raised on every process (on the others marked ``distill_shared = True``, so it is reported once).
     """
-    if world_size() == 1:
+    if _joined() == 1:
         return fn()
     result, error = None, None
     if is_main():
@@ -121,7 +128,7 @@ def broadcast_module(model: torch.nn.Module) -> None:
     After data-parallel training the parameters agree, but buffers (BatchNorm's running statistics)
     were last updated on each process's own batch; rank 0's model is the one saved to disk.
     """
-    if world_size() == 1:
+    if _joined() == 1:
         return
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     with torch.no_grad():
