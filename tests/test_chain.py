@@ -1,5 +1,6 @@
 """Teacher assistants (TAKD) and born-again generations: chains of ordinary distillation runs."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,32 @@ def test_via_and_generations_exclude_each_other():
     tree["methods"] = [{"method": "kd", "via": [{"model": "mlp"}], "generations": 2}]
     with pytest.raises(RecipeError, match="not both"):
         parse_recipe(tree)
+
+
+def test_chain_steps_keep_their_teachers_outputs_apart(tmp_path, cache_dir, monkeypatch):
+    """With ``train.teacher_cache_dir``, each chain step's teacher (the recipe's teacher, an assistant, a
+    generation) is another model: its outputs get a directory of their own, never the recipe teacher's."""
+    store = tmp_path / "outputs"
+    seen = []
+    real = experiment.fit_stages
+
+    def spy(model, teacher, *args, **kwargs):
+        outputs = kwargs["teacher_outputs"]
+        seen.append((kwargs["run_dir"].name, teacher, outputs.path if outputs is not None else
+                     kwargs["config"].teacher_cache_dir))
+        return real(model, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "fit_stages", spy)
+    summary = run_recipe(_recipe("train.cache_teacher=true", f"train.teacher_cache_dir={store}"), tmp_path / "run")
+    assert all(row["test_accuracy"] > 50 for row in summary["rows"][1:])
+    taught = {str(directory): teacher for _, teacher, directory in seen if teacher is not None}
+    # one directory per teacher, and one teacher per directory
+    assert len(taught) == len({id(t) for t in taught.values()}) == 4
+    assert str(store) in taught and taught[str(store)] is seen[0][1]  # the recipe teacher keeps the shared one
+    key = json.loads((tmp_path / "run" / "students" / "takd" / "row.json").read_text())["key"]
+    assert str(store / "takd" / key / "student") in taught
+    ban = [d for d in taught if d.startswith(str(store / "ban"))]
+    assert sorted(Path(d).name for d in ban) == ["step-2", "student"]
+    # another run of the same recipe trains the same models again and finds each store as it left them
+    again = run_recipe(_recipe("train.cache_teacher=true", f"train.teacher_cache_dir={store}"), tmp_path / "run2")
+    assert [r["test_accuracy"] for r in again["rows"]] == [r["test_accuracy"] for r in summary["rows"]]

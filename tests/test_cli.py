@@ -32,6 +32,19 @@ def test_list_shows_losses_methods_models_datasets(capsys):
     assert "77,754" in capsys.readouterr().out  # resnet8's parameter count is computed, not typed
 
 
+def test_list_schemes_shows_every_data_free_objective_and_chain(capsys):
+    from distill.recipe import DATA_FREE
+
+    assert main(["list", "schemes"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("    ")}
+    for name in (*DATA_FREE, "via", "generations"):
+        assert name in lines and len(lines[name].split()) > 3, name  # named, with a description
+    assert {"dafl", "dfad", "zskt", "deep_inversion", "noise"} <= set(lines)
+    assert main(["list"]) == 0
+    assert "deep_inversion" in capsys.readouterr().out
+
+
 def test_one_epoch_run_and_report(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     result = run_cli("run", "digits", "--set", "train.epochs=1", "--set", "teacher.train.epochs=1",

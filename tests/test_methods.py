@@ -162,3 +162,21 @@ def test_a_finished_student_is_reused_only_while_its_settings_are_unchanged(tmp_
     mlp = run_recipe(parse_recipe(tree), tmp_path / "run", resume=True)
     assert "cam_agreement" not in mlp["rows"][1]
     assert "Grad-CAM++ agreement not measured" in capsys.readouterr().out
+
+
+def test_methods_register_where_they_are_defined():
+    import distill.methods as methods
+    from distill.methods import STAGES, kd, register_method
+    from distill.methods.common import with_ce_and_kd
+
+    assert kd is METHODS["kd"] and callable(kd)
+    for name, fn in METHODS.items():
+        assert fn.__module__.startswith("distill.methods."), name
+        assert getattr(methods, name) is fn
+    assert STAGES == ("stage1", "stage2", "stage3")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("kd")(lambda: [])
+    # CE and KD, as the name says; KD's temperature defaults to kd_loss's, written into the term
+    terms = with_ce_and_kd([], alpha=0.5)
+    assert [t.name for t in terms] == ["ce", "kd"] and terms[1].params["temperature"] == 4.0
+    assert kd()[1].params == kd(temperature=4.0)[1].params

@@ -113,7 +113,7 @@ def test_a_teacher_checkpoint_is_used_instead_of_training(tmp_path, cache_dir):
 
 
 def test_teacher_cache_key_ignores_settings_that_do_not_change_training():
-    from distill.experiment import _teacher_key
+    from distill.run_models import teacher_key as _teacher_key
 
     base = _teacher_key(load_recipe("digits"))
     assert _teacher_key(load_recipe("digits", ["teacher.train.progress=false", "teacher.train.log_every=7"])) == base

@@ -12,7 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.experiment import run_recipe, student_key
+from distill import distributed
+from distill.experiment import run_recipe, student_settings_key
 from distill.stages import as_stages
 from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
 
@@ -228,22 +229,26 @@ def run_benchmark(name: str, seeds: int | None = None, quick: bool = False, over
         table = format_bench_table(rows, bench)
         results[pair] = rows
         tables.append((f"### {pair}\n\n" if pair else "") + table)
-        print(f"\n{name} {pair}: {seeds} seeds, mean ± std\n{table}", flush=True)
+        distributed.say(f"\n{name} {pair}: {seeds} seeds, mean ± std\n{table}")
     if len(chosen) > 1:
         tables.insert(0, format_pairs_table(results))
     table = "\n\n".join(tables)
     payload = {"benchmark": name, "command": command, "rows": results[""]} if chosen == [""] else \
         {"benchmark": name, "command": command, "pairs": results}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    (out / "table.md").write_text(f"`{command}` ({seeds} seeds, mean ± std)\n\n{table}\n")
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(payload, indent=2))
+        (out / "table.md").write_text(f"`{command}` ({seeds} seeds, mean ± std)\n\n{table}\n")
+
+    distributed.on_main(write)
     return {"rows": results[""] if chosen == [""] else results, "table": table}
 
 
 def _up_to_date(summary: dict, recipe) -> bool:
     """Whether a finished seed's students were trained with the recipe's current methods and settings."""
     trained = {row["label"]: row.get("key") for row in summary["rows"] if row["role"] == "student"}
-    current = {m.name: student_key(recipe, m, as_stages(m.build())) for m in recipe.methods}
+    current = {m.name: student_settings_key(recipe, m, as_stages(m.build())) for m in recipe.methods}
     return trained == current
 
 
@@ -256,11 +261,13 @@ def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, ru
     tree = apply_overrides(tree, list(overrides or []) + [f"seed={seed}"])
     recipe = parse_recipe(tree)
     done = run_dir / "summary.json"
-    if done.is_file():
-        summary = json.loads(done.read_text())
+    # under several processes rank 0 looks at the files and every process follows its answer
+    summary, started = distributed.on_main(
+        lambda: (json.loads(done.read_text()) if done.is_file() else None, run_dir.is_dir()))
+    if summary is not None:
         if _up_to_date(summary, recipe):
-            print(f"{pair or name} seed {seed}: reusing {done}", flush=True)
+            distributed.say(f"{pair or name} seed {seed}: reusing {done}")
             return summary
-        print(f"{pair or name} seed {seed}: methods changed since {done}; updating them", flush=True)
-    print(f"== {name} {pair}: seed {seed + 1} of {seeds}", flush=True)
-    return run_recipe(recipe, run_dir, resume=run_dir.is_dir())
+        distributed.say(f"{pair or name} seed {seed}: methods changed since {done}; updating them")
+    distributed.say(f"== {name} {pair}: seed {seed + 1} of {seeds}")
+    return run_recipe(recipe, run_dir, resume=started)

@@ -1,14 +1,18 @@
 """The ``distill`` command line.
 
     distill run [RECIPE] [--set key=value ...] [--run-dir DIR] [--resume RUN_DIR]
-    distill list [losses|methods|models|datasets|recipes|benchmarks]
+    distill list [losses|methods|models|datasets|recipes|benchmarks|schemes]
     distill report RUN_DIR
     distill bench NAME [--seeds N] [--only-seed K] [--quick] [--pair PAIR ...]
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
 line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
-For several GPUs or machines: ``accelerate launch -m distill run RECIPE``.
+For several processes, GPUs or machines: ``torchrun --nproc_per_node N -m distill run RECIPE`` or
+``accelerate launch --num_processes N -m distill run RECIPE``. Each process trains its share of every
+batch (``train.batch_size`` is per process); rank 0 chooses the run directory, locks it and writes
+every file, and the others wait for it wherever they read one (the run directory and
+``$DISTILL_CACHE`` must be on a file system all processes see).
 """
 from __future__ import annotations
 
@@ -93,7 +97,37 @@ def cmd_list(args) -> int:
         for name, bench in BENCHMARKS.items():
             print(f"  {name:14s} {bench.description}")
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
+    if what in (None, "schemes"):
+        _list_schemes()
     return 0
+
+
+def _list_schemes() -> None:
+    """The ways a recipe's method entry can train besides its terms: data-free objectives (``data_free:
+    {objective: ...}``, the names :data:`distill.recipe.DATA_FREE` accepts) and chains (``via``, ``generations``)."""
+    from distill import datafree
+    from distill.recipe import DATA_FREE, MethodSpec
+
+    print("schemes:")
+    print("  data-free objectives (a method's  data_free: {objective: NAME}):")
+    for name in DATA_FREE:
+        fn = getattr(datafree, name, None)
+        text = _first_line(fn.__doc__) if callable(fn) else _bullet(datafree.__doc__, name)
+        print(f"    {name:14s} {text.replace('``', '')}")
+    print("  chains (a method's  via: [{model: ...}, ...]  or  generations: N):")
+    for name in ("via", "generations"):
+        print(f"    {name:14s} {MethodSpec.model_fields[name].description}")
+
+
+def _bullet(doc: str | None, name: str) -> str:
+    """The ``* ``name`` — text`` item of a module docstring's list, as one plain line (up to its first ';')."""
+    import re
+
+    found = re.search(rf"^\* ``{re.escape(name)}`` — (.+?)(?=^\* |^\s*$|\Z)", doc or "", re.M | re.S)
+    if not found:
+        return ""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", " ".join(found.group(1).split()))
+    return text.split("; ")[0].rstrip(".") + "."
 
 
 def _first_line(doc: str | None) -> str:
@@ -159,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="load teacher or checkpoint files that hold Python objects (they can run code)")
     run.set_defaults(func=cmd_run)
 
-    lst = sub.add_parser("list", help="show the available losses, methods, models, datasets, recipes, benchmarks")
-    lst.add_argument("what", nargs="?", choices=["losses", "methods", "models", "datasets", "recipes", "benchmarks"])
+    lst = sub.add_parser("list", help="show the available losses, methods, models, datasets, recipes, benchmarks "
+                         "and schemes (data-free objectives, chains)")
+    lst.add_argument("what", nargs="?",
+                     choices=["losses", "methods", "models", "datasets", "recipes", "benchmarks", "schemes"])
     lst.set_defaults(func=cmd_list)
 
     rep = sub.add_parser("report", help="write plots and a markdown summary for a run directory")
@@ -234,15 +270,26 @@ def main(argv: list[str] | None = None) -> int:
             shutdown()
         return code
     except _user_errors() as err:
+        _leave_group()
         if args.debug:
             raise
         from distill.recipe import error_line
 
-        print(f"distill: error: {error_line(err)}", file=sys.stderr)
+        if not getattr(err, "distill_shared", False):  # one line, from the process the error happened in
+            print(f"distill: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _leave_group()
         print("distill: interrupted", file=sys.stderr)
         return 130
+
+
+def _leave_group() -> None:
+    """After an error: leave the process group (if any) without waiting for the other processes."""
+    if "torch.distributed" in sys.modules:
+        from distill.distributed import abandon
+
+        abandon()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from datetime import datetime
@@ -20,84 +19,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model
 
+from distill import distributed, sources
 from distill.cache import TeacherOutputs, weights_digest
-from distill.data import ArrayDataset, Compose, MixUp, RandomShift, unlabelled
+from distill.data import ArrayDataset, unlabelled
 from distill.datafree import SyntheticSet, deep_inversion
-from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
+from distill.engine import TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
-from distill.fileio import UnsafeFile, atomic_save_model, atomic_save_tensors, atomic_write_text, load_weights
+from distill.fileio import atomic_save_model, atomic_save_tensors, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
+from distill.recipe import Recipe, RecipeError, dump_recipe, parse_recipe
+# get_teacher, cache_dir, teacher_seed, TeacherNotTrained: also reachable here, as before they moved
+from distill.run_models import (NOT_TRAINING, TeacherNotTrained, augment_from_spec, build_from_spec, cache_dir,  # noqa: F401
+                                data_task, deployable, get_teacher, load_data, say, task_key, teacher_key,
+                                teacher_seed)
 from distill.stages import as_stages, fit_stages
-from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, dump_recipe, error_line, parse_recipe
-from distill import sources
-from distill.tasks import Task, get_task
 from distill.terms import Term
 from distill.zoo import build_model
 
 
-def cache_dir() -> Path:
-    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
-    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
-
-
-def _augment(spec: AugmentSpec | None):
-    if spec is None:
-        return None
-    transforms = ([RandomShift(spec.shift)] if spec.shift else []) + ([MixUp(spec.mixup)] if spec.mixup else [])
-    return None if not transforms else transforms[0] if len(transforms) == 1 else Compose(*transforms)
-
-
-def _build(spec: ModelSpec, data) -> torch.nn.Module:
-    try:
-        return sources.build(spec.model, spec.options, data, _task(data))
-    except (TypeError, ValueError, RuntimeError, OSError) as err:
-        raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
-
-
-def _task(data) -> Task:
-    """The recipe's task, which the loaded data carries (classification for data loaded elsewhere)."""
-    return getattr(data, "task", None) or get_task()
-
-
-def load_data(recipe: Recipe):
-    """The recipe's train / validation / test splits, carrying the recipe's task (``data.task``)."""
-    try:
-        data = sources.load(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
-                            test_size=recipe.data.test_size)
-    except sources.SourceError as err:
-        raise RecipeError(f"recipe field 'data.dataset': {err}") from None
-    data.task = recipe.build_task()
-    return data
-
-
-# TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
-_NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every",
-                 "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
-
-# Keys hash the settings that differ from their defaults, so a field added later (with a default that keeps
-# the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".
-
-
-def _teacher_key(recipe: Recipe, name: str = "teacher") -> str:
-    teacher = recipe.teacher_specs[name]
-    # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
-    spec = teacher.model_dump(mode="json", exclude_defaults=True,
-                              exclude={"cache": True, "checkpoint": True, "seed": True,
-                                       "train": _NOT_TRAINING | {"teacher_top_k"}})
-    spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
-    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
-                                                              exclude={"augment", "test_size", "student_labels"}),
-               "seed": teacher_seed(recipe, name), "format": 2, **_task_key(recipe)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def teacher_seed(recipe: Recipe, name: str = "teacher") -> int:
-    spec = recipe.teacher_specs[name]
-    return recipe.seed if spec.seed is None else spec.seed
-
-
-def student_key(recipe: Recipe, method, stages) -> str:
+def student_settings_key(recipe: Recipe, method, stages) -> str:
     """What a student's training depends on: a finished student is reused only if this is unchanged."""
     def describe(term: Term) -> str:
         return repr(term) + repr(getattr(term.fn, "kwargs", "")) + repr(term.connector)
@@ -107,27 +48,22 @@ def student_key(recipe: Recipe, method, stages) -> str:
                "stages": [[describe(t) for t in stage.terms] + [repr((stage.epochs, stage.train_up_to))]
                           for stage in stages],
                "train": recipe.train.model_dump(mode="json", exclude_defaults=True,
-                                                exclude=_NOT_TRAINING - {"cache_teacher"}),
+                                                exclude=NOT_TRAINING - {"cache_teacher"}),
                "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
-               "seed": recipe.seed, "teacher": _teachers_key(recipe, method), **_task_key(recipe)}
+               "seed": recipe.seed, "teacher": _teachers_key(recipe, method), **task_key(recipe)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _task_key(recipe: Recipe) -> dict:
-    # only a task other than the default enters the keys, so earlier classification runs stay reusable
-    return {} if recipe.task == "classification" else {"task": recipe.task}
 
 
 def _teachers_key(recipe: Recipe, method):
     if recipe.teacher is not None:
-        return [_teacher_key(recipe), str(recipe.teacher.checkpoint)]
+        return [teacher_key(recipe), str(recipe.teacher.checkpoint)]
     if recipe.teachers is None:
         return None
     used = [method.teacher] if method.teacher is not None else list(recipe.teachers)
-    return [[name, _teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
+    return [[name, teacher_key(recipe, name), str(recipe.teachers[name].checkpoint)] for name in used]
 
 
-def teacher_weights(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
+def teacher_digest(teacher, method=None, stages=None, known: dict[int, str] | None = None) -> str | None:
     """A hash of the weights a student learns from (one teacher, or a mapping of several), or None when
     there is no teacher or ``method`` (built into ``stages``) never asks it anything. ``known`` maps
     ``id(model)`` to a digest already computed for it (a run hashes each teacher once).
@@ -146,12 +82,13 @@ def teacher_weights(teacher, method=None, stages=None, known: dict[int, str] | N
     return digest(teacher)
 
 
-def _same_teacher(info: dict, weights: str | None, unrecorded: bool = True) -> bool:
-    """Whether a finished student (its info or row) learnt from the teacher weights ``weights``.
-    Rows written before teacher weights were recorded carry none: ``unrecorded`` says whether to trust them."""
+def _same_teacher(info: dict, digest: str | None, unrecorded: bool = True) -> bool:
+    """Whether a finished student (its info or row) learnt from the teacher whose :func:`teacher_digest` is
+    ``digest``. The digest is kept under the JSON key ``teacher_weights``. Rows written before teacher digests
+    were recorded carry none: ``unrecorded`` says whether to trust them."""
     if "teacher_weights" not in info:
-        return weights is None or unrecorded
-    return info["teacher_weights"] == weights
+        return digest is None or unrecorded
+    return info["teacher_weights"] == digest
 
 
 def _teachers_unchanged(run_dir: Path, rows: list[dict]) -> bool:
@@ -180,69 +117,12 @@ def method_teacher(recipe: Recipe, method, teachers: dict):
     return teachers[method.teacher] if method.teacher is not None else dict(teachers)
 
 
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _say(message: str) -> None:
-    if _main_process():
-        print(message, flush=True)
-
-
-class TeacherNotTrained(RecipeError):
-    """``get_teacher(..., train=False)`` found no trained teacher."""
-
-
-def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust_pickle: bool = False,
-                train: bool = True, name: str = "teacher") -> tuple[torch.nn.Module, dict]:
-    """Load the recipe's teacher (with several ``teachers``, the one called ``name``) from its checkpoint
-    or the cache, or train it (``train=False``: raise :class:`TeacherNotTrained` instead)."""
-    spec = recipe.teacher_specs[name]
-    field = "teacher" if recipe.teacher is not None else f"teachers.{name}"
-    seed_everything(teacher_seed(recipe, name))
-    teacher = _build(spec, data)
-    if spec.checkpoint is not None:
-        try:
-            load_weights(teacher, spec.checkpoint, trust_pickle)
-        except UnsafeFile as err:
-            raise RecipeError(f"recipe field '{field}.checkpoint': {err}") from None
-        except (RuntimeError, OSError, ValueError) as err:
-            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {spec.checkpoint} into "
-                              f"{spec.model}: {error_line(err)}") from None
-        return teacher, {"source": str(spec.checkpoint)}
-    cached = cache_dir() / "teachers" / _teacher_key(recipe, name)
-    if spec.cache and (cached / "teacher.safetensors").is_file():
-        load_model(teacher, str(cached / "teacher.safetensors"))
-        _say(f"{field}: reusing {cached}")
-        return teacher, {"source": str(cached)}
-    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
-    if (own / "student.safetensors").is_file():
-        load_model(teacher, str(own / "student.safetensors"))
-        return teacher, {"source": str(own)}
-    if not train:
-        raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
-                                f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
-    _say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
-    config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
-    started = time.perf_counter()
-    trainer = Distiller(teacher, terms=data.task.default_terms(), task=data.task,
-                        augment=_augment(spec.augment or recipe.data.augment),
-                        run_dir=own, config=config, trust_pickle=trust_pickle)
-    trainer.fit(data.train, data.val, resume=resume and bool(checkpoints_in(own)))
-    info = {"source": str(own), "train_seconds": time.perf_counter() - started}
-    if spec.cache and _main_process():
-        cached.mkdir(parents=True, exist_ok=True)
-        atomic_save_model(teacher, cached / "teacher.safetensors")
-        atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
-    return teacher, info
-
-
 def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool = False,
                   trust_pickle: bool = False, teacher_outputs: TeacherOutputs | None = None,
-                  weights: str | None = None):
+                  digest: str | None = None):
     """Train one method's student; returns (student, info). A finished run in ``run_dir`` is reused.
     ``teacher_outputs`` shares the cached teacher outputs (``train.cache_teacher``) between students;
-    ``weights``, the :func:`teacher_weights` of ``teacher`` when the caller has it already.
+    ``digest``, the :func:`teacher_digest` of ``teacher`` when the caller has it already.
 
     With ``via`` (teacher assistants) or ``generations`` (born-again networks) the method trains a
     chain: the teacher teaches the first model, each model the next, the last one teaches the
@@ -250,68 +130,88 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
     """
     stages = as_stages(method.build())
     own = run_dir / "students" / method.name
-    key = student_key(recipe, method, stages)
-    weights = weights or teacher_weights(teacher, method, stages)
+    key = student_settings_key(recipe, method, stages)
+    digest = digest or teacher_digest(teacher, method, stages)
     saved = own / "summary.json"
-    info = json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {}
-    if info.get("key") == key and _same_teacher(info, weights):
+    info = distributed.on_main(
+        lambda: json.loads(saved.read_text()).get("info", {}) if resume and saved.is_file() else {})
+    if info.get("key") == key and _same_teacher(info, digest):
         return _saved_student(recipe, method, data, own), info
     if "key" in info:  # a finished run with other settings (without a key it was cut off before its bookkeeping)
         changed = "settings" if info["key"] != key else "teacher's weights"
-        _say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
-        shutil.rmtree(own)
+        say(f"student [{method.name}]: its {changed} changed since the finished run in {own}; training it again")
+        distributed.on_main(lambda: shutil.rmtree(own))
     spec = method.student or recipe.student
     chain, models, steps = [], [], [*method.via] + [spec] * (method.generations - 1)
     started = time.perf_counter()
     for k, step in enumerate(steps, start=1):
         seed_everything(recipe.seed * 1000 + k)  # each generation starts from its own initialisation
-        model = _build(step, data)
-        _say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {step.model}")
+        model = build_from_spec(step, data)
+        say(f"student [{method.name}]: chain step {k}/{len(steps) + 1}, {step.model}")
         if method.generations > 1 and k == 1:  # born-again: the first generation learns from the labels
             _fit(recipe, method, as_stages([Term("ce")]), model, None, data, own / "step-1", resume, trust_pickle,
                  None, f"{key}-step1")
-        else:
+        elif k == 1:  # the recipe's teacher teaches the first step: its shared outputs
+            _fit(recipe, method, stages, model, teacher, data, own / "step-1", resume, trust_pickle,
+                 teacher_outputs, f"{key}-step1")
+        else:  # the step before teaches: outputs of its own, apart from the recipe teacher's
             _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
-                 teacher_outputs if k == 1 else None, f"{key}-step{k}")
+                 None, f"{key}-step{k}", cache=(method.name, key, f"step-{k}"))
         chain.append({"model": step.model, "params": count_parameters(model), **_scores(model, data)})
         models.append(model)
         teacher = model
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
-    student = _build(spec, data)
+    student = build_from_spec(spec, data)
     described = [", ".join(f"{t.weight:g}*{t.name}" if isinstance(t.weight, (int, float)) else f"{t.weight}*{t.name}"
                            for t in stage.terms) for stage in stages]
-    _say(f"student [{method.name}]: {' | then '.join(described)}")
+    say(f"student [{method.name}]: {' | then '.join(described)}")
     result = _fit(recipe, method, stages, student, teacher, data, own, resume, trust_pickle,
-                  None if chain else teacher_outputs, key)
+                  None if chain else teacher_outputs, key, cache=(method.name, key, "student") if chain else ())
     info = {"train_seconds": time.perf_counter() - started, "epoch_seconds": result["epoch_seconds"], "key": key}
-    if weights is not None:
-        info["teacher_weights"] = weights
+    if digest is not None:
+        info["teacher_weights"] = digest  # the JSON key predates the name teacher_digest; old runs keep resuming
     if chain:
         info["chain"] = chain
         if method.generations > 1:  # born-again networks: the generations' ensemble too
             info["ensemble_test_accuracy"] = ensemble_accuracy(models[len(method.via):] + [student], data.test)
-    if _main_process():
-        atomic_write_text(own / "summary.json", json.dumps({**result["summary"], "info": info}, indent=2))
+    distributed.on_main(lambda: atomic_write_text(saved, json.dumps({**result["summary"], "info": info}, indent=2)))
     return student, info
 
 
 def _saved_student(recipe: Recipe, method, data, own: Path) -> torch.nn.Module:
     """The finished student of ``method`` in the run directory ``own``."""
     seed_everything(recipe.seed)
-    student = _build(method.student or recipe.student, data)
+    student = build_from_spec(method.student or recipe.student, data)
     load_model(student, str(own / "student.safetensors"))
     return student
 
 
+def teacher_outputs_dir(directory: str | Path | None, *parts: str) -> str | None:
+    """Where one teacher's cached outputs go: ``directory/parts...`` (``train.teacher_cache_dir``), or None.
+
+    Under several processes each one fills a store of its own (rank K > 0 in ``.../.rank-K``): two
+    processes writing one memory-mapped file would overwrite each other's half-written arrays."""
+    if directory is None:
+        return None
+    path = Path(directory).joinpath(*parts)
+    return str(path if distributed.is_main() else path / f".rank-{distributed.rank()}")
+
+
 def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool,
-         outputs, key: str) -> dict:
-    """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``."""
+         outputs, key: str, cache: tuple[str, ...] = ()) -> dict:
+    """Train ``model`` through ``stages`` in ``own``, or load it when a finished run there has ``key``.
+
+    ``outputs``: the teacher's shared cached outputs (``train.cache_teacher``); without them, a
+    ``train.teacher_cache_dir`` is used at ``teacher_cache_dir/cache...`` (a chain step's teacher is not
+    the recipe's, so its outputs live apart)."""
     done = own / "summary.json"
-    finished = json.loads(done.read_text()) if resume and done.is_file() else {}
+    finished = distributed.on_main(lambda: json.loads(done.read_text()) if resume and done.is_file() else {})
     if finished.get("info", {}).get("key") == key:
         load_model(model, str(own / "student.safetensors"))
         return {"epoch_seconds": [], "summary": finished}
     config: TrainConfig = recipe.train.model_copy(update={"seed": recipe.seed})
+    if outputs is None and config.teacher_cache_dir is not None:
+        config = config.model_copy(update={"teacher_cache_dir": teacher_outputs_dir(config.teacher_cache_dir, *cache)})
     train, augment = _student_data(recipe, method, model, teacher, data, own)
     if train is not data.train or augment is not None:
         outputs = None  # the shared teacher outputs belong to the plain training set
@@ -319,25 +219,28 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
             config = config.model_copy(update={"cache_teacher": False, "teacher_cache_dir": None,
                                                "teacher_top_k": None})
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
-                        task=_task(data),
-                        resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=_say)
-    if hasattr(train, "samples") and _main_process():  # a generator's images, for distill report
-        atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
-    if len(stages) > 1:
-        if _main_process():
+                        resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=say,
+                        task=data_task(data))
+    distributed.broadcast_module(model)  # rank 0's BatchNorm statistics, as saved
+
+    def record() -> dict:  # rank 0 wrote the run's files (the engine's summary.json too); the others wait here
+        if hasattr(train, "samples"):  # a generator's images, for distill report
+            atomic_save_tensors({"images": train.samples(64)}, own / "samples.safetensors")
+        if len(stages) > 1:
             atomic_save_model(model, own / "student.safetensors")
-        summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
-    else:
-        summary = json.loads(done.read_text())
-    if _main_process():
+            summary = {"stages": len(stages), "final": result["history"][-1] if result["history"] else {}}
+        else:
+            summary = json.loads(done.read_text())
         atomic_write_text(done, json.dumps({**summary, "info": {"key": key}}, indent=2))
-    return {**result, "summary": summary}
+        return summary
+
+    return {**result, "summary": distributed.on_main(record)}
 
 
 def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     """The training set and augmentation of ``method``'s student: the recipe's, the method's own
     (``augment``, ``student_labels``), or made without real images (``data_free``)."""
-    augment = _augment(method.augment if method.augment is not None else recipe.data.augment)
+    augment = augment_from_spec(method.augment if method.augment is not None else recipe.data.augment)
     labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
     spec = method.data_free
     if spec is None:
@@ -345,16 +248,23 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     params = spec.params
     if spec.objective == "deep_inversion":
         pool = own / "deep_inversion.safetensors"  # synthesised once: a resumed run reuses it
-        if pool.is_file():
+
+        def synthesise():  # by rank 0; every process then reads the same pool
+            if pool.is_file():
+                return None
+            competing = student if params.get("competition_weight") else None
+            made = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
+                                  student=competing, seed=recipe.seed, say=say, **params)
+            own.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors({"images": made[0], "labels": made[1]}, pool)
+            return made if distributed.world_size() == 1 else None
+
+        made = distributed.on_main(synthesise)
+        if made is not None:
+            images, targets = made
+        else:
             saved = load_file(str(pool))
             images, targets = saved["images"], saved["labels"]
-        else:
-            competing = student if params.get("competition_weight") else None
-            images, targets = deep_inversion(teacher, spec.images or spec.size, data.input_shape, data.num_classes,
-                                             student=competing, seed=recipe.seed, say=_say, **params)
-            if _main_process():
-                own.mkdir(parents=True, exist_ok=True)
-                atomic_save_tensors({"images": images, "labels": targets}, pool)
         repeats = -(-spec.size // len(images))  # the pool, repeated to size samples per epoch
         images, targets = images.repeat(repeats, 1, 1, 1)[: spec.size], targets.repeat(repeats)[: spec.size]
         return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment
@@ -362,11 +272,6 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **spec.generator)
     return SyntheticSet(teacher, spec.objective, generator, student, input_shape=data.input_shape, size=spec.size,
                         seed=recipe.seed, **params), augment
-
-
-def deployable(model: torch.nn.Module) -> torch.nn.Module:
-    """The single network a trained model deploys as (``model.deployable()``, e.g. a cohort's first peer)."""
-    return model.deployable() if hasattr(model, "deployable") else model
 
 
 def ensemble_accuracy(models, dataset) -> float:
@@ -385,20 +290,27 @@ def ensemble_accuracy(models, dataset) -> float:
 def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False,
                trust_pickle: bool = False) -> dict:
     """Run a recipe end to end and return its summary (also written to ``RUN_DIR/summary.json``)."""
+    # under torchrun / accelerate launch: join the process group now, so the processes agree on one run
+    # directory (rank 0's clock names it) and only rank 0 locks it and writes to it
+    distributed.init(cpu=not torch.cuda.is_available() or recipe.train.cpu
+                     or any(spec.train.cpu for spec in recipe.teacher_specs.values()))
     if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = distributed.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
         run_dir = recipe.output_dir / f"{recipe.name}-{stamp}"
     run_dir = Path(run_dir)
     lock = RunLock(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if _main_process():
+
+    def prepare() -> None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    except OSError as err:
-        raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
-    except RunDirLocked as err:
-        raise RecipeError(str(err)) from None
+        except OSError as err:
+            raise RecipeError(f"cannot write the run directory {run_dir}: {err.strerror}") from None
+        except RunDirLocked as err:
+            raise RecipeError(str(err)) from None
+
+    distributed.on_main(prepare)
     try:
         return _run_recipe(recipe, run_dir, resume, trust_pickle)
     finally:
@@ -406,7 +318,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
 
 def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
-    _say(f"run directory: {run_dir}")
+    say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_data(recipe)
     rows = []
@@ -424,22 +336,21 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                      "macs": count_macs(teachers[name], macs_sample), **_scores(teachers[name], data),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
-    unrecorded = _teachers_unchanged(run_dir, rows) if resume else True
+    unrecorded = distributed.on_main(lambda: _teachers_unchanged(run_dir, rows)) if resume else True
     cams = None
     if teacher is not None and recipe.evaluation.cam_agreement_images:
         try:
             cams = CamReference("teacher", teacher, recipe.evaluation.cam_layer, data.test,
                                 recipe.evaluation.cam_agreement_images)
         except ExplainError as err:  # e.g. a teacher without a feature map to explain
-            _say(f"Grad-CAM++ agreement not measured: {err}")
+            say(f"Grad-CAM++ agreement not measured: {err}")
     # each teacher runs over the training set once for all students (and, with a cache directory, once for all
     # runs): one store per teacher choice (one teacher, or all of them)
     outputs: dict[str, TeacherOutputs] = {}
     for method in recipe.methods:
         choice = method.teacher or "all"
-        directory = recipe.train.teacher_cache_dir
-        if directory is not None and recipe.teachers is not None:
-            directory = str(Path(directory) / choice)
+        directory = teacher_outputs_dir(recipe.train.teacher_cache_dir,
+                                        *([choice] if recipe.teachers is not None else []))
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
                            trust_pickle, store, cams, (sample, macs_sample), timing, unrecorded, digests)
@@ -453,10 +364,13 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                "latency_batch_size": min(recipe.evaluation.latency_batch_size, len(data.test)),
                "metric": data.task.select, "wall_seconds": time.perf_counter() - started, "rows": rows}
     table = format_table(summary)
-    if _main_process():
+
+    def write() -> None:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         atomic_write_text(run_dir / "summary.md", f"# {recipe.name} (seed {recipe.seed})\n\n{table}\n")
-    _say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
+
+    distributed.on_main(write)
+    say(f"\n{table}\n\nfinished in {summary['wall_seconds'] / 60:.1f} min; run directory: {run_dir}")
     return summary
 
 
@@ -466,29 +380,29 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     """Train (or reuse) one method's student and measure it: its row of the run's table.
 
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
-    settings (:func:`student_key`) are unchanged, even without the student's weights.
+    settings (:func:`student_settings_key`) are unchanged, even without the student's weights.
     """
     own = run_dir / "students" / method.name
     saved, layer = own / "row.json", recipe.evaluation.cam_layer
     stages = as_stages(method.build())
-    weights = teacher_weights(teacher, method, stages, digests)
-    if resume and saved.is_file():
-        row = json.loads(saved.read_text())
-        same_settings = row.get("key") == student_key(recipe, method, stages)
-        if same_settings and not _same_teacher(row, weights, unrecorded):
-            _say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
+    digest = teacher_digest(teacher, method, stages, digests)
+    row = distributed.on_main(lambda: json.loads(saved.read_text()) if resume and saved.is_file() else None)
+    if row is not None:
+        same_settings = row.get("key") == student_settings_key(recipe, method, stages)
+        if same_settings and not _same_teacher(row, digest, unrecorded):
+            say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
-            shutil.rmtree(own)  # its checkpoints, if any, learnt from the other teacher too
+            distributed.on_main(lambda: shutil.rmtree(own))  # its checkpoints, if any, learnt from the other teacher
         elif same_settings:
             if cams is None or ("cam_agreement" in row and row.get("cam_layer", "last_stage") == layer):
                 return row
-            if (own / "student.safetensors").is_file():  # only the agreement is missing or at another layer
+            if distributed.on_main(lambda: (own / "student.safetensors").is_file()):  # only the agreement is
+                # missing or at another layer
                 _cam_agreement(row, cams, method.name, deployable(_saved_student(recipe, method, data, own)), layer)
-                if _main_process():
-                    atomic_write_text(saved, json.dumps(row, indent=2))
+                distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
                 return row
     sample, macs_sample = sample
-    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, weights)
+    student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, digest)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
            "params": count_parameters(deployed), "macs": count_macs(deployed, macs_sample),
@@ -497,8 +411,7 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
         row["ensemble_test_accuracy"] = evaluate(student, data.test)["accuracy"]
     if cams is not None:
         _cam_agreement(row, cams, method.name, deployed, layer)
-    if _main_process():
-        atomic_write_text(saved, json.dumps(row, indent=2))
+    distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
     return row
 
 
@@ -508,13 +421,13 @@ def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str
         row["cam_agreement"] = cams.agreement(name, student, layer)["mean"]
         row["cam_layer"] = layer
     except ExplainError as err:  # e.g. an MLP student has no feature map
-        _say(f"Grad-CAM++ agreement not measured: {err}")
+        say(f"Grad-CAM++ agreement not measured: {err}")
 
 
 def _scores(model, data) -> dict:
     """Validation and test scores of a model: accuracy and test errors for classification, the task's
     selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise."""
-    task = _task(data)
+    task = data_task(data)
     val, test = evaluate(model, data.val, task=task), evaluate(model, data.test, task=task)
     if task.name == "classification":
         return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],

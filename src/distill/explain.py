@@ -169,7 +169,8 @@ class CamReference:
                 self.classes.append(logits.argmax(1).cpu())
 
     def _inputs(self):
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=range(self.count), collate_fn=get_task().collate)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=range(self.count),
+                            collate_fn=get_task().collate)
         for batch in loader:
             if not isinstance(batch["input"], torch.Tensor):
                 raise ExplainError("explaining needs image tensors as inputs")
@@ -246,7 +247,8 @@ def _draw(models, layers, dataset, count: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(models)
-    inputs = next(iter(DataLoader(dataset, batch_size=count, sampler=range(count), collate_fn=get_task().collate)))["input"]
+    loader = DataLoader(dataset, batch_size=count, sampler=range(count), collate_fn=get_task().collate)
+    inputs = next(iter(loader))["input"]
     size = tuple(inputs.shape[-2:])
     ref_maps, ref_logits = _model_maps(names[0], models[names[0]], layers[names[0]], inputs)
     classes = ref_logits.argmax(1)
@@ -294,10 +296,9 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     import yaml
     from safetensors.torch import load_model
 
-    from distill.experiment import TeacherNotTrained, _build, deployable, get_teacher
     from distill.fileio import atomic_write_text
     from distill.recipe import parse_recipe
-    from distill.zoo import load_dataset
+    from distill.run_models import TeacherNotTrained, build_from_spec, deployable, get_teacher, load_data
 
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"
@@ -306,8 +307,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()))
     if not recipe.teacher_specs:
         raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
-    data = load_dataset(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
-                        test_size=recipe.data.test_size)
+    data = load_data(recipe)
     try:
         teacher, _ = get_teacher(recipe, data, run_dir, train=False, name=next(iter(recipe.teacher_specs)))
     except TeacherNotTrained as err:
@@ -319,7 +319,7 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
     models = {"teacher": teacher}
     for label, path, spec in students:
-        student = _build(spec, data)
+        student = build_from_spec(spec, data)
         load_model(student, str(path))
         models[label] = deployable(student)
     out_dir = Path(out) if out is not None else run_dir / "explain"

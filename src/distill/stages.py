@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from distill import distributed
 from distill.engine import Distiller, TrainConfig, checkpoints_in, seed_everything
 from distill.terms import Term
 
@@ -76,12 +77,15 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
         trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, augment=augment, run_dir=own,
                             config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to,
                             teacher_outputs=teacher_outputs, task=task)
-        if resume and own is not None and (own / "summary.json").is_file():
+        # rank 0 looks (under several processes every process must take the same branch)
+        finished, started = distributed.on_main(
+            lambda: (own is not None and (own / "summary.json").is_file(), own is not None and bool(checkpoints_in(own))))
+        if resume and finished:
             trainer.restore(train)  # a finished stage: its student and loss modules as it left them
             history += trainer.history
             continue
         if len(stages) > 1:
             say(f"  stage {k}/{len(stages)} {stage.name}: {n} epochs")
-        trainer.fit(train, val, resume=resume and own is not None and bool(checkpoints_in(own)))
+        trainer.fit(train, val, resume=resume and started)
         history += trainer.history
     return {"history": history, "epoch_seconds": [h["time"] for h in history]}

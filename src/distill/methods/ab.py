@@ -7,14 +7,15 @@ over neurons (``reduction="mean"``) so one weight suits every layer. The paper
 uses pre-ReLU values; the zoo's stage taps are after the ReLU, which keeps the
 teacher's on/off pattern (pass ``relu:input`` style taps for the exact form).
 """
-from distill.methods.attention import STAGES
-from distill.methods.common import per_layer, with_labels
+from distill.methods.common import STAGES, per_layer, with_ce_and_kd
+from distill.methods.registry import register_method
 from distill.stages import Stage
 
 
+@register_method("ab")
 def ab(layers=STAGES, teacher_layers=None, beta: float = 1.0, margin: float = 1.0, ab_epochs: float = 0.25,
-       alpha: float = 0.0, temperature: float = 4.0) -> list[Stage]:
+       alpha: float = 0.0, temperature: float | None = None) -> list[Stage]:
     """Activation boundaries (Heo et al. 2019): transfer on/off patterns for ``ab_epochs`` of the run, then labels."""
     boundaries = per_layer("ab", beta, layers, teacher_layers, margin=margin, reduction="mean")
     return [Stage(boundaries, epochs=ab_epochs, name="activation boundaries"),
-            Stage(with_labels([], alpha, temperature), name="labels")]
+            Stage(with_ce_and_kd([], alpha, temperature), name="labels")]

@@ -1,14 +1,28 @@
-"""What most methods share: the labels' cross-entropy beside the method's own terms, and optional KD."""
+"""What most methods share: the labels' cross-entropy beside the method's own terms, optional KD,
+one term per layer, and the zoo's stage taps."""
+import inspect
+
+from distill.losses import kd_loss
 from distill.terms import Term
 
+STAGES = ("stage1", "stage2", "stage3")
+"""The zoo's stage taps (every zoo CNN has them): the default layers of per-stage methods (AT, VID, FSP, AB)."""
 
-def with_labels(terms: list[Term], alpha: float = 0.0, temperature: float = 4.0) -> list[Term]:
-    """``(1 - alpha) * CE + terms (+ alpha * KD at ``temperature``)``: a feature method alone or combined with KD."""
+
+def kd_temperature(temperature: float | None = None) -> float:
+    """``temperature``, or when ``None`` the default of :func:`~distill.losses.kd_loss` (the one place the
+    KD temperature is defaulted; passed explicitly so a run's settings key shows it)."""
+    return inspect.signature(kd_loss).parameters["temperature"].default if temperature is None else temperature
+
+
+def with_ce_and_kd(terms: list[Term], alpha: float = 0.0, temperature: float | None = None) -> list[Term]:
+    """``(1 - alpha) * CE + terms + alpha * KD``: a method's terms beside the labels' cross-entropy and,
+    when ``alpha > 0``, Hinton's soft targets at ``temperature`` (``None``: ``kd_loss``'s default)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     out = ([Term("ce", 1.0 - alpha)] if alpha < 1.0 else []) + list(terms)
     if alpha > 0:
-        out.append(Term("kd", alpha, temperature=temperature))
+        out.append(Term("kd", alpha, temperature=kd_temperature(temperature)))
     return out
 
 

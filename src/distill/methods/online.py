@@ -9,6 +9,7 @@ evaluation scores the peers' ensemble, and each peer can be taken out after trai
 * ``one``: ONE (Lan et al. 2018) - for the ``one`` model (shared trunk, gated branches): the
   gated ensemble teaches every branch.
 """
+from distill.methods.registry import register_method
 from distill.terms import Term
 
 
@@ -18,6 +19,7 @@ def _peers(peers: int) -> list[str]:
     return [f"peers.{k}" for k in range(peers)]
 
 
+@register_method("dml")
 def dml(peers: int = 2, temperature: float = 1.0, alternate: bool = True) -> list[Term]:
     """Deep mutual learning over the cohort's ``peers`` (the paper's T = 1).
 
@@ -33,11 +35,13 @@ def dml(peers: int = 2, temperature: float = 1.0, alternate: bool = True) -> lis
             for k in range(peers)]
 
 
+@register_method("kdcl")
 def kdcl(peers: int = 2, temperature: float = 3.0, ensemble: str = "min_logit") -> list[Term]:
     """KDCL over the cohort's ``peers``; ``ensemble``: ``min_logit`` (KDCL-MinLogit), ``mean`` or ``naive``."""
     return [Term("kdcl", student=_peers(peers), temperature=temperature, ensemble=ensemble)]
 
 
+@register_method("one")
 def one(branches: int = 3, temperature: float = 3.0) -> list[Term]:
     """ONE over the ``one`` model's ``branches`` and its gated ensemble (the paper's T = 3)."""
     if branches < 2:

@@ -8,31 +8,36 @@
 * ``cc`` — Peng et al. 2019, correlation congruence with a Gaussian-RBF Taylor kernel on the embedding
   (weight 10: the CRD benchmark's 0.02 belongs to a different, embedded form; see docs/vision.md).
 """
-from distill.methods.common import with_labels
+from distill.methods.common import with_ce_and_kd
+from distill.methods.registry import register_method
 from distill.terms import Term
 
 
+@register_method("sp")
 def sp(beta: float = 3000.0, layer: str = "last_stage", teacher_layer: str | None = None, alpha: float = 0.0,
-       temperature: float = 4.0) -> list[Term]:
+       temperature: float | None = None) -> list[Term]:
     """Similarity-preserving KD (Tung & Mori 2019): CE + beta * SP on the batch Gram matrices of ``layer``."""
-    return with_labels([Term("sp", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
+    return with_ce_and_kd([Term("sp", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
 
 
+@register_method("rkd")
 def rkd(beta: float = 1.0, layer: str = "embedding", teacher_layer: str | None = None, distance_weight: float = 25.0,
-        angle_weight: float = 50.0, alpha: float = 0.0, temperature: float = 4.0) -> list[Term]:
+        angle_weight: float = 50.0, alpha: float = 0.0, temperature: float | None = None) -> list[Term]:
     """Relational KD (Park et al. 2019): CE + beta * (distance + angle relations) of the embeddings."""
-    return with_labels([Term("rkd", beta, student=layer, teacher=teacher_layer or layer,
+    return with_ce_and_kd([Term("rkd", beta, student=layer, teacher=teacher_layer or layer,
                              distance_weight=distance_weight, angle_weight=angle_weight)], alpha, temperature)
 
 
+@register_method("pkt")
 def pkt(beta: float = 500.0, layer: str = "embedding", teacher_layer: str | None = None, alpha: float = 0.0,
-        temperature: float = 4.0) -> list[Term]:
+        temperature: float | None = None) -> list[Term]:
     """Probabilistic KT (Passalis & Tefas 2018): CE + beta * KL of cosine-similarity distributions."""
-    return with_labels([Term("pkt", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
+    return with_ce_and_kd([Term("pkt", beta, student=layer, teacher=teacher_layer or layer)], alpha, temperature)
 
 
+@register_method("cc")
 def cc(beta: float = 10.0, layer: str = "embedding", teacher_layer: str | None = None, gamma: float = 0.4,
-       alpha: float = 0.0, temperature: float = 4.0) -> list[Term]:
+       alpha: float = 0.0, temperature: float | None = None) -> list[Term]:
     """Correlation congruence (Peng et al. 2019): CE + beta * distance of the batch correlation matrices."""
-    return with_labels([Term("cc", beta, student=layer, teacher=teacher_layer or layer, gamma=gamma)],
+    return with_ce_and_kd([Term("cc", beta, student=layer, teacher=teacher_layer or layer, gamma=gamma)],
                        alpha, temperature)

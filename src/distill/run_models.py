@@ -1,0 +1,164 @@
+"""The models a recipe names: built from their specs, and its teachers got from a checkpoint, the
+teacher cache or training.
+
+Below :mod:`distill.experiment` (which trains and measures the students) and :mod:`distill.explain`
+(which reads a finished run directory): both use it, it uses neither. (The ``run/teachers.py`` of the
+target layout in DESIGN.md.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from distill import distributed
+from distill.data import Compose, MixUp, RandomShift
+from distill.engine import Distiller, checkpoints_in, seed_everything
+from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
+from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, error_line
+from distill import sources
+from distill.tasks import Task, get_task
+
+say = distributed.say
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def augment_from_spec(spec: AugmentSpec | None):
+    """The augmentation a recipe's ``augment`` section describes (None for none)."""
+    if spec is None:
+        return None
+    transforms = ([RandomShift(spec.shift)] if spec.shift else []) + ([MixUp(spec.mixup)] if spec.mixup else [])
+    return None if not transforms else transforms[0] if len(transforms) == 1 else Compose(*transforms)
+
+
+def build_from_spec(spec: ModelSpec, data) -> torch.nn.Module:
+    """The model ``spec`` names (a zoo model for ``data``'s input shape and classes, ``hf:PATH`` with the head
+    of ``data``'s task, or ``package.module:factory``); a bad option is a one-line RecipeError."""
+    try:
+        return sources.build(spec.model, spec.options, data, data_task(data))
+    except (TypeError, ValueError, RuntimeError, OSError) as err:
+        raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
+
+
+def data_task(data) -> Task:
+    """The recipe's task, which its loaded data carries (classification for data loaded elsewhere)."""
+    return getattr(data, "task", None) or get_task()
+
+
+def load_data(recipe: Recipe):
+    """The recipe's train / validation / test splits, carrying the recipe's task (``data.task``)."""
+    try:
+        data = sources.load(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
+                            test_size=recipe.data.test_size)
+    except sources.SourceError as err:
+        raise RecipeError(f"recipe field 'data.dataset': {err}") from None
+    data.task = recipe.build_task()
+    return data
+
+
+def task_key(recipe: Recipe) -> dict:
+    """The task's part of the settings keys: only a task other than the default enters them, so earlier
+    classification teachers and students stay reusable."""
+    return {} if recipe.task == "classification" else {"task": recipe.task}
+
+
+# TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
+NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every",
+                "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
+
+# Keys hash the settings that differ from their defaults, so a field added later (with a default that keeps
+# the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".
+
+
+def teacher_key(recipe: Recipe, name: str = "teacher") -> str:
+    """What a trained teacher depends on: the name of its directory in the teacher cache."""
+    teacher = recipe.teacher_specs[name]
+    # the teacher's own training has no teacher, so its teacher-cache settings do not matter either
+    spec = teacher.model_dump(mode="json", exclude_defaults=True,
+                              exclude={"cache": True, "checkpoint": True, "seed": True,
+                                       "train": NOT_TRAINING | {"teacher_top_k"}})
+    spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
+    payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
+                                                              exclude={"augment", "test_size", "student_labels"}),
+               "seed": teacher_seed(recipe, name), "format": 2, **task_key(recipe)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_seed(recipe: Recipe, name: str = "teacher") -> int:
+    spec = recipe.teacher_specs[name]
+    return recipe.seed if spec.seed is None else spec.seed
+
+
+class TeacherNotTrained(RecipeError):
+    """``get_teacher(..., train=False)`` found no trained teacher."""
+
+
+def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust_pickle: bool = False,
+                train: bool = True, name: str = "teacher") -> tuple[torch.nn.Module, dict]:
+    """Load the recipe's teacher (with several ``teachers``, the one called ``name``) from its checkpoint
+    or the cache, or train it (``train=False``: raise :class:`TeacherNotTrained` instead)."""
+    spec = recipe.teacher_specs[name]
+    field = "teacher" if recipe.teacher is not None else f"teachers.{name}"
+    seed_everything(teacher_seed(recipe, name))
+    teacher = build_from_spec(spec, data)
+    if spec.checkpoint is not None:
+        try:
+            load_weights(teacher, spec.checkpoint, trust_pickle)
+        except UnsafeFile as err:
+            raise RecipeError(f"recipe field '{field}.checkpoint': {err}") from None
+        except (RuntimeError, OSError, ValueError) as err:
+            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {spec.checkpoint} into "
+                              f"{spec.model}: {error_line(err)}") from None
+        return teacher, {"source": str(spec.checkpoint)}
+    cached = cache_dir() / "teachers" / teacher_key(recipe, name)
+    own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
+
+    def look() -> str | None:  # rank 0 looks, so every process takes the same branch
+        if spec.cache and (cached / "teacher.safetensors").is_file():
+            return "cache"
+        return "run" if (own / "student.safetensors").is_file() else None
+
+    found = distributed.on_main(look)
+    if found == "cache":
+        load_model(teacher, str(cached / "teacher.safetensors"))
+        say(f"{field}: reusing {cached}")
+        return teacher, {"source": str(cached)}
+    if found == "run":
+        load_model(teacher, str(own / "student.safetensors"))
+        return teacher, {"source": str(own)}
+    if not train:
+        raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
+                                f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
+    say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
+    config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
+    started = time.perf_counter()
+    task = data_task(data)
+    trainer = Distiller(teacher, terms=task.default_terms(), task=task,
+                        augment=augment_from_spec(spec.augment or recipe.data.augment),
+                        run_dir=own, config=config, trust_pickle=trust_pickle)
+    trainer.fit(data.train, data.val, resume=resume and distributed.on_main(lambda: bool(checkpoints_in(own))))
+    distributed.broadcast_module(teacher)  # rank 0's BatchNorm statistics, as saved
+    info = {"source": str(own), "train_seconds": time.perf_counter() - started}
+
+    def keep() -> None:  # after it, every process sees teacher/ and the cached teacher complete
+        if spec.cache:
+            cached.mkdir(parents=True, exist_ok=True)
+            atomic_save_model(teacher, cached / "teacher.safetensors")
+            atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
+
+    distributed.on_main(keep)
+    return teacher, info
+
+
+def deployable(model: torch.nn.Module) -> torch.nn.Module:
+    """The single network a trained model deploys as (``model.deployable()``, e.g. a cohort's first peer)."""
+    return model.deployable() if hasattr(model, "deployable") else model
