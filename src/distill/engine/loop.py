@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from distill import distributed
 from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
 from distill.data import EpochSampler, as_dataset, read_items
 from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
@@ -198,18 +199,23 @@ class Distiller:
 
         With a ``run_dir``, the directory is locked for this process while it trains.
         """
-        if self.run_dir is None or not self.accelerator.is_main_process:
+        if self.run_dir is None:
             return self._fit(train, val, resume)
+        locks = []  # rank 0 holds the lock; a failure to take it stops every process, not only rank 0
+        distributed.on_main(lambda: locks.append(self._lock()))
         try:
-            lock = RunLock(self.run_dir).acquire()
+            return self._fit(train, val, resume)
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def _lock(self) -> RunLock:
+        try:
+            return RunLock(self.run_dir).acquire()
         except RunDirLocked as err:
             raise DistillError(str(err)) from None
         except OSError as err:
             raise DistillError(f"cannot write the run directory {self.run_dir}: {err.strerror}") from None
-        try:
-            return self._fit(train, val, resume)
-        finally:
-            lock.release()
 
     def _check_validation(self, val) -> None:
         if len(val) == 0:
@@ -249,6 +255,8 @@ class Distiller:
                 tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
                            f"  ({record['time']:.1f}s)")
             self._save_checkpoint(epoch + 1, run.step, run.optimizer, run.scheduler)
+        if acc.num_processes > 1:  # every process keeps what rank 0 saves (BatchNorm statistics differ per process)
+            distributed.broadcast_module(self.student)
         if self.run_dir is not None and acc.is_main_process:
             self.save(self.run_dir / "student.safetensors")
             summary = {"epochs": cfg.epochs, "terms": [repr(t) for t in self.terms], "task": self.task.name,
@@ -257,6 +265,7 @@ class Distiller:
             if best is not None:
                 summary["best"] = best
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        acc.wait_for_everyone()  # the run's files are complete for every process
         return self.history
 
     def _prepare(self, train) -> _Training:
