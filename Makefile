@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: this release's CPU build is on disk; any other request downloads a CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[data,test]'
+	$(BIN)/python -m pip install --quiet -e '.[data,hf,test]'
 	touch $@
 
 demo: setup

@@ -396,3 +396,28 @@ def test_token_teacher_cache_keeps_top_k_along_the_vocabulary_ragged(tmp_path):
     # the fingerprint sees every tensor of dict inputs
     other = ListDataset([{"input_ids": [1] + item["input_ids"][1:]} for item in data.items])
     assert fingerprint(teacher, data, task.collate) != fingerprint(teacher, other, task.collate)
+
+
+# ------------------------------------------------------------------ recipes with the user's own code
+def small_mlp(width=16):
+    """A recipe's model factory (``model: test_tasks:small_mlp``): any nn.Module."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+
+
+def test_a_recipe_builds_a_model_from_a_factory_and_names_bad_sources(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe("digits", ["student.model=test_tasks:small_mlp", "student.options={width: 12}",
+                                    "teacher.train.epochs=2", "train.epochs=2", "train.progress=false",
+                                    "teacher.train.progress=false"])
+    rows = {r["label"]: r for r in run_recipe(recipe, tmp_path / "run")["rows"]}
+    assert rows["kd"]["params"] == 64 * 12 + 12 + 12 * 10 + 10
+    for override, message in [("student.model=no_such_module:f", "cannot import"),
+                              ("student.model=test_tasks:missing", "has no 'missing'"),
+                              ("student.model=hf:/nonexistent", "no Hugging Face model folder"),
+                              ("data.dataset=nope", "unknown dataset"),
+                              ("task=nope", "unknown task")]:
+        with pytest.raises(RecipeError, match=message):
+            recipe = load_recipe("digits", [override])
+            run_recipe(recipe, tmp_path / "bad")

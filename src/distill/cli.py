@@ -71,7 +71,7 @@ def cmd_list(args) -> int:
     if what in (None, "losses"):
         print("losses:")
         for name, (fn, _) in sorted(LOSSES.items()):
-            print(f"  {name:10s} {fn.__module__}.{fn.__name__} - {_first_line(fn.__doc__)}")
+            print(f"  {name:15s} {fn.__module__}.{fn.__name__} - {_first_line(fn.__doc__)}")
     if what in (None, "methods"):
         print("methods:")
         for name, fn in sorted(METHODS.items()):
@@ -99,6 +99,12 @@ def cmd_list(args) -> int:
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
     if what in (None, "schemes"):
         _list_schemes()
+    if what in (None, "tasks"):
+        from distill.tasks import TASKS
+
+        print("tasks (a recipe's  task: NAME, or Distiller(task=...)):")
+        for name, cls in TASKS.items():
+            print(f"  {name:14s} {_first_line(cls.__doc__)} (selects by {cls.select})")
     return 0
 
 
@@ -196,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="show the available losses, methods, models, datasets, recipes, benchmarks "
                          "and schemes (data-free objectives, chains)")
     lst.add_argument("what", nargs="?",
-                     choices=["losses", "methods", "models", "datasets", "recipes", "benchmarks", "schemes"])
+                     choices=["losses", "methods", "models", "datasets", "recipes", "benchmarks", "schemes",
+                              "tasks"])
     lst.set_defaults(func=cmd_list)
 
     rep = sub.add_parser("report", help="write plots and a markdown summary for a run directory")

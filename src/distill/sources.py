@@ -37,7 +37,10 @@ class SourceError(ValueError):
 
 def check_model_name(name: str) -> str:
     """``name`` if it names a zoo model, a ``hf:`` folder or an import path; else a one-line error."""
-    if name in MODELS or _IMPORT_PATH.fullmatch(name):
+    if name in MODELS:
+        return name
+    if _IMPORT_PATH.fullmatch(name):
+        import_object(name)  # a missing module or function is named when the recipe is read
         return name
     if name.startswith("hf:"):
         folder = Path(name[3:]).expanduser()
@@ -49,7 +52,10 @@ def check_model_name(name: str) -> str:
 
 
 def check_data_name(name: str) -> str:
-    if name in LOADERS or _IMPORT_PATH.fullmatch(name):
+    if name in LOADERS:
+        return name
+    if _IMPORT_PATH.fullmatch(name):
+        import_object(name)
         return name
     raise SourceError(f"unknown dataset {name!r}; give a bundled dataset ({', '.join(LOADERS)}) or "
                       "package.module:function")
@@ -64,10 +70,10 @@ def import_object(path: str):
         raise SourceError(f"{path}: cannot import {module_name!r} ({err})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SourceError(f"{path}: module {module_name!r} has no {attr!r}")
+            raise SourceError(f"{path}: module {module_name!r} has no {attr!r} to call")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise SourceError(f"{path}: {attr!r} is not callable")
+        raise SourceError(f"{path}: {attr!r} is not a function or class to call")
     return obj
 
 

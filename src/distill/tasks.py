@@ -361,8 +361,10 @@ class Regression(Task):
 
 @register_task
 class MultiLabel(Task):
-    """Several independent yes/no labels per sample (multi-hot float targets, sigmoid outputs):
-    binary cross-entropy, per-label F1 (macro average, %) and per-label accuracy (%)."""
+    """Several yes/no labels per sample (multi-hot targets, sigmoid outputs): BCE, macro F1 (%).
+
+    Also per-label accuracy (%); unlabelled sets are scored by the probabilities' MSE to the teacher's
+    and per-label agreement."""
 
     name = "multilabel"
     select, mode = "f1", "max"
@@ -473,9 +475,10 @@ class Tokens(Task):
 
 @register_task
 class Embedding(Task):
-    """Vectors, usually learnt from a teacher's (no labels needed): cosine similarity to the teacher,
-    mean squared error, and top-1 retrieval within each evaluation batch (the teacher's vector of the same
-    sample is the student's nearest among the batch's teacher vectors, %).
+    """Vectors learnt from a teacher's (no labels needed): cosine to the teacher, MSE, top-1 retrieval.
+
+    Top-1 retrieval: within each evaluation batch, the teacher's vector of the same sample is the student's
+    nearest among the batch's teacher vectors (%).
 
     ``pooling``: ``"none"`` (the model returns ``(B, D)`` vectors), ``"mean"`` (mean of the last hidden
     state over the attention mask, as sentence-transformers pools) or ``"cls"`` (its first position);

@@ -3,10 +3,8 @@ one term per layer, and the zoo's stage taps."""
 import inspect
 
 from distill.losses import kd_loss
+from distill.losses.registry import STAGES  # noqa: F401 - the zoo's stage taps, the default layers of AT, VID, FSP, AB
 from distill.terms import Term
-
-STAGES = ("stage1", "stage2", "stage3")
-"""The zoo's stage taps (every zoo CNN has them): the default layers of per-stage methods (AT, VID, FSP, AB)."""
 
 
 def kd_temperature(temperature: float | None = None) -> float:
