@@ -78,9 +78,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     # a second two-process run without --run-dir: one directory for both processes, the cached teacher reused
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "distill", "--threads", "1", "run", "digits", "--no-progress", *SMALL, *HALF_BATCH,
-                          "--set", f"output_dir={tmp_path / 'out'}"],
+                          "--set", f"output_dir={tmp_path / 'out'}", "--set", "train.cache_teacher=true",
+                          "--set", f"train.teacher_cache_dir={tmp_path / 'outputs'}"],
                          capture_output=True, text=True, env=_env(tmp_path / "cache-two"), timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "teacher: reusing" in out.stdout
     runs = list((tmp_path / "out").iterdir())
     assert len(runs) == 1 and (runs[0] / "summary.json").is_file()
+    # the teacher's outputs on disk: written once, by rank 0, and read by both processes
+    assert list((tmp_path / "outputs").rglob("meta.json"))
+    assert not any(p.name.startswith(".rank") for p in (tmp_path / "outputs").rglob("*"))

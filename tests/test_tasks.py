@@ -269,6 +269,11 @@ def test_labels_out_of_range_in_validation_are_named(digits):
         Distiller(build_model("mlp", digits.input_shape, hidden=[8]), epochs=1, progress=False).evaluate(bad)
 
 
+def test_softmax_losses_are_refused_for_sigmoid_outputs():
+    with pytest.raises(DistillError, match="term 'kd' reads the outputs as a softmax distribution.*multilabel"):
+        Distiller(PitchNet(8), PitchNet(16), [Term("kd")], task="multilabel")
+
+
 def test_a_mistyped_keyword_is_one_line():
     with pytest.raises(DistillError, match="unknown keyword 'epoch'.*did you mean 'epochs'") as err:
         Distiller(nn.Linear(2, 2), epoch=3)

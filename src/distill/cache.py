@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
+from distill import distributed
 from distill.data import IndexedDataset, read_items
 from distill.fileio import atomic_write_text
 from distill.tasks import get_task
@@ -176,6 +177,15 @@ class TeacherOutputs:
                     self.values[tap] = self._open(entry)
         self.meta = meta or {"fingerprint": mark, "top_k": self.top_k, "temperatures": self.temperatures,
                              "size": len(dataset), "taps": {}}
+
+    def reload(self, taps) -> None:
+        """Open ``taps`` from the store on disk, which another process has just completed."""
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        for tap in taps:
+            entry = self.meta["taps"].get(tap, {})
+            if not entry.get("complete"):
+                raise CacheMismatch(f"teacher cache {self.path}: tap {tap!r} was not completed by rank 0")
+            self.values[tap] = self._open(entry)
 
     def __contains__(self, tap: str) -> bool:
         return tap in self.values
@@ -327,7 +337,15 @@ class CachedTeacher:
                     batch = send_to_device(batch, device)
                     yield torch.as_tensor(batch["index"]).long(), teacher(batch), batch.get("lengths")
 
-            self.outputs.fill(batches(), len(dataset), missing, top_k_taps)
+            # on disk under several processes, rank 0 alone writes the store and the others open it when it is
+            # complete (two processes writing one memory-mapped file would overwrite each other's arrays)
+            shared = self.outputs.path is not None and distributed.world_size() > 1
+            if not shared or distributed.is_main():
+                self.outputs.fill(batches(), len(dataset), missing, top_k_taps)
+            if shared:
+                distributed.barrier()
+                if not distributed.is_main():
+                    self.outputs.reload(missing)
 
     def to(self, device) -> "CachedTeacher":
         self.device = device

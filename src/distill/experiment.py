@@ -188,13 +188,8 @@ def _saved_student(recipe: Recipe, method, data, own: Path) -> torch.nn.Module:
 
 def teacher_outputs_dir(directory: str | Path | None, *parts: str) -> str | None:
     """Where one teacher's cached outputs go: ``directory/parts...`` (``train.teacher_cache_dir``), or None.
-
-    Under several processes each one fills a store of its own (rank K > 0 in ``.../.rank-K``): two
-    processes writing one memory-mapped file would overwrite each other's half-written arrays."""
-    if directory is None:
-        return None
-    path = Path(directory).joinpath(*parts)
-    return str(path if distributed.is_main() else path / f".rank-{distributed.rank()}")
+    (Under several processes rank 0 writes it and the others read it: :class:`~distill.cache.CachedTeacher`.)"""
+    return None if directory is None else str(Path(directory).joinpath(*parts))
 
 
 def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume: bool, trust_pickle: bool,

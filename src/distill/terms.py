@@ -129,6 +129,7 @@ class Term:
         self.labels = binding.get("labels", False) if labels is None else labels
         self.index = binding.get("index", False) if index is None else index
         self.gather = binding.get("gather", False) if gather is None else gather
+        self.softmax = binding.get("softmax", False)  # reads logits as a softmax distribution (kd, ce, dkd ...)
         self.group = group or 0
         self.connector = binding.get("connector") if connector is ... else connector
         if self.connector is not None and self.teacher is None:

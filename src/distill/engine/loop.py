@@ -101,6 +101,11 @@ class Distiller:
         self.task = get_task(task)
         self.collate = collator(self.task, collate_fn)
         self.terms = unique_names(list(terms) if terms else self.task.default_terms())
+        for term in self.terms:
+            if term.softmax and not self.task.distribution:
+                raise DistillError(f"term {term.name!r} reads the outputs as a softmax distribution over classes, but "
+                                   f"the {self.task.name} task's outputs are not one (independent sigmoids, values or "
+                                   "vectors): use a loss for them (e.g. MSE to the teacher) or task='classification'")
         self.augment = augment
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.trust_pickle = trust_pickle

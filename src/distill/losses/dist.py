@@ -22,7 +22,7 @@ def _pearson_distances(a: torch.Tensor, b: torch.Tensor, dim: int, weight: torch
     return 1.0 - rho
 
 
-@register_loss("dist", gather=True)
+@register_loss("dist", gather=True, softmax=True)
 def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 1.0, gamma: float = 1.0,
               temperature: float = 1.0, *, mask: torch.Tensor | None = None,
               num_items: int | torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -9,7 +9,7 @@ from distill.losses.positions import (IGNORE_INDEX, check_labels, check_logits, 
 from distill.losses.registry import register_loss
 
 
-@register_loss("dkd", labels=True)
+@register_loss("dkd", labels=True, softmax=True)
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

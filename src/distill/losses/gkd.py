@@ -15,7 +15,7 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return log_p.exp() * (log_p - log_q)
 
 
-@register_loss("generalized_jsd")
+@register_loss("generalized_jsd", softmax=True)
 def generalized_jsd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

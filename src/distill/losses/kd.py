@@ -21,7 +21,7 @@ from distill.losses.registry import register_loss
 _check_logits = check_logits  # the name the other loss modules used
 
 
-@register_loss("kd")
+@register_loss("kd", softmax=True)
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -76,7 +76,7 @@ def kd_loss(
     return divide(kl.sum(), counted, num_items, positions) * temperature**2
 
 
-@register_loss("ce", teacher=None, labels=True)
+@register_loss("ce", teacher=None, labels=True, softmax=True)
 def cross_entropy(
     student_logits: torch.Tensor,
     labels: torch.Tensor,

@@ -57,7 +57,7 @@ teacher_weights = teacher_mixture_weights  # the earlier name
 
 
 # several teachers: pass teacher=["a/logits", "b/logits"] (the teachers' names in Distiller(teacher={...}))
-@register_loss("multi_kd", labels=True)
+@register_loss("multi_kd", labels=True, softmax=True)
 def multi_teacher_kd_loss(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor],
                           labels: torch.Tensor | None = None, temperature: float = 4.0, weighting: str = "mean",
                           weights: list[float] | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ def _kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float) -
 
 
 # the student is a Cohort; pass student=["peers.0", "peers.1", ...]
-@register_loss("dml", teacher=None, labels=True)
+@register_loss("dml", teacher=None, labels=True, softmax=True)
 def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 1.0,
              peer: int | None = None) -> torch.Tensor:
     r"""Deep mutual learning — Zhang, Xiang, Hospedales & Lu 2018, *Deep Mutual Learning* (CVPR).
@@ -56,7 +56,7 @@ def dml_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature:
     return total
 
 
-@register_loss("kdcl", teacher=None, labels=True)
+@register_loss("kdcl", teacher=None, labels=True, softmax=True)
 def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float = 3.0,
               ensemble: str = "min_logit") -> torch.Tensor:
     r"""KDCL — Guo et al. 2020, *Online Knowledge Distillation via Collaborative Learning* (CVPR).
@@ -92,7 +92,7 @@ def kdcl_loss(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature
 
 
 # student=["branches.0", ..., "logits"]
-@register_loss("one", teacher=None, labels=True)
+@register_loss("one", teacher=None, labels=True, softmax=True)
 def one_loss(branch_and_ensemble_logits: list[torch.Tensor], labels: torch.Tensor,
              temperature: float = 3.0) -> torch.Tensor:
     r"""ONE — Lan, Zhu & Gong 2018, *Knowledge Distillation by On-the-Fly Native Ensemble* (NeurIPS).

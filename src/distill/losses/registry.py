@@ -13,7 +13,9 @@ the term's default wiring (:class:`distill.terms.Term` reads it): ``student`` / 
 names, a list of them, or ``teacher=None`` for no teacher input; default ``"logits"``),
 ``labels`` (pass the batch labels), ``index`` (pass the sample indices), ``gather`` (the loss
 compares samples within a batch, so its inputs are gathered across processes) and ``connector``
-(a connector kind mapping the student tap to the teacher's shape). A loss with learnt parameters
+(a connector kind mapping the student tap to the teacher's shape); ``softmax`` marks a loss that reads its
+logits as a softmax distribution over the last axis, which a run refuses for tasks whose outputs are
+not one (sigmoid multi-label outputs, regression values, embeddings). A loss with learnt parameters
 or memory is registered as its ``nn.Module`` class: each term builds its own.
 
 This module imports nothing from the rest of ``distill``.
@@ -25,7 +27,7 @@ from collections.abc import Callable
 #: The zoo models' stage tap aliases, shallow to deep (``distill.zoo`` models expose them).
 STAGES = ("stage1", "stage2", "stage3")
 
-BINDING_KEYS = ("student", "teacher", "labels", "index", "gather", "connector")
+BINDING_KEYS = ("student", "teacher", "labels", "index", "gather", "connector", "softmax")
 
 #: name -> (function or nn.Module class, default binding)
 LOSSES: dict[str, tuple[Callable, dict]] = {}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from distill.losses.registry import register_loss
 
 
-@register_loss("tf_kd", teacher=None, labels=True)
+@register_loss("tf_kd", teacher=None, labels=True, softmax=True)
 def tf_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, correct_probability: float = 0.9,
                temperature: float = 20.0) -> torch.Tensor:
     r"""Teacher-free KD with a virtual teacher — Yuan et al. 2020, *Revisiting Knowledge
