@@ -426,3 +426,9 @@ def test_a_recipe_builds_a_model_from_a_factory_and_names_bad_sources(tmp_path, 
         with pytest.raises(RecipeError, match=message):
             recipe = load_recipe("digits", [override])
             run_recipe(recipe, tmp_path / "bad")
+
+
+def test_token_batches_carry_their_lengths_padded_or_not():
+    task = get_task("tokens", pad_token_id=0)
+    assert task.collate([{"input_ids": [5, 6]}, {"input_ids": [7, 8]}])["lengths"].tolist() == [2, 2]
+    assert task.collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])["lengths"].tolist() == [3, 1]

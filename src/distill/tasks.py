@@ -197,6 +197,13 @@ class Task:
             meta = {k: batch.pop(k) for k in ("index", "lengths", "mask", "num_items") if k in batch}
             label = batch.pop(found[0]) if found else None
             batch = {**meta, "input": batch, "label": label}
+        inputs = batch["input"]
+        if "lengths" not in batch and isinstance(inputs, Mapping) and isinstance(inputs.get("input_ids"), torch.Tensor):
+            # each sequence's real length (right padding), for per-token stores such as the teacher cache
+            mask = inputs.get("attention_mask")
+            ids = inputs["input_ids"]
+            batch["lengths"] = (mask.sum(1) if mask is not None and mask.dim() == 2 else
+                                torch.full((len(ids),), ids.shape[-1], dtype=torch.long))
         label = batch.get("label")
         if label is None:
             batch.pop("label", None)
