@@ -376,9 +376,7 @@ class MultiLabel(Task):
     name = "multilabel"
     select, mode = "f1", "max"
     distribution = False
-
-    def check_labels(self, labels):
-        return labels if labels.is_floating_point() else labels.to(torch.get_default_dtype())
+    check_labels = Regression.check_labels  # float targets, never rounded
 
     def default_terms(self) -> list[Term]:
         return [Term(bce_loss, teacher=None, labels=True, name="bce")]
@@ -461,8 +459,7 @@ class Tokens(Task):
             batch["mask"] = inputs["attention_mask"].bool()
         return batch
 
-    def check_labels(self, labels):
-        return Classification.check_labels(self, labels)
+    check_labels = Classification.check_labels
 
     def default_terms(self) -> list[Term]:
         return [Term("ce")]
@@ -510,8 +507,7 @@ class Embedding(Task):
             batch["mask"] = inputs["attention_mask"].bool()
         return batch
 
-    def check_labels(self, labels):
-        return Regression.check_labels(self, labels)
+    check_labels = Regression.check_labels
 
     def default_terms(self) -> list[Term]:
         tap = "logits" if self.pooling == "none" else "output[0]"
