@@ -117,7 +117,11 @@ def test_every_loss_registers_itself_with_its_binding():
         "one": (losses.one_loss, {"teacher": None, "labels": True}), "logit_l1": (losses.logit_l1, {}),
         "generalized_jsd": (losses.generalized_jsd_loss, {}),
     }
+    softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd"}
+    expected = {name: (fn, {**binding, "softmax": True} if name in softmax else binding)
+                for name, (fn, binding) in expected.items()}
     assert LOSSES == expected
+    assert Term("kd").softmax and not Term("hint").softmax
     assert losses.crd_loss is losses.crd_nce_loss and losses.teacher_weights is losses.teacher_mixture_weights
     assert Term("fsp").student == list(STAGES) and Term("crd").index and Term("crd").gather
     with pytest.raises(ValueError, match="registered already"):
