@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
+        if not 1 <= args.threads <= 1024:
+            parser.error("--threads must be between 1 and 1024")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -28,11 +28,11 @@ from distill.evaluation import count_macs, count_parameters, evaluate, inference
 from distill.explain import CamReference, ExplainError
 from distill.fileio import atomic_save_model, atomic_save_tensors, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
-from distill.recipe import Recipe, RecipeError, dump_recipe, parse_recipe
+from distill.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, read_recipe_file
 # get_teacher, cache_dir, teacher_seed, TeacherNotTrained: also reachable here, as before they moved
 from distill.run_models import (NOT_TRAINING, TeacherNotTrained, augment_from_spec, build_from_spec, cache_dir,  # noqa: F401
-                                data_task, deployable, get_teacher, load_data, say, task_key, teacher_key,
-                                teacher_seed)
+                                check_model_specs, data_task, deployable, get_teacher, load_data, say, task_key,
+                                teacher_key, teacher_seed)
 from distill.stages import as_stages, fit_stages
 from distill.terms import Term
 from distill.zoo import build_model
@@ -316,6 +316,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_data(recipe)
+    check_model_specs(recipe, data)  # options a model cannot build or run: one line, before anything trains
     rows = []
     sample = sources.first_inputs(data.test, recipe.evaluation.latency_batch_size, data.task)
     macs_sample = sources.first_inputs(data.test, 8, data.task)
@@ -479,9 +480,14 @@ def resume_run(run_dir: str | Path, trust_pickle: bool = False) -> dict:
     """Continue an interrupted ``distill run`` from its run directory."""
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise RecipeError(f"--resume: {run_dir} is not a run directory (no recipe.yaml)")
-    import yaml
-
-    return run_recipe(parse_recipe(yaml.safe_load(recipe_file.read_text())), run_dir, resume=True,
-                      trust_pickle=trust_pickle)
+    try:
+        found = recipe_file.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        found = False
+    if not found:
+        raise RecipeError(f"--resume: {str(run_dir)[-80:]} is not a run directory (no recipe.yaml)")
+    try:  # the same reading and checks as a recipe file: a damaged recipe.yaml is one line
+        recipe = parse_recipe(read_recipe_file(recipe_file))
+    except RecipeError as err:
+        raise RecipeError(f"--resume: {err} (the run's recorded recipe is damaged)") from None
+    return run_recipe(recipe, run_dir, resume=True, trust_pickle=trust_pickle)

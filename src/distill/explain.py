@@ -293,18 +293,17 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     ``RUN_DIR/explain``) and returns the dict of :func:`explain_models` with the file paths added.
     Raises :class:`ExplainError` when there is no recipe, no trained teacher or no finished student.
     """
-    import yaml
     from safetensors.torch import load_model
 
     from distill.fileio import atomic_write_text
-    from distill.recipe import parse_recipe
+    from distill.recipe import parse_recipe, read_recipe_file
     from distill.run_models import TeacherNotTrained, build_from_spec, deployable, get_teacher, load_data
 
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise ExplainError(f"{run_dir} is not a run directory (no recipe.yaml)")
-    recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()))
+    recipe = parse_recipe(read_recipe_file(recipe_file))
     if not recipe.teacher_specs:
         raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
     data = load_data(recipe)

@@ -66,19 +66,39 @@ def torch_load(path: str | os.PathLike, trust_pickle: bool = False):
 
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():  # not a refused object: a damaged or foreign file
+            raise ValueError(f"{path} is not a torch file ({str(err).strip()[:80] or 'cannot unpickle'})") from None
         raise UnsafeFile(f"{path} holds Python objects that could run code when loaded; refused. If you trust "
                          "this file, pass trust_pickle=True (command line: --trust-pickle)") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, trust_pickle: bool = False) -> None:
     """Load weights into ``model`` from safetensors, or from a torch file holding a state dict."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); was it written completely?")
     if Path(path).suffix == ".safetensors":
-        load_model(model, str(path))
+        try:
+            load_model(model, str(path))
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a readable safetensors file ({str(err).strip() or 'damaged'}); "
+                             "was it written completely?") from None
         return
-    state = torch_load(path, trust_pickle)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch's zip format, or a plain pickle
+        raise ValueError(f"{path} is not a torch file (it starts with neither a zip nor a pickle header)")
+    try:
+        state = torch_load(path, trust_pickle)
+    except UnsafeFile:
+        raise
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, ImportError, AttributeError,
+            TypeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable torch file ({text}); was it written completely?") from None
     if isinstance(state, nn.Module):
         state = state.state_dict()
     if not isinstance(state, dict):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,9 +21,11 @@ from distill import distributed
 from distill.data import Compose, MixUp, RandomShift
 from distill.engine import Distiller, checkpoints_in, seed_everything
 from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
-from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, error_line
+from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, clip, error_line, excerpt
 from distill import sources
 from distill.tasks import Task, get_task
+from distill.teacher import run_model
+from distill.zoo.datasets import SplitError
 
 say = distributed.say
 
@@ -40,13 +43,86 @@ def augment_from_spec(spec: AugmentSpec | None):
     return None if not transforms else transforms[0] if len(transforms) == 1 else Compose(*transforms)
 
 
-def build_from_spec(spec: ModelSpec, data) -> torch.nn.Module:
+# what a model builder or a first forward pass raises for options it cannot use
+MODEL_ERRORS = (TypeError, ValueError, RuntimeError, OSError, IndexError, KeyError, AttributeError, ZeroDivisionError,
+                OverflowError, NotImplementedError, AssertionError, MemoryError)
+
+
+def build_from_spec(spec: ModelSpec, data, field: str | None = None) -> torch.nn.Module:
     """The model ``spec`` names (a zoo model for ``data``'s input shape and classes, ``hf:PATH`` with the head
-    of ``data``'s task, or ``package.module:factory``); a bad option is a one-line RecipeError."""
+    of ``data``'s task, or ``package.module:factory``); a bad option is a one-line RecipeError naming
+    ``field`` (``student``, ``teacher``, ``methods.1.student``)."""
     try:
         return sources.build(spec.model, spec.options, data, data_task(data))
-    except (TypeError, ValueError, RuntimeError, OSError) as err:
-        raise RecipeError(f"model {spec.model!r} options {spec.options}: {error_line(err)}") from None
+    except sources.SourceError as err:
+        raise RecipeError(f"recipe field '{field or 'model'}': {error_line(err, 200)}") from None
+    except MODEL_ERRORS as err:
+        raise RecipeError(f"recipe field '{field or 'model'}.options': {excerpt(spec.model, 40)} cannot be built "
+                          f"with {excerpt(spec.options, 60)}: {error_line(err, 120)}") from None
+
+
+def check_model_specs(recipe: Recipe, data) -> None:
+    """Build every model the recipe names (teachers, student, a method's own student, teacher assistants) and
+    run it once on two test inputs, before anything trains: options the model cannot build or run on this
+    data (too many pooling stages for 8x8 images, no stages, zero channels) are a one-line RecipeError naming
+    the field. The random number generators are left as they were."""
+    specs = [(f"teacher" if recipe.teacher is not None else f"teachers.{name}", spec)
+             for name, spec in recipe.teacher_specs.items()]
+    specs.append(("student", recipe.student))
+    for i, method in enumerate(recipe.methods):
+        specs += [(f"methods.{i}.via.{k}", step) for k, step in enumerate(method.via)]
+        if method.student is not None:
+            specs.append((f"methods.{i}.student", method.student))
+    seen = set()
+    inputs = sources.first_inputs(data.test, 2, data_task(data)) if len(data.test) else None
+    with _rng_kept(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. torch's "zero-element tensors": refused below, in one line
+        for field, spec in specs:
+            key = (spec.model, excerpt(spec.options, 200))
+            if key in seen:
+                continue
+            seen.add(key)
+            model = build_from_spec(spec, data, field)
+            empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None) \
+                if hasattr(model, "named_parameters") else None
+            if empty is not None:
+                raise RecipeError(f"recipe field '{field}.options': {excerpt(spec.model, 40)} with "
+                                  f"{excerpt(spec.options, 60)} has a layer without weights ({clip(empty, 40)}): a width or channel count of 0, or more "
+                                  f"stages than inputs of shape {tuple(getattr(data, 'input_shape', None) or ())} "
+                                  "allow?")
+            if inputs is None:
+                continue
+            try:
+                with torch.no_grad():
+                    model.eval()
+                    out = run_model(model, inputs)
+            except MODEL_ERRORS as err:
+                raise RecipeError(f"recipe field '{field}.options': {excerpt(spec.model, 40)} with "
+                                  f"{excerpt(spec.options, 60)} cannot run on inputs of shape "
+                                  f"{tuple(getattr(data, 'input_shape', None) or ())}: {error_line(err, 120)}") from None
+            if out is None:
+                raise RecipeError(f"recipe field '{field}.model': {excerpt(spec.model, 40)} returned nothing")
+
+
+class _rng_kept:
+    """Restore torch's, NumPy's and Python's random states on exit."""
+
+    def __enter__(self):
+        import random
+
+        import numpy as np
+
+        self.states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+
+    def __exit__(self, *exc):
+        import random
+
+        import numpy as np
+
+        torch.random.set_rng_state(self.states[0])
+        np.random.set_state(self.states[1])
+        random.setstate(self.states[2])
+        return False
 
 
 def data_task(data) -> Task:
@@ -57,10 +133,12 @@ def data_task(data) -> Task:
 def load_data(recipe: Recipe):
     """The recipe's train / validation / test splits, carrying the recipe's task (``data.task``)."""
     try:
-        data = sources.load(recipe.data.dataset, recipe.data.val_size, seed=0, train_size=recipe.data.train_size,
-                            test_size=recipe.data.test_size)
+        data = sources.load(recipe.data.dataset, recipe.data.chosen_val_size, seed=0,
+                            train_size=recipe.data.train_size, test_size=recipe.data.test_size)
+    except SplitError as err:
+        raise RecipeError(f"recipe field 'data.val_size': {error_line(err, 220)}") from None
     except sources.SourceError as err:
-        raise RecipeError(f"recipe field 'data.dataset': {err}") from None
+        raise RecipeError(f"recipe field 'data.dataset': {error_line(err, 220)}") from None
     data.task = recipe.build_task()
     return data
 
@@ -109,15 +187,15 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     spec = recipe.teacher_specs[name]
     field = "teacher" if recipe.teacher is not None else f"teachers.{name}"
     seed_everything(teacher_seed(recipe, name))
-    teacher = build_from_spec(spec, data)
+    teacher = build_from_spec(spec, data, field)
     if spec.checkpoint is not None:
         try:
             load_weights(teacher, spec.checkpoint, trust_pickle)
         except UnsafeFile as err:
             raise RecipeError(f"recipe field '{field}.checkpoint': {err}") from None
         except (RuntimeError, OSError, ValueError) as err:
-            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {spec.checkpoint} into "
-                              f"{spec.model}: {error_line(err)}") from None
+            raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {excerpt(str(spec.checkpoint), 60)} "
+                              f"into {excerpt(spec.model, 40)}: {error_line(err, 120)}") from None
         return teacher, {"source": str(spec.checkpoint)}
     cached = cache_dir() / "teachers" / teacher_key(recipe, name)
     own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name

@@ -108,8 +108,9 @@ class UserData:
         return None
 
 
-def load(name: str, val_size: int, seed: int, train_size: int | None, test_size: int | None):
-    """A recipe's data: a bundled dataset, or the splits a user's function returns."""
+def load(name: str, val_size: int | None, seed: int, train_size: int | None, test_size: int | None):
+    """A recipe's data: a bundled dataset, or the splits a user's function returns (``val_size`` None: the
+    bundled dataset's default for its size)."""
     if ":" not in name:
         return load_dataset(name, val_size, seed=seed, train_size=train_size, test_size=test_size)
     out = import_object(name)()

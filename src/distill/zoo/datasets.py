@@ -119,21 +119,40 @@ class Splits:
         return max(split.num_classes for split in (self.train, self.val, self.test))
 
 
-def load_dataset(name: str, val_size: int | float = 5000, seed: int = 0, train_size: int | None = None,
+DEFAULT_VAL_SIZE = 5000
+
+
+class SplitError(ValueError):
+    """A validation split the training set cannot give."""
+
+
+def default_val_size(train_samples: int) -> int:
+    """Validation samples carved when none are asked for: 5000, or a tenth of a training set under 50,000
+    (sklearn digits: 149 of 1,497)."""
+    return min(DEFAULT_VAL_SIZE, max(1, train_samples // 10))
+
+
+def load_dataset(name: str, val_size: int | float | None = DEFAULT_VAL_SIZE, seed: int = 0, train_size: int | None = None,
                  test_size: int | None = None) -> Splits:
     """Train / validation / test splits of a bundled dataset.
 
     The validation split is carved from the training set with a fixed-seed
     permutation (``seed``); the test split is the dataset's own. ``val_size`` may be
-    a count or a fraction. ``train_size`` keeps only the first that many training
+    a count, a fraction or None (:func:`default_val_size`). ``train_size`` keeps only the first that many training
     samples after the carve (a smaller transfer set); ``test_size`` the first that
     many test samples (for quick checks only: reported results use the whole test set).
     """
     if name not in LOADERS:
         raise KeyError(f"unknown dataset {name!r}; bundled datasets: {', '.join(LOADERS)}")
     train, test = LOADERS[name]("train"), LOADERS[name]("test")
-    if isinstance(val_size, float):
+    if val_size is None:
+        val_size = default_val_size(len(train))
+    elif isinstance(val_size, float):
         val_size = int(round(val_size * len(train)))
+    if not 0 <= val_size < len(train):
+        raise SplitError(f"{val_size} validation samples would leave no training samples: {name} has "
+                         f"{len(train):,}; use at most {len(train) - 1:,} (or leave it out: "
+                         f"{default_val_size(len(train)):,} here)")
     train, val = carve_validation(train, val_size, seed)
     if train_size is not None:
         train = train.subset(range(min(train_size, len(train))))
