@@ -151,7 +151,8 @@ def test_resume_an_interrupted_run(tmp_path, cache_dir):
 
 def test_bad_model_options_are_one_line(capsys, tmp_path):
     assert main(["run", "digits", "--set", "student.options.hidden=[-3]", "--run-dir", str(tmp_path / "r")]) == 2
-    assert "model 'mlp' options" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "recipe field 'student.options': 'mlp'" in err and len(err.strip().splitlines()) == 1
     assert main(["run", "digits", "--set", "student.options.widths=[3]", "--run-dir", str(tmp_path / "s")]) == 2
 
 

@@ -181,8 +181,20 @@ def cmd_explain(args) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (``distill run: error: ...; see distill run --help``), exit code 2."""
+
+    def error(self, message):
+        from distill.recipe import clip
+
+        hint = ""
+        if "expected one argument" in message and "--set" in message:
+            hint = " (a value starting with '-': write --set=KEY=VALUE)"
+        self.exit(2, clip(f"{self.prog}: error: {message}{hint}; see {self.prog} --help", 300) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch models.")
+    parser = _OneLineParser(prog="distill", description="Knowledge distillation for PyTorch models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; use 1 per process when running "
@@ -264,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.threads is not None:
-        if not 1 <= args.threads <= 1024:
-            parser.error("--threads must be between 1 and 1024")
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        if args.threads > 1024:
+            parser.error("--threads must be at most 1024")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -468,11 +468,24 @@ def build_task(spec: str | dict) -> Task:
         raise ValueError(str(err)) from None
 
 
+_TAGS = {"str", "int", "float", "bool", "none", "list", "dict", "[key]", "function-after", "function-before",
+         "function-wrap", "function-plain", "literal", "constrained-str", "constrained-int"}
+
+
+def _is_tag(part) -> bool:
+    """Whether a part of a pydantic error location names a union member (``dict[str,any]``), not a key."""
+    return isinstance(part, str) and (part in _TAGS or ("[" in part and part.endswith("]")) or part.startswith(
+        ("function-", "literal[", "lax-or-strict", "json-or-python", "chain[", "nullable[", "default[")))
+
+
 def _format_error(err: ValidationError) -> str:
     """One line for pydantic's errors: the first one's field (each part cut short), its message (cut short),
     and how many more there are. Input values are never copied whole into it."""
-    first = err.errors(include_url=False, include_input=False, include_context=False)[0]
-    field = ".".join(clip(str(p), 40) for p in first["loc"])
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    first = errors[0]
+    if any(_is_tag(p) for p in first["loc"]):  # a union (int | None, str | dict): the error of the deepest branch
+        first = max((e for e in errors if e["loc"][:1] == first["loc"][:1]), key=lambda e: len(e["loc"]))
+    field = ".".join(clip(str(p), 40) for p in first["loc"] if not _is_tag(p))
     message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"

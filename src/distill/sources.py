@@ -47,8 +47,8 @@ def check_model_name(name: str) -> str:
         if not (folder / "config.json").is_file():
             raise SourceError(f"{name}: no Hugging Face model folder there (expected {folder / 'config.json'})")
         return name
-    raise SourceError(f"unknown model {name!r}; give a zoo model ({', '.join(sorted(MODELS))}), hf:PATH (a local "
-                      "Hugging Face folder) or package.module:factory")
+    raise SourceError(f"unknown model {_short(name)}; {_near(name, MODELS)}give a zoo model (distill list models), "
+                      "hf:PATH (a local Hugging Face folder) or package.module:factory")
 
 
 def check_data_name(name: str) -> str:
@@ -57,8 +57,21 @@ def check_data_name(name: str) -> str:
     if _IMPORT_PATH.fullmatch(name):
         import_object(name)
         return name
-    raise SourceError(f"unknown dataset {name!r}; give a bundled dataset ({', '.join(LOADERS)}) or "
-                      "package.module:function")
+    raise SourceError(f"unknown dataset {_short(name)}; {_near(name, LOADERS)}give a bundled dataset "
+                      f"({', '.join(LOADERS)}) or package.module:function")
+
+
+def _short(name) -> str:
+    text = repr(name)
+    return text if len(text) <= 60 else text[:59] + "\u2026"
+
+
+def _near(name, options) -> str:
+    """``did you mean a, b? `` for names close to ``name`` (empty when none is)."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name)[:100], sorted(options), n=3)
+    return f"did you mean {', '.join(near)}? " if near else ""
 
 
 def import_object(path: str):
