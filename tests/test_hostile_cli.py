@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-CASES = int(os.environ.get("DISTILL_FUZZ_CASES", "300"))
-SUBPROCESS_CASES = int(os.environ.get("DISTILL_FUZZ_SUBPROCESS", "4"))
+CASES = int(os.environ.get("DISTILL_FUZZ_CASES", "500"))
+SUBPROCESS_CASES = int(os.environ.get("DISTILL_FUZZ_SUBPROCESS", "6"))
 SEED = int(os.environ.get("DISTILL_FUZZ_SEED", "0"))
 CASE_SECONDS = 20  # one in-process case (they take ~0.05 s; generous for a shared 2-core machine)
 PROCESS_SECONDS = 90  # one `python -m distill` process (its start-up imports torch)
@@ -387,11 +387,34 @@ def weight_file(rng: random.Random, folder: Path) -> Path:
     return path
 
 
+ZOO = ["cnn", "mlp", "resnet", "resnet8", "wrn", "vgg", "vgg8", "one", "cohort", "shufflenetv2", "generator", "resnet8x4",
+       "wrn_16_2"]
+OPTION_KEYS = ["channels", "hidden", "depth", "widths", "widen_factor", "dropout", "net_size", "peers", "peer", "options",
+               "latent", "width", "branches", "zero_init_residual", "input_dropout", "nope"]
+
+
+def model_option(rng: random.Random) -> str:
+    small = lambda: rng.choice(["0", "1", "2", "3", "4", "8", "16", "-1", "0.5", "1.5", "true", "null", "100000",
+                                "1000", "999", "'a'"])  # noqa: E731
+    pick = rng.random()
+    if pick < 0.4:
+        return small()
+    if pick < 0.8:
+        return "[" + ", ".join(small() for _ in range(rng.choice([0, 1, 2, 3, 4, 6]))) + "]"
+    return rng.choice(ZOO + ["{}", "{hidden: [8]}", "{channels: [0]}"])
+
+
 def make_case(rng: random.Random, paths: list[str], folder: Path, k: int) -> tuple[str, list[str]]:
     """(family, command-line arguments after ``--threads 1``) of one generated case."""
     run_dir = str(folder / f"run-{k}")
     pick = rng.random()
-    if pick < 0.35:  # --set overrides on a bundled recipe
+    if pick < 0.1:  # a zoo model with options it may not build or run with (8x8 digits)
+        who = rng.choice(["student", "teacher", "methods.1.student"])
+        options = "{" + ", ".join(f"{rng.choice(OPTION_KEYS)}: {model_option(rng)}"
+                                  for _ in range(rng.randint(0, 2))) + "}"
+        return "model", ["run", "digits", "--set", f"{who}.model={rng.choice(ZOO)}", "--set",
+                         f"{who}.options={options}", "--run-dir", run_dir, "--no-progress"]
+    if pick < 0.4:  # --set overrides on a bundled recipe
         sets = []
         for _ in range(rng.randint(1, 3)):
             key = set_key(rng, paths)

@@ -171,6 +171,28 @@ def _check_params(fn, params: dict, what: str) -> None:
                                  f"got {excerpt(value)}") from None
 
 
+# Bounds on a zoo model's options (the zoo's models are small; beyond these a value is a typo that would
+# build for minutes or allocate without end). Models from hf:PATH or your own factory are not bounded.
+ZOO_MAX_INT, ZOO_MAX_DEPTH, ZOO_MAX_ITEMS = 100_000, 1000, 1000
+
+
+def _check_zoo_options(options: Any, key: str = "options", level: int = 0) -> None:
+    if level > 4:
+        raise ValueError(f"{key}: nested too deep for a model option")
+    if isinstance(options, dict):
+        for k, v in options.items():
+            _check_zoo_options(v, f"{excerpt(k, 30).strip(chr(39))}" if level == 0 else key, level + 1)
+    elif isinstance(options, list):
+        if len(options) > ZOO_MAX_ITEMS:
+            raise ValueError(f"{key}: {len(options):,} items is too many for a model option (at most {ZOO_MAX_ITEMS:,})")
+        for v in options:
+            _check_zoo_options(v, key, level + 1)
+    elif isinstance(options, int) and not isinstance(options, bool):
+        limit = ZOO_MAX_DEPTH if key == "depth" else ZOO_MAX_INT
+        if abs(options) > limit:
+            raise ValueError(f"options.{key}: {options:,} is out of range for a zoo model (at most {limit:,})")
+
+
 class ModelSpec(_Strict):
     model: str = Field(description="a zoo model name (distill list models), hf:PATH (a local Hugging Face folder, "
                        "its head chosen by the task) or package.module:factory (your own code)")
@@ -181,6 +203,14 @@ class ModelSpec(_Strict):
     @classmethod
     def _known_model(cls, v: str) -> str:
         return check_model_name(v)
+
+    @model_validator(mode="after")
+    def _sane_zoo_options(self):
+        from distill.zoo.models import MODELS
+
+        if self.model in MODELS:
+            _check_zoo_options(self.options)
+        return self
 
     @field_validator("checkpoint")
     @classmethod

@@ -82,6 +82,7 @@ def check_model_specs(recipe: Recipe, data) -> None:
             if key in seen:
                 continue
             seen.add(key)
+            _check_size(spec, data, field)
             model = build_from_spec(spec, data, field)
             empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None) \
                 if hasattr(model, "named_parameters") else None
@@ -102,6 +103,27 @@ def check_model_specs(recipe: Recipe, data) -> None:
                                   f"{tuple(getattr(data, 'input_shape', None) or ())}: {error_line(err, 120)}") from None
             if out is None:
                 raise RecipeError(f"recipe field '{field}.model': {excerpt(spec.model, 40)} returned nothing")
+
+
+ZOO_MAX_PARAMETERS = 250_000_000  # 1 GB of float32 weights: far above any zoo model at any sane option
+
+
+def _check_size(spec: ModelSpec, data, field: str) -> None:
+    """A zoo model is first built on the ``meta`` device (no memory, no time): options asking for more than
+    ZOO_MAX_PARAMETERS weights are refused before anything is allocated."""
+    from distill.zoo.models import MODELS
+
+    if spec.model not in MODELS:
+        return
+    try:
+        with torch.device("meta"):
+            model = sources.build(spec.model, spec.options, data, data_task(data))
+    except MODEL_ERRORS:
+        return  # the real build reports it
+    count = sum(p.numel() for p in model.parameters())
+    if count > ZOO_MAX_PARAMETERS:
+        raise RecipeError(f"recipe field '{field}.options': {excerpt(spec.model, 40)} with {excerpt(spec.options, 60)} "
+                          f"has {count:,} parameters (at most {ZOO_MAX_PARAMETERS:,} for a zoo model)")
 
 
 class _rng_kept:
