@@ -530,3 +530,54 @@ def test_full_size_bombs_and_nesting_in_a_process(tmp_path):
     print("\n" + tally.summary())
     assert not tally.failures, "\n".join(tally.failures)
     assert tally.peak_mb < PROCESS_MB
+
+
+ISSUE_23 = [  # (recipe text or None for digits, --set overrides, text the one line must hold)
+    (BASE_TEXT.encode("latin-1").replace(b"# A", b"# caf\xe9 A"), [], "not a text file"),
+    (BASE_TEXT.encode("utf-16"), ["train.epochs=0"], "'train.epochs'"),
+    (BASE_TEXT.encode("utf-32"), ["train.epochs=0"], "'train.epochs'"),
+    (BASE_TEXT.encode("utf-8-sig"), ["train.epochs=0"], "'train.epochs'"),
+    (None, ["data.val_size=5000"], "'data.val_size'"),
+    (None, ["seed=-1"], "'seed'"), (None, ["seed=4294967296"], "'seed'"), (None, ["teacher.seed=-3"], "'teacher.seed'"),
+    (None, ["teacher.options.channels=[16, 32, 64, 128]"], "'teacher.options'"),
+    (None, ["teacher.options.channels=[]"], "'teacher.options'"),
+    (None, ["student.model=cnn", "student.options={channels: [0]}"], "'student.options'"),
+    (None, ["train.cache_teacher=true", "train.teacher_cache_dir=" + __file__], "'train.teacher_cache_dir'"),
+    (None, ["train.cache_teacher=true", "data.augment.shift=2"], "train.cache_teacher"),
+    (None, ["evaluation.latency_repeats=1000000000"], "'evaluation.latency_repeats'"),
+    (None, ["methods.1.generations=2147483648"], "'methods.1.generations'"),
+    (None, ["train.epochs=!!int x"], "--set train.epochs"),
+    (None, ["train.epochs=" + "9" * 5000], "--set train.epochs"),
+    (None, ["teacher.options=" + "[" * 1000 + "]" * 1000], "nested deeper"),
+    (None, ["methods.1.alpha=" + "y" * 50000], "'methods.1'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ISSUE_23)))
+def test_issue_23_cases_name_their_field(no_training, case):
+    data, sets, needle = ISSUE_23[case]
+    recipe = "digits"
+    if data is not None:
+        recipe = str(no_training / "recipe.yaml")
+        Path(recipe).write_bytes(data)
+    args = ["run", recipe, *[a for s in sets for a in ("--set", s)], "--run-dir", str(no_training / "run")]
+    code, err, _, crash = run_main(args)
+    lines = err.strip().splitlines()
+    assert crash is None and code == 2 and len(lines) == 1 and len(lines[0]) <= MAX_LINE, err[-500:]
+    assert needle in lines[0], lines[0]
+
+
+def test_small_dataset_without_val_size_carves_a_tenth(no_training):
+    """digits has 1,497 training images: without data.val_size, 149 are carved (5,000 would leave none), and
+    the run directory's recipe.yaml keeps it unset, so --resume carves the same."""
+    from distill.recipe import dump_recipe, load_recipe, parse_recipe, read_recipe_file
+    from distill.run_models import load_data
+
+    tree = {k: v for k, v in BASE.items()}
+    tree["data"] = {"dataset": "digits"}
+    recipe = parse_recipe(tree)
+    data = load_data(recipe)
+    assert len(data.val) == 149 and len(data.train) == 1497 - 149
+    (no_training / "recipe.yaml").write_text(dump_recipe(recipe))
+    assert parse_recipe(read_recipe_file(no_training / "recipe.yaml")).data.chosen_val_size is None
+    assert load_recipe("default").data.chosen_val_size == 5000  # the bundled recipes say it, unchanged
