@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import send_to_device
 
 from distill.data import Indexed
+from distill.errors import DistillError, describe, excerpt
 from distill.losses.regression import bce_loss, mse_loss
 from distill.taps import logits_of
 from distill.terms import Term
@@ -40,7 +41,7 @@ _ZERO_PADDED = ("attention_mask", "token_type_ids", "decoder_attention_mask", "p
 _PAD_TOKEN_KEYS = ("input_ids", "decoder_input_ids")
 
 
-class TaskError(ValueError):
+class TaskError(DistillError):
     """Items or targets a task cannot use; the message names the key and what to do."""
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import send_to_device
-from pydantic import ValidationError
 from safetensors.torch import load_model
 from torch import nn
 from torch.utils.data import DataLoader
@@ -507,12 +506,10 @@ def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DistillError(f"Distiller got an unknown keyword {key!r}{hint} (settings: distill.TrainConfig)")
-    try:
-        return TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise DistillError(f"setting {field!r}: {first['msg']}, got {first.get('input')!r}") from None
+    if config is not None and not isinstance(config, TrainConfig):
+        raise DistillError(f"config must be a distill.TrainConfig (or None), got {type(config).__name__}; "
+                           "or pass the settings as keywords: Distiller(..., epochs=5)")
+    return TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})  # one-line DistillError
 
 
 def _windows(batches, size: int):
