@@ -35,6 +35,7 @@ from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_che
 from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
 from distill.engine.probe import StudentWithTaps, modules_before, probe
+from distill.errors import excerpt
 from distill.evaluation import evaluate
 from distill.fileio import atomic_save_model, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
@@ -96,6 +97,8 @@ class Distiller:
                  config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
                  teacher_outputs: TeacherOutputs | None = None, **overrides):
         self.config = _config(config, overrides)
+        _check_arguments(student, teacher, terms, collate_fn=collate_fn, augment=augment, run_dir=run_dir,
+                         trust_pickle=trust_pickle, train_up_to=train_up_to)
         self.student = student
         self.task = get_task(task)
         self.collate = collator(self.task, collate_fn)
@@ -142,7 +145,7 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
-        self.model = probe(self.student, self.terms, self.teacher, self._first_batch(as_dataset(train), device),
+        self.model = probe(self.student, self.terms, self.teacher, self._first_batch(as_dataset(train, "train"), device),
                            device)
         load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
         self.history = json.loads((checkpoint / "history.json").read_text())
@@ -233,8 +236,8 @@ class Distiller:
 
     def _fit(self, train, val, resume: bool) -> list[dict]:
         cfg, acc = self.config, self.accelerator
-        train = self._train_set = as_dataset(train)
-        val = as_dataset(val) if val is not None else None
+        train = self._train_set = as_dataset(train, "train")
+        val = as_dataset(val, "val") if val is not None else None
         if len(train) == 0:
             raise DistillError("the training set is empty")
         if val is not None:
@@ -496,6 +499,40 @@ class Distiller:
             return
         save_checkpoint(self.run_dir, self.model, optimizer, scheduler, epoch=epoch, step=step, history=self.history,
                         keep=self.config.keep_checkpoints, position=position, train_set=self._train_set)
+
+
+def _check_arguments(student, teacher, terms, **options) -> None:
+    """One line for an argument of the wrong kind, before anything is built from it."""
+    if not isinstance(student, nn.Module):
+        what = "a function" if callable(student) else excerpt(student)
+        raise DistillError(f"student must be a torch.nn.Module (a model with parameters), got {what}")
+    if teacher is not None and not isinstance(teacher, (nn.Module, Mapping)) and not callable(teacher):
+        raise DistillError(f"teacher must be an nn.Module, a dict of them, a teacher signal or None, "
+                           f"got {excerpt(teacher)}")
+    if isinstance(teacher, Mapping) and not isinstance(teacher, nn.ModuleDict):
+        bad = [k for k, m in teacher.items() if not isinstance(m, nn.Module) or not isinstance(k, str)]
+        if not teacher or bad:
+            raise DistillError("several teachers are a dict {name: nn.Module} with at least one entry"
+                               + (f"; {excerpt(bad[0])} is not" if bad else ""))
+    if isinstance(terms, Term):
+        raise DistillError("terms must be a list of Term objects; got one Term: pass terms=[Term(...)]")
+    if terms is not None:
+        if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, (list, tuple)):
+            raise DistillError(f"terms must be a list of Term objects (e.g. [Term('ce'), Term('kd')]), "
+                               f"got {excerpt(terms)}")
+        for n, term in enumerate(terms):
+            if not isinstance(term, Term):
+                hint = f": Term({term!r})" if isinstance(term, str) else ""
+                raise DistillError(f"terms[{n}] must be a Term{hint}, got {excerpt(term)}")
+    for key in ("collate_fn", "augment"):
+        if options[key] is not None and not callable(options[key]):
+            raise DistillError(f"{key} must be a function (or None), got {excerpt(options[key])}")
+    if options["run_dir"] is not None and not isinstance(options["run_dir"], (str, os.PathLike)):
+        raise DistillError(f"run_dir must be a path (str or pathlib.Path) or None, got {excerpt(options['run_dir'])}")
+    if not isinstance(options["trust_pickle"], bool):
+        raise DistillError(f"trust_pickle must be True or False, got {excerpt(options['trust_pickle'])}")
+    if options["train_up_to"] is not None and not isinstance(options["train_up_to"], str):
+        raise DistillError(f"train_up_to must be a student tap name (or None), got {excerpt(options['train_up_to'])}")
 
 
 def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
