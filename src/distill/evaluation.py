@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from distill.data import as_dataset
-from distill.tasks import Task, collator, get_task
+from distill.errors import DistillError, cause
+from distill.tasks import Task, check_inputs, collator, get_task
 from distill.teacher import run_model
 
 
@@ -35,13 +36,30 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
     for m in models:
         m.eval()
     sums: dict = {}
+    number, batch, doing = 0, None, "reading the batch (the dataset's items, the collate function)"
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for number, batch in enumerate(loader):
+                check_inputs(batch, f"evaluation batch {number + 1}")  # NaN inputs would give a meaningless score
                 batch = send_to_device(batch, device)
+                doing = "the model's forward pass"
                 pred = task.prediction(run_model(model, batch["input"]), batch)
+                doing = "the teacher's forward pass"
                 reference = None if teacher is None else task.prediction(run_model(teacher, batch["input"]), batch)
+                doing = "scoring the batch"
                 task.add_batch(sums, pred, batch, reference)
+                doing = "reading the batch (the dataset's items, the collate function)"
+    except Exception as err:
+        if isinstance(err, DistillError) and "evaluation batch" in str(err):
+            raise
+        index = batch.get("index") if isinstance(batch, Mapping) else None
+        where = f"evaluation batch {number + 1}"
+        if isinstance(index, torch.Tensor) and index.numel():
+            where += f" (sample indices {', '.join(map(str, index[:3].tolist()))}{', ...' if index.numel() > 3 else ''})"
+        if isinstance(err, DistillError):
+            raise type(err)(f"{where}: {err}") from err
+        raise DistillError(f"{where}: {doing} failed ({cause(err)}); check the evaluation data against the "
+                           "training data (shapes, dtypes, targets)") from err
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

@@ -6,6 +6,7 @@ from disk, so loss terms cannot tell them apart.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -21,10 +22,31 @@ def run_model(model: nn.Module, inputs):
     return model(inputs)
 
 
+# the state a model had before its first freeze (each submodule's training mode, each parameter's
+# requires_grad), kept until thaw() puts it back; weak keys, so a model dropped by its user is not kept alive
+_BEFORE_FREEZE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def freeze(model: nn.Module) -> nn.Module:
+    """``eval()`` and no gradients for ``model``'s parameters; the state before is kept for :func:`thaw`."""
+    if model not in _BEFORE_FREEZE:
+        _BEFORE_FREEZE[model] = ([(m, m.training) for m in model.modules()],
+                                 [(p, p.requires_grad) for p in model.parameters()])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def thaw(model: nn.Module) -> nn.Module:
+    """Put back the training modes and ``requires_grad`` flags ``model`` had before :func:`freeze`."""
+    state = _BEFORE_FREEZE.pop(model, None)
+    if state is not None:
+        modes, flags = state
+        for module, training in modes:
+            module.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return model
 
 
