@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from distill.data import as_dataset
-from distill.errors import DistillError, cause
+from distill.errors import DistillError, cause, excerpt
 from distill.tasks import Task, check_inputs, collator, get_task
 from distill.teacher import run_model
 
@@ -26,8 +26,16 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
     metric sums are added up, so every process returns the same numbers.
     """
     task = get_task(task)
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"evaluate needs a torch.nn.Module, got {excerpt(model)}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise DistillError(f"evaluate's teacher must be a torch.nn.Module or None, got {excerpt(teacher)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DistillError(f"evaluate's batch_size must be a whole number >= 1, got {excerpt(batch_size)}")
     dataset = as_dataset(dataset)
-    device = next(model.parameters()).device
+    if len(dataset) == 0:
+        raise DistillError("cannot evaluate on an empty dataset")
+    device = next(iter(model.parameters()), torch.empty(0)).device
     if accelerator is not None and accelerator.num_processes > 1:
         dataset = Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator(task, collate_fn))

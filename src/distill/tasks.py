@@ -335,9 +335,9 @@ def get_task(task: str | Task | None = None, **options) -> Task:
         if options:
             raise TaskError("options are for a task given by name, not a Task object")
         return task
-    name = task or "classification"
-    if name not in TASKS:
-        raise TaskError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    name = "classification" if task is None else task
+    if not isinstance(name, str) or name not in TASKS:
+        raise TaskError(f"unknown task {excerpt(name)}; available: {', '.join(TASKS)} (or a distill.tasks.Task)")
     try:
         return TASKS[name](**options)
     except TypeError as err:
@@ -497,6 +497,9 @@ class Tokens(Task):
             if "attention_mask" in inputs:
                 labels = labels.masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
         if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dim() < 2:
+                raise TaskError(f"token labels must be token ids of shape (batch, length), got {describe(labels)}: "
+                                "for one label per sample use task 'classification'")
             if self.shift:
                 labels = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), IGNORE_INDEX)], dim=1)
             batch["label"] = labels

@@ -54,12 +54,13 @@ class LiveTeacher:
     """A frozen model run under ``torch.inference_mode()`` in ``eval()`` mode
     (under ``torch.enable_grad()`` when a tap is a ``gradcam++(...)`` map; values come back detached).
 
-    Its parameters never require gradients, never enter an optimiser and the
-    model is never wrapped for gradient synchronisation.
+    Its parameters never enter an optimiser and the model is never wrapped for gradient synchronisation;
+    while :meth:`Distiller.fit <distill.engine.Distiller.fit>` runs, they do not require gradients either
+    (:func:`freeze`), and after it the model's ``requires_grad`` flags and training mode are put back (:func:`thaw`).
     """
 
     def __init__(self, model: nn.Module, taps):
-        self.model = freeze(model)
+        self.model = model  # frozen while a run uses it: Distiller.fit freezes it and thaws it after
         self.taps = list(dict.fromkeys(taps))
         self.recorder = TapRecorder(self.model, self.taps, model_name="teacher")
         self.needs_grad = any(spec.kind == "gradcam++" for spec in self.recorder.specs.values())

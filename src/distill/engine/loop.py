@@ -35,7 +35,7 @@ from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_che
 from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
 from distill.engine.probe import StudentWithTaps, check_inputs, modules_before, probe
-from distill.errors import cause, excerpt
+from distill.errors import cause, describe, excerpt
 from distill.evaluation import evaluate
 from distill.fileio import atomic_save_model, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
@@ -155,9 +155,13 @@ class Distiller:
         return _index_batch if getattr(dataset, "synthetic", False) else self.collate
 
     def _first_batch(self, train, device) -> dict:
-        first = self._collate_for(train)(read_items(train, range(min(len(train), self.config.batch_size))))
-        if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
-            first = self.task.prepare(train.make_batch(first))
+        with _reading("the first training batch"):
+            first = self._collate_for(train)(read_items(train, range(min(len(train), self.config.batch_size))))
+            if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
+                first = self.task.prepare(train.make_batch(first))
+        if not isinstance(first, Mapping) or "input" not in first:
+            raise DistillError(f"the first training batch is {describe(first)}, not a batch of inputs: check the "
+                               "dataset's items and collate_fn")
         return send_to_device(first, device)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, check=None) -> DataLoader:
@@ -208,11 +212,9 @@ class Distiller:
         """The first validation batch scored as :meth:`evaluate` will score it, so its mistakes show before
         training rather than after the first epoch."""
         device = self.accelerator.device
-        try:
+        with _reading("the validation set's first batch"):
             batch = send_to_device(self.collate(read_items(val, range(min(len(val), self.config.batch_size)))),
                                    device)
-        except DistillError as err:
-            raise type(err)(f"validation set: {err}") from err
         check_inputs(batch, "validation set")
         if "label" not in batch:
             return
@@ -314,7 +316,8 @@ class Distiller:
                                "with: pass a labelled validation set, a teacher, or val=None")
 
     def _labelled(self, dataset) -> bool:
-        return "label" in self.collate(read_items(dataset, [0]))
+        with _reading("the validation set's first item"):
+            return "label" in self.collate(read_items(dataset, [0]))
 
     def _fit(self, train, val, resume: bool) -> list[dict]:
         cfg, acc = self.config, self.accelerator
@@ -367,7 +370,13 @@ class Distiller:
         if self.teacher is not None:
             self.teacher.to(device)
         if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
-            self.teacher = self._cached_teacher(train, device)
+            try:
+                self.teacher = self._cached_teacher(train, device)
+            except DistillError:
+                raise
+            except Exception as err:  # the teacher run over the training set: its forward pass or the data
+                raise DistillError(f"caching the teacher's outputs over the training set failed ({cause(err)}); "
+                                   "check the teacher against the training inputs (shape, dtype)") from err
         if not any(p.requires_grad for p in self.student.parameters()) and not any(
                 t.connector or isinstance(t.fn, nn.Module) for t in self.terms):
             raise DistillError("nothing to train: the student has no parameters that require gradients; pass a model "
@@ -654,6 +663,9 @@ def _check_arguments(student, teacher, terms, **options) -> None:
     if teacher is not None and not isinstance(teacher, (nn.Module, Mapping)) and not callable(teacher):
         raise DistillError(f"teacher must be an nn.Module, a dict of them, a teacher signal or None, "
                            f"got {excerpt(teacher)}")
+    if teacher is not None and not isinstance(teacher, (nn.Module, Mapping)) and not hasattr(teacher, "to"):
+        raise DistillError("a teacher signal is a callable batch -> {tap: tensor} with a .to(device) method (like "
+                           f"distill.teacher.LiveTeacher); got {excerpt(teacher)}: pass the teacher model itself")
     if isinstance(teacher, Mapping) and not isinstance(teacher, nn.ModuleDict):
         bad = [k for k, m in teacher.items() if not isinstance(m, nn.Module) or not isinstance(k, str)]
         if not teacher or bad:
@@ -710,6 +722,18 @@ class _CheckedLabels:
             sample = int(index[row]) if isinstance(index, torch.Tensor) and len(index) > row else row
             raise TaskError(class_label_message(value, sample, self.width, self.per_position))
         return batch
+
+
+@contextmanager
+def _reading(what: str):
+    """Errors of a dataset's ``__getitem__`` or a collate function as one line naming what was read."""
+    try:
+        yield
+    except DistillError as err:
+        raise type(err)(f"{what}: {err}") from err
+    except Exception as err:
+        raise DistillError(f"reading {what} failed ({cause(err)}); check the dataset's items and "
+                           "collate_fn") from err
 
 
 def _live_teachers(teacher) -> list[LiveTeacher]:
