@@ -545,8 +545,8 @@ class Embedding(Task):
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
                  pooling: str = "none", normalize: bool = False):
         super().__init__(target, pad_token_id, tokenizer)
-        if pooling not in ("none", "mean", "cls"):
-            raise TaskError(f"pooling must be 'none', 'mean' or 'cls', got {pooling!r}")
+        if not isinstance(pooling, str) or pooling not in ("none", "mean", "cls"):
+            raise TaskError(f"pooling must be 'none', 'mean' or 'cls', got {excerpt(pooling)}")
         self.pooling, self.normalize = pooling, normalize
 
     def prepare(self, batch):

@@ -20,6 +20,7 @@ The registered names and default bindings live beside each loss
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
@@ -120,11 +121,14 @@ class Term:
             raise TermError(f"a term's name must be a non-empty string, got {excerpt(name)}")
         if isinstance(fn, str):
             if fn not in LOSSES:
-                raise TermError(f"unknown loss {fn!r}; registered losses: {', '.join(sorted(LOSSES))}")
+                close = difflib.get_close_matches(fn, LOSSES, n=3)
+                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                raise TermError(f"unknown loss {excerpt(fn)}; {hint}(`distill list losses` shows the {len(LOSSES)} "
+                                "registered ones, or pass a function)")
             name = name or fn
             fn, binding = LOSSES[fn]
         elif not callable(fn):
-            raise TermError(f"a term needs a loss function or a loss name, got {fn!r}")
+            raise TermError(f"a term needs a loss function or a loss name, got {excerpt(fn)}")
         self.init_params: dict = {}  # the params a module loss was built with
         if isinstance(fn, type) and issubclass(fn, nn.Module):  # a fresh module per term, built from the params
             name = name or fn.__name__.lower()
@@ -153,7 +157,7 @@ class Term:
             raise TermError(f"term {self.name!r}: group must be a whole number (or None), got {excerpt(group)}")
         self.group = int(group or 0)
         self.connector = binding.get("connector") if connector is ... else connector
-        if self.connector is not None and self.connector not in CONNECTOR_KINDS:
+        if self.connector is not None and (not isinstance(self.connector, str) or self.connector not in CONNECTOR_KINDS):
             raise TermError(f"term {self.name!r}: unknown connector {excerpt(self.connector)}; choose one of "
                             f"{', '.join(CONNECTOR_KINDS)}, or None")
         if self.connector is not None and self.teacher is None:
