@@ -9,7 +9,7 @@ message is one line of at most 300 characters; a raw ``TypeError`` / ``RuntimeEr
 fractional class labels, empty sets) must be refused, not trained on.
 
 Each case trains 1-2 epochs of a few samples on an MLP of 8 inputs and 3 outputs, so a case takes milliseconds.
-``DISTILL_FUZZ_CASES`` (default 300) sets the number of cases, ``DISTILL_FUZZ_SEED`` the seed:
+``DISTILL_FUZZ_CASES`` (default 500) sets the number of cases, ``DISTILL_FUZZ_SEED`` the seed:
 
     DISTILL_FUZZ_CASES=2000 OMP_NUM_THREADS=1 pytest tests/test_hostile_api.py -q -s
 """
@@ -29,7 +29,7 @@ from torch import nn
 from distill import ArrayDataset, Distiller, MixUp, RandomShift, Ramp, Term, TrainConfig, evaluate
 from distill.tasks import get_task
 
-CASES = int(os.environ.get("DISTILL_FUZZ_CASES", "300"))
+CASES = int(os.environ.get("DISTILL_FUZZ_CASES", "500"))
 SEED = int(os.environ.get("DISTILL_FUZZ_SEED", "0"))
 IN, OUT = 8, 3
 
@@ -217,7 +217,7 @@ def dataset(r: random.Random, n: int | None = None):
     x, bad_x = inputs(r, n)
     y, bad_y = labels(r, n)
     form = r.choice(["array"] * 4 + ["numpy", "pairs", "pairs-numpy", "lists", "dicts", "columns", "mixed",
-                                     "empty", "hostile", "tensor", "bare"])
+                                     "empty", "hostile", "tensor", "bare", "hf"])
     bad = bad_x or bool(bad_y)
     if form == "array":
         return (lambda: ArrayDataset(x, y)), bad
@@ -245,6 +245,12 @@ def dataset(r: random.Random, n: int | None = None):
         return empty, True
     if form == "tensor":
         return (lambda: x), False
+    if form == "hf":  # Hugging Face style items: token ids of different lengths, maybe labels per token
+        lengths = [r.randint(1, 6) for _ in range(n)]
+        per_token = r.random() < 0.5
+        return (lambda: [{"input_ids": list(range(k)), **({"labels": list(range(k)) if per_token else i % OUT}
+                                                           if r.random() < 0.9 else {})}
+                         for i, k in enumerate(lengths)]), False
     if form == "bare":
         return (lambda: [a for a, _ in rows]), False
     value = hostile(r)
@@ -271,10 +277,12 @@ def case_distiller(r: random.Random, tmp):
     evaluate_too = r.random() < 0.3
     test = dataset(r)[0]
 
+    resume = r.choice([False] * 8 + [True, hostile(r)])
+
     def run():
         made = made_terms() if made_terms is not None else None
         d = Distiller(student, teacher, made, task=task, **extra, **options)
-        d.fit(train(), val())
+        d.fit(train(), val(), resume=resume)
         if evaluate_too:
             d.evaluate(test())
     # a refusal is promised when the training set is bad for the default classification set-up

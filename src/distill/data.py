@@ -151,8 +151,9 @@ class RandomShift:
     """
 
     def __init__(self, max_shift: int = 2):
-        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-            raise DistillError(f"RandomShift max_shift must be a whole number of pixels >= 0, got {excerpt(max_shift)}")
+        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or not 0 <= max_shift <= 1024:
+            raise DistillError(f"RandomShift max_shift must be a whole number of pixels from 0 to 1024, "
+                               f"got {excerpt(max_shift)}")
         self.max_shift = int(max_shift)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -34,7 +34,7 @@ from distill.data import ArrayDataset, EpochSampler, as_dataset, read_items
 from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
-from distill.engine.probe import StudentWithTaps, check_inputs, modules_before, probe
+from distill.engine.probe import StudentWithTaps, check_inputs, forward, modules_before, probe
 from distill.errors import cause, describe, excerpt
 from distill.evaluation import evaluate
 from distill.fileio import atomic_save_model, atomic_write_text
@@ -183,7 +183,9 @@ class Distiller:
             self.student.eval()
             try:
                 with torch.no_grad():
-                    pred = self.task.prediction(run_model(self.student, first["input"]), first)
+                    output = forward(lambda: run_model(self.student, first["input"]), self.student, first,
+                                     "the student")
+                    pred = self.task.prediction(output, first)
             finally:
                 self.student.train(was_training)
             width = pred.shape[-1] if isinstance(pred, torch.Tensor) and pred.dim() else None
