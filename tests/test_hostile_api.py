@@ -360,8 +360,8 @@ def case_evaluate(r: random.Random, tmp):
         bad and task in (None, "classification") and plain
 
 
-CASE_KINDS = [case_distiller] * 5 + [case_dataset] * 5 + [case_term] * 2 + [case_ramp, case_task, case_augment, case_config,
-                                                      case_evaluate, case_evaluate]
+CASE_KINDS = [case_distiller] * 5 + [case_dataset] * 5 + [case_term] * 2 + [
+    case_ramp, case_task, case_augment, case_config, case_evaluate, case_evaluate]
 
 
 def outcome(call) -> tuple[str, BaseException | None]:

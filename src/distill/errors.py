@@ -44,6 +44,14 @@ def describe(value) -> str:
     return type(value).__name__
 
 
+def samples(index) -> str:
+    """`` (sample indices 3, 7, 9, ...)`` for a batch's index tensor (empty when there is none)."""
+    if not hasattr(index, "numel") or not index.numel() or index.dim() != 1:
+        return ""
+    shown = ", ".join(str(int(i)) for i in index[:3])
+    return f" (sample indices {shown}{', ...' if index.numel() > 3 else ''})"
+
+
 def cause(err: BaseException, limit: int = 140) -> str:
     """An exception as ``Type: first line of its message``, bounded, for the middle of a one-line report."""
     text = str(err).strip().strip("'\"")

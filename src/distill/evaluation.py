@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from distill.data import as_dataset
-from distill.errors import DistillError, cause, excerpt
+from distill.errors import DistillError, cause, excerpt, samples
 from distill.tasks import Task, check_inputs, collator, get_task
 from distill.teacher import run_model
 
@@ -60,10 +60,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
     except Exception as err:
         if isinstance(err, DistillError) and "evaluation batch" in str(err):
             raise
-        index = batch.get("index") if isinstance(batch, Mapping) else None
-        where = f"evaluation batch {number + 1}"
-        if isinstance(index, torch.Tensor) and index.numel():
-            where += f" (sample indices {', '.join(map(str, index[:3].tolist()))}{', ...' if index.numel() > 3 else ''})"
+        where = f"evaluation batch {number + 1}" + samples(batch.get("index") if isinstance(batch, Mapping) else None)
         if isinstance(err, DistillError):
             raise type(err)(f"{where}: {err}") from err
         raise DistillError(f"{where}: {doing} failed ({cause(err)}); check the evaluation data against the "

@@ -157,7 +157,7 @@ class Term:
             raise TermError(f"term {self.name!r}: group must be a whole number (or None), got {excerpt(group)}")
         self.group = int(group or 0)
         self.connector = binding.get("connector") if connector is ... else connector
-        if self.connector is not None and (not isinstance(self.connector, str) or self.connector not in CONNECTOR_KINDS):
+        if self.connector is not None and not (isinstance(self.connector, str) and self.connector in CONNECTOR_KINDS):
             raise TermError(f"term {self.name!r}: unknown connector {excerpt(self.connector)}; choose one of "
                             f"{', '.join(CONNECTOR_KINDS)}, or None")
         if self.connector is not None and self.teacher is None:

@@ -54,9 +54,10 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     clip_grad_norm: StrictFloat | None = Field(None, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast the student's forward "
                                                            "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
-    compile: StrictBool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its taps and "
-                                                 "connectors); 'fullgraph' refuses graph breaks")
-    channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student and its inputs")
+    compile: StrictBool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its "
+                                                       "taps and connectors); 'fullgraph' refuses graph breaks")
+    channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student and "
+                                "its inputs")
     seed: int = 0
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)
@@ -67,8 +68,8 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     cpu: bool = Field(False, strict=True, description="train on the CPU even when an accelerator is present")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="what a NaN or infinite loss does: stop the run "
                                                "(the last checkpoint stays intact) or skip that optimiser step")
-    cache_teacher: bool = Field(False, strict=True, description="run the teacher once over the training set and reuse its "
-                                "outputs every epoch (only without augmentation)")
+    cache_teacher: bool = Field(False, strict=True, description="run the teacher once over the training set and "
+                                "reuse its outputs every epoch (only without augmentation)")
     teacher_cache_dir: str | None = Field(None, description="with cache_teacher: keep the teacher's outputs in this "
                                           "directory (memory-mapped), reused while the teacher and data are the same")
     teacher_top_k: int | None = Field(None, ge=1, description="with teacher_cache_dir: keep only the top-k logits "
@@ -92,7 +93,7 @@ def validation_line(err: ValidationError, owner: str) -> str:
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(field, TrainConfig.model_fields, n=1) if owner == "TrainConfig" else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{owner} has no setting {field!r}{hint}"
+        return f"{owner} has no setting {excerpt(field)}{hint}"
     # a union (``compile: true, false or 'fullgraph'``) fails once per alternative: one message for them all
     same = [e for e in errors if e["loc"][:1] == loc[:1]]
     message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))

@@ -35,7 +35,7 @@ from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_che
 from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
 from distill.engine.probe import StudentWithTaps, check_inputs, forward, modules_before, probe
-from distill.errors import cause, describe, excerpt
+from distill.errors import cause, describe, excerpt, samples
 from distill.evaluation import evaluate
 from distill.fileio import atomic_save_model, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
@@ -145,8 +145,8 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
-        self.model = probe(self.student, self.terms, self.teacher, self._first_batch(as_dataset(train, "train"), device),
-                           device)
+        first = self._first_batch(as_dataset(train, "train"), device)
+        self.model = probe(self.student, self.terms, self.teacher, first, device)
         load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
         self.history = json.loads((checkpoint / "history.json").read_text())
 
@@ -196,19 +196,15 @@ class Distiller:
             if isinstance(dataset, ArrayDataset):
                 check_inputs({"input": dataset.inputs}, role, indices=range(len(dataset)))
                 if width is not None and dataset.labels is not None:
-                    labels = self.task.check_labels(dataset.labels)
-                    self._check_class_labels(labels, range(len(labels)), width, role)
+                    problem = class_label_problem(self.task.check_labels(dataset.labels), width)
+                    if problem is not None:
+                        row, value = problem
+                        raise TaskError(f"{role}: " + class_label_message(value, row, width, self.task.per_position))
             elif width is not None and role == "training set":
                 checked = (width, self.task.per_position)
         if val is not None:
             self._check_first_val_batch(val)
         return checked
-
-    def _check_class_labels(self, labels, indices, width: int, role: str) -> None:
-        problem = class_label_problem(labels, width)
-        if problem is not None:
-            row, value = problem
-            raise TaskError(f"{role}: " + class_label_message(value, int(indices[row]), width, self.task.per_position))
 
     def _check_first_val_batch(self, val) -> None:
         """The first validation batch scored as :meth:`evaluate` will score it, so its mistakes show before
@@ -482,10 +478,7 @@ class Distiller:
         """An exception raised while training, as one line: where (epoch, batch, samples), what failed, what to
         check. The original exception is chained (``--debug`` and ``__cause__`` show its traceback)."""
         batch, indices = self._where
-        where = f"epoch {epoch + 1}, batch {batch + 1}"
-        if isinstance(indices, torch.Tensor) and indices.numel():
-            shown = indices[:3].tolist()
-            where += f" (sample indices {', '.join(map(str, shown))}{', ...' if indices.numel() > 3 else ''})"
+        where = f"epoch {epoch + 1}, batch {batch + 1}{samples(indices)}"
         if isinstance(err, DistillError):
             return type(err)(f"{where}: {err}")
         doing = self._doing
@@ -701,7 +694,7 @@ def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DistillError(f"Distiller got an unknown keyword {key!r}{hint} (settings: distill.TrainConfig)")
+            raise DistillError(f"Distiller got an unknown keyword {excerpt(key)}{hint} (settings: distill.TrainConfig)")
     if config is not None and not isinstance(config, TrainConfig):
         raise DistillError(f"config must be a distill.TrainConfig (or None), got {type(config).__name__}; "
                            "or pass the settings as keywords: Distiller(..., epochs=5)")
