@@ -58,7 +58,7 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
                                                        "taps and connectors); 'fullgraph' refuses graph breaks")
     channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student and "
                                 "its inputs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="data order and augmentation (with the epoch)")
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps within "
