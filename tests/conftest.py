@@ -29,6 +29,9 @@ def teacher(digits):
     seed_everything(0)
     model = build_model("cnn", digits.input_shape, channels=[8, 16], hidden=32)
     Distiller(model, terms=[Term("ce")], epochs=4, lr=5e-3, batch_size=64, progress=False).fit(digits.train)
+    # handed over frozen, as a trained teacher is: runs put back the state they found (distill.teacher.thaw),
+    # so a test that ran it in training mode would otherwise change its BatchNorm statistics for the next
+    model.eval().requires_grad_(False)
     return model
 
 

@@ -27,13 +27,36 @@ def test_tiny_distillation_learns(digits, teacher):
 def test_teacher_is_frozen_and_never_optimised(digits, teacher):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = build_model("mlp", digits.input_shape, hidden=[16])
-    d = Distiller(student, teacher, [Term("kd", 1.0, temperature=2)], epochs=1, batch_size=64, progress=False)
+    state = (teacher.training, [p.requires_grad for p in teacher.parameters()])
+    seen = []  # the teacher's state while the run steps
+
+    def weight(progress):
+        seen.append((teacher.training, any(p.requires_grad for p in teacher.parameters())))
+        return 1.0
+
+    d = Distiller(student, teacher, [Term("kd", weight, temperature=2)], epochs=1, batch_size=64, progress=False)
     d.fit(digits.train)
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too: eval() mode
-    assert not teacher.training
-    assert all(not p.requires_grad for p in teacher.parameters())
+    assert seen and all(state == (False, False) for state in seen)
     assert all(p.grad is None for p in teacher.parameters())
+    # after the run the teacher is as it was (test_teacher_is_restored_when_the_run_fails: a trainable one)
+    assert (teacher.training, [p.requires_grad for p in teacher.parameters()]) == state
+
+
+def test_teacher_is_restored_when_the_run_fails(digits):
+    teacher = build_model("mlp", digits.input_shape, hidden=[8])
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    Distiller(student, teacher, [Term("kd")], epochs=1, batch_size=256, progress=False).fit(digits.train)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+
+    def fails(s, t):
+        raise RuntimeError("boom")
+
+    with pytest.raises(DistillError, match="term 'fails'"):
+        Distiller(student, teacher, [Term(fails)], epochs=1, progress=False).fit(digits.train)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    Distiller(teacher, None, epochs=1, batch_size=256, progress=False).fit(digits.train)  # it trains again
 
 
 def test_shared_parameters_are_refused(digits):

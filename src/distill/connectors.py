@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.errors import DistillError
+
 KINDS = ("auto", "identity", "linear", "conv1x1", "conv3x3")
 
 
-class ConnectorError(ValueError):
+class ConnectorError(DistillError):
     pass
 
 

@@ -11,11 +11,14 @@
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from distill.errors import DistillError, describe, excerpt
 
 
 class Indexed(NamedTuple):
@@ -29,8 +32,13 @@ class ArrayDataset(Dataset):
     """In-memory inputs and labels; ``ds[i]`` is one sample, ``ds.__getitems__(idx)`` a batch."""
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, name: str = "array"):
-        if labels is not None and len(labels) != len(inputs):
-            raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        inputs = _array(inputs, "inputs", convert_float=True)
+        labels = None if labels is None else _array(labels, "labels", convert_float=False)
+        if inputs.dim() == 0:
+            raise DistillError(f"ArrayDataset inputs must have a first axis of samples, got {describe(inputs)}")
+        if labels is not None and (labels.dim() == 0 or len(labels) != len(inputs)):
+            raise DistillError(f"ArrayDataset has {len(inputs)} inputs but labels {describe(labels)}: give one label "
+                               "per input (or labels=None)")
         self.inputs = inputs
         self.labels = labels
         self.name = name
@@ -61,6 +69,21 @@ class ArrayDataset(Dataset):
         return int(self.labels.max()) + 1 if self.labels is not None else 0
 
 
+def _array(values, what: str, convert_float: bool) -> torch.Tensor:
+    """``values`` as a tensor: numpy arrays and (nested) lists converted; numpy's float64 inputs become torch's
+    default float, as models are built in it."""
+    if isinstance(values, torch.Tensor):
+        return values
+    try:
+        out = torch.as_tensor(np.asarray(values) if isinstance(values, (list, tuple)) else values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DistillError(f"ArrayDataset {what}: cannot make a tensor of {describe(values)} "
+                           f"({str(err).splitlines()[0][:100]})") from None
+    if convert_float and out.is_floating_point() and out.dtype != torch.get_default_dtype():
+        out = out.to(torch.get_default_dtype())
+    return out
+
+
 class IndexedDataset(Dataset):
     """Wraps any map-style dataset so each item comes with its index (for cached teacher outputs)."""
 
@@ -74,12 +97,21 @@ class IndexedDataset(Dataset):
         return Indexed(i, self.dataset[i])
 
 
-def as_dataset(dataset) -> Dataset:
+def as_dataset(dataset, role: str = "dataset") -> Dataset:
+    """``dataset`` as the engine reads it (``role`` names it in errors: ``train``, ``val``)."""
     # a synthetic set (data-free KD) makes whole batches of engine dicts itself
     if isinstance(dataset, (ArrayDataset, IndexedDataset)) or getattr(dataset, "synthetic", False):
         return dataset
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise TypeError(f"expected a map-style torch Dataset, got {type(dataset).__name__}")
+    if isinstance(dataset, Mapping):
+        raise DistillError(f"{role} is a dict ({excerpt(list(dataset)[:4])}); a dataset is a sequence of samples: "
+                           "for columns of inputs and labels use distill.ArrayDataset(inputs, labels)")
+    if isinstance(dataset, (torch.Tensor, np.ndarray)):
+        if dataset.ndim == 0:
+            raise DistillError(f"{role} is a single {describe(dataset)}, not a dataset")
+        return ArrayDataset(dataset)  # the rows are the samples (no labels)
+    if isinstance(dataset, (str, bytes)) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise DistillError(f"{role} must be a map-style torch Dataset, a list of samples or a distill.ArrayDataset, "
+                           f"got {excerpt(dataset)}")
     return IndexedDataset(dataset)
 
 
@@ -119,6 +151,9 @@ class RandomShift:
     """
 
     def __init__(self, max_shift: int = 2):
+        if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or not 0 <= max_shift <= 1024:
+            raise DistillError(f"RandomShift max_shift must be a whole number of pixels from 0 to 1024, "
+                               f"got {excerpt(max_shift)}")
         self.max_shift = int(max_shift)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -153,8 +188,8 @@ class MixUp:
     """
 
     def __init__(self, alpha: float = 1.0):
-        if alpha <= 0:
-            raise ValueError(f"mixup alpha must be positive, got {alpha}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0 < alpha < float("inf"):
+            raise DistillError(f"MixUp alpha must be a positive number (the Beta distribution's), got {excerpt(alpha)}")
         self.alpha = float(alpha)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -192,6 +227,6 @@ def unlabelled(dataset: ArrayDataset) -> ArrayDataset:
 def carve_validation(dataset: ArrayDataset, val_size: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """Split ``dataset`` into (train, validation) with a fixed-seed permutation."""
     if not 0 <= val_size < len(dataset):
-        raise ValueError(f"val_size must be in [0, {len(dataset)}), got {val_size}")
+        raise DistillError(f"val_size must be in [0, {len(dataset)}), got {excerpt(val_size)}")
     perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return dataset.subset(perm[val_size:]), dataset.subset(perm[:val_size])

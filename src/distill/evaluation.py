@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from distill.data import as_dataset
-from distill.tasks import Task, collator, get_task
+from distill.errors import DistillError, cause, excerpt, samples
+from distill.tasks import Task, check_inputs, collator, get_task
 from distill.teacher import run_model
 
 
@@ -25,8 +26,16 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
     metric sums are added up, so every process returns the same numbers.
     """
     task = get_task(task)
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"evaluate needs a torch.nn.Module, got {excerpt(model)}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise DistillError(f"evaluate's teacher must be a torch.nn.Module or None, got {excerpt(teacher)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DistillError(f"evaluate's batch_size must be a whole number >= 1, got {excerpt(batch_size)}")
     dataset = as_dataset(dataset)
-    device = next(model.parameters()).device
+    if len(dataset) == 0:
+        raise DistillError("cannot evaluate on an empty dataset")
+    device = next(iter(model.parameters()), torch.empty(0)).device
     if accelerator is not None and accelerator.num_processes > 1:
         dataset = Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator(task, collate_fn))
@@ -35,13 +44,27 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
     for m in models:
         m.eval()
     sums: dict = {}
+    number, batch, doing = 0, None, "reading the batch (the dataset's items, the collate function)"
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for number, batch in enumerate(loader):
+                check_inputs(batch, f"evaluation batch {number + 1}")  # NaN inputs would give a meaningless score
                 batch = send_to_device(batch, device)
+                doing = "the model's forward pass"
                 pred = task.prediction(run_model(model, batch["input"]), batch)
+                doing = "the teacher's forward pass"
                 reference = None if teacher is None else task.prediction(run_model(teacher, batch["input"]), batch)
+                doing = "scoring the batch"
                 task.add_batch(sums, pred, batch, reference)
+                doing = "reading the batch (the dataset's items, the collate function)"
+    except Exception as err:
+        if isinstance(err, DistillError) and "evaluation batch" in str(err):
+            raise
+        where = f"evaluation batch {number + 1}" + samples(batch.get("index") if isinstance(batch, Mapping) else None)
+        if isinstance(err, DistillError):
+            raise type(err)(f"{where}: {err}") from err
+        raise DistillError(f"{where}: {doing} failed ({cause(err)}); check the evaluation data against the "
+                           "training data (shapes, dtypes, targets)") from err
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

@@ -27,13 +27,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from distill.errors import DistillError
 from distill.losses.cam import gradcam_pp
 
 _INDEX = re.compile(r"\[(-?\d+)\]")
 _GRADCAM = re.compile(r"gradcam\+\+\((.+)\)")
 
 
-class TapError(ValueError):
+class TapError(DistillError):
     """A tap path that names nothing in the model or its output."""
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import send_to_device
 
 from distill.data import Indexed
+from distill.errors import DistillError, describe, excerpt
 from distill.losses.regression import bce_loss, mse_loss
 from distill.taps import logits_of
 from distill.terms import Term
@@ -40,7 +41,7 @@ _ZERO_PADDED = ("attention_mask", "token_type_ids", "decoder_attention_mask", "p
 _PAD_TOKEN_KEYS = ("input_ids", "decoder_input_ids")
 
 
-class TaskError(ValueError):
+class TaskError(DistillError):
     """Items or targets a task cannot use; the message names the key and what to do."""
 
 
@@ -51,9 +52,46 @@ def _tensor(value, key: str, is_input: bool) -> torch.Tensor:
         out = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TaskError(f"item key {key!r}: cannot make a tensor of {type(value).__name__} ({err})") from None
-    if is_input and out.dtype == torch.float64:  # numpy's default float; models are built in torch's
+    # numpy's float64 (its default), float16 and (for a plain input) bool items: models are built in torch's float
+    if is_input and out.dtype != torch.get_default_dtype() and (
+            out.is_floating_point() or (out.dtype == torch.bool and key == "input")):
         out = out.to(torch.get_default_dtype())
     return out
+
+
+def check_inputs(batch: dict, where: str, *, indices=None) -> None:
+    """Refuse NaN or infinite values in a batch's floating-point inputs, naming the sample (by dataset index)."""
+    inputs = batch["input"]
+    for key, value in (inputs.items() if isinstance(inputs, Mapping) else [("input", inputs)]):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() == 0:
+            continue
+        bad = ~torch.isfinite(value).reshape(len(value), -1).all(1)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            index = batch.get("index") if indices is None else indices
+            sample = int(index[row]) if index is not None and len(index) > row else row
+            what = "NaN" if bool(torch.isnan(value[row]).any()) else "infinite values"
+            name = "the inputs" if key == "input" else f"input {key!r}"
+            raise TaskError(f"{name} hold {what} ({where}, sample index {sample}): clean or drop such samples")
+
+
+def class_label_problem(labels: torch.Tensor, width: int) -> tuple[int, int] | None:
+    """The first label that is not a class index for ``width`` outputs (nor ``-100``, ignored) as
+    ``(row, value)``, or ``None``. Cheap: a few element-wise operations, run where the labels are."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool \
+            or labels.numel() == 0 or labels.dim() == 0:
+        return None
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= width))
+    if not bool(bad.any()):
+        return None
+    where = bad.nonzero()[0]
+    return int(where[0]), int(labels[tuple(where)])
+
+
+def class_label_message(value: int, sample: int, width: int, per_position: bool) -> str:
+    ignore = " (or -100 where a position does not count)" if per_position else ""
+    return (f"label {value} (sample index {sample}) is out of range for a student with {width} outputs: labels "
+            f"must be class indices 0 to {width - 1}{ignore}; fix the labels or build the student with more outputs")
 
 
 class Task:
@@ -69,6 +107,7 @@ class Task:
     select: ClassVar[str] = "loss"  # the metric that selects a model on validation
     mode: ClassVar[str] = "min"  # "max": higher is better
     per_position: ClassVar[bool] = False  # logits (B, L, V) scored per position, with a mask
+    class_labels: ClassVar[bool] = False  # targets are class indices into the outputs' last axis (range-checked)
     distribution: ClassVar[bool] = True  # outputs are logits of a softmax (fidelity by KL and agreement)
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None):
@@ -296,9 +335,9 @@ def get_task(task: str | Task | None = None, **options) -> Task:
         if options:
             raise TaskError("options are for a task given by name, not a Task object")
         return task
-    name = task or "classification"
-    if name not in TASKS:
-        raise TaskError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    name = "classification" if task is None else task
+    if not isinstance(name, str) or name not in TASKS:
+        raise TaskError(f"unknown task {excerpt(name)}; available: {', '.join(TASKS)} (or a distill.tasks.Task)")
     try:
         return TASKS[name](**options)
     except TypeError as err:
@@ -311,6 +350,7 @@ class Classification(Task):
 
     name = "classification"
     select, mode = "accuracy", "max"
+    class_labels = True
 
     def check_labels(self, labels):
         if labels.is_floating_point():
@@ -326,9 +366,14 @@ class Classification(Task):
 
     def add_labelled(self, sums, pred, labels, mask):
         classes = pred.shape[-1]
+        if labels.shape != pred.shape[:-1]:
+            onehot = " (one-hot? pass labels.argmax(-1))" if labels.shape == pred.shape else ""
+            raise TaskError(f"labels of shape {tuple(labels.shape)} do not match the outputs {tuple(pred.shape)}: "
+                            f"classification labels are class indices of shape {tuple(pred.shape[:-1])}{onehot}")
         if labels.numel() and (int(labels.max()) >= classes or int(labels.min()) < 0):
             bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
-            raise TaskError(f"label {bad} is out of range for a model with {classes} outputs")
+            raise TaskError(f"label {bad} is out of range for a model with {classes} outputs: labels must be class "
+                            f"indices 0 to {classes - 1}")
         _add(sums, "correct", int((pred.argmax(-1) == labels).sum()))
         _add(sums, "loss", float(F.cross_entropy(pred, labels, reduction="sum")))
         _add(sums, "count", len(labels))
@@ -436,6 +481,7 @@ class Tokens(Task):
     name = "tokens"
     select, mode = "perplexity", "min"
     per_position = True
+    class_labels = True
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
                  shift: bool = True):
@@ -451,6 +497,9 @@ class Tokens(Task):
             if "attention_mask" in inputs:
                 labels = labels.masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
         if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dim() < 2:
+                raise TaskError(f"token labels must be token ids of shape (batch, length), got {describe(labels)}: "
+                                "for one label per sample use task 'classification'")
             if self.shift:
                 labels = torch.cat([labels[:, 1:], labels.new_full((len(labels), 1), IGNORE_INDEX)], dim=1)
             batch["label"] = labels
@@ -496,8 +545,8 @@ class Embedding(Task):
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
                  pooling: str = "none", normalize: bool = False):
         super().__init__(target, pad_token_id, tokenizer)
-        if pooling not in ("none", "mean", "cls"):
-            raise TaskError(f"pooling must be 'none', 'mean' or 'cls', got {pooling!r}")
+        if not isinstance(pooling, str) or pooling not in ("none", "mean", "cls"):
+            raise TaskError(f"pooling must be 'none', 'mean' or 'cls', got {excerpt(pooling)}")
         self.pooling, self.normalize = pooling, normalize
 
     def prepare(self, batch):

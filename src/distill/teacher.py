@@ -6,6 +6,7 @@ from disk, so loss terms cannot tell them apart.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -21,10 +22,31 @@ def run_model(model: nn.Module, inputs):
     return model(inputs)
 
 
+# the state a model had before its first freeze (each submodule's training mode, each parameter's
+# requires_grad), kept until thaw() puts it back; weak keys, so a model dropped by its user is not kept alive
+_BEFORE_FREEZE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def freeze(model: nn.Module) -> nn.Module:
+    """``eval()`` and no gradients for ``model``'s parameters; the state before is kept for :func:`thaw`."""
+    if model not in _BEFORE_FREEZE:
+        _BEFORE_FREEZE[model] = ([(m, m.training) for m in model.modules()],
+                                 [(p, p.requires_grad) for p in model.parameters()])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def thaw(model: nn.Module) -> nn.Module:
+    """Put back the training modes and ``requires_grad`` flags ``model`` had before :func:`freeze`."""
+    state = _BEFORE_FREEZE.pop(model, None)
+    if state is not None:
+        modes, flags = state
+        for module, training in modes:
+            module.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return model
 
 
@@ -32,12 +54,13 @@ class LiveTeacher:
     """A frozen model run under ``torch.inference_mode()`` in ``eval()`` mode
     (under ``torch.enable_grad()`` when a tap is a ``gradcam++(...)`` map; values come back detached).
 
-    Its parameters never require gradients, never enter an optimiser and the
-    model is never wrapped for gradient synchronisation.
+    Its parameters never enter an optimiser and the model is never wrapped for gradient synchronisation;
+    while :meth:`Distiller.fit <distill.engine.Distiller.fit>` runs, they do not require gradients either
+    (:func:`freeze`), and after it the model's ``requires_grad`` flags and training mode are put back (:func:`thaw`).
     """
 
     def __init__(self, model: nn.Module, taps):
-        self.model = freeze(model)
+        self.model = model  # frozen while a run uses it: Distiller.fit freezes it and thaws it after
         self.taps = list(dict.fromkeys(taps))
         self.recorder = TapRecorder(self.model, self.taps, model_name="teacher")
         self.needs_grad = any(spec.kind == "gradcam++" for spec in self.recorder.specs.values())

@@ -20,15 +20,21 @@ The registered names and default bindings live beside each loss
 """
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 import distill.losses  # noqa: F401  (importing the losses registers them)
+from distill.connectors import KINDS as CONNECTOR_KINDS
 from distill.distributed import gather_batch, world_size
+from distill.errors import DistillError, excerpt
 from distill.losses.registry import LOSSES, STAGES
 
 __all__ = ["LOSSES", "STAGES", "Ramp", "Term", "TermError", "unique_names", "update_groups"]
@@ -38,8 +44,8 @@ BATCH_KEYWORDS = ("mask", "num_items")
 _MISSING = object()
 
 
-class TermError(ValueError):
-    pass
+class TermError(DistillError):
+    """A term that cannot be built or called; the message names the term and the argument."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,14 @@ class Ramp:
     start: float
     end: float
     over: float = 1.0
+
+    def __post_init__(self):
+        for field in ("start", "end", "over"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise TermError(f"Ramp {field} must be a finite number, got {excerpt(value)}")
+        if self.over < 0:
+            raise TermError(f"Ramp over is a fraction of the run (0 to 1, default 1), got {self.over}")
 
     def at(self, progress: float, total_epochs: float) -> float:
         span = self.over * total_epochs
@@ -103,13 +117,18 @@ class Term:
         **params,
     ):
         binding: dict = {}
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TermError(f"a term's name must be a non-empty string, got {excerpt(name)}")
         if isinstance(fn, str):
             if fn not in LOSSES:
-                raise TermError(f"unknown loss {fn!r}; registered losses: {', '.join(sorted(LOSSES))}")
+                close = difflib.get_close_matches(fn, LOSSES, n=3)
+                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                raise TermError(f"unknown loss {excerpt(fn)}; {hint}(`distill list losses` shows the {len(LOSSES)} "
+                                "registered ones, or pass a function)")
             name = name or fn
             fn, binding = LOSSES[fn]
         elif not callable(fn):
-            raise TermError(f"a term needs a loss function or a loss name, got {fn!r}")
+            raise TermError(f"a term needs a loss function or a loss name, got {excerpt(fn)}")
         self.init_params: dict = {}  # the params a module loss was built with
         if isinstance(fn, type) and issubclass(fn, nn.Module):  # a fresh module per term, built from the params
             name = name or fn.__name__.lower()
@@ -123,15 +142,24 @@ class Term:
         self.batch_keywords = tuple(k for k in BATCH_KEYWORDS if k in self._signatures[0].parameters)
         # the name keys logs and the connector (a ModuleDict key: no dots)
         self.name = (name or getattr(fn, "__name__", "term")).replace(".", "_")
-        self.weight = weight
-        self.student = _taps(student if student is not None else binding.get("student", "logits"))
-        self.teacher = _taps(binding.get("teacher", "logits") if teacher is ... else teacher)
+        self.weight = _weight(weight, self.name)
+        self.student = _taps(student if student is not None else binding.get("student", "logits"), "student",
+                             self.name)
+        self.teacher = _taps(binding.get("teacher", "logits") if teacher is ... else teacher, "teacher", self.name)
+        for flag, value in (("labels", labels), ("index", index), ("gather", gather)):
+            if value is not None and not isinstance(value, bool):
+                raise TermError(f"term {self.name!r}: {flag} must be True, False or None, got {excerpt(value)}")
         self.labels = binding.get("labels", False) if labels is None else labels
         self.index = binding.get("index", False) if index is None else index
         self.gather = binding.get("gather", False) if gather is None else gather
         self.softmax = binding.get("softmax", False)  # reads logits as a softmax distribution (kd, ce, dkd ...)
-        self.group = group or 0
+        if group is not None and (isinstance(group, bool) or not isinstance(group, numbers.Integral)):
+            raise TermError(f"term {self.name!r}: group must be a whole number (or None), got {excerpt(group)}")
+        self.group = int(group or 0)
         self.connector = binding.get("connector") if connector is ... else connector
+        if self.connector is not None and not (isinstance(self.connector, str) and self.connector in CONNECTOR_KINDS):
+            raise TermError(f"term {self.name!r}: unknown connector {excerpt(self.connector)}; choose one of "
+                            f"{', '.join(CONNECTOR_KINDS)}, or None")
         if self.connector is not None and self.teacher is None:
             raise TermError(f"term {self.name!r}: a connector maps to a teacher tap, but teacher=None")
         if self.connector is not None and (isinstance(self.student, list) or isinstance(self.teacher, list)):
@@ -189,7 +217,17 @@ class Term:
         """The weight after ``progress`` epochs of a run lasting ``total_epochs``."""
         if isinstance(self.weight, Ramp):
             return self.weight.at(progress, total_epochs)
-        return float(self.weight(progress)) if callable(self.weight) else float(self.weight)
+        if not callable(self.weight):
+            return float(self.weight)
+        value = self.weight(progress)
+        try:
+            value = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise TermError(f"term {self.name!r}: its weight function gave {excerpt(self.weight(progress))} at "
+                            f"progress {progress:g}; it must return a finite number")
+        return value
 
     def __call__(self, student_values: dict, teacher_values: dict, batch: dict | None = None) -> torch.Tensor:
         """The term's loss from the two models' tap values and the batch (for labels and indices)."""
@@ -244,12 +282,44 @@ def _signatures(fn) -> list[inspect.Signature]:
     return signatures
 
 
-def _taps(value):
+def _taps(value, role: str, name: str):
     if isinstance(value, (list, tuple)):
-        if not value or not all(isinstance(v, str) for v in value):
-            raise TermError(f"a list of taps must be a non-empty list of strings, got {value!r}")
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise TermError(f"term {name!r}: a list of {role} taps must be a non-empty list of strings, "
+                            f"got {excerpt(value)}")
         return list(value)
+    if value is None and role == "teacher":
+        return None
+    if not isinstance(value, str) or not value:
+        none = ", a list of them or None" if role == "teacher" else " or a list of them"
+        raise TermError(f"term {name!r}: {role} must be a tap name (a module path such as 'layer3' or an output "
+                        f"such as 'logits'){none}, got {excerpt(value)}")
     return value
+
+
+def _weight(weight, name: str):
+    """A term's weight checked when the term is made: a finite number, a :class:`Ramp` or a function of progress."""
+    if isinstance(weight, Ramp):
+        return weight
+    if isinstance(weight, (torch.Tensor, np.ndarray)) and weight.dtype != bool and weight.ndim == 0:
+        weight = float(weight.item())  # a 0-dimensional tensor or array is a number
+    if isinstance(weight, numbers.Real) and not isinstance(weight, bool):
+        if not math.isfinite(weight):
+            raise TermError(f"term {name!r}: weight must be a finite number, got {weight}")
+        return float(weight)
+    if callable(weight) and not isinstance(weight, (type, torch.Tensor)):
+        try:
+            signature = inspect.signature(weight)
+        except (TypeError, ValueError):  # a builtin without a signature: trusted
+            return weight
+        try:
+            signature.bind(0.0)
+        except TypeError:
+            raise TermError(f"term {name!r}: a weight function takes one argument, the training progress in epochs "
+                            "(e.g. lambda epoch: min(1.0, epoch / 5)); this one cannot be called with one") from None
+        return weight
+    raise TermError(f"term {name!r}: weight must be a number, a Ramp or a function of training progress, "
+                    f"got {excerpt(weight)}")
 
 
 def update_groups(terms: list[Term]) -> list[list[Term]]:

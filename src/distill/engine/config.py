@@ -2,6 +2,7 @@
 seeding, and the optimiser, schedule and Accelerator a configuration asks for."""
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import random
@@ -11,18 +12,27 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationError, model_validator
 
-
-class DistillError(ValueError):
-    """A problem with the user's set-up (taps, terms, shapes), reported in one line."""
+from distill.errors import DistillError, excerpt
 
 
 class NonFiniteLoss(DistillError):
     """A loss term became NaN or infinite; the message names it."""
 
 
-class TrainConfig(BaseModel):
+class _OneLineErrors(type(BaseModel)):
+    """Calling the class (``TrainConfig(epochs=0)``) raises a one-line :class:`DistillError` naming the setting.
+    Only direct calls: inside a recipe, pydantic validates the section itself and the recipe names the field."""
+
+    def __call__(cls, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as err:
+            raise DistillError(validation_line(err, cls.__name__)) from None
+
+
+class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     """How the student is trained. Also the ``train:`` section of a recipe."""
 
     model_config = ConfigDict(extra="forbid")
@@ -34,31 +44,32 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = False
+    nesterov: bool = Field(False, strict=True)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "linear", "step"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     milestones: list[float] = Field(default_factory=list, description="epochs at which 'step' multiplies lr by gamma")
     gamma: float = Field(0.1, gt=0)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_norm: StrictFloat | None = Field(None, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast the student's forward "
                                                            "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
-    compile: bool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its taps and "
-                                                 "connectors); 'fullgraph' refuses graph breaks")
-    channels_last: bool = Field(False, description="channels-last memory format for a CNN student and its inputs")
-    seed: int = 0
+    compile: StrictBool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its "
+                                                       "taps and connectors); 'fullgraph' refuses graph breaks")
+    channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student and "
+                                "its inputs")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="data order and augmentation (with the epoch)")
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N optimiser steps within "
                                          "an epoch (a resumed run then continues from that batch)")
-    progress: bool = True
+    progress: bool = Field(True, strict=True)
     num_workers: int = Field(0, ge=0)
-    cpu: bool = Field(False, description="train on the CPU even when an accelerator is present")
+    cpu: bool = Field(False, strict=True, description="train on the CPU even when an accelerator is present")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="what a NaN or infinite loss does: stop the run "
                                                "(the last checkpoint stays intact) or skip that optimiser step")
-    cache_teacher: bool = Field(False, description="run the teacher once over the training set and reuse its "
-                                "outputs every epoch (only without augmentation)")
+    cache_teacher: bool = Field(False, strict=True, description="run the teacher once over the training set and "
+                                "reuse its outputs every epoch (only without augmentation)")
     teacher_cache_dir: str | None = Field(None, description="with cache_teacher: keep the teacher's outputs in this "
                                           "directory (memory-mapped), reused while the teacher and data are the same")
     teacher_top_k: int | None = Field(None, ge=1, description="with teacher_cache_dir: keep only the top-k logits "
@@ -71,6 +82,26 @@ class TrainConfig(BaseModel):
         if self.teacher_top_k is not None and self.teacher_cache_dir is None:
             raise ValueError("teacher_top_k needs teacher_cache_dir (top-k logits are kept on disk)")
         return self
+
+
+def validation_line(err: ValidationError, owner: str) -> str:
+    """A pydantic error as one line: the first problem's setting, what is wrong, the value given (an excerpt)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = first["loc"]
+    field = "".join([str(loc[0]) if loc else ""] + [f"[{p}]" for p in loc[1:] if isinstance(p, int)])
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(field, TrainConfig.model_fields, n=1) if owner == "TrainConfig" else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{owner} has no setting {excerpt(field)}{hint}"
+    # a union (``compile: true, false or 'fullgraph'``) fails once per alternative: one message for them all
+    same = [e for e in errors if e["loc"][:1] == loc[:1]]
+    message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))
+    if not field:  # a check across settings: its message says it all
+        return f"{owner}: {message}"
+    more = len({e["loc"][:1] for e in errors}) - 1
+    more = f" (and {more} more)" if more else ""
+    return f"setting {field!r}: {message}, got {excerpt(first.get('input'))}{more}"
 
 
 def seed_everything(seed: int) -> None:

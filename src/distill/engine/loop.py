@@ -17,13 +17,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate.utils import send_to_device
-from pydantic import ValidationError
 from safetensors.torch import load_model
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,16 +30,17 @@ from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
-from distill.data import EpochSampler, as_dataset, read_items
+from distill.data import ArrayDataset, EpochSampler, as_dataset, read_items
 from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
-from distill.engine.probe import StudentWithTaps, modules_before, probe
+from distill.engine.probe import StudentWithTaps, check_inputs, forward, modules_before, probe
+from distill.errors import cause, describe, excerpt, samples
 from distill.evaluation import evaluate
 from distill.fileio import atomic_save_model, atomic_write_text
 from distill.lock import RunDirLocked, RunLock
-from distill.tasks import Task, collator, get_task
-from distill.teacher import LiveTeacher, TeacherEnsemble
+from distill.tasks import Task, TaskError, class_label_message, class_label_problem, collator, get_task
+from distill.teacher import LiveTeacher, TeacherEnsemble, freeze, run_model, thaw
 from distill.terms import Term, unique_names, update_groups
 
 
@@ -97,6 +97,8 @@ class Distiller:
                  config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
                  teacher_outputs: TeacherOutputs | None = None, **overrides):
         self.config = _config(config, overrides)
+        _check_arguments(student, teacher, terms, collate_fn=collate_fn, augment=augment, run_dir=run_dir,
+                         trust_pickle=trust_pickle, train_up_to=train_up_to)
         self.student = student
         self.task = get_task(task)
         self.collate = collator(self.task, collate_fn)
@@ -143,8 +145,8 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
-        self.model = probe(self.student, self.terms, self.teacher, self._first_batch(as_dataset(train), device),
-                           device)
+        first = self._first_batch(as_dataset(train, "train"), device)
+        self.model = probe(self.student, self.terms, self.teacher, first, device)
         load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
         self.history = json.loads((checkpoint / "history.json").read_text())
 
@@ -153,16 +155,82 @@ class Distiller:
         return _index_batch if getattr(dataset, "synthetic", False) else self.collate
 
     def _first_batch(self, train, device) -> dict:
-        first = self._collate_for(train)(read_items(train, range(min(len(train), self.config.batch_size))))
-        if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
-            first = self.task.prepare(train.make_batch(first))
+        with _reading("the first training batch"):
+            first = self._collate_for(train)(read_items(train, range(min(len(train), self.config.batch_size))))
+            if hasattr(train, "make_batch"):  # a synthetic set makes its batches when they are used
+                first = self.task.prepare(train.make_batch(first))
+        if not isinstance(first, Mapping) or "input" not in first:
+            raise DistillError(f"the first training batch is {describe(first)}, not a batch of inputs: check the "
+                               "dataset's items and collate_fn")
         return send_to_device(first, device)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, shuffle: bool, check=None) -> DataLoader:
         cfg = self.config
         sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self._collate_for(dataset),
+        collate = self._collate_for(dataset)
+        if check is not None:  # class labels checked per batch, on the CPU, where the loader collates
+            collate = _CheckedLabels(collate, *check)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+    def _check_data(self, train, val, first: dict):
+        """The data checked against the student before training: NaN inputs and class labels over the whole
+        of an in-memory set (cheap), the first validation batch as evaluation will read it. Returns what the
+        training loader must still check per batch, ``(width, per_position)``, or ``None``."""
+        width = None
+        if self.task.class_labels and isinstance(first.get("label"), torch.Tensor):
+            was_training = self.student.training
+            self.student.eval()
+            try:
+                with torch.no_grad():
+                    output = forward(lambda: run_model(self.student, first["input"]), self.student, first,
+                                     "the student")
+                    pred = self.task.prediction(output, first)
+            finally:
+                self.student.train(was_training)
+            width = pred.shape[-1] if isinstance(pred, torch.Tensor) and pred.dim() else None
+        checked = None
+        for dataset, role in ((train, "training set"), (val, "validation set")):
+            if dataset is None:
+                continue
+            if isinstance(dataset, ArrayDataset):
+                check_inputs({"input": dataset.inputs}, role, indices=range(len(dataset)))
+                if width is not None and dataset.labels is not None:
+                    problem = class_label_problem(self.task.check_labels(dataset.labels), width)
+                    if problem is not None:
+                        row, value = problem
+                        raise TaskError(f"{role}: " + class_label_message(value, row, width, self.task.per_position))
+            elif width is not None and role == "training set":
+                checked = (width, self.task.per_position)
+        if val is not None:
+            self._check_first_val_batch(val)
+        return checked
+
+    def _check_first_val_batch(self, val) -> None:
+        """The first validation batch scored as :meth:`evaluate` will score it, so its mistakes show before
+        training rather than after the first epoch."""
+        device = self.accelerator.device
+        with _reading("the validation set's first batch"):
+            batch = send_to_device(self.collate(read_items(val, range(min(len(val), self.config.batch_size)))),
+                                   device)
+        check_inputs(batch, "validation set")
+        if "label" not in batch:
+            return
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                pred = self.task.prediction(run_model(self.student, batch["input"]), batch)
+                self.task.add_batch({}, pred, batch, None)
+        except NotImplementedError:  # a task without labelled metrics of its own
+            pass
+        except DistillError as err:
+            raise type(err)(f"validation set: {err}") from err
+        except Exception as err:
+            raise DistillError(f"validation set: scoring its first batch failed ({cause(err)}); check its "
+                               "inputs and targets against the training set's") from err
+        finally:
+            self.student.train(was_training)
 
     def _cached_teacher(self, train, device) -> CachedTeacher:
         cfg = self.config
@@ -204,15 +272,31 @@ class Distiller:
 
         With a ``run_dir``, the directory is locked for this process while it trains.
         """
-        if self.run_dir is None:
-            return self._fit(train, val, resume)
-        locks = []  # rank 0 holds the lock; a failure to take it stops every process, not only rank 0
-        distributed.on_main(lambda: locks.append(self._lock()))
+        if not isinstance(resume, bool):
+            raise DistillError(f"resume must be True or False, got {excerpt(resume)}")
+        with self._teacher_frozen():
+            if self.run_dir is None:
+                return self._fit(train, val, resume)
+            locks = []  # rank 0 holds the lock; a failure to take it stops every process, not only rank 0
+            distributed.on_main(lambda: locks.append(self._lock()))
+            try:
+                return self._fit(train, val, resume)
+            finally:
+                for lock in locks:
+                    lock.release()
+
+    @contextmanager
+    def _teacher_frozen(self):
+        """The live teachers frozen while ``fit`` runs; their ``requires_grad`` and training mode put back after,
+        also when the run fails, so a teacher can be trained again later."""
+        models = [t.model for t in _live_teachers(self.teacher)]
+        for model in models:
+            freeze(model)
         try:
-            return self._fit(train, val, resume)
+            yield
         finally:
-            for lock in locks:
-                lock.release()
+            for model in models:
+                thaw(model)
 
     def _lock(self) -> RunLock:
         try:
@@ -230,17 +314,18 @@ class Distiller:
                                "with: pass a labelled validation set, a teacher, or val=None")
 
     def _labelled(self, dataset) -> bool:
-        return "label" in self.collate(read_items(dataset, [0]))
+        with _reading("the validation set's first item"):
+            return "label" in self.collate(read_items(dataset, [0]))
 
     def _fit(self, train, val, resume: bool) -> list[dict]:
         cfg, acc = self.config, self.accelerator
-        train = self._train_set = as_dataset(train)
-        val = as_dataset(val) if val is not None else None
+        train = self._train_set = as_dataset(train, "train")
+        val = as_dataset(val, "val") if val is not None else None
         if len(train) == 0:
             raise DistillError("the training set is empty")
         if val is not None:
             self._check_validation(val)
-        run = self._prepare(train)
+        run = self._prepare(train, val)
         start_epoch, position = 0, None
         if resume:
             start_epoch, run.step, position, self.history = load_checkpoint(
@@ -273,30 +358,47 @@ class Distiller:
         acc.wait_for_everyone()  # the run's files are complete for every process
         return self.history
 
-    def _prepare(self, train) -> _Training:
+    def _prepare(self, train, val=None) -> _Training:
         """Everything a run needs before its first step: the teacher's cache, the probed student with its
-        connectors, the optimiser, the loader and the schedule, prepared by Accelerate."""
+        connectors (the data checked against it), the optimiser, the loader and the schedule, prepared by
+        Accelerate."""
         cfg, acc = self.config, self.accelerator
         device = acc.device
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
         if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
-            self.teacher = self._cached_teacher(train, device)
+            try:
+                self.teacher = self._cached_teacher(train, device)
+            except DistillError:
+                raise
+            except Exception as err:  # the teacher run over the training set: its forward pass or the data
+                raise DistillError(f"caching the teacher's outputs over the training set failed ({cause(err)}); "
+                                   "check the teacher against the training inputs (shape, dtype)") from err
+        if not any(p.requires_grad for p in self.student.parameters()) and not any(
+                t.connector or isinstance(t.fn, nn.Module) for t in self.terms):
+            raise DistillError("nothing to train: the student has no parameters that require gradients; pass a model "
+                               "with trainable parameters (or set requires_grad back on)")
         first = self._first_batch(train, device)
         if cfg.channels_last:
             self.student.to(memory_format=torch.channels_last)
         model = self.model = probe(self.student, self.terms, self.teacher, first, device)
+        for term in self.terms:  # a weight function that cannot give a number fails now, not mid-run
+            term.weight_at(0.0, cfg.epochs)
+        checked = self._check_data(train, val, first)
         params = [p for p in model.parameters() if p.requires_grad]
         if self.train_up_to is not None:
             frozen = {id(p) for p in self.student.parameters()} - modules_before(self.student, self.train_up_to, first)
             params = [p for p in params if id(p) not in frozen]
+        if not params:
+            raise DistillError("nothing to train: the student (with its connectors and loss modules) has no "
+                               "parameters that require gradients; pass a model with trainable parameters")
         optimizer = build_optimizer(params, cfg)
         groups = update_groups(self.terms)
         if len(groups) > 1 and cfg.grad_accum > 1:
             raise DistillError("terms in several update groups (alternating updates, e.g. DML) step the optimiser "
                                "once per group and batch: use grad_accum 1")
-        loader = self._loader(train, cfg.batch_size, shuffle=True)
+        loader = self._loader(train, cfg.batch_size, shuffle=True, check=checked)
         if cfg.compile:  # taps are forward hooks registered before compiling, which dynamo traces through
             model = torch.compile(model, fullgraph=cfg.compile == "fullgraph")
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
@@ -322,41 +424,73 @@ class Distiller:
             batches, rng_to_restore = acc.skip_first_batches(loader, first), position["torch_rng"]
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, initial=first, total=len(loader),
                    disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
-        for window in _windows(enumerate(bar, start=first), cfg.grad_accum):
-            if rng_to_restore is not None:
-                # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
-                # start of the epoch, before the saved state, so the state is put back only now.
-                torch.set_rng_state(rng_to_restore)
-                rng_to_restore = None
-            window = [(i, self._ready(batch, make_batch, aug_gen)) for i, batch in window]
-            last = window[-1][0]
-            result = self._step(run, window, epoch, len(loader))
-            if result is None:  # a non-finite loss, skipped (train.nonfinite: skip)
-                skipped += 1
-                continue
-            parts, loss = result
-            run.scheduler.step()
-            run.step += 1
-            for name, value in parts.items():
-                sums[name] += value
-            sums["loss"] += loss
-            count += len(window)
-            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and last + 1 < len(loader):
-                self._save_checkpoint(epoch, run.step, run.optimizer, run.scheduler, position={
-                    "batch": last + 1, "sums": sums, "count": count, "skipped": skipped,
-                    "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
-            if run.step % cfg.log_every == 0:
-                self._log({"event": "step", "epoch": epoch + 1, "step": run.step,
-                           "lr": run.scheduler.get_last_lr()[0], "loss": loss / len(window),
-                           **{f"loss/{k}": v / len(window) for k, v in parts.items()}})
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
-        bar.close()
+        # what the loop is doing, for a one-line report of a failure (plain attributes: no cost per step)
+        reading = "reading the batch (the dataset's items, the collate function)"
+        self._doing, self._where = reading, (first, None)
+        try:
+            for window in _windows(enumerate(bar, start=first), cfg.grad_accum):
+                if rng_to_restore is not None:
+                    # Creating the data iterator draws from the torch RNG; an uninterrupted run drew that at the
+                    # start of the epoch, before the saved state, so the state is put back only now.
+                    torch.set_rng_state(rng_to_restore)
+                    rng_to_restore = None
+                self._where = (window[0][0], window[0][1].get("index") if isinstance(window[0][1], Mapping) else None)
+                self._doing = "the augmentation" if self.augment is not None else "making the batch"
+                window = [(i, self._ready(batch, make_batch, aug_gen)) for i, batch in window]
+                last = window[-1][0]
+                result = self._step(run, window, epoch, len(loader))
+                self._doing, self._where = reading, (last + 1, None)
+                if result is None:  # a non-finite loss, skipped (train.nonfinite: skip)
+                    skipped += 1
+                    continue
+                parts, loss = result
+                run.scheduler.step()
+                run.step += 1
+                for name, value in parts.items():
+                    sums[name] += value
+                sums["loss"] += loss
+                count += len(window)
+                self._doing = "writing a checkpoint or log"
+                if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and last + 1 < len(loader):
+                    self._save_checkpoint(epoch, run.step, run.optimizer, run.scheduler, position={
+                        "batch": last + 1, "sums": sums, "count": count, "skipped": skipped,
+                        "aug_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state()})
+                if run.step % cfg.log_every == 0:
+                    self._log({"event": "step", "epoch": epoch + 1, "step": run.step,
+                               "lr": run.scheduler.get_last_lr()[0], "loss": loss / len(window),
+                               **{f"loss/{k}": v / len(window) for k, v in parts.items()}})
+                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+                self._doing = reading
+        except (NonFiniteLoss, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise self._failure(err, epoch) from err
+        finally:
+            bar.close()
         record = {"event": "epoch", "epoch": epoch + 1, "step": run.step,
                   "lr": run.scheduler.get_last_lr()[0], "time": time.perf_counter() - started,
                   **{("train/loss" if k == "loss" else f"train/{k}"): v / max(1, count) for k, v in sums.items()}}
         if skipped:
             record["skipped_steps"] = skipped
         return record
+
+    def _failure(self, err: Exception, epoch: int) -> DistillError:
+        """An exception raised while training, as one line: where (epoch, batch, samples), what failed, what to
+        check. The original exception is chained (``--debug`` and ``__cause__`` show its traceback)."""
+        batch, indices = self._where
+        where = f"epoch {epoch + 1}, batch {batch + 1}{samples(indices)}"
+        if isinstance(err, DistillError):
+            return type(err)(f"{where}: {err}")
+        doing = self._doing
+        hint = {"reading": "check the dataset's items there and the collate function",
+                "the student": "check the model against these inputs (shape, dtype)",
+                "the teacher": "check the teacher against these inputs (shape, dtype)",
+                "term": "check the loss function against these inputs",
+                "the augmentation": "check the augment function",
+                "the backward": "check the loss terms' operations",
+                "the optimiser": "check the optimiser settings"}
+        advice = next((v for k, v in hint.items() if doing.startswith(k)), "")
+        return DistillError(f"{where}: {doing} failed ({cause(err)}); {advice}")
 
     def _ready(self, batch, make_batch, aug_gen) -> dict:
         """A loaded batch as the models see it: synthetic inputs made, augmented, in the memory format asked."""
@@ -403,6 +537,7 @@ class Distiller:
         num_items = self._num_items([batch for _, batch in window])
         if num_items is not None:
             window = [(i, dict(batch, num_items=num_items)) for i, batch in window]
+        self._doing = "the teacher's forward pass"
         teacher_values = [self.teacher(batch) if self.teacher is not None else {} for _, batch in window]
         parts: dict[str, float] = {}
         total = 0.0
@@ -410,24 +545,31 @@ class Distiller:
             for n, ((i, batch), t_values) in enumerate(zip(window, teacher_values)):
                 progress = epoch + i / batches_per_epoch
                 last = n == len(window) - 1
+                self._where = (i, batch.get("index"))
                 with acc.no_sync(model) if not last else nullcontext():
+                    self._doing = "the student's forward pass"
                     with acc.autocast():
                         s_values = model(batch["input"])
-                    values = {t.name: t(s_values, t_values, batch) for t in terms}
+                    values = {}
+                    for t in terms:
+                        self._doing = f"term {t.name!r}"
+                        values[t.name] = t(s_values, t_values, batch)
                     # per-position terms are already divided by the window's count; DDP averages over processes
                     scale = {t.name: (world if num_items is not None and self._counts_items[t.name] else 1 / accum)
                              for t in terms}
                     loss = sum(t.weight_at(progress, cfg.epochs) * values[t.name] * scale[t.name] for t in terms)
                     if not self._finite(loss):
-                        self._nonfinite(values, loss, epoch, i, run.step)
+                        self._nonfinite(values, loss, epoch, i, run.step, batch)
                         optimizer.zero_grad(set_to_none=True)
                         return None
+                    self._doing = "the backward pass"
                     acc.backward(loss)
                 # logged values: each term as a per-sample (per-position) mean of this micro-batch
                 for t in terms:
                     shown = float(values[t.name].detach()) * (scale[t.name] * accum)
                     parts[t.name] = parts.get(t.name, 0.0) + shown
                 total += float(loss.detach()) * accum
+            self._doing = "the optimiser step"
             if cfg.clip_grad_norm:
                 acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             optimizer.step()  # parameters without a gradient (other groups') are left alone
@@ -450,14 +592,23 @@ class Distiller:
             bad = self.accelerator.reduce(bad, "sum")
         return not bool(bad)
 
-    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int, step: int) -> None:
-        """Stop with the offending term's name, or (``nonfinite: skip``) log the skipped step."""
+    def _nonfinite(self, parts: dict, loss: torch.Tensor, epoch: int, batch: int, step: int, data: dict) -> None:
+        """Stop with the offending term's name (or the sample whose inputs hold NaN), or (``nonfinite: skip``)
+        log the skipped step."""
         culprits = [f"{name} = {float(v.detach())}" for name, v in parts.items() if not torch.isfinite(v.detach())]
         what = "term " + ", ".join(culprits) if culprits else f"the weighted sum of the terms = {float(loss.detach())}"
         where = f"epoch {epoch + 1}, batch {batch + 1}"
+        try:  # only on this rare path: are the inputs themselves at fault?
+            check_inputs(data, where)
+            bad_inputs = None
+        except DistillError as err:
+            bad_inputs = err
         if self.config.nonfinite == "skip":
-            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "step": step, "reason": what})
+            reason = str(bad_inputs) if bad_inputs is not None else what
+            self._log({"event": "skipped", "epoch": epoch + 1, "batch": batch + 1, "step": step, "reason": reason})
             return
+        if bad_inputs is not None:
+            raise NonFiniteLoss(f"non-finite loss because {bad_inputs}") from None
         kept = "; the last checkpoint is kept" if self.run_dir is not None else ""
         raise NonFiniteLoss(f"non-finite loss at {where}: {what}{kept} (lower the learning rate, clip gradients, "
                             "or set nonfinite: skip)")
@@ -499,6 +650,43 @@ class Distiller:
                         keep=self.config.keep_checkpoints, position=position, train_set=self._train_set)
 
 
+def _check_arguments(student, teacher, terms, **options) -> None:
+    """One line for an argument of the wrong kind, before anything is built from it."""
+    if not isinstance(student, nn.Module):
+        what = "a function" if callable(student) else excerpt(student)
+        raise DistillError(f"student must be a torch.nn.Module (a model with parameters), got {what}")
+    if teacher is not None and not isinstance(teacher, (nn.Module, Mapping)) and not callable(teacher):
+        raise DistillError(f"teacher must be an nn.Module, a dict of them, a teacher signal or None, "
+                           f"got {excerpt(teacher)}")
+    if teacher is not None and not isinstance(teacher, (nn.Module, Mapping)) and not hasattr(teacher, "to"):
+        raise DistillError("a teacher signal is a callable batch -> {tap: tensor} with a .to(device) method (like "
+                           f"distill.teacher.LiveTeacher); got {excerpt(teacher)}: pass the teacher model itself")
+    if isinstance(teacher, Mapping) and not isinstance(teacher, nn.ModuleDict):
+        bad = [k for k, m in teacher.items() if not isinstance(m, nn.Module) or not isinstance(k, str)]
+        if not teacher or bad:
+            raise DistillError("several teachers are a dict {name: nn.Module} with at least one entry"
+                               + (f"; {excerpt(bad[0])} is not" if bad else ""))
+    if isinstance(terms, Term):
+        raise DistillError("terms must be a list of Term objects; got one Term: pass terms=[Term(...)]")
+    if terms is not None:
+        if isinstance(terms, (str, bytes, Mapping)) or not isinstance(terms, (list, tuple)):
+            raise DistillError(f"terms must be a list of Term objects (e.g. [Term('ce'), Term('kd')]), "
+                               f"got {excerpt(terms)}")
+        for n, term in enumerate(terms):
+            if not isinstance(term, Term):
+                hint = f": Term({term!r})" if isinstance(term, str) else ""
+                raise DistillError(f"terms[{n}] must be a Term{hint}, got {excerpt(term)}")
+    for key in ("collate_fn", "augment"):
+        if options[key] is not None and not callable(options[key]):
+            raise DistillError(f"{key} must be a function (or None), got {excerpt(options[key])}")
+    if options["run_dir"] is not None and not isinstance(options["run_dir"], (str, os.PathLike)):
+        raise DistillError(f"run_dir must be a path (str or pathlib.Path) or None, got {excerpt(options['run_dir'])}")
+    if not isinstance(options["trust_pickle"], bool):
+        raise DistillError(f"trust_pickle must be True or False, got {excerpt(options['trust_pickle'])}")
+    if options["train_up_to"] is not None and not isinstance(options["train_up_to"], str):
+        raise DistillError(f"train_up_to must be a student tap name (or None), got {excerpt(options['train_up_to'])}")
+
+
 def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
     """The run's settings: ``config`` with keyword overrides; a mistyped keyword is named in one line."""
     fields = TrainConfig.model_fields
@@ -506,13 +694,49 @@ def _config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DistillError(f"Distiller got an unknown keyword {key!r}{hint} (settings: distill.TrainConfig)")
+            raise DistillError(f"Distiller got an unknown keyword {excerpt(key)}{hint} (settings: distill.TrainConfig)")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise DistillError(f"config must be a distill.TrainConfig (or None), got {type(config).__name__}; "
+                           "or pass the settings as keywords: Distiller(..., epochs=5)")
+    return TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})  # one-line DistillError
+
+
+class _CheckedLabels:
+    """A collate function whose batches' class labels are checked against the student's output width
+    (on the CPU, in the loader: no device synchronisation in the training step)."""
+
+    def __init__(self, collate: Callable, width: int, per_position: bool):
+        self.collate, self.width, self.per_position = collate, width, per_position
+
+    def __call__(self, items) -> dict:
+        batch = self.collate(items)
+        problem = class_label_problem(batch.get("label"), self.width)
+        if problem is not None:
+            row, value = problem
+            index = batch.get("index")
+            sample = int(index[row]) if isinstance(index, torch.Tensor) and len(index) > row else row
+            raise TaskError(class_label_message(value, sample, self.width, self.per_position))
+        return batch
+
+
+@contextmanager
+def _reading(what: str):
+    """Errors of a dataset's ``__getitem__`` or a collate function as one line naming what was read."""
     try:
-        return TrainConfig(**{**(config or TrainConfig()).model_dump(), **overrides})
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise DistillError(f"setting {field!r}: {first['msg']}, got {first.get('input')!r}") from None
+        yield
+    except DistillError as err:
+        raise type(err)(f"{what}: {err}") from err
+    except Exception as err:
+        raise DistillError(f"reading {what} failed ({cause(err)}); check the dataset's items and "
+                           "collate_fn") from err
+
+
+def _live_teachers(teacher) -> list[LiveTeacher]:
+    if isinstance(teacher, LiveTeacher):
+        return [teacher]
+    if isinstance(teacher, TeacherEnsemble):
+        return list(teacher.teachers.values())
+    return []
 
 
 def _windows(batches, size: int):

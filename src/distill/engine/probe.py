@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from distill.connectors import build_connector
 from distill.engine.config import DistillError
+from distill.errors import cause, describe
 from distill.taps import TapRecorder, parse_tap
+from distill.tasks import check_inputs  # noqa: F401  (the engine's checks in one place)
 from distill.teacher import run_model
 from distill.terms import Term
 
@@ -90,10 +93,11 @@ def probe(student: nn.Module, terms: list[Term], teacher, batch: dict, device) -
     term_states = {name: copy.deepcopy(m.state_dict()) for name, m in model.term_modules.items()}
     was_training = student.training
     student.eval()
+    check_inputs(batch, "the first batch")
     try:
         with torch.no_grad():
-            s_values = model(batch["input"])
-            t_values = teacher(batch) if teacher is not None else {}
+            s_values = forward(lambda: model(batch["input"]), student, batch, "the student")
+            t_values = forward(lambda: teacher(batch), None, batch, "the teacher") if teacher is not None else {}
             for term in terms:
                 if term.connector:
                     source = s_values[term.student]
@@ -101,7 +105,7 @@ def probe(student: nn.Module, terms: list[Term], teacher, batch: dict, device) -
                     model.add_connector(term.name, term.student, connector.to(source.device))
             # terms run with autograd on: some differentiate inside (a student's Grad-CAM map)
             with torch.enable_grad():
-                s_values = model(batch["input"])
+                s_values = forward(lambda: model(batch["input"]), student, batch, "the student")
                 for term in terms:
                     _probe_term(term, s_values, t_values, batch)
     except (ValueError, KeyError) as err:
@@ -119,7 +123,41 @@ def probe(student: nn.Module, terms: list[Term], teacher, batch: dict, device) -
 def _probe_term(term: Term, s_values: dict, t_values: dict, batch) -> None:
     try:
         value = term(s_values, t_values, batch)
+    except DistillError:
+        raise
     except Exception as err:  # report which term failed, in one line
         raise DistillError(f"term {term.name!r}: {err}") from err
+    if not isinstance(value, torch.Tensor):
+        raise DistillError(f"term {term.name!r} must return a tensor (a scalar computed from its inputs with torch "
+                           f"operations), got {describe(value)}")
     if value.dim() != 0:
         raise DistillError(f"term {term.name!r} must return a scalar, got shape {tuple(value.shape)}")
+    if not value.requires_grad or value.grad_fn is None:
+        raise DistillError(f"term {term.name!r} returns a value with no gradient path to the student (a constant, "
+                           "or computed from detached tensors): compute it from the student's outputs with torch "
+                           "operations, or drop the term")
+
+
+def forward(call, model: nn.Module | None, batch: dict, who: str):
+    """``call()``, a model's forward pass on ``batch``; a failure becomes one line naming the model and the input."""
+    try:
+        return call()
+    except DistillError:
+        raise
+    except Exception as err:
+        raise DistillError(f"{who}'s forward pass failed on the first batch ({cause(err)}); "
+                           f"{input_hint(batch['input'], model)}") from err
+
+
+def input_hint(inputs, model: nn.Module | None) -> str:
+    """What to check when a model fails on ``inputs``: their shape and dtype against the model's parameters."""
+    shown = inputs if not isinstance(inputs, Mapping) else next(iter(inputs.values()), None)
+    text = f"the input is {describe(shown)}"
+    param = next((p for p in model.parameters() if p.is_floating_point()), None) if model is not None else None
+    dtype = getattr(shown, "dtype", None)
+    if param is not None and isinstance(shown, torch.Tensor) and dtype != param.dtype:
+        if dtype.is_floating_point:
+            return (f"{text} but the model's parameters are {str(param.dtype).replace('torch.', '')}: convert the "
+                    f"data (x.to({param.dtype})) or the model")
+        return f"{text}: convert it to float (x.float()) unless the model takes integer ids"
+    return f"{text}: check that the model is built for inputs of this shape"
