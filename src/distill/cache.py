@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
+from distill.errors import DistillError
 from distill import distributed
 from distill.data import IndexedDataset, read_items
 from distill.fileio import atomic_write_text
@@ -38,7 +39,7 @@ from distill.teacher import LiveTeacher
 TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0)
 
 
-class CacheMismatch(ValueError):
+class CacheMismatch(DistillError):
     """A teacher cache on disk built for another teacher or dataset."""
 
 

@@ -20,17 +20,11 @@ import argparse
 import sys
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from distill.connectors import ConnectorError
-    from distill.engine import DistillError
-    from distill.explain import ExplainError
-    from distill.fileio import UnsafeFile
+    from distill.errors import DistillError  # every one-line error of the engine, tasks, terms, taps, sources ...
     from distill.recipe import RecipeError
-    from distill.taps import TapError
-    from distill.terms import TermError
     from distill.zoo.datasets import DataMissing
 
-    return (RecipeError, DistillError, TapError, TermError, ConnectorError, DataMissing, FileNotFoundError, UnsafeFile,
-            ExplainError)
+    return (RecipeError, DistillError, DataMissing, FileNotFoundError)
 
 
 def cmd_run(args) -> int:

@@ -424,12 +424,13 @@ def _scores(model, data) -> dict:
     """Validation and test scores of a model: accuracy and test errors for classification, the task's
     selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise."""
     task = data_task(data)
-    val, test = evaluate(model, data.val, task=task), evaluate(model, data.test, task=task)
+    # an empty split (val_size: 0) has no scores; the table shows "-" for it
+    val, test = ({} if len(split) == 0 else evaluate(model, split, task=task) for split in (data.val, data.test))
+    metric = "accuracy" if task.name == "classification" else task.select
+    scores = {f"val_{metric}": val.get(metric, float("nan")), f"test_{metric}": test.get(metric, float("nan"))}
     if task.name == "classification":
-        return {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-                "test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)}
-    metric = task.select
-    return {f"val_{metric}": val[metric], f"test_{metric}": test[metric], "test_metrics": test}
+        return scores | {"test_errors": round((100 - test["accuracy"]) * len(data.test) / 100) if test else 0}
+    return scores | {"test_metrics": test}
 
 
 def format_table(summary: dict) -> str:

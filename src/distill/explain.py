@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from distill.errors import DistillError
 from distill.data import as_dataset
 from distill.tasks import get_task
 from distill.losses.cam import gradcam_pp
@@ -35,7 +36,7 @@ __all__ = ["CamReference", "ExplainError", "cam_agreement", "explain_models", "e
            "normalize_maps"]
 
 
-class ExplainError(ValueError):
+class ExplainError(DistillError):
     """A run directory or model that cannot be explained (one line, for the CLI)."""
 
 

@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
+from distill.errors import DistillError
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -54,7 +56,7 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, final)
 
 
-class UnsafeFile(ValueError):
+class UnsafeFile(DistillError):
     """A file that would run code when loaded, refused without an explicit opt-in."""
 
 

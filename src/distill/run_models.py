@@ -218,7 +218,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
         except (RuntimeError, OSError, ValueError) as err:
             raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {excerpt(str(spec.checkpoint), 60)} "
                               f"into {excerpt(spec.model, 40)}: {error_line(err, 120)}") from None
-        return teacher, {"source": str(spec.checkpoint)}
+        return teacher.eval(), {"source": str(spec.checkpoint)}
     cached = cache_dir() / "teachers" / teacher_key(recipe, name)
     own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
 
@@ -231,10 +231,10 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     if found == "cache":
         load_model(teacher, str(cached / "teacher.safetensors"))
         say(f"{field}: reusing {cached}")
-        return teacher, {"source": str(cached)}
+        return teacher.eval(), {"source": str(cached)}
     if found == "run":
         load_model(teacher, str(own / "student.safetensors"))
-        return teacher, {"source": str(own)}
+        return teacher.eval(), {"source": str(own)}
     if not train:
         raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
                                 f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
@@ -256,7 +256,7 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
             atomic_write_text(cached / "info.json", json.dumps({"recipe": recipe.name, **info}, indent=2))
 
     distributed.on_main(keep)
-    return teacher, info
+    return teacher.eval(), info  # a teacher is only ever run in eval mode
 
 
 def deployable(model: torch.nn.Module) -> torch.nn.Module:

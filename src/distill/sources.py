@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.errors import DistillError
 from distill.data import read_items
 from distill.tasks import Task
 from distill.zoo import build_model, load_dataset
@@ -31,7 +32,7 @@ HF_HEADS = {"classification": "AutoModelForSequenceClassification", "regression"
             "embedding": "AutoModel"}
 
 
-class SourceError(ValueError):
+class SourceError(DistillError):
     """A model or data source that cannot be used; the message says why in one line."""
 
 
