@@ -24,7 +24,7 @@ def test_summary_gives_ratios_to_the_plain_student_step():
     assert summary["kd-live"]["teacher_forward_vs_student"] == pytest.approx(0.5)
     assert summary["student"]["training_mb"] == pytest.approx(100.0)
     table = format_speed_table({"pair": summary})
-    assert "| pair | 10 / 2 | kd-live | 63 ± 6 | 1.60x ± 0.14 | 1.50x | 100 |" in table
+    assert "| pair | 10 / 2 | kd-live | 63 ± 6 | 1.60x ± 0.14 | 1.50x | - | 100 |" in table
 
 
 def test_errors_name_the_pair_or_the_recipe(tmp_path):

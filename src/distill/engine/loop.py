@@ -407,9 +407,11 @@ class Distiller:
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         # after prepare: under several processes each one steps through its share of the batches
         steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch))
         plain = acc.scaler is None and acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
                                                                  DistributedType.MULTI_GPU)
+        # the schedule follows the optimiser that steps (the wrapped one shares its parameter groups)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer if plain else optimizer,
+                                                      lambda step: lr_factor(cfg, step, steps_per_epoch))
         return _Training(model, optimizer, scheduler, loader, groups, plain=plain)
 
     def _train_epoch(self, run: _Training, train, epoch: int, position: dict | None) -> dict:
