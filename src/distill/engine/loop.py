@@ -346,7 +346,8 @@ class Distiller:
             self._log(record)
             if cfg.progress and acc.is_local_main_process:
                 tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
-                           f"  ({record['time']:.1f}s)")
+                           f"  ({record['time']:.1f}s, {torch.get_num_threads()} thread"
+                           f"{'s' if torch.get_num_threads() != 1 else ''})")
             self._save_checkpoint(epoch + 1, run.step, run.optimizer, run.scheduler)
         if acc.num_processes > 1:  # every process keeps what rank 0 saves (BatchNorm statistics differ per process)
             distributed.broadcast_module(self.student)
