@@ -205,7 +205,7 @@ class TeacherOutputs:
         A value ``(B, L, ...)`` of three or more axes whose second axis is the batch's padded length
         (``lengths``: each sample's unpadded length, from the task's collate) is kept *ragged*: each sample's
         first ``length`` rows only, so batches padded to different lengths share one store."""
-        new, classes, ragged = {}, {}, {}
+        new, classes, ragged, row_counts = {}, {}, {}, {}
         for index, values, lengths in tap_batches:
             for tap in taps:
                 value = values[tap].detach()
@@ -233,11 +233,11 @@ class TeacherOutputs:
                     else:
                         store[part][index.cpu().numpy()] = tensor.cpu().numpy()
                 if is_ragged:
-                    store.setdefault("<lengths>", []).append(torch.as_tensor(lengths).cpu())
+                    row_counts.setdefault(tap, []).append(torch.as_tensor(lengths).cpu())
         for tap, parts in new.items():
             offsets = None
             if ragged[tap]:
-                lengths = torch.cat(parts.pop("<lengths>"))
+                lengths = torch.cat(row_counts[tap])
                 offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.long().cumsum(0)])
                 parts = {part: torch.cat(chunks) for part, chunks in parts.items()}
             if self.path is None:

@@ -349,7 +349,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
                                         *([choice] if recipe.teachers is not None else []))
         store = outputs.setdefault(choice, TeacherOutputs(directory, recipe.train.teacher_top_k))
         row = _student_row(recipe, method, data, method_teacher(recipe, method, teachers), run_dir, resume,
-                           trust_pickle, store, cams, (sample, macs_sample), timing, unrecorded, digests)
+                           trust_pickle, store, cams, sample, macs_sample, timing, unrecorded, digests)
         if cams is not None and "cam_agreement" not in row and method.student is None:
             cams = None  # this student has no map to compare; neither will the others (same model)
         rows.append(row)
@@ -371,9 +371,10 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
 
 
 def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: bool, trust_pickle: bool,
-                 outputs: TeacherOutputs, cams: CamReference | None, sample, timing: dict,
+                 outputs: TeacherOutputs, cams: CamReference | None, sample, macs_sample, timing: dict,
                  unrecorded: bool = True, digests: dict[int, str] | None = None) -> dict:
-    """Train (or reuse) one method's student and measure it: its row of the run's table.
+    """Train (or reuse) one method's student and measure it: its row of the run's table (``sample``: the
+    inputs timed per batch; ``macs_sample``: the few inputs its multiply-adds are counted on).
 
     The row is kept in ``students/<label>/row.json``; a resumed run reuses it while the student's
     settings (:func:`student_settings_key`) are unchanged, even without the student's weights.
@@ -397,7 +398,6 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
                 _cam_agreement(row, cams, method.name, deployable(_saved_student(recipe, method, data, own)), layer)
                 distributed.on_main(lambda: atomic_write_text(saved, json.dumps(row, indent=2)))
                 return row
-    sample, macs_sample = sample
     student, info = train_student(recipe, method, data, teacher, run_dir, resume, trust_pickle, outputs, digest)
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,

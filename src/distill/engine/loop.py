@@ -222,16 +222,13 @@ class Distiller:
         was_training = self.student.training
         self.student.eval()
         try:
-            with torch.no_grad():
-                pred = self.task.prediction(run_model(self.student, batch["input"]), batch)
-                self.task.add_batch({}, pred, batch, None)
-        except NotImplementedError:  # a task without labelled metrics of its own
-            pass
-        except DistillError as err:
-            raise type(err)(f"validation set: {err}") from err
-        except Exception as err:
-            raise DistillError(f"validation set: scoring its first batch failed ({cause(err)}); check its "
-                               "inputs and targets against the training set's") from err
+            with _one_line("validation set", "validation set: scoring its first batch failed",
+                           "check its inputs and targets against the training set's"), torch.no_grad():
+                try:
+                    pred = self.task.prediction(run_model(self.student, batch["input"]), batch)
+                    self.task.add_batch({}, pred, batch, None)
+                except NotImplementedError:  # a task without labelled metrics of its own
+                    pass
         finally:
             self.student.train(was_training)
 
@@ -733,15 +730,20 @@ class _CheckedLabels:
 
 
 @contextmanager
-def _reading(what: str):
-    """Errors of a dataset's ``__getitem__`` or a collate function as one line naming what was read."""
+def _one_line(where: str, failed: str, hint: str):
+    """Errors inside as one line: a distill error prefixed with ``where``; any other exception as
+    ``"{failed} (its cause); {hint}"``, the original chained."""
     try:
         yield
     except DistillError as err:
-        raise type(err)(f"{what}: {err}") from err
+        raise type(err)(f"{where}: {err}") from err
     except Exception as err:
-        raise DistillError(f"reading {what} failed ({cause(err)}); check the dataset's items and "
-                           "collate_fn") from err
+        raise DistillError(f"{failed} ({cause(err)}); {hint}") from err
+
+
+def _reading(what: str):
+    """Errors of a dataset's ``__getitem__`` or a collate function as one line naming what was read."""
+    return _one_line(what, f"reading {what} failed", "check the dataset's items and collate_fn")
 
 
 def _live_teachers(teacher) -> list[LiveTeacher]:

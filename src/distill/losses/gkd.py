@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from distill.losses.positions import IGNORE_INDEX, check_logits, check_num_items, counted_positions, divide
+from distill.losses.positions import IGNORE_INDEX, per_position_mean, soft_target_positions
 from distill.losses.registry import register_loss
 
 
@@ -58,15 +57,10 @@ def generalized_jsd_loss(
     Returns:
         a scalar in float32; zero when the two predictions agree.
     """
-    check_logits(student_logits, teacher_logits)
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    check_num_items(num_items)
-    counted = counted_positions(mask, student_logits, ignore_index)
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_s, log_p_t, counted = soft_target_positions(student_logits, teacher_logits, temperature, mask,
+                                                       num_items, ignore_index)
     if beta == 0:
         per_class = _kl(log_p_t, log_p_s)
     elif beta == 1:
@@ -74,7 +68,4 @@ def generalized_jsd_loss(
     else:
         log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log1p(-beta))
         per_class = beta * _kl(log_p_t, log_m) + (1 - beta) * _kl(log_p_s, log_m)
-    if counted is not None:
-        per_class = torch.where(counted[..., None], per_class, 0.0)
-    positions = student_logits.numel() // student_logits.shape[-1]
-    return divide(per_class.sum(), counted, num_items, positions)
+    return per_position_mean(per_class, counted, num_items)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses.positions import (IGNORE_INDEX, check_labels, check_logits, check_num_items, counted_positions,
-                                      divide)
+                                      divide, per_position_mean, soft_target_positions)
 from distill.losses.registry import register_loss
 
 _check_logits = check_logits  # the name the other loss modules used
@@ -62,18 +62,10 @@ def kd_loss(
         a scalar; zero when the two logit vectors agree up to a per-position constant.
         Computed in float32 whatever the input dtype.
     """
-    check_logits(student_logits, teacher_logits)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    check_num_items(num_items)
-    counted = counted_positions(mask, student_logits, ignore_index)
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_s, log_p_t, counted = soft_target_positions(student_logits, teacher_logits, temperature, mask,
+                                                       num_items, ignore_index)
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True)
-    if counted is not None:
-        kl = torch.where(counted[..., None], kl, 0.0)
-    positions = student_logits.numel() // student_logits.shape[-1]
-    return divide(kl.sum(), counted, num_items, positions) * temperature**2
+    return per_position_mean(kl, counted, num_items) * temperature**2
 
 
 @register_loss("ce", teacher=None, labels=True, softmax=True)

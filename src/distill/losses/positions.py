@@ -91,3 +91,25 @@ def share(counted: torch.Tensor | None, num_items, positions: int):
         return 1.0
     count = positions if counted is None else counted.sum()
     return divide(torch.as_tensor(count, dtype=torch.float32), None, num_items, positions)
+
+
+def soft_target_positions(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                          mask, num_items, ignore_index: int = IGNORE_INDEX):
+    """The checks every soft-target loss makes, and its inputs: ``(log_p_s, log_p_t, counted)`` — the two
+    log-softmaxes at ``temperature`` in float32 and the positions that count (``None``: all of them)."""
+    check_logits(student_logits, teacher_logits)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    check_num_items(num_items)
+    counted = counted_positions(mask, student_logits, ignore_index)
+    log_p_s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return log_p_s, log_p_t, counted
+
+
+def per_position_mean(per_class: torch.Tensor, counted: torch.Tensor | None, num_items) -> torch.Tensor:
+    """``(..., C)`` per-class terms summed over the counted positions and divided (:func:`divide`)."""
+    if counted is not None:
+        per_class = torch.where(counted[..., None], per_class, 0.0)
+    positions = per_class.numel() // per_class.shape[-1]
+    return divide(per_class.sum(), counted, num_items, positions)
