@@ -1,6 +1,6 @@
 """distill: knowledge distillation for any PyTorch model."""
 from distill import losses
-from distill.data import ArrayDataset, MixUp, RandomShift, unlabelled
+from distill.data import ArrayDataset, MixUp, RandomShift, TokenMixUp, unlabelled
 from distill.engine import Distiller, DistillError, TrainConfig, seed_everything
 from distill.evaluation import count_parameters, evaluate, inference_time
 from distill.stages import Stage, fit_stages
@@ -10,7 +10,7 @@ from distill.zoo import build_model, load_dataset
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArrayDataset", "DistillError", "Distiller", "MixUp", "RandomShift", "Ramp", "Stage", "Term", "TrainConfig",
+    "ArrayDataset", "DistillError", "Distiller", "MixUp", "RandomShift", "Ramp", "Stage", "Term", "TokenMixUp", "TrainConfig",
     "build_model", "count_parameters", "evaluate", "fit_stages", "inference_time", "load_dataset", "losses",
     "seed_everything", "unlabelled",
 ]

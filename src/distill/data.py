@@ -204,6 +204,95 @@ class MixUp:
         return f"MixUp({self.alpha})"
 
 
+class TokenMixUp:
+    """Mixup of token sequences in embedding space, for MixKD (Liang et al. 2021, *MixKD: Towards Efficient
+    Distillation of Large-scale Language Models*, ICLR).
+
+    Token ids cannot be interpolated, their embeddings can: each batch of ``N`` sequences gains ``N`` mixed
+    rows whose word embeddings are ``e'_i = lam_i * E(x_i) + (1 - lam_i) * E(x_perm(i))`` with
+    ``lam_i ~ Beta(alpha, alpha)``, attending over the union of the two sequences' real tokens. Every
+    attached model (student and teacher) mixes its *own* embeddings with the same ``lam`` and pairs, so the
+    teacher labels the same interpolation the student sees (MixKD's teacher-mixup loss: a soft-target term
+    on all ``2N`` rows). The mixed rows' labels are ``-100``, so the label term counts the originals only
+    (MixKD's student-mixup loss with interpolated labels is not included).
+
+    The engine calls :meth:`attach` with the student and teachers (a forward hook on each model's
+    ``get_input_embeddings()``, or the module at ``embeddings``) and calls the object on whole batches
+    (``whole_batch``). Only batches this object made are mixed, so evaluation is untouched. For the
+    classification task (one class label per sample, or unlabelled).
+    """
+
+    whole_batch = True
+
+    def __init__(self, alpha: float = 0.4, embeddings: str | None = None):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0 < alpha < float("inf"):
+            raise DistillError(f"TokenMixUp alpha must be a positive number (the Beta distribution's), "
+                               f"got {excerpt(alpha)}")
+        self.alpha = float(alpha)
+        self.embeddings = embeddings
+        self._plan = None  # (the input_ids made, pairs (N, 2), lam (N,)) of the last batch made
+
+    def attach(self, *models) -> list:
+        """Hook each model's input embeddings; returns the hook handles (``handle.remove()`` detaches)."""
+        handles = []
+        for model in models:
+            if self.embeddings is not None:
+                module = dict(model.named_modules()).get(self.embeddings)
+                if module is None:
+                    raise DistillError(f"TokenMixUp: {type(model).__name__} has no module {self.embeddings!r}")
+            elif hasattr(model, "get_input_embeddings"):
+                module = model.get_input_embeddings()
+            else:
+                raise DistillError(f"TokenMixUp: {type(model).__name__} has no get_input_embeddings(); give the "
+                                   "embedding module's path (TokenMixUp(embeddings='...'))")
+            handles.append(module.register_forward_hook(self._mix))
+        return handles
+
+    def _mix(self, module, inputs, output):
+        plan = self._plan
+        if plan is None or not inputs or inputs[0] is not plan[0]:  # the very tensor it made, not a copy
+            return None
+        pairs, lam = plan[1].to(output.device), plan[2].to(output.device, output.dtype)
+        n = len(pairs)
+        lam = lam.view(n, *([1] * (output.dim() - 1)))
+        mixed = lam * output[pairs[:, 0]] + (1 - lam) * output[pairs[:, 1]]
+        return torch.cat([output[:n], mixed])
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        inputs = batch["input"]
+        if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+            raise DistillError("TokenMixUp mixes token sequences: batches need an 'input_ids' input")
+        if batch.get("mask") is not None:
+            raise DistillError("TokenMixUp is for one label per sample; per-position tasks (tokens) are not "
+                               "supported")
+        ids = inputs["input_ids"]
+        n = len(ids)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        lam = torch.as_tensor(np.random.default_rng(seed).beta(self.alpha, self.alpha, size=n), dtype=torch.float32)
+        perm = torch.randperm(n, generator=generator)
+        pairs = torch.stack([torch.arange(n), perm], dim=1)
+        out = {}
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == n:
+                extra = value.maximum(value[perm.to(value.device)]) if key == "attention_mask" else value
+                value = torch.cat([value, extra])
+            out[key] = value
+        made = dict(batch, input=out)
+        label = batch.get("label")
+        if isinstance(label, torch.Tensor):
+            if label.is_floating_point() or label.dim() != 1:
+                raise DistillError("TokenMixUp needs one class label per sample (task 'classification'), got "
+                                   f"{describe(label)}")
+            made["label"] = torch.cat([label, torch.full_like(label, -100)])
+        if isinstance(batch.get("index"), torch.Tensor):
+            made["index"] = torch.cat([batch["index"], batch["index"]])
+        self._plan = (out["input_ids"], pairs, lam)
+        return made
+
+    def __repr__(self) -> str:
+        return f"TokenMixUp({self.alpha})"
+
+
 class Compose:
     """Batch transforms applied in order (e.g. a shift, then mixup)."""
 

@@ -30,12 +30,14 @@ class Stage:
             an int a number of epochs, ``None`` the remaining epochs after the other stages.
         train_up_to: only the student parameters used to compute this tap train (FitNets' stage 1).
         name: shown in logs.
+        augment: this phase's batch transform, in place of the run's (MixKD's :class:`TokenMixUp`).
     """
 
     terms: list[Term]
     epochs: int | float | None = None
     train_up_to: str | None = None
     name: str = ""
+    augment: object | None = None
 
 
 def as_stages(built) -> list[Stage]:
@@ -74,7 +76,8 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
         if k > 1:  # later stages start from a known RNG state, so a resumed run builds the same new modules
             seed_everything(cfg.seed * 1000 + k)
         uses_teacher = any(t.teacher is not None for t in stage.terms)
-        trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, augment=augment, run_dir=own,
+        trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, run_dir=own,
+                            augment=stage.augment if stage.augment is not None else augment,
                             config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to,
                             teacher_outputs=teacher_outputs, task=task)
         # rank 0 looks (under several processes every process must take the same branch)

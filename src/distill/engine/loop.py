@@ -75,7 +75,9 @@ class Distiller:
         collate_fn: your own function from a list of dataset items to a batch (a dict of tensors, HF style
             or ``{"input", "label"}``), used for training, evaluation and the teacher cache.
         augment: an optional batch transform ``f(inputs, generator) -> inputs``
-            applied before teacher and student see the batch, so both see the same view.
+            applied before teacher and student see the batch, so both see the same view. One with
+            ``whole_batch = True`` is called on the whole batch (labels too) and one with
+            ``attach(*models)`` hooks the student and teachers while ``fit`` runs (:class:`TokenMixUp`).
         run_dir: where metrics and checkpoints go; ``None`` keeps everything in memory.
         config: a :class:`TrainConfig`; keyword arguments override its fields.
         trust_pickle: load checkpoint state that holds arbitrary Python objects (which can run
@@ -274,7 +276,7 @@ class Distiller:
         """
         if not isinstance(resume, bool):
             raise DistillError(f"resume must be True or False, got {excerpt(resume)}")
-        with self._teacher_frozen():
+        with self._teacher_frozen(), self._augment_attached():
             if self.run_dir is None:
                 return self._fit(train, val, resume)
             locks = []  # rank 0 holds the lock; a failure to take it stops every process, not only rank 0
@@ -284,6 +286,18 @@ class Distiller:
             finally:
                 for lock in locks:
                     lock.release()
+
+    @contextmanager
+    def _augment_attached(self):
+        """An augmentation that acts inside the models (``attach``: hooks, e.g. :class:`TokenMixUp`) hooked to
+        the student and the live teachers while ``fit`` runs."""
+        attach = getattr(self.augment, "attach", None)
+        handles = attach(self.student, *(t.model for t in _live_teachers(self.teacher))) if attach else []
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @contextmanager
     def _teacher_frozen(self):
@@ -502,7 +516,9 @@ class Distiller:
         """A loaded batch as the models see it: synthetic inputs made, augmented, in the memory format asked."""
         if make_batch is not None:
             batch = self.task.prepare(make_batch(batch))
-        if self.augment is not None:
+        if getattr(self.augment, "whole_batch", False):  # it changes labels too (TokenMixUp adds mixed rows)
+            batch = self.augment(batch, aug_gen)
+        elif self.augment is not None:
             batch = dict(batch, input=self.augment(batch["input"], aug_gen))
         if self.config.channels_last and isinstance(batch["input"], torch.Tensor) and batch["input"].dim() == 4:
             batch = dict(batch, input=batch["input"].contiguous(memory_format=torch.channels_last))

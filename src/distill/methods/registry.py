@@ -15,16 +15,23 @@ from typing import TypeVar
 F = TypeVar("F", bound=Callable)
 
 METHODS: dict[str, Callable] = {}
+#: name -> the inputs a method needs: "any" (every model) or "tokens" (token sequences, e.g. MixKD's mixup)
+METHOD_INPUTS: dict[str, str] = {}
 
 
-def register_method(name: str) -> Callable[[F], F]:
-    """Register the decorated function as the method ``name`` (a name is taken once)."""
+def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:
+    """Register the decorated function as the method ``name`` (a name is taken once); ``inputs``: what it
+    needs of the data, ``"any"`` or ``"tokens"``."""
+    if inputs not in ("any", "tokens"):
+        raise ValueError(f"register_method({name!r}): inputs must be 'any' or 'tokens', got {inputs!r}")
+
     def register(fn: F) -> F:
         if name in METHODS and METHODS[name] is not fn:
             other = METHODS[name]
             raise ValueError(f"method {name!r} is registered twice: {other.__module__}.{other.__qualname__} and "
                              f"{fn.__module__}.{fn.__qualname__}")
         METHODS[name] = fn
+        METHOD_INPUTS[name] = inputs
         return fn
 
     return register

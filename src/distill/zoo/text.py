@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import io
 import random
 from dataclasses import dataclass
 from importlib import metadata
