@@ -12,7 +12,10 @@ A tap is a string:
 * a name from the model's ``tap_aliases`` dict (zoo models have ``stage1``..,
   ``last_stage`` and ``embedding``), standing for the tap it maps to;
 * ``"gradcam++(last_stage)"`` — the ``(N, H, W)`` Grad-CAM++ map of a module's output
-  for the model's own predicted class (needs autograd; returned detached).
+  for the model's own predicted class (needs autograd; returned detached);
+* on a transformer (``config.num_hidden_layers`` layers in an ``nn.ModuleList``): ``"hidden[i]"``,
+  ``"embeddings"``, ``"cls[i]"``, ``"mean[i]"``, ``"attention[i]"``, ``"attention_scores[i]"``
+  (:mod:`distill.transformer`); these names win over module paths and output fields.
 
 Module taps are captured with forward hooks, so any ``nn.Module`` works
 unmodified. A wrong path fails with the nearest valid names.
@@ -41,8 +44,8 @@ class TapError(DistillError):
 @dataclass(frozen=True)
 class TapSpec:
     path: str
-    kind: str  # "logits" | "module" | "output" | "gradcam++"
-    target: str  # module path or output field name
+    kind: str  # "logits" | "module" | "output" | "gradcam++" | "transformer"
+    target: str  # module path, output field name, or transformer tap kind ("hidden", "attention" ...)
     indices: tuple[int, ...] = ()
     capture: str = "output"  # for module taps: "output" or "input"
 
@@ -61,6 +64,11 @@ def parse_tap(path: str, model: nn.Module) -> TapSpec:
         return replace(parse_tap(aliases[path], model), path=path)
     if path == "logits":
         return TapSpec(path, "logits", "logits")
+    from distill import transformer  # imports this module
+
+    spec = transformer.parse(path, model)
+    if spec is not None:
+        return spec
     gradcam = _GRADCAM.fullmatch(path)
     if gradcam:
         layer = parse_tap(gradcam.group(1), model)
@@ -133,6 +141,12 @@ class TapRecorder:
         self.specs = {p: parse_tap(p, model) for p in dict.fromkeys(paths)}
         self._captured: dict[str, object] = {}
         self._handles = []
+        self.transformer = None  # the hooks of transformer taps (hidden[i], attention[i] ...)
+        specs = [spec for spec in self.specs.values() if spec.kind == "transformer"]
+        if specs:
+            from distill.transformer import TransformerTaps
+
+            self.transformer = TransformerTaps(model, specs, model_name)
         modules = dict(model.named_modules())
         for spec in self.specs.values():
             if spec.kind in ("module", "gradcam++"):
@@ -156,6 +170,8 @@ class TapRecorder:
                 value = logits_of(output)
             elif spec.kind == "gradcam++":
                 value = self._gradcam(spec, output)
+            elif spec.kind == "transformer":
+                value = self.transformer.value(spec)
             elif spec.kind == "module":
                 if path not in self._captured:
                     raise TapError(
@@ -166,6 +182,8 @@ class TapRecorder:
                 value = self._output_field(output, spec)
             values[path] = value
         self._captured.clear()
+        if self.transformer is not None:
+            self.transformer.clear()
         return values
 
     def _gradcam(self, spec: TapSpec, output) -> torch.Tensor:
@@ -206,4 +224,6 @@ class TapRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.transformer is not None:
+            self.transformer.remove()
 
