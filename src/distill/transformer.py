@@ -33,8 +33,11 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.losses.transformer import random_layer_map  # noqa: F401  (part of this module's API)
+from distill.losses.transformer import random_layer_map
 from distill.taps import TapError, TapSpec
+
+__all__ = ["LayerMapError", "STRATEGIES", "TransformerTaps", "find_layers", "layer_map", "layer_terms", "parse",
+           "rail_kd_term", "random_layer_map"]
 
 _TAP = re.compile(r"(hidden|attention|attention_scores|cls|mean)\[(-?\d+)\]")
 _LAYER_PATHS = ("encoder.layer", "transformer.layer", "transformer.h", "encoder.layers", "layers", "layer", "h")
