@@ -256,7 +256,8 @@ def test_soft_cross_entropy_is_kd_over_t_squared_plus_the_teacher_entropy():
 
 # ----------------------------------------------------------------------------------------- layer maps
 @pytest.mark.parametrize("s, t, strategy, teacher", [
-    (2, 4, "uniform", [2, 4]), (3, 6, "uniform", [2, 4, 6]), (2, 6, "uniform", [3, 6]), (4, 12, "uniform", [3, 6, 9, 12]),
+    (2, 4, "uniform", [2, 4]), (3, 6, "uniform", [2, 4, 6]), (2, 6, "uniform", [3, 6]),
+    (4, 12, "uniform", [3, 6, 9, 12]),
     (4, 6, "uniform", [2, 3, 5, 6]), (4, 6, "skip", [1, 2, 3, 4]), (4, 12, "skip", [3, 6, 9, 12]),
     (3, 6, "last", [4, 5, 6]), (2, 4, "top", [3, 4]), (4, 12, "bottom", [1, 2, 3, 4]),
     (2, 4, [1, 3], [1, 3]), (2, 4, [(1, 4), (2, 2)], [4, 2]),
@@ -316,7 +317,8 @@ def test_tinybert_terms_lower_their_losses_end_to_end():
         epochs.add(epoch)
         return student_logits.sum() * 0
 
-    d = Distiller(student, teacher, terms + [Term(epoch_seen, 0.0, teacher=None)], task=get_task("classification", pad_token_id=0), epochs=4, lr=3e-3,
+    d = Distiller(student, teacher, terms + [Term(epoch_seen, 0.0, teacher=None)],
+                  task=get_task("classification", pad_token_id=0), epochs=4, lr=3e-3,
                   batch_size=16, progress=False)
     history = d.fit(Items(48, seed=0))
     for term in terms:

@@ -210,7 +210,8 @@ class RailKD(nn.Module):
     :func:`random_layer_map`) and matched with the student's ``S`` layers.
 
     ``mode="layer"`` (RAIL-KD\ :sub:`l`): :math:`\sum_k \| \hat{W_k s_k} - \hat{t}_{n_k} \|^2`,
-    ``mode="concat"`` (RAIL-KD\ :sub:`c`): :math:`\| \widehat{W [s_1; ..; s_S]} - \widehat{[t_{n_1}; ..; t_{n_S}]} \|^2`,
+    ``mode="concat"`` (RAIL-KD\ :sub:`c`):
+    :math:`\| \widehat{W [s_1; ..; s_S]} - \widehat{[t_{n_1}; ..; t_{n_S}]} \|^2`,
     averaged over the batch, where :math:`s_k, t_n` are pooled layer representations (``mean[i]`` taps:
     the mean over real tokens), :math:`W` learned linear maps (built on the first batch, trained with the
     student) and :math:`\hat{x} = x / \|x\|_2`. (Our reading of the paper; its text was not at hand.)
