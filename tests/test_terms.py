@@ -116,6 +116,15 @@ def test_every_loss_registers_itself_with_its_binding():
         "kdcl": (losses.kdcl_loss, {"teacher": None, "labels": True}),
         "one": (losses.one_loss, {"teacher": None, "labels": True}), "logit_l1": (losses.logit_l1, {}),
         "generalized_jsd": (losses.generalized_jsd_loss, {}),
+        "attention_mse": (losses.attention_mse, {"student": "attention_scores[-1]", "teacher": "attention_scores[-1]"}),
+        "hidden_mse": (losses.hidden_mse, {"student": "hidden[-1]", "teacher": "hidden[-1]", "connector": "auto"}),
+        "embedding_mse": (losses.hidden_mse, {"student": "hidden[0]", "teacher": "hidden[0]", "connector": "auto"}),
+        "cosine_hidden": (losses.cosine_hidden, {"student": "hidden[-1]", "teacher": "hidden[-1]",
+                                                 "connector": "auto"}),
+        "pkd": (losses.pkd_loss, {"student": "cls[-1]", "teacher": "cls[-1]", "connector": "auto"}),
+        "cilda": (losses.cilda_loss, {"student": "mean[-1]", "teacher": "mean[-1]", "connector": "auto",
+                                      "gather": True}),
+        "rail_kd": (losses.RailKD, {}),
     }
     softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd"}
     expected = {name: (fn, {**binding, "softmax": True} if name in softmax else binding)

@@ -13,7 +13,10 @@ A list of taps (``student=["layer1", "layer2"]``) passes a list of values;
 ``index=True`` adds ``index=batch["index"]`` (sample indices, for memory banks).
 A function that takes ``mask`` or ``num_items`` keywords gets ``batch["mask"]`` and
 ``batch["num_items"]`` when the batch has them (token tasks: which positions count, and the
-number of counted positions across the accumulated batch).
+number of counted positions across the accumulated batch). One that takes ``attention_mask`` gets
+the model input ``batch["input"]["attention_mask"]`` (1 = real token, 0 = padding; the transformer
+losses use it to leave padding out), and one that takes ``epoch`` gets the 0-based training epoch the
+loop puts in ``batch["epoch"]`` (RAIL-KD redraws its layer map with it).
 
 The registered names and default bindings live beside each loss
 (:data:`distill.losses.registry.LOSSES`, also importable from here).
@@ -24,7 +27,7 @@ import difflib
 import inspect
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +42,9 @@ from distill.losses.registry import LOSSES, STAGES
 
 __all__ = ["LOSSES", "STAGES", "Ramp", "Term", "TermError", "unique_names", "update_groups"]
 
-# keyword arguments a term passes from the batch when its loss takes them (token tasks' masks and counts)
-BATCH_KEYWORDS = ("mask", "num_items")
+# keyword arguments a term passes from the batch when its loss takes them (token tasks' masks and counts,
+# the model input attention_mask, the training epoch)
+BATCH_KEYWORDS = ("mask", "num_items", "attention_mask", "epoch")
 _MISSING = object()
 
 
@@ -204,8 +208,9 @@ class Term:
 
     @property
     def effective_params(self) -> dict:
-        """Every keyword parameter of the loss with the value it will use (:meth:`param`), the batch's
-        ``mask`` / ``num_items`` / ``index`` left out (they come with each batch)."""
+        """Every keyword parameter of the loss with the value it will use (:meth:`param`); the batch keywords
+        (``mask``, ``num_items``, ``attention_mask``, ``epoch``) and ``index`` are left out (they come with each
+        batch)."""
         values = {}
         for signature in reversed(self._signatures):  # the call's own signature wins
             for key, parameter in signature.parameters.items():
@@ -249,8 +254,9 @@ class Term:
             index = batch.get("index")
             params = {**params, "index": None if index is None else torch.as_tensor(index).long()}
         for key in self.batch_keywords:  # a term's own setting wins over the batch's
-            if key not in params and batch.get(key) is not None:
-                params = {**params, key: batch[key]}
+            value = batch_value(batch, key)
+            if key not in params and value is not None:
+                params = {**params, key: value}
         if self.gather and world_size() > 1:
             args = [[gather_batch(v) for v in a] if isinstance(a, list) else gather_batch(a) for a in args]
             first = args[0][0] if isinstance(args[0], list) else args[0]
@@ -267,6 +273,14 @@ class Term:
         group = f", group={self.group}" if self.group else ""
         return (f"Term({self.name!r}, weight={self.weight!r}, student={self.student!r}, "
                 f"teacher={self.teacher!r}{params}{group})")
+
+
+def batch_value(batch: dict, key: str):
+    """The value of batch keyword ``key`` (:data:`BATCH_KEYWORDS`) in ``batch``; ``attention_mask`` is a model input."""
+    if key == "attention_mask":
+        inputs = batch.get("input")
+        return inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    return batch.get(key)
 
 
 def _signatures(fn) -> list[inspect.Signature]:

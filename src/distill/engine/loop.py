@@ -557,8 +557,8 @@ class Distiller:
         model, optimizer = run.model, run.optimizer
         accum, world = cfg.grad_accum, acc.num_processes
         num_items = self._num_items([batch for _, batch in window])
-        if num_items is not None:
-            window = [(i, dict(batch, num_items=num_items)) for i, batch in window]
+        extra = {"epoch": epoch} if num_items is None else {"epoch": epoch, "num_items": num_items}
+        window = [(i, dict(batch, **extra)) for i, batch in window]  # batch keywords of the terms
         self._doing = "the teacher's forward pass"
         teacher_values = [self.teacher(batch) if self.teacher is not None else {} for _, batch in window]
         parts: dict[str, float] = {}

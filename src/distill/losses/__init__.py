@@ -28,11 +28,13 @@ from distill.losses.online import dml_loss, kdcl_loss, one_loss
 from distill.losses.registry import LOSSES, STAGES, register_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
 from distill.losses.tf_kd import tf_kd_loss
+from distill.losses.transformer import (RailKD, attention_mse, cilda_loss, cosine_hidden, hidden_mse, pkd_loss,
+                                        random_layer_map)
 from distill.losses.vid import VID, vid_loss
 
 __all__ = [
-    "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "Translator", "VID",
-    "ab_loss", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
+    "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "RailKD", "Translator",
+    "VID", "ab_loss", "attention_mse", "cilda_loss", "cosine_hidden", "hidden_mse", "pkd_loss", "random_layer_map", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
     "cross_entropy", "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss",
     "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1",
     "multi_teacher_kd_loss", "nst_loss", "one_loss", "pkt_loss", "register_loss", "rkd_loss", "sp_loss",

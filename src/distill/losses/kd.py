@@ -48,6 +48,12 @@ def kd_loss(
     (matching zero-mean logits, the paper's §2.1), where :math:`C` is the
     number of classes.
 
+    TinyBERT's prediction-layer loss (Jiao et al. 2019, eq. 10), the soft cross-entropy
+    :math:`-\sum_c \mathrm{softmax}(z^t/T)_c \log \mathrm{softmax}(z^s/T)_c`, is this loss divided by
+    :math:`T^2` plus the teacher's entropy, a constant for the student: the same gradients come from
+    ``Term("kd", weight=1 / T**2, temperature=T)`` (TinyBERT uses :math:`T = 1`), so no separate
+    loss is registered.
+
     Args:
         student_logits: ``(N, C)`` or ``(B, ..., C)`` raw student scores, classes last.
         teacher_logits: same shape, raw teacher scores (no gradient needed).

@@ -18,6 +18,12 @@ logits as a softmax distribution over the last axis, which a run refuses for tas
 not one (sigmoid multi-label outputs, regression values, embeddings). A loss with learnt parameters
 or memory is registered as its ``nn.Module`` class: each term builds its own.
 
+What comes from the batch is read from the loss's signature, not the binding: a loss with a keyword
+``mask`` / ``num_items`` gets the token task's ``batch["mask"]`` / ``batch["num_items"]``, one with
+``attention_mask`` gets the model input ``batch["input"]["attention_mask"]`` (padding = 0; the
+transformer losses of :mod:`distill.losses.transformer` leave it out), one with ``epoch`` the training
+epoch (:data:`distill.terms.BATCH_KEYWORDS`).
+
 This module imports nothing from the rest of ``distill``.
 """
 from __future__ import annotations
