@@ -222,3 +222,41 @@ def test_the_student_is_refused_as_its_own_teacher(tmp_path):
     student = bert(seed=0)
     with pytest.raises(DistillError, match="same model"):
         DistillationTrainer(model=student, teacher=student, args=arguments(tmp_path))
+
+
+def test_a_seq2seq_teacher_gets_the_decoder_inputs_of_the_labels(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    def t5(seed):
+        torch.manual_seed(seed)
+        return T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                                   num_heads=2, dropout_rate=0.0, decoder_start_token_id=0))
+
+    student, teacher = t5(0), t5(1)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=arguments(tmp_path),
+                                  terms=[Term("kd", 1.0, temperature=1)])
+    batch = batch_of(lm_data())  # a seq2seq decoder's labels are aligned already: not shifted
+    loss = trainer.compute_loss(student.eval(), dict(batch))
+    with torch.no_grad():
+        s, t = student(**batch).logits, teacher(**batch).logits
+    counted = batch["labels"] != -100
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
+    assert loss.item() == pytest.approx(kl[counted].mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("term", [Term("kd", temperature=2), Term("ce"), Term("generalized_jsd", beta=1.0),
+                                  Term("dkd"), Term("dist"), Term("logit_l1")],
+                         ids=lambda term: term.name)
+def test_registered_logit_losses_on_a_causal_lm(tmp_path, term):
+    student, teacher = gpt2(seed=0), gpt2(seed=1)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=arguments(tmp_path), terms=[term])
+    items = lm_data()
+    whole = trainer.compute_loss(student, batch_of(items))
+    assert torch.isfinite(whole)
+    whole.backward()
+    assert student.transformer.wte.weight.grad is not None
+    if "num_items" in term.batch_keywords and term.name != "dist":  # per-position sums: halves add up to the whole
+        counted = torch.tensor(sum(int((item["labels"][1:] != -100).sum()) for item in items))
+        halves = [trainer.compute_loss(student, batch_of(items[i:i + 2]), num_items_in_batch=counted)
+                  for i in (0, 2)]
+        assert (halves[0] + halves[1]).item() == pytest.approx(whole.item(), abs=1e-5)

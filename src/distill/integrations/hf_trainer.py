@@ -19,7 +19,8 @@ Conventions:
   (``"hidden_states[-1]"``, ``"loss"``) or a module path, exactly as with :class:`distill.Distiller`.
   :func:`student_loss` is the term for the student's own ``outputs.loss``, as Hugging Face computes it.
 * **Labels** (the batch's ``labels``) go to the student, which computes its own loss, and to terms that
-  take labels (``ce``, ``dkd``); never to the teacher. Token labels ``(batch, length)`` beside logits
+  take labels (``ce``, ``dkd``); never to the teacher (an encoder-decoder teacher gets the
+  ``decoder_input_ids`` the labels make, as the student does). Token labels ``(batch, length)`` beside logits
   ``(batch, length, vocab)`` are per-position: for a causal LM (``shift_labels``, by default detected as
   the Trainer does) they are shifted one step left, so that the logits at position ``i`` meet token
   ``i + 1``, and the positions whose label is ``-100`` do not count (the terms' ``mask``). Without
@@ -159,6 +160,9 @@ class DistillationTrainer(Trainer):
                                "student_loss, or leave it out of terms")
         student_values = recorder.collect(outputs)
         teacher_inputs = {k: v for k, v in inputs.items() if k not in (*self.label_names, "labels", "shift_labels")}
+        if _needs_decoder_inputs(self.teacher, teacher_inputs, inputs):  # seq2seq: the student made them from labels
+            teacher_inputs["decoder_input_ids"] = self.teacher.prepare_decoder_input_ids_from_labels(
+                labels=inputs["labels"])
         teacher_values = self.teacher_signal(
             {"input": {**teacher_inputs, **_output_flags(self.teacher_signal.recorder)}})
         batch = self._targets(inputs, outputs, self._shifts(student), num_items_in_batch)
@@ -283,6 +287,14 @@ def _check_teacher(teacher, student) -> None:
         if any(id(p) in student_ids for p in teacher.parameters()):
             raise DistillError("the teacher shares parameters with the student (freezing it would freeze them); "
                                "copy the layers into the student with copy.deepcopy")
+
+
+def _needs_decoder_inputs(teacher: nn.Module, teacher_inputs, inputs) -> bool:
+    """Whether an encoder-decoder teacher must be given the decoder inputs its labels would have made."""
+    return (getattr(getattr(teacher, "config", None), "is_encoder_decoder", False)
+            and "decoder_input_ids" not in teacher_inputs and "decoder_inputs_embeds" not in teacher_inputs
+            and isinstance(inputs.get("labels"), torch.Tensor)
+            and hasattr(teacher, "prepare_decoder_input_ids_from_labels"))
 
 
 def _field(outputs, name: str):
