@@ -3,6 +3,9 @@
 Tiny random BERT / GPT-2 models (hidden 32, 2 layers, vocabulary 100) on random token ids.
 """
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -260,3 +263,8 @@ def test_registered_logit_losses_on_a_causal_lm(tmp_path, term):
         halves = [trainer.compute_loss(student, batch_of(items[i:i + 2]), num_items_in_batch=counted)
                   for i in (0, 2)]
         assert (halves[0] + halves[1]).item() == pytest.approx(whole.item(), abs=1e-5)
+
+
+def test_importing_distill_does_not_import_transformers():
+    code = "import sys, distill, distill.integrations; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

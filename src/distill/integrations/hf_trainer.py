@@ -97,7 +97,8 @@ class DistillationTrainer(Trainer):
         alpha: the weight of soft-target KD in the default terms (0.5).
         temperature: its temperature (2.0).
         shift_labels: whether per-token labels are shifted one step left to meet the logits (causal LM);
-            ``None``: detected from the student as the Trainer does for its own loss.
+            ``None``: true for a causal LM (the student's class is one of ``transformers``' causal-LM classes,
+            or its ``loss_type`` is the causal-LM loss), false for encoder-decoders and everything else.
 
     Not supported (each refused in one line): terms with a connector or with learnt parameters (their
     modules would be outside the student's optimiser and checkpoint: use :class:`distill.Distiller`),
