@@ -14,3 +14,12 @@ __all__ = [
     "build_model", "count_parameters", "evaluate", "fit_stages", "inference_time", "load_dataset", "losses",
     "seed_everything", "unlabelled",
 ]
+
+
+def __getattr__(name: str):
+    """``distill.DistillationTrainer`` imported on first use, so ``import distill`` never imports transformers."""
+    if name == "DistillationTrainer":
+        from distill.integrations.hf_trainer import DistillationTrainer
+
+        return DistillationTrainer
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")
