@@ -91,6 +91,8 @@ def cmd_list(args) -> int:
         for name, bench in BENCHMARKS.items():
             print(f"  {name:14s} {bench.description}")
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
+        print(f"  {'nlp':14s} language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT "
+              "students, every arm (distill bench nlp --arm ARM)")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -152,6 +154,16 @@ def cmd_bench(args) -> int:
         run_speed_benchmark(pairs=args.pair, recipes=args.recipe, repeats=args.repeats,
                             out_dir=args.out or "bench-results/speed")
         return 0
+    if args.name == "nlp":
+        from distill.nlp_bench import run_nlp_benchmark
+
+        if args.set or args.only_seed is not None:
+            raise RecipeError("the nlp benchmark takes --seeds, --quick, --arm, --pair (student shapes) and --out")
+        run_nlp_benchmark(seeds=args.seeds or 3, quick=args.quick, only=args.arm, shapes=args.pair,
+                          out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"))
+        return 0
+    if args.arm:
+        raise RecipeError("--arm is for the nlp benchmark (distill bench nlp --arm kd)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
@@ -229,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--recipe", action="append", metavar="RECIPE",
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
+    bench.add_argument("--arm", action="append", metavar="ARM",
+                       help="nlp benchmark: only this arm (scratch, kd, pd, tinybert ...; repeatable)")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

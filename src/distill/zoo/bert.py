@@ -103,12 +103,12 @@ class MaskedTexts(Dataset):
     """
 
     def __init__(self, input_ids: list[torch.Tensor], tokenizer, prob: float = 0.15, seed: int = 0):
-        special = set(tokenizer.all_special_ids)
+        special = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
         gen = torch.Generator().manual_seed(seed)
         self.items = []
         for ids in input_ids:
             ids = torch.as_tensor(ids, dtype=torch.long)
-            real = torch.tensor([int(t) not in special for t in ids])
+            real = ~torch.isin(ids, special)
             chosen = (torch.rand(len(ids), generator=gen) < prob) & real
             if real.any() and not chosen.any():  # every item predicts at least one token
                 chosen[torch.nonzero(real)[torch.randint(int(real.sum()), (1,), generator=gen)]] = True
@@ -125,3 +125,46 @@ class MaskedTexts(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
+
+
+class SparseMaskedLM(nn.Module):
+    """A masked LM that scores only the positions to predict: the vocabulary projection (30,522 x hidden for
+    MiniLM's vocabulary) costs a 2-layer student about three times its encoder, and only ~15% of the
+    positions are predicted, so this is ~3x faster to train and evaluate than scoring every position.
+
+    ``forward(input_ids, attention_mask=None, token_type_ids=None, predict=None)`` returns ``(K, V)``
+    logits for the ``K`` positions where the bool ``(B, L)`` ``predict`` is True (every position when None),
+    in row-major order — the order of ``labels[predict]`` (:func:`masked_lm_collate` makes both). The
+    wrapped model (a ``BertForMaskedLM``) is unchanged; taps on its layers work as on the model itself.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, predict=None):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       token_type_ids=token_type_ids).last_hidden_state
+        chosen = hidden.reshape(-1, hidden.shape[-1]) if predict is None else hidden[predict]
+        return self.model.cls(chosen)
+
+
+def masked_lm_collate(pad_token_id: int = 0):
+    """A ``collate_fn`` for :class:`MaskedTexts` items and :class:`SparseMaskedLM`: right-padded ``input_ids``
+    and ``attention_mask``, the ``predict`` positions (labels not -100) and ``labels`` of those positions only,
+    ``(K,)``. Use with the ``classification`` task: each predicted position is one sample of the loss."""
+    def collate(items):
+        length = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+        for row, it in enumerate(items):
+            ids[row, :len(it["input_ids"])] = it["input_ids"]
+            labels[row, :len(it["labels"])] = it["labels"]
+        attention = torch.zeros_like(ids)
+        for row, it in enumerate(items):
+            attention[row, :len(it["input_ids"])] = 1
+        predict = labels != IGNORE_INDEX
+        return {"input_ids": ids, "attention_mask": attention, "predict": predict, "labels": labels[predict]}
+
+    return collate

