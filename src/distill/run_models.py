@@ -154,15 +154,34 @@ def data_task(data) -> Task:
 
 def load_data(recipe: Recipe):
     """The recipe's train / validation / test splits, carrying the recipe's task (``data.task``)."""
+    text = recipe.data.dataset in sources.TEXT_DATASETS
     try:
         data = sources.load(recipe.data.dataset, recipe.data.chosen_val_size, seed=0,
-                            train_size=recipe.data.train_size, test_size=recipe.data.test_size)
+                            train_size=recipe.data.train_size, test_size=recipe.data.test_size,
+                            **({"tokenizer": teacher_tokenizer(recipe)} if text else {}))
     except SplitError as err:
         raise RecipeError(f"recipe field 'data.val_size': {error_line(err, 220)}") from None
     except sources.SourceError as err:
         raise RecipeError(f"recipe field 'data.dataset': {error_line(err, 220)}") from None
     data.task = recipe.build_task()
+    if text and getattr(data.task, "pad_token_id", 0) is None:  # the tokenizer's padding, unless the recipe says
+        data.task.pad_token_id = data.tokenizer.pad_token_id
     return data
+
+
+def teacher_tokenizer(recipe: Recipe):
+    """The tokenizer a text dataset is tokenised with: the (first) teacher's when it is an ``hf:PATH`` folder
+    holding one, else MiniLM's (the ``minilm`` teacher's, and the ``bert`` students' vocabulary)."""
+    from distill.zoo.text import minilm_tokenizer
+
+    spec = next(iter(recipe.teacher_specs.values()), None)
+    if spec is not None and spec.model.startswith("hf:"):
+        folder = Path(spec.model[3:]).expanduser()
+        if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(folder))
+    return minilm_tokenizer()
 
 
 def task_key(recipe: Recipe) -> dict:

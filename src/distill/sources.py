@@ -25,6 +25,7 @@ from distill.tasks import Task
 from distill.zoo import build_model, load_dataset
 from distill.zoo.datasets import LOADERS
 from distill.zoo.models import MODELS
+from distill.zoo.text import TEXT_DATASETS, load_text_dataset
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 HF_HEADS = {"classification": "AutoModelForSequenceClassification", "regression": "AutoModelForSequenceClassification",
@@ -53,13 +54,18 @@ def check_model_name(name: str) -> str:
 
 
 def check_data_name(name: str) -> str:
-    if name in LOADERS:
+    if name in LOADERS or name in TEXT_DATASETS:
         return name
     if _IMPORT_PATH.fullmatch(name):
         import_object(name)
         return name
-    raise SourceError(f"unknown dataset {_short(name)}; {_near(name, LOADERS)}give a bundled dataset "
-                      f"({', '.join(LOADERS)}) or package.module:function")
+    raise SourceError(f"unknown dataset {_short(name)}; {_near(name, [*LOADERS, *TEXT_DATASETS])}give a bundled dataset "
+                      f"({', '.join([*LOADERS, *TEXT_DATASETS])}) or package.module:function")
+
+
+def data_inputs(name: str) -> str | None:
+    """What a bundled dataset's items are: ``"tokens"`` (text) or ``"images"``; None for a user's data."""
+    return "tokens" if name in TEXT_DATASETS else "images" if name in LOADERS else None
 
 
 def _short(name) -> str:
@@ -122,9 +128,13 @@ class UserData:
         return None
 
 
-def load(name: str, val_size: int | None, seed: int, train_size: int | None, test_size: int | None):
+def load(name: str, val_size: int | None, seed: int, train_size: int | None, test_size: int | None,
+         tokenizer=None):
     """A recipe's data: a bundled dataset, or the splits a user's function returns (``val_size`` None: the
-    bundled dataset's default for its size)."""
+    bundled dataset's default for its size). A text dataset is tokenised with ``tokenizer`` (MiniLM's by
+    default) and keeps its fixed split (:func:`~distill.zoo.text.load_text_dataset`)."""
+    if name in TEXT_DATASETS:
+        return load_text_dataset(name, tokenizer, val_size, train_size, test_size)
     if ":" not in name:
         return load_dataset(name, val_size, seed=seed, train_size=train_size, test_size=test_size)
     out = import_object(name)()

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.zoo.models import register_model
+
 IGNORE_INDEX = -100
 _LAYER = re.compile(r"(^|\.)(layer|layers|h)\.(\d+)\.")
 
@@ -91,6 +93,32 @@ def copy_teacher_layers(student: nn.Module, teacher: nn.Module, layers: list[int
         copied[name] = source[src]
     student.base_model.load_state_dict(copied, strict=False)
     return sorted(copied)
+
+
+BERT_INITS = ("random", "teacher-layers")
+
+
+@register_model("bert", "BERT student with a classification head, MiniLM's vocabulary (layers, hidden, heads, "
+                "intermediate, init: random | teacher-layers, teacher_layers)")
+def bert(in_shape, num_classes, layers: int = 3, hidden: int = 384, heads: int | None = None,
+         intermediate: int | None = None, init: str = "random", teacher_layers: list[int] | None = None):
+    """A recipe's BERT student (``in_shape`` is not used): ``init: random`` (from the global seed, as every zoo
+    model) or ``teacher-layers``, DistilBERT's initialisation from the pretrained all-MiniLM-L6-v2 weights
+    (:func:`copy_teacher_layers`: its embeddings and the layers ``teacher_layers``, default one of every
+    ``6 / layers``; needs ``hidden: 384``)."""
+    from transformers import BertForSequenceClassification
+
+    if init not in BERT_INITS:
+        raise ValueError(f"init must be one of {', '.join(BERT_INITS)}, got {init!r}")
+    if teacher_layers is not None and init != "teacher-layers":
+        raise ValueError("teacher_layers needs init: teacher-layers")
+    student = BertForSequenceClassification(bert_config(None, layers, hidden, heads, intermediate,
+                                                        num_labels=num_classes))
+    if init == "teacher-layers":
+        from distill.zoo.text import load_minilm
+
+        copy_teacher_layers(student, load_minilm("encoder"), teacher_layers)
+    return student
 
 
 class MaskedTexts(Dataset):

