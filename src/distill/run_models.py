@@ -66,7 +66,7 @@ def check_model_specs(recipe: Recipe, data) -> None:
     run it once on two test inputs, before anything trains: options the model cannot build or run on this
     data (too many pooling stages for 8x8 images, no stages, zero channels) are a one-line RecipeError naming
     the field. The random number generators are left as they were."""
-    specs = [(f"teacher" if recipe.teacher is not None else f"teachers.{name}", spec)
+    specs = [("teacher" if recipe.teacher is not None else f"teachers.{name}", spec)
              for name, spec in recipe.teacher_specs.items()]
     specs.append(("student", recipe.student))
     for i, method in enumerate(recipe.methods):
