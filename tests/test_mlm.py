@@ -69,7 +69,7 @@ def test_train_mlm_head_changes_only_the_head_and_lowers_the_loss(tok):
             assert torch.equal(p, before[name]), name  # encoder and the tied word embeddings bit-identical
             assert not p.requires_grad
     end = mlm_accuracy(model, val)
-    assert end["perplexity"] < 0.5 * start["perplexity"]
+    assert end["perplexity"] < 0.8 * start["perplexity"]
     assert end["accuracy"] > start["accuracy"]
     assert out["val"]["perplexity"] == pytest.approx(mlm_accuracy(model, masked_items(
         sentences(60, seed=1), tok, seed=1))["perplexity"])
@@ -90,7 +90,7 @@ def test_mlm_accuracy_on_a_hand_case(tok):
     assert out["count"] == 3
     assert out["accuracy"] == pytest.approx(100 / 3)   # "the" is everyone's top-1
     assert out["top5"] == pytest.approx(200 / 3)       # "dog" is not in the top 5
-    expected = -torch.log_softmax(model.cls.predictions.bias, -1)[labels[1:4]].mean()
+    expected = -torch.log_softmax(model.cls.predictions.bias.detach(), -1)[labels[1:4]].mean()
     assert math.log(out["perplexity"]) == pytest.approx(float(expected), abs=1.0)  # the bias dominates
     base = unigram_baseline([{"input_ids": ids, "labels": labels}] * 2, [{"input_ids": ids, "labels": labels}],
                             len(tok))

@@ -321,7 +321,12 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
                     row = row.masked_fill(row < kth, float("-inf"))
                 new = int(torch.multinomial(row.softmax(-1), 1, generator=gen))
                 word = tokenizer.convert_ids_to_tokens(new).removeprefix("##")
-                changes.append((start, end, word if continuation else _cased_like(text[start:end], word)))
+                if not continuation:
+                    word = _cased_like(text[start:end], word)
+                    if not any(c.isalnum() for c in text[start:end]):  # a word refilling glued punctuation
+                        word = " " * (start > 0 and text[start - 1].isalnum()) + word  # "rug." -> "rug old"
+                        word += " " * (end < len(text) and text[end].isalnum())
+                changes.append((start, end, word))
             results[(i, j)] = _splice(text, changes)
         return [results[(i, j)] for i in range(len(texts)) for j in range(n_per_text)]
     finally:
