@@ -47,8 +47,20 @@ Both are deterministic given ``seed`` (per text, independent of batching), run t
 under ``torch.inference_mode()``, batch by length, and need a fast (``tokenizers``-backed) tokenizer for
 word and character offsets. No network.
 
-Measured (all-MiniLM-L6-v2 with its trained head, :func:`distill.mlm.cached_minilm_mlm`; one CPU thread):
-see :data:`MEASURED`.
+Measured (all-MiniLM-L6-v2 with its trained head, :func:`distill.mlm.cached_minilm_mlm`, top-1 16.5%; one
+CPU thread beside another job), Rotten Tomatoes training snippets: ``mlm_augment`` (20 per snippet, p 0.4,
+K 15) 19.4 s per 100 snippets, so ~3.2 min per 1,000 (the cost is one MLM pass per single-piece word,
+whatever ``n_per_text``); ``masked_refill`` (1 per snippet, 15%) 13.6 s per 1,000. With this weak head the
+replacements lean to frequent words, e.g.
+
+- "Really dumb but occasionally really funny." -> "Don dumb never occasionally really funny." (TinyBERT)
+- "The plot twists give I Am Trying to Break Your Heart an attraction it desperately needed." ->
+  "Is will twists give I Am Trying to For Your Heart an attraction it desperately needed." (TinyBERT)
+- "Clumsy, obvious, preposterous, ..." -> "Clumsy, obvious, prep, ..." (multi-piece word: embedding
+  neighbour)
+- "Every time you look, Sweet Home Alabama is taking another bummer of a wrong turn." ->
+  "Every get you look, Sweet Home Hold is but another bummer of a bacon be." (refill)
+- "Really dumb but occasionally really funny." -> "Really dumb but and really funny." (refill)
 """
 from __future__ import annotations
 
@@ -58,9 +70,6 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError, excerpt
-
-MEASURED: dict = {}
-
 
 class AugmentError(DistillError):
     """A bad argument to an augmentation (one line)."""
