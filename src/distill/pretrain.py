@@ -39,16 +39,19 @@ def settings_key(settings: dict) -> str:
 
 
 def pretraining_text(tokenizer, max_sentences: int | None = None, seed: int = 0):
-    """``(train, val)`` token-id lists from the unlabelled sentences (shuffled with ``seed``; the first
-    :data:`VAL_SENTENCES` held out), and the counts ``{"sentences": n, "tokens": n}`` of the training part."""
+    """``(train, val, counts)``: token-id lists from the unlabelled sentences (shuffled with ``seed``; the
+    first :data:`VAL_SENTENCES` held out, then at most ``max_sentences`` for training), and the counts
+    ``{"sentences": n, "tokens": n}`` of the training part."""
     from distill.zoo.corpora import unlabelled_sentences
 
     sentences = unlabelled_sentences(seed=seed)
     val, train = sentences[:VAL_SENTENCES], sentences[VAL_SENTENCES:]
     if max_sentences is not None:
         train = train[:max_sentences]
-    encode = lambda texts: [torch.tensor(ids) for ids in  # noqa: E731
-                            tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+
+    def encode(texts):
+        return [torch.tensor(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+
     train_ids, val_ids = encode(train), encode(val)
     return train_ids, val_ids, {"sentences": len(train_ids), "tokens": sum(len(x) for x in train_ids)}
 
@@ -93,11 +96,18 @@ def _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, 
 
     tokenizer = minilm_tokenizer()
     train_ids, val_ids, counts = pretraining_text(tokenizer, max_sentences, seed)
+    if epochs < 1:  # a fraction of one pass: the first part of the shuffled sentences
+        train_ids = train_ids[:max(batch_size, int(len(train_ids) * epochs))]
+        counts = {"sentences": len(train_ids), "tokens": sum(len(x) for x in train_ids)}
     seed_everything(seed)
     teacher = None
     if kind == "tinybert":
         teacher = load_minilm("encoder")
-        student = bert_student(layers, hidden, head="encoder", like=teacher, seed=seed)
+        heads = teacher.config.num_attention_heads  # attention maps are compared head by head
+        if hidden % heads:
+            raise ValueError(f"tinybert compares the {heads} attention heads one by one: the student's hidden "
+                             f"width must be a multiple of {heads}, got {hidden}")
+        student = bert_student(layers, hidden, head="encoder", like=teacher, seed=seed, heads=heads)
         terms = intermediate_terms(layers, teacher.config.num_hidden_layers)
         # validation: cosine of the mean-pooled last hidden states to the teacher's (when widths agree)
         task = get_task("embedding", tokenizer=tokenizer, pooling="mean")
@@ -124,10 +134,6 @@ def _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, 
     trainer = Distiller(student, teacher, terms, epochs=whole, lr=lr, batch_size=batch_size, eval_batch_size=256,
                         optimizer="adamw", weight_decay=0.01, schedule="linear", warmup_epochs=0.1 * whole,
                         progress=progress, task=task, collate_fn=collate_fn, seed=seed)
-    if epochs < 1:  # a fraction of one pass: the first part of the shuffled sentences
-        train = train[:max(batch_size, int(len(train) * epochs))] if isinstance(train, list) else \
-            torch.utils.data.Subset(train, range(max(batch_size, int(len(train) * epochs))))
-        counts = {"sentences": len(train), "tokens": sum(len(train_ids[i]) for i in range(len(train)))}
     start = time.perf_counter()
     history = trainer.fit(train, val)
     student = getattr(student, "model", student)  # the BertForMaskedLM inside SparseMaskedLM

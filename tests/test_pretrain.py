@@ -1,0 +1,73 @@
+"""Students prepared on unlabelled text, the sparse masked LM, and the nlp benchmark's table."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.methods import METHODS  # noqa: E402
+from distill.zoo.bert import MaskedTexts, SparseMaskedLM, bert_student, masked_lm_collate  # noqa: E402
+from test_text_zoo import _Tok, needs_minilm, needs_rt  # noqa: E402
+
+
+def test_sparse_masked_lm_scores_exactly_the_predicted_positions():
+    model = bert_student(2, head="mlm", seed=0, vocab_size=60, hidden_size=32, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=32).eval()
+    seqs = [torch.tensor([1] + list(range(4, 4 + n)) + [2]) for n in (5, 9, 14)]
+    batch = masked_lm_collate(0)(MaskedTexts(seqs, _Tok(), seed=3).items)
+    predict = batch.pop("predict")
+    labels = batch.pop("labels")
+    assert predict.shape == batch["input_ids"].shape and labels.shape == (int(predict.sum()),)
+    assert batch["attention_mask"].sum(1).tolist() == [7, 11, 16]
+    full = model(**batch).logits
+    sparse = SparseMaskedLM(model)(**batch, predict=predict)
+    torch.testing.assert_close(sparse, full[predict])
+
+
+def test_bench_arms_name_registered_methods_and_known_initialisations():
+    from distill.nlp_bench import ARMS, format_table
+
+    assert all(method in METHODS or method == "transfer" for _, method, _ in ARMS.values())
+    assert {init for init, _, _ in ARMS.values()} <= {"random", "teacher-layers", "mlm", "distilbert", "tinybert"}
+    rows = [{"arm": "kd", "shape": "L2-H384", "seed": s, "test_accuracy": a, "params": 10} for s, a in
+            enumerate((80.0, 82.0, 84.0))]
+    table = format_table({"teacher": {"params": 20, "test_accuracy": 85.0}, "rows": rows,
+                          "latency": {"teacher": {"batch1": 0.012, "batch32": 0.006},
+                                      "L2-H384": {"batch1": 0.004, "batch32": 0.001}}})
+    assert "| L2-H384 | kd | 10 | 82.00 ± 2.00 | 3 | 96.5% | 4.00 | 1.00 | 3.0× / 6.0× |" in table
+
+
+@needs_rt
+@needs_minilm
+def test_prepared_students_are_cached_and_load_with_a_task_head(tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    import distill.pretrain as pretrain
+    import distill.zoo.corpora as corpora
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    sentences = [f"the {w} film was {v} and long ." for w in ("first", "second", "third", "last")
+                 for v in ("good", "bad", "odd", "fine")] * 70
+    monkeypatch.setattr(corpora, "unlabelled_sentences", lambda seed=0: list(sentences))
+    monkeypatch.setattr(pretrain, "VAL_SENTENCES", 64)
+    for kind in ("mlm", "tinybert"):
+        folder = pretrain.pretrained_student(kind, layers=1, hidden=48, max_sentences=128, batch_size=64,
+                                             progress=False, say=lambda *_: None)
+        info = json.loads((folder / "pretraining.json").read_text())
+        assert info["train_set"]["sentences"] == 128 and info["steps"] == 2
+        assert info["train_set"]["tokens"] > 128 * 8
+        student = BertForSequenceClassification.from_pretrained(folder, num_labels=2)
+        assert student.config.num_hidden_layers == 1 and student.config.hidden_size == 48
+        monkeypatch.setattr(pretrain, "_prepare", lambda *a, **k: pytest.fail("trained again"))
+        assert pretrain.pretrained_student(kind, layers=1, hidden=48, max_sentences=128, batch_size=64,
+                                           progress=False) == folder
+        monkeypatch.undo()
+        monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+        monkeypatch.setattr(corpora, "unlabelled_sentences", lambda seed=0: list(sentences))
+        monkeypatch.setattr(pretrain, "VAL_SENTENCES", 64)
+    with pytest.raises(ValueError, match="hidden 384"):
+        pretrain.pretrained_student("distilbert", layers=1, hidden=48)
+    with pytest.raises(ValueError, match="multiple of 12"):
+        pretrain.pretrained_student("tinybert", layers=1, hidden=64, max_sentences=128, progress=False,
+                                    say=lambda *_: None)
