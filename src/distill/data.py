@@ -123,13 +123,22 @@ def read_items(dataset: Dataset, indices) -> list | dict:
 
 
 class EpochSampler(Sampler):
-    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``, so a resumed run sees the same order."""
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``, so a resumed run sees the same order.
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    With ``lengths`` (one per sample) and ``batch_size``, similar lengths are batched together, as Hugging
+    Face's length-grouped sampler does: the permutation is cut into groups of ``50 * batch_size``, each group
+    sorted by length (longest first), cut into batches, and the batches shuffled (the one holding the longest
+    sample first, so memory runs out on the first step if it does at all).
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, lengths=None, batch_size: int = 1):
         self.n = n
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        if lengths is not None and len(lengths) != n:
+            raise DistillError(f"group_by_length: the dataset gives {len(lengths)} lengths for {n} samples")
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,7 +150,18 @@ class EpochSampler(Sampler):
         if not self.shuffle:
             return iter(range(self.n))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is None:
+            return iter(order)
+        group, size = 50 * self.batch_size, self.batch_size
+        batches = []
+        for start in range(0, self.n, group):
+            chunk = sorted(order[start:start + group], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
+        batches[0], batches[longest] = batches[longest], batches[0]
+        rest = torch.randperm(len(batches) - 1, generator=g).add(1).tolist()
+        return iter([i for b in [0, *rest] for i in batches[b]])
 
 
 class RandomShift:

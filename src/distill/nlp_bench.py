@@ -36,7 +36,7 @@ import torch
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
 STUDENT = {"lr": 2e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
-           "weight_decay": 0.01, "optimizer": "adamw"}
+           "weight_decay": 0.01, "optimizer": "adamw", "group_by_length": True}
 SHAPES = {"L2-H384": (2, 384), "L3-H384": (3, 384)}
 PREPARE = {"epochs": 0.5, "batch_size": 64, "lr": 5e-4}  # of the ~90k unlabelled sentences
 # arm -> (initialisation, method, method options); "labels" marks the arms that see the labels

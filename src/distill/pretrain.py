@@ -75,7 +75,9 @@ def pretrained_student(kind: str, layers: int = 2, hidden: int = 384, epochs: fl
     if cache and (folder / "pretraining.json").is_file():
         return folder
     say(f"preparing a {layers}-layer, hidden-{hidden} student by {kind} on unlabelled text (cached in {folder})")
-    student, info = _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, progress)
+    # the run's metrics and checkpoints (an interrupted preparation resumes) beside the folder
+    student, info = _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, progress,
+                             folder.with_name(folder.name + ".run"))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with quiet_transformers():
@@ -86,8 +88,8 @@ def pretrained_student(kind: str, layers: int = 2, hidden: int = 384, epochs: fl
     return folder
 
 
-def _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, progress):
-    from distill.engine import Distiller, seed_everything
+def _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, progress, run_dir):
+    from distill.engine import Distiller, checkpoints_in, seed_everything
     from distill.methods.distilbert import distilbert
     from distill.methods.tinybert import intermediate_terms
     from distill.tasks import get_task
@@ -133,9 +135,10 @@ def _prepare(kind, layers, hidden, epochs, batch_size, lr, max_sentences, seed, 
     whole = max(1, int(epochs))
     trainer = Distiller(student, teacher, terms, epochs=whole, lr=lr, batch_size=batch_size, eval_batch_size=256,
                         optimizer="adamw", weight_decay=0.01, schedule="linear", warmup_epochs=0.1 * whole,
-                        progress=progress, task=task, collate_fn=collate_fn, seed=seed)
+                        progress=progress, task=task, collate_fn=collate_fn, seed=seed, run_dir=run_dir,
+                        checkpoint_every=200)
     start = time.perf_counter()
-    history = trainer.fit(train, val)
+    history = trainer.fit(train, val, resume=bool(checkpoints_in(run_dir)))
     student = getattr(student, "model", student)  # the BertForMaskedLM inside SparseMaskedLM
     seconds = time.perf_counter() - start
     steps = history[-1]["step"] if history else 0

@@ -171,7 +171,13 @@ class Distiller:
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, check=None) -> DataLoader:
         cfg = self.config
-        sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle)
+        lengths = None
+        if shuffle and cfg.group_by_length:
+            lengths = getattr(dataset, "lengths", None)
+            if lengths is None:
+                raise DistillError(f"group_by_length needs a training set with a 'lengths' attribute (one length per "
+                                   f"sample); {type(dataset).__name__} has none")
+        sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle, lengths=lengths, batch_size=batch_size)
         collate = self._collate_for(dataset)
         if check is not None:  # class labels checked per batch, on the CPU, where the loader collates
             collate = _CheckedLabels(collate, *check)

@@ -151,6 +151,10 @@ class MaskedTexts(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def lengths(self) -> list[int]:
+        return [len(item["input_ids"]) for item in self.items]
+
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
 

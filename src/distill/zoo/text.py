@@ -90,6 +90,11 @@ class TokenizedTexts(Dataset):
         return item
 
     @property
+    def lengths(self) -> list[int]:
+        """Tokens per item (``group_by_length`` batches similar lengths together)."""
+        return [len(ids) for ids in self.input_ids]
+
+    @property
     def num_tokens(self) -> int:
         return sum(len(ids) for ids in self.input_ids)
 
