@@ -71,3 +71,12 @@ def test_prepared_students_are_cached_and_load_with_a_task_head(tmp_path, monkey
     with pytest.raises(ValueError, match="multiple of 12"):
         pretrain.pretrained_student("tinybert", layers=1, hidden=64, max_sentences=128, progress=False,
                                     say=lambda *_: None)
+
+
+def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
+    from distill.cli import main
+
+    assert main(["bench", "digits", "--arm", "kd"]) == 2
+    assert "--arm and --train-only are for the nlp benchmark" in capsys.readouterr().err
+    assert main(["bench", "nlp", "--set", "train.lr=1"]) == 2
+    assert "the nlp benchmark takes" in capsys.readouterr().err

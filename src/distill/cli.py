@@ -160,10 +160,11 @@ def cmd_bench(args) -> int:
         if args.set or args.only_seed is not None:
             raise RecipeError("the nlp benchmark takes --seeds, --quick, --arm, --pair (student shapes) and --out")
         run_nlp_benchmark(seeds=args.seeds or 3, quick=args.quick, only=args.arm, shapes=args.pair,
-                          out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"))
+                          out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"),
+                          train_only=args.train_only)
         return 0
-    if args.arm:
-        raise RecipeError("--arm is for the nlp benchmark (distill bench nlp --arm kd)")
+    if args.arm or args.train_only:
+        raise RecipeError("--arm and --train-only are for the nlp benchmark (distill bench nlp --arm kd)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
                        help="nlp benchmark: only this arm (scratch, kd, pd, tinybert ...; repeatable)")
+    bench.add_argument("--train-only", action="store_true",
+                       help="nlp benchmark: train the missing rows, skip the latency and the table")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

@@ -186,8 +186,11 @@ def latency(model, data, threads: int = 1, repeats: int = 20) -> dict:
 
 
 def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
-                      shapes: list[str] | None = None, out_dir: str | Path = "bench-results/nlp", say=print) -> dict:
-    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``."""
+                      shapes: list[str] | None = None, out_dir: str | Path = "bench-results/nlp",
+                      train_only: bool = False, say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
+    train the missing rows and stop before the latency and the table (for several benchmark processes at
+    once, each with ``--threads 1``; time nothing beside another job)."""
     from distill.evaluation import count_parameters, evaluate
     from distill.tasks import get_task
     from distill.zoo.text import load_rotten_tomatoes
@@ -225,6 +228,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(row, indent=1))
                 results.append(row)
+    if train_only:
+        return {"teacher": teacher_row, "rows": results}
     times = {"teacher": latency(teacher, data)}
     from distill.zoo.bert import bert_student
 
