@@ -95,3 +95,33 @@ def test_group_by_length_needs_lengths():
     with pytest.raises(DistillError, match="'lengths' attribute"):
         Distiller(torch.nn.Linear(4, 2), terms=[Term("ce")], epochs=1, progress=False,
                   group_by_length=True).fit(data)
+
+
+def test_group_by_length_trains_on_a_dataset_of_token_sequences():
+    from distill import Distiller
+    from distill.tasks import get_task
+
+    class Texts(list):
+        @property
+        def lengths(self):
+            return [len(item["input_ids"]) for item in self]
+
+    gen = torch.Generator().manual_seed(0)
+    items = Texts({"input_ids": torch.randint(1, 20, (int(n),), generator=gen), "labels": int(n) % 2}
+                  for n in torch.randint(2, 30, (64,), generator=gen))
+    seen = []
+
+    class Mean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, input_ids, attention_mask):
+            seen.append(attention_mask.float().mean().item())
+            return self.out(self.emb(input_ids).mean(1))
+
+    Distiller(Mean(), epochs=1, batch_size=8, progress=False, group_by_length=True,
+              task=get_task("classification", pad_token_id=0)).fit(items)
+    # the 8 training batches are mostly real tokens (random batches of 8: ~60%); the first batch (probed before
+    # training, read in the dataset's order) is not grouped
+    assert len(seen) >= 8 and sorted(seen)[len(seen) // 2] > 0.85

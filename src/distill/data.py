@@ -96,6 +96,11 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int) -> Indexed:
         return Indexed(i, self.dataset[i])
 
+    @property
+    def lengths(self):
+        """The wrapped dataset's ``lengths`` (``group_by_length``), or None."""
+        return getattr(self.dataset, "lengths", None)
+
 
 def as_dataset(dataset, role: str = "dataset") -> Dataset:
     """``dataset`` as the engine reads it (``role`` names it in errors: ``train``, ``val``)."""
