@@ -424,3 +424,17 @@ def test_compiled_channels_last_student_trains_like_the_eager_one(digits, teache
         histories.append(d.history[-1])
     assert histories[0]["train/hint"] == pytest.approx(histories[1]["train/hint"], rel=1e-3)
     assert histories[0]["val/accuracy"] == pytest.approx(histories[1]["val/accuracy"], abs=1.0)
+
+
+def test_a_busy_machine_is_noted_when_torch_runs_several_threads(monkeypatch):
+    import os
+
+    from distill.engine.config import busy_machine_note
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.4, 3.0, 2.0))
+    note = busy_machine_note(threads=2)
+    assert "load 3.4 on 2 cores" in note and "--threads 1" in note and "\n" not in note
+    assert busy_machine_note(threads=1) is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.5, 0.2))
+    assert busy_machine_note(threads=2) is None

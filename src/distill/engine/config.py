@@ -152,3 +152,22 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+
+
+def busy_machine_note(threads: int | None = None) -> str | None:
+    """A one-line note when torch would run several threads on a machine whose cores are already busy
+    (load average over the CPUs available): there each step waits for the slowest thread, and on 2 cores one
+    busy neighbour made 2-thread runs 15-25x slower. ``None`` when the machine is free, or on one thread."""
+    import os
+
+    threads = torch.get_num_threads() if threads is None else threads
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    except OSError:
+        return None
+    if threads <= 1 or load < cores:
+        return None
+    return (f"note: the machine is busy (load {load:.1f} on {cores} cores) and torch uses {threads} threads, which "
+            "then wait on each other; beside other jobs one thread each runs much faster (distill --threads 1, "
+            "or torch.set_num_threads(1))")

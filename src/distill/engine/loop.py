@@ -32,7 +32,7 @@ from distill import distributed
 from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
 from distill.data import ArrayDataset, EpochSampler, as_dataset, read_items
 from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
-from distill.engine.config import (DistillError, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
+from distill.engine.config import (DistillError, busy_machine_note, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
 from distill.engine.probe import StudentWithTaps, check_inputs, forward, modules_before, probe
 from distill.errors import cause, describe, excerpt, samples
@@ -346,6 +346,9 @@ class Distiller:
         if val is not None:
             self._check_validation(val)
         run = self._prepare(train, val)
+        busy = busy_machine_note() if cfg.progress and acc.is_local_main_process and acc.device.type == "cpu" else None
+        if busy:
+            tqdm.write(busy)
         start_epoch, position = 0, None
         if resume:
             start_epoch, run.step, position, self.history = load_checkpoint(
