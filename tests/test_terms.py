@@ -125,6 +125,7 @@ def test_every_loss_registers_itself_with_its_binding():
         "cilda": (losses.cilda_loss, {"student": "mean[-1]", "teacher": "mean[-1]", "connector": "auto",
                                       "gather": True}),
         "rail_kd": (losses.RailKD, {}),
+        "multilingual_mse": (losses.multilingual_mse, {}),
     }
     softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd"}
     expected = {name: (fn, {**binding, "softmax": True} if name in softmax else binding)

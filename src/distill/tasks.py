@@ -13,7 +13,8 @@ The engine knows nothing of images, labels or accuracy; a task does. It
   teacher instead (KL or MSE to the teacher, top-1 agreement).
 
 Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``regression``, ``multilabel``,
-``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders) and ``embedding``.
+``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders), ``embedding`` and
+``parallel_embedding`` (sentence pairs across languages).
 Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
 Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
 keyword arguments.
@@ -598,6 +599,103 @@ class Embedding(Task):
 
     def selection(self, labelled):
         return ("cosine", "max") if labelled else ("teacher_cosine", "max")
+
+
+@register_task
+class ParallelEmbedding(Task):
+    """Parallel sentences (a sentence and its translation) for multilingual distillation (Reimers &
+    Gurevych 2020, the ``multilingual_mse`` term).
+
+    Items: ``{"input_ids": source, "target_input_ids": translation}`` (``attention_mask`` /
+    ``target_attention_mask`` are added when missing); both sides are padded per batch. The student is a
+    model such as :class:`distill.zoo.sentence.SentenceEncoder` that returns ``(N, 2, D)`` vectors (source,
+    translation) for such inputs; the teacher one with ``source_only=True``: ``(N, D)`` vectors of the source
+    side alone. Metrics: ``mse`` (the term's value against the teacher, selects), ``teacher_cosine`` (English
+    fidelity: the student's source vector to the teacher's), ``teacher_cosine_target`` (its translation's
+    vector to the teacher's source vector) and translation retrieval top-1 (%) both ways within each
+    evaluation batch (``src_tgt_top1``, ``tgt_src_top1``; over a whole held-out set use
+    :func:`retrieval_metrics`).
+    """
+
+    name = "parallel_embedding"
+    select, mode = "mse", "min"
+    distribution = False
+    SIDES = (("input_ids", "attention_mask"), ("target_input_ids", "target_attention_mask"))
+
+    def split_item(self, raw) -> dict:
+        out = super().split_item(raw)
+        inputs = out["input"]
+        if not isinstance(inputs, Mapping) or not all(ids in inputs for ids, _ in self.SIDES):
+            raise TaskError("parallel_embedding items are dicts with 'input_ids' (source) and 'target_input_ids' "
+                            f"(translation), got {describe(inputs)}")
+        inputs = dict(inputs)
+        for ids, mask in self.SIDES:
+            if mask not in inputs:
+                inputs[mask] = torch.ones(len(inputs[ids]), dtype=torch.long)
+        return {**out, "input": inputs}
+
+    def _pad_value(self, key, is_input):
+        if key == "target_input_ids":
+            key = "input_ids"
+        return super()._pad_value(key, is_input)
+
+    def default_terms(self) -> list[Term]:
+        return [Term("multilingual_mse")]
+
+    def add_batch(self, sums, pred, batch, teacher_pred):
+        pred = pred.float()
+        if pred.dim() != 3 or pred.shape[1] != 2:
+            raise TaskError(f"the student gives {tuple(pred.shape)}; parallel_embedding needs (N, 2, D) vectors of "
+                            "source and translation (wrap it in distill.zoo.sentence.SentenceEncoder)")
+        src, tgt = F.normalize(pred[:, 0], dim=-1), F.normalize(pred[:, 1], dim=-1)
+        sim, rows = src @ tgt.T, torch.arange(len(pred), device=pred.device)
+        _add(sums, "src_tgt_top1", int((sim.argmax(1) == rows).sum()))
+        _add(sums, "tgt_src_top1", int((sim.argmax(0) == rows).sum()))
+        _add(sums, "count", len(pred))
+        if teacher_pred is not None:
+            teacher = teacher_pred.float()
+            if teacher.shape != pred[:, 0].shape:
+                raise TaskError(f"teacher vectors {tuple(teacher.shape)} must be (N, D) = {tuple(pred[:, 0].shape)}, "
+                                "of the source side only (SentenceEncoder(..., source_only=True))")
+            _add(sums, "se", float(((pred - teacher[:, None]) ** 2).mean(-1).sum()))
+            _add(sums, "cosine", float(F.cosine_similarity(pred[:, 0], teacher, dim=-1).sum()))
+            _add(sums, "cosine_target", float(F.cosine_similarity(pred[:, 1], teacher, dim=-1).sum()))
+            _add(sums, "fidelity_count", len(pred))
+
+    def summarize(self, sums):
+        out = {}
+        if sums.get("count"):
+            out |= {"src_tgt_top1": 100.0 * sums["src_tgt_top1"] / sums["count"],
+                    "tgt_src_top1": 100.0 * sums["tgt_src_top1"] / sums["count"]}
+        n = sums.get("fidelity_count", 0)
+        if n:
+            out |= {"mse": sums["se"] / n, "teacher_cosine": sums["cosine"] / n,
+                    "teacher_cosine_target": sums["cosine_target"] / n}
+        return out
+
+    def selection(self, labelled):
+        return "mse", "min"
+
+
+def retrieval_metrics(student_vecs_en, student_vecs_es, teacher_vecs_en=None) -> dict[str, float]:
+    """Translation retrieval over a whole held-out set of ``N`` pairs (row ``i`` of each is pair ``i``):
+    ``en_es_top1``, the % of English sentences whose nearest Spanish sentence (cosine, among all ``N``) is
+    their translation, ``es_en_top1`` the other way, and with the teacher's English vectors ``en_fidelity``,
+    the mean cosine of the student's English vectors to the teacher's. Ties go to the lower index."""
+    en, es = (torch.as_tensor(v).float() for v in (student_vecs_en, student_vecs_es))
+    if en.dim() != 2 or en.shape != es.shape or len(en) == 0:
+        raise TaskError(f"retrieval needs two (N, D) sets of vectors of the same shape, got {tuple(en.shape)} and "
+                        f"{tuple(es.shape)}")
+    sim = F.normalize(en, dim=-1) @ F.normalize(es, dim=-1).T
+    rows = torch.arange(len(en))
+    out = {"en_es_top1": 100.0 * float((sim.argmax(1) == rows).float().mean()),
+           "es_en_top1": 100.0 * float((sim.argmax(0) == rows).float().mean())}
+    if teacher_vecs_en is not None:
+        teacher = torch.as_tensor(teacher_vecs_en).float()
+        if teacher.shape != en.shape:
+            raise TaskError(f"teacher vectors {tuple(teacher.shape)} and student vectors {tuple(en.shape)} differ")
+        out["en_fidelity"] = float(F.cosine_similarity(en, teacher, dim=-1).mean())
+    return out
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:

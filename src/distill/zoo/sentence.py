@@ -1,0 +1,127 @@
+"""Sentence vectors from a transformer encoder, as sentence-transformers makes them for all-MiniLM-L6-v2.
+
+The model folder of all-MiniLM-L6-v2 (``modules.json``) chains three sentence-transformers modules:
+``Transformer`` (the BERT encoder, inputs truncated to ``max_seq_length`` = 256 tokens from
+``sentence_bert_config.json``), ``Pooling`` (``1_Pooling/config.json``: ``pooling_mode_mean_tokens``, the mean
+of the last hidden state over the attention mask) and ``Normalize`` (L2 norm 1). :class:`SentenceEncoder`
+does the same around any ``transformers`` encoder, and also encodes parallel pairs for multilingual
+distillation (the ``parallel_embedding`` task)::
+
+    teacher = SentenceEncoder(load_minilm("encoder"), source_only=True)   # sees the English side only
+    student = SentenceEncoder(copy.deepcopy(teacher.model))                 # (N, 2, D): English, Spanish
+    vectors = minilm_sentence_embeddings(teacher.model, texts, minilm_tokenizer())
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MINILM_MAX_LENGTH = 256  # sentence_bert_config.json's max_seq_length (minilm_max_length reads it)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """sentence-transformers' mean pooling: ``(B, L, D)`` -> ``(B, D)``, the mean over tokens with mask 1."""
+    if attention_mask is None:
+        return hidden.mean(1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class SentenceEncoder(nn.Module):
+    """A ``transformers`` encoder (``BertModel`` ...) giving mean-pooled, L2-normalised sentence vectors.
+
+    ``forward(input_ids, attention_mask)`` gives ``(N, D)``. Given a translation of each sentence too
+    (``target_input_ids``, ``target_attention_mask``), both sides run in one forward pass (padded to the
+    same length) and the result is ``(N, 2, D)``: source, translation. With ``source_only=True`` (a
+    monolingual teacher) the translation is ignored and the result is ``(N, D)`` of the source side.
+    ``normalize=False`` leaves the pooled vectors as they are.
+    """
+
+    def __init__(self, model: nn.Module, normalize: bool = True, source_only: bool = False):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.normalize = normalize
+        self.source_only = source_only
+
+    def encode(self, input_ids, attention_mask=None):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        vectors = mean_pool(hidden, attention_mask)
+        return F.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    def forward(self, input_ids, attention_mask=None, target_input_ids=None, target_attention_mask=None):
+        if target_input_ids is None or self.source_only:
+            return self.encode(input_ids, attention_mask)
+        n, length = len(input_ids), max(input_ids.shape[1], target_input_ids.shape[1])
+        pad = self.config.pad_token_id or 0
+        masks = [torch.ones_like(ids) if m is None else m
+                 for ids, m in ((input_ids, attention_mask), (target_input_ids, target_attention_mask))]
+        ids = torch.cat([F.pad(x, (0, length - x.shape[1]), value=pad) for x in (input_ids, target_input_ids)])
+        mask = torch.cat([F.pad(m, (0, length - m.shape[1]), value=0) for m in masks])
+        vectors = self.encode(ids, mask)
+        return torch.stack([vectors[:n], vectors[n:]], dim=1)
+
+
+def minilm_max_length() -> int:
+    """``max_seq_length`` of all-MiniLM-L6-v2's ``sentence_bert_config.json`` (256)."""
+    from distill.zoo.text import minilm_path
+
+    path = minilm_path() / "sentence_bert_config.json"
+    return int(json.loads(path.read_text())["max_seq_length"]) if path.exists() else MINILM_MAX_LENGTH
+
+
+@torch.inference_mode()
+def sentence_embeddings(model: nn.Module, texts: list[str], tokenizer, batch_size: int = 64,
+                        max_length: int = MINILM_MAX_LENGTH) -> torch.Tensor:
+    """``(N, D)`` float vectors of ``texts``: ``model`` (a :class:`SentenceEncoder`, or a bare encoder that is
+    wrapped in one) on batches of ``batch_size`` texts truncated to ``max_length`` tokens."""
+    encoder = model if isinstance(model, SentenceEncoder) else SentenceEncoder(model)
+    mode = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            out.append(encoder.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+    finally:
+        encoder.train(mode)
+    return torch.cat(out) if out else torch.empty(0, encoder.config.hidden_size)
+
+
+def minilm_sentence_embeddings(model: nn.Module, texts: list[str], tokenizer, batch_size: int = 64) -> torch.Tensor:
+    """Sentence vectors exactly as ``SentenceTransformer(minilm_path()).encode(texts)`` gives them (to float
+    rounding): MiniLM's ``max_seq_length``, mean pooling over the attention mask, L2 normalisation."""
+    return sentence_embeddings(model, texts, tokenizer, batch_size, minilm_max_length())
+
+
+def wordpiece_coverage(texts: list[str], tokenizer) -> dict[str, float]:
+    """How far a (fast) WordPiece tokenizer's vocabulary carries a language. Over the words of ``texts``
+    (split by the tokenizer's own pre-tokeniser; words with at least one letter): ``pieces_per_word``, the %
+    of words split into several pieces (``split_words``) or mapped whole to ``[UNK]`` (``unknown_words``),
+    the % of ``[UNK]`` among the pieces (``unknown_pieces``) and the % of words its normaliser changes beyond
+    lower case (``changed_words``: MiniLM's strips accents, so ``año`` becomes ``ano``)."""
+    backend = tokenizer.backend_tokenizer
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(text) if any(c.isalpha() for c in w))
+    unk = tokenizer.unk_token
+    words = pieces = split = unknown = unknown_pieces = changed = 0
+    for word, n in counts.items():
+        normal = backend.normalizer.normalize_str(word) if backend.normalizer else word
+        tokens = [t.value for t in backend.model.tokenize(normal)] if normal else [unk]
+        words += n
+        pieces += n * len(tokens)
+        split += n * (len(tokens) > 1)
+        unknown += n * (tokens == [unk])
+        unknown_pieces += n * tokens.count(unk)
+        changed += n * (normal != word.lower())
+    words_ = max(words, 1)
+    return {"words": words, "unique_words": len(counts), "pieces_per_word": pieces / words_,
+            "split_words": 100.0 * split / words_, "unknown_words": 100.0 * unknown / words_,
+            "unknown_pieces": 100.0 * unknown_pieces / max(pieces, 1), "changed_words": 100.0 * changed / words_}

