@@ -39,6 +39,7 @@ STUDENT = {"lr": 2e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "war
            "weight_decay": 0.01, "optimizer": "adamw", "group_by_length": True}
 SHAPES = {"L2-H384": (2, 384), "L3-H384": (3, 384)}
 PREPARE = {"epochs": 0.5, "batch_size": 64, "lr": 5e-4}  # of the ~90k unlabelled sentences
+TRANSFER_EPOCHS = 1  # the transfer set is 3.5x the training split: about the steps of the 3 labelled epochs
 # arm -> (initialisation, method, method options); "labels" marks the arms that see the labels
 ARMS = {
     "scratch": ("random", "scratch", {}),
@@ -149,8 +150,8 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
     t_layers = teacher.config.num_hidden_layers
     start = time.perf_counter()
     if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
-        _train(student, teacher, METHODS["kd"](alpha=1.0, temperature=2.0), transfer, data.val, settings, seed,
-               cache=True)
+        _train(student, teacher, METHODS["kd"](alpha=1.0, temperature=2.0), transfer, data.val,
+               {**settings, "epochs": TRANSFER_EPOCHS}, seed, cache=True)
         if init == "mlm":
             _train(student, None, METHODS["scratch"](), data.train, data.val, {**settings, "epochs": 1}, seed)
     else:
