@@ -137,6 +137,15 @@ def transfer_set(data, quick: bool):
     return TokenizedTexts(texts, None, data.tokenizer, name="transfer")
 
 
+def arm_key(arm: str, quick: bool) -> str:
+    """The settings one arm's rows were trained with (a stored row with another key is trained again)."""
+    init, method, options = ARMS[arm]
+    settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
+                "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
+                "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None}
+    return _key(settings)
+
+
 def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:
     """Train one student of ``shape`` by ``arm`` with ``seed``; its test and validation accuracy."""
     from distill.evaluation import count_parameters, evaluate
@@ -218,13 +227,14 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
         for shape in shapes:
             for seed in range(seeds):
                 path = out / arm / shape / f"seed-{seed}.json"
-                if path.is_file():
-                    results.append(json.loads(path.read_text()))
+                stored = json.loads(path.read_text()) if path.is_file() else {}
+                if stored.get("key") == arm_key(arm, quick):
+                    results.append(stored)
                     continue
                 if ARMS[arm][1] == "transfer" and transfer is None:
                     transfer = transfer_set(data, quick)
                 say(f"{arm} {shape} seed {seed} ...")
-                row = run_arm(arm, shape, seed, data, teacher, quick, transfer)
+                row = {**run_arm(arm, shape, seed, data, teacher, quick, transfer), "key": arm_key(arm, quick)}
                 say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  ({row['train_seconds']:.0f} s)")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(row, indent=1))
