@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError
-from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, pad_masked_items
+from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, SparseMaskedLM, pad_masked_items
 
 HEAD_PREFIXES = ("cls.predictions.transform.", "cls.predictions.bias")
 CACHE_DIR = Path.home() / ".cache" / "distill" / "minilm-mlm"
@@ -200,11 +200,9 @@ def mlm_accuracy(model, items, batch_size: int = 64) -> dict[str, float]:
 def _logits_at(model, ids, attention, keep):
     """Vocabulary logits at the ``keep`` positions only: the encoder, then the head on those rows (the
     same numbers as ``model(ids).logits[keep]`` without projecting every position)."""
-    head = getattr(model, "cls", None)
-    if head is None:
+    if getattr(model, "cls", None) is None:
         return model(input_ids=ids, attention_mask=attention.long()).logits[keep]
-    hidden = model.base_model(input_ids=ids, attention_mask=attention.long()).last_hidden_state
-    return head(hidden[keep])
+    return SparseMaskedLM(model)(ids, attention.long(), predict=keep)
 
 
 def unigram_baseline(train_items, test_items, vocab_size: int) -> dict[str, float]:
