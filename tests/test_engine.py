@@ -438,3 +438,17 @@ def test_a_busy_machine_is_noted_when_torch_runs_several_threads(monkeypatch):
     assert busy_machine_note(threads=1) is None
     monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 0.5, 0.2))
     assert busy_machine_note(threads=2) is None
+
+
+def test_eval_mode_restores_the_models_own_mode_even_on_error():
+    from distill.evaluation import eval_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    with eval_mode(model):
+        assert not model.training and not model[1].training
+    assert model.training and model[1].training
+    model.eval()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        model.train()  # a mode change inside the block does not leak out either
+        raise RuntimeError("boom")
+    assert not model.training

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError, excerpt
+from distill.evaluation import eval_mode
 
 class AugmentError(DistillError):
     """A bad argument to an augmentation (one line)."""
@@ -111,9 +112,9 @@ def _encode(tokenizer, texts: list[str], max_length: int):
     return tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
 
 
-def _vocabulary_kinds(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks over the vocabulary: ``(whole words, continuation pieces)`` that may be produced:
-    never special tokens or ``[unused..]``-style entries; whole words hold a letter."""
+def _vocabulary_kinds(tokenizer, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks over ``model``'s vocabulary: ``(whole words, continuation pieces)`` that may be
+    produced: never special tokens or ``[unused..]``-style entries; whole words hold a letter."""
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)
     words, pieces = torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
@@ -125,7 +126,8 @@ def _vocabulary_kinds(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
             pieces[i] = len(token) > 2
         else:
             words[i] = any(c.isalpha() for c in token)
-    return words, pieces
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    return words[:vocab_size], pieces[:vocab_size]
 
 
 def _logits_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int,
@@ -206,13 +208,9 @@ def mlm_augment(texts, mlm_model, tokenizer, n_per_text: int = 20, replace_prob:
     replace_prob = _check_prob("replace_prob", replace_prob)
     keep = {str(w).lower() for w in keep_words}
     pad_id = _model_ready(mlm_model)
-    was_training = mlm_model.training
-    mlm_model.eval()
-    try:
+    with eval_mode(mlm_model):
         enc = _encode(tokenizer, texts, max_length)
-        whole, _ = _vocabulary_kinds(tokenizer)
-        vocab_size = mlm_model.get_input_embeddings().weight.shape[0]
-        whole = whole[:vocab_size]
+        whole, _ = _vocabulary_kinds(tokenizer, mlm_model)
         # every replaceable word: (text, char span, original string, its token positions)
         words, mlm_rows, mlm_pos, mlm_of, multi_of = [], [], [], {}, {}
         for i, text in enumerate(texts):
@@ -269,8 +267,6 @@ def mlm_augment(texts, mlm_model, tokenizer, n_per_text: int = 20, replace_prob:
                         changes.append((start, end, _cased_like(original, names[pick])))
                 out.append(_splice(text, changes))
         return out
-    finally:
-        mlm_model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,13 +287,9 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise AugmentError(f"temperature must be a positive number, got {excerpt(temperature)}")
     pad_id = _model_ready(mlm_model)
-    was_training = mlm_model.training
-    mlm_model.eval()
-    try:
+    with eval_mode(mlm_model):
         enc = _encode(tokenizer, texts, max_length)
-        whole, pieces = _vocabulary_kinds(tokenizer)
-        vocab_size = mlm_model.get_input_embeddings().weight.shape[0]
-        whole, pieces = whole[:vocab_size], pieces[:vocab_size]
+        whole, pieces = _vocabulary_kinds(tokenizer, mlm_model)
         rows, chosen, owner = [], [], []
         for i in range(len(texts)):
             ids = enc["input_ids"][i]
@@ -338,5 +330,3 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
                 changes.append((start, end, word))
             results[(i, j)] = _splice(text, changes)
         return [results[(i, j)] for i in range(len(texts)) for j in range(n_per_text)]
-    finally:
-        mlm_model.train(was_training)

@@ -5,6 +5,7 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import send_to_device
@@ -15,6 +16,17 @@ from distill.data import as_dataset
 from distill.errors import DistillError, cause, excerpt, samples
 from distill.tasks import Task, check_inputs, collator, get_task
 from distill.teacher import run_model
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model.eval()`` inside the block; the model's own train / eval mode restored after, even on error."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None, *, task: str | Task | None = None,

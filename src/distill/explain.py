@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill.errors import DistillError
+from distill.evaluation import eval_mode
 from distill.data import as_dataset
 from distill.tasks import get_task
 from distill.losses.cam import gradcam_pp
@@ -163,7 +164,7 @@ class CamReference:
             raise ExplainError("no images to explain")
         self.batch_size = batch_size
         self.maps, self.classes = [], []
-        with _eval_mode(model):
+        with eval_mode(model):
             for inputs in self._inputs():
                 maps, logits = _model_maps(name, model, layer, inputs)
                 self.maps.append(maps.cpu())
@@ -182,24 +183,13 @@ class CamReference:
         (for the reference's predicted classes) with the reference's, over the images; and the fraction
         of images where ``model`` predicts the reference's class too."""
         scores, same = [], 0
-        with _eval_mode(model):
+        with eval_mode(model):
             for inputs, ref_maps, classes in zip(self._inputs(), self.maps, self.classes):
                 maps, logits = _model_maps(name, model, layer, inputs, classes.to(_device(model)))
                 scores.append(cam_agreement(maps.cpu(), ref_maps))
                 same += int((logits.argmax(1).cpu() == classes).sum())
         r = torch.cat(scores)
         return {"mean": float(r.mean()), "std": float(r.std(unbiased=False)), "same_prediction": same / self.count}
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """eval() inside the block; the model's own mode restored after."""
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
 
 
 def explain_models(models: Mapping[str, nn.Module], layers: Mapping[str, str], dataset, images: int = 8,
@@ -228,7 +218,7 @@ def explain_models(models: Mapping[str, nn.Module], layers: Mapping[str, str], d
     if out is not None:
         with ExitStack() as stack:
             for model in models.values():
-                stack.enter_context(_eval_mode(model))
+                stack.enter_context(eval_mode(model))
             _draw(models, layers, ref.dataset, min(images, len(ref.dataset)), Path(out))
     return result
 

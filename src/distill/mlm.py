@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError
+from distill.evaluation import eval_mode
 from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, SparseMaskedLM, pad_masked_items
 
 HEAD_PREFIXES = ("cls.predictions.transform.", "cls.predictions.bias")
@@ -118,17 +119,13 @@ def _pad_id(model) -> int:
 def masked_features(model, items, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen encoder's last hidden state at every predicted position of ``items`` and its target:
     ``(features (N, H), targets (N,))``, encoder in ``eval()`` mode."""
-    was_training = model.training
-    model.eval()
     feats, targets = [], []
-    try:
+    with eval_mode(model):
         for ids, attention, labels in _batches(items, batch_size, _pad_id(model)):
             hidden = model.base_model(input_ids=ids, attention_mask=attention.long()).last_hidden_state
             keep = labels != IGNORE_INDEX
             feats.append(hidden[keep])
             targets.append(labels[keep])
-    finally:
-        model.train(was_training)
     return torch.cat(feats), torch.cat(targets)
 
 
@@ -173,11 +170,9 @@ def mlm_accuracy(model, items, batch_size: int = 64) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and perplexity (exp of the mean cross-entropy) of ``model``'s masked-LM
     predictions at the labelled positions of ``items`` (:class:`~distill.zoo.bert.MaskedTexts` or dicts with
     ``input_ids`` and ``labels``, ``-100`` ignored). The model runs in ``eval()`` mode."""
-    was_training = model.training
-    model.eval()
     n = top1 = top5 = 0
     loss = 0.0
-    try:
+    with eval_mode(model):
         for ids, attention, labels in _batches(items, batch_size, _pad_id(model)):
             keep = labels != IGNORE_INDEX
             if not keep.any():
@@ -189,8 +184,6 @@ def mlm_accuracy(model, items, batch_size: int = 64) -> dict[str, float]:
             top5 += int((best == target[:, None]).any(-1).sum())
             loss += float(F.cross_entropy(logits.float(), target, reduction="sum"))
             n += len(target)
-    finally:
-        model.train(was_training)
     if n == 0:
         raise MLMError("no labelled positions to score (every label is -100)")
     return {"accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "perplexity": math.exp(min(loss / n, 700.0)),
