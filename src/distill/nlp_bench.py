@@ -55,6 +55,10 @@ ARMS = {
     "cilda": ("teacher-layers", "cilda", {}),
     "mixkd": ("teacher-layers", "mixkd", {}),
 }
+# the teacher runs once over the training split for every method whose teacher taps are fixed per snippet;
+# not for MixKD (new mixed inputs every batch) nor TinyBERT (attention maps are (heads, L, L), not storable
+# per token)
+UNCACHEABLE = ("scratch", "mixkd", "tinybert")
 QUICK = {"train_size": 256, "val_size": 128, "test_size": 128, "transfer_extra": 128, "epochs": 1,
          "teacher_layers": 2, "prepare_sentences": 256}
 
@@ -167,9 +171,8 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
         fn = METHODS[method]
         if "student_layers" in fn.__code__.co_varnames:
             options = {"student_layers": layers, "teacher_layers": t_layers, **options}
-        logits_only = method in ("scratch", "kd")
         _train(student, teacher if method != "scratch" else None, fn(**options), data.train, data.val, settings,
-               seed, cache=logits_only and method != "scratch")
+               seed, cache=method not in UNCACHEABLE)
     seconds = time.perf_counter() - start
     task = get_task("classification", pad_token_id=0)
     test, val = evaluate(student, data.test, 256, task=task), evaluate(student, data.val, 256, task=task)

@@ -8,7 +8,7 @@ be nearer the teacher's mapped layer for sample ``i`` than for the batch's other
 ``L = (1 - alpha) * CE + alpha * T^2 * KL(p_T || p_S) + beta * sum_m InfoNCE(z^S_m, z^T_g(m))``
 
 The paper's augmentation (masked inputs refilled by a masked LM, the teacher labelling them) is a
-transfer set: :func:`distill.augment.mlm_augment` makes one.
+transfer set: :func:`distill.augment.masked_refill` makes one.
 """
 from distill.methods.common import with_ce_and_kd
 from distill.methods.registry import register_method
