@@ -242,3 +242,44 @@ def test_tiny_run_raises_translation_retrieval():
     assert all(p.grad is None for p in teacher.parameters())
     record = d.history[-1]
     assert {"val/mse", "val/teacher_cosine", "val/src_tgt_top1"} <= set(record), record
+
+
+def test_a_teacher_with_its_own_tokenizer_sees_only_its_own_inputs():
+    """Items carry teacher_input_ids (here: every word as two teacher pieces, so the lengths differ); the
+    teacher is called on those, padded and masked, live, cached and in evaluation; the student never sees them."""
+    from distill.evaluation import evaluate
+
+    seed_everything(0)
+    pairs = []
+    for item in synthetic_pairs(24, seed=1):
+        words = item["input_ids"][1:-1].tolist()
+        pieces = [p for w in words for p in (w, w + WORDS)]  # any ids of the teacher's own vocabulary
+        pairs.append({**item, "teacher_input_ids": torch.tensor([CLS, *pieces, SEP])})
+    task = get_task("parallel_embedding", pad_token_id=PAD)
+    batch = task.collate(pairs[:4])
+    assert set(batch["input"]) == {"input_ids", "attention_mask", "target_input_ids", "target_attention_mask"}
+    assert set(batch["teacher_input"]) == {"input_ids", "attention_mask"}
+    t_len = torch.tensor([len(p["teacher_input_ids"]) for p in pairs[:4]])
+    assert torch.equal(batch["teacher_lengths"], t_len)
+    assert torch.equal(batch["teacher_input"]["attention_mask"].sum(1), t_len)
+    assert torch.equal(batch["lengths"], torch.tensor([len(p["input_ids"]) for p in pairs[:4]]))
+
+    teacher = SentenceEncoder(tiny_bert(0), source_only=True)
+    seen = []
+    teacher.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].clone()),
+                                      with_kwargs=True)
+    student = SentenceEncoder(tiny_bert(1))
+    for cache in (False, True):
+        seen.clear()
+        Distiller(student, teacher, task=task, epochs=1, batch_size=8, lr=1e-3, progress=False,
+                  cache_teacher=cache).fit(pairs)
+        rows = {tuple(r[r != PAD].tolist()) for ids in seen for r in ids}
+        assert rows == {tuple(p["teacher_input_ids"].tolist()) for p in pairs}, cache
+    with_teacher = evaluate(student, pairs, 8, task=task, teacher=teacher)
+    by_hand = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), 8):
+            b = task.collate(pairs[start:start + 8])
+            s, t = student.eval()(**b["input"]), teacher.eval()(**b["teacher_input"])
+            by_hand.append(torch.nn.functional.cosine_similarity(s[:, 0], t, dim=-1))
+    assert with_teacher["teacher_cosine"] == pytest.approx(float(torch.cat(by_hand).mean()), abs=1e-5)

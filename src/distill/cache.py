@@ -33,7 +33,7 @@ from distill import distributed
 from distill.data import IndexedDataset, read_items
 from distill.fileio import atomic_write_text
 from distill.tasks import get_task
-from distill.teacher import LiveTeacher
+from distill.teacher import LiveTeacher, teacher_input
 
 
 TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0)
@@ -95,7 +95,7 @@ def fingerprint(model: torch.nn.Module, dataset, collate=None) -> str:
     _hash_weights(h, model)
     h.update(str(len(dataset)).encode())
     collate = collate or get_task().collate
-    inputs = collate(read_items(dataset, range(min(8, len(dataset)))))["input"]
+    inputs = teacher_input(collate(read_items(dataset, range(min(8, len(dataset))))))
     named = sorted(inputs.items()) if isinstance(inputs, Mapping) else [("", inputs)]
     for name, value in named:
         if isinstance(value, torch.Tensor):
@@ -336,7 +336,7 @@ class CachedTeacher:
             def batches():
                 for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
                     batch = send_to_device(batch, device)
-                    yield torch.as_tensor(batch["index"]).long(), teacher(batch), batch.get("lengths")
+                    yield torch.as_tensor(batch["index"]).long(), teacher(batch), batch.get("teacher_lengths", batch.get("lengths"))
 
             # on disk under several processes, rank 0 alone writes the store and the others open it when it is
             # complete (two processes writing one memory-mapped file would overwrite each other's arrays)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from distill.data import as_dataset
 from distill.errors import DistillError, cause, excerpt, samples
 from distill.tasks import Task, check_inputs, collator, get_task
-from distill.teacher import run_model
+from distill.teacher import run_model, teacher_input
 
 
 @contextmanager
@@ -65,7 +65,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 1000, accelerator=None
                 doing = "the model's forward pass"
                 pred = task.prediction(run_model(model, batch["input"]), batch)
                 doing = "the teacher's forward pass"
-                reference = None if teacher is None else task.prediction(run_model(teacher, batch["input"]), batch)
+                reference = None if teacher is None else task.prediction(run_model(teacher, teacher_input(batch)), batch)
                 doing = "scoring the batch"
                 task.add_batch(sums, pred, batch, reference)
                 doing = "reading the batch (the dataset's items, the collate function)"

@@ -17,7 +17,10 @@ Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``re
 ``parallel_embedding`` (sentence pairs across languages).
 Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
 Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
-keyword arguments.
+keyword arguments. Keys prefixed ``teacher_`` (``teacher_input_ids``, ``teacher_attention_mask``) are the
+teacher's own inputs when it reads the sample differently from the student (another tokenizer): they go to
+``batch["teacher_input"]`` without the prefix (the teacher is called on that, the student never sees it),
+with ``batch["teacher_lengths"]``.
 """
 from __future__ import annotations
 
@@ -40,6 +43,21 @@ IGNORE_INDEX = -100
 # item keys padded with 0 (besides the pad token of ``input_ids``): masks and segment ids
 _ZERO_PADDED = ("attention_mask", "token_type_ids", "decoder_attention_mask", "position_ids")
 _PAD_TOKEN_KEYS = ("input_ids", "decoder_input_ids")
+# item keys with this prefix are the teacher's own inputs (batch["teacher_input"], the prefix dropped): for a
+# teacher with another tokenizer than the student's; padded as the key without the prefix
+TEACHER_PREFIX = "teacher_"
+# key prefixes that pad like the key without them (a translation's "target_input_ids" is token ids)
+_PAD_PREFIXES = (TEACHER_PREFIX, "target_")
+
+
+def _lengths(inputs: Mapping) -> torch.Tensor | None:
+    """Each sequence's unpadded length, from the attention mask (right padding), or ``None`` without token ids."""
+    ids = inputs.get("input_ids")
+    if not isinstance(ids, torch.Tensor):
+        return None
+    mask = inputs.get("attention_mask")
+    return (mask.sum(1) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else
+            torch.full((len(ids),), ids.shape[-1], dtype=torch.long))
 
 
 class TaskError(DistillError):
@@ -181,9 +199,10 @@ class Task:
                 inputs[key], key_lengths = self._stack([p["input"][key] for p in parts], key, True)
                 if key_lengths is not None and (lengths is None or key in _PAD_TOKEN_KEYS):
                     lengths = key_lengths
-            if lengths is not None and "input_ids" in inputs and "attention_mask" not in inputs:
-                positions = torch.arange(inputs["input_ids"].shape[1])
-                inputs["attention_mask"] = (positions[None, :] < lengths[:, None]).long()
+                mask_key = key.removesuffix("input_ids") + "attention_mask"
+                if key.endswith("input_ids") and key_lengths is not None and mask_key not in keys:
+                    positions = torch.arange(inputs[key].shape[1])
+                    inputs[mask_key] = (positions[None, :] < key_lengths[:, None]).long()
             batch["input"] = inputs
         else:
             batch["input"], lengths = self._stack([p["input"] for p in parts], "input", True)
@@ -218,6 +237,8 @@ class Task:
     def _pad_value(self, key: str, is_input: bool):
         if not is_input:
             return IGNORE_INDEX
+        for prefix in _PAD_PREFIXES:
+            key = key.removeprefix(prefix)
         if key in _ZERO_PADDED:
             return 0
         if key in _PAD_TOKEN_KEYS:
@@ -234,16 +255,20 @@ class Task:
         batch = dict(batch)
         if "input" not in batch:
             found = [k for k in self.target_keys if k in batch]
-            meta = {k: batch.pop(k) for k in ("index", "lengths", "mask", "num_items") if k in batch}
+            meta = {k: batch.pop(k) for k in ("index", "lengths", "teacher_lengths", "mask", "num_items") if k in batch}
             label = batch.pop(found[0]) if found else None
             batch = {**meta, "input": batch, "label": label}
         inputs = batch["input"]
-        if "lengths" not in batch and isinstance(inputs, Mapping) and isinstance(inputs.get("input_ids"), torch.Tensor):
-            # each sequence's real length (right padding), for per-token stores such as the teacher cache
-            mask = inputs.get("attention_mask")
-            ids = inputs["input_ids"]
-            batch["lengths"] = (mask.sum(1) if mask is not None and mask.dim() == 2 else
-                                torch.full((len(ids),), ids.shape[-1], dtype=torch.long))
+        if isinstance(inputs, Mapping) and any(str(k).startswith(TEACHER_PREFIX) for k in inputs):
+            batch["teacher_input"] = {k.removeprefix(TEACHER_PREFIX): v for k, v in inputs.items()
+                                      if k.startswith(TEACHER_PREFIX)}
+            batch["input"] = inputs = {k: v for k, v in inputs.items() if not str(k).startswith(TEACHER_PREFIX)}
+        # each sequence's real length (right padding), for per-token stores such as the teacher cache
+        for side, lengths_key in (("input", "lengths"), ("teacher_input", "teacher_lengths")):
+            if lengths_key not in batch and isinstance(batch.get(side), Mapping):
+                found = _lengths(batch[side])
+                if found is not None:
+                    batch[lengths_key] = found
         label = batch.get("label")
         if label is None:
             batch.pop("label", None)
@@ -607,7 +632,9 @@ class ParallelEmbedding(Task):
     Gurevych 2020, the ``multilingual_mse`` term).
 
     Items: ``{"input_ids": source, "target_input_ids": translation}`` (``attention_mask`` /
-    ``target_attention_mask`` are added when missing); both sides are padded per batch. The student is a
+    ``target_attention_mask`` are added when missing); both sides are padded per batch. When the student has
+    another tokenizer than the teacher (an extended vocabulary), items also carry ``teacher_input_ids``: the
+    source in the teacher's tokens, which the teacher alone sees. The student is a
     model such as :class:`distill.zoo.sentence.SentenceEncoder` that returns ``(N, 2, D)`` vectors (source,
     translation) for such inputs; the teacher one with ``source_only=True``: ``(N, D)`` vectors of the source
     side alone. Metrics: ``mse`` (the term's value against the teacher, selects), ``teacher_cosine`` (English
@@ -629,15 +656,10 @@ class ParallelEmbedding(Task):
             raise TaskError("parallel_embedding items are dicts with 'input_ids' (source) and 'target_input_ids' "
                             f"(translation), got {describe(inputs)}")
         inputs = dict(inputs)
-        for ids, mask in self.SIDES:
-            if mask not in inputs:
-                inputs[mask] = torch.ones(len(inputs[ids]), dtype=torch.long)
+        for ids in [k for k in inputs if k.endswith("input_ids")]:  # both sides and a teacher's own ids
+            inputs.setdefault(ids.removesuffix("input_ids") + "attention_mask",
+                              torch.ones(len(inputs[ids]), dtype=torch.long))
         return {**out, "input": inputs}
-
-    def _pad_value(self, key, is_input):
-        if key == "target_input_ids":
-            key = "input_ids"
-        return super()._pad_value(key, is_input)
 
     def default_terms(self) -> list[Term]:
         return [Term("multilingual_mse")]

@@ -15,6 +15,12 @@ from torch import nn
 from distill.taps import TapError, TapRecorder
 
 
+def teacher_input(batch: Mapping):
+    """What the teacher is called on: the batch's ``teacher_input`` when the items carry the teacher its own
+    inputs (``teacher_``-prefixed keys, e.g. ``teacher_input_ids`` from another tokenizer), else ``input``."""
+    return batch.get("teacher_input", batch["input"])
+
+
 def run_model(model: nn.Module, inputs):
     """Call a model on a batch's inputs: keyword arguments for a mapping, positional otherwise."""
     if isinstance(inputs, Mapping):
@@ -73,10 +79,10 @@ class LiveTeacher:
         self.model.eval()
         if self.needs_grad:  # Grad-CAM++ differentiates the class score; the parameters stay frozen
             with torch.enable_grad():
-                values = self.recorder.collect(run_model(self.model, batch["input"]))
+                values = self.recorder.collect(run_model(self.model, teacher_input(batch)))
             return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
         with torch.inference_mode():
-            values = self.recorder.collect(run_model(self.model, batch["input"]))
+            values = self.recorder.collect(run_model(self.model, teacher_input(batch)))
         # Inference tensors cannot be saved for backward; a clone made outside
         # inference mode is an ordinary tensor that loss functions may use freely.
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
