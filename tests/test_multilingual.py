@@ -283,3 +283,47 @@ def test_a_teacher_with_its_own_tokenizer_sees_only_its_own_inputs():
             s, t = student.eval()(**b["input"]), teacher.eval()(**b["teacher_input"])
             by_hand.append(torch.nn.functional.cosine_similarity(s[:, 0], t, dim=-1))
     assert with_teacher["teacher_cosine"] == pytest.approx(float(torch.cat(by_hand).mean()), abs=1e-5)
+
+
+def small_wordpiece():
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "sen", "##or", "dios", "a", "##n", "##o", "s",
+              "##e", "o", "##r", ",", "n", "d", "i", "##s", "##i", "##d"]
+    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+
+
+def test_extended_vocabulary_keeps_old_ids_and_cuts_the_new_language_shorter():
+    from distill.zoo.vocab import extend_tokenizer, learn_wordpieces
+
+    old = small_wordpiece()
+    spanish = ["el señor dios", "señor, señor", "dios dijo al señor"] * 20
+    learnt = learn_wordpieces(old, spanish, vocab_size=60)
+    assert learnt and not set(learnt) & set(old.get_vocab())
+    assert "senor" in learnt  # accents stripped like the old normaliser ("señor" -> "senor")
+    new = extend_tokenizer(old, learnt)
+    assert all(new.get_vocab()[t] == i for t, i in old.get_vocab().items())
+    assert len(new) == len(old) + len(learnt)
+    assert old.tokenize("Señor") == ["sen", "##or"] and new.tokenize("Señor") == ["senor"]
+    assert new("the señor")["input_ids"][0] == new.cls_token_id
+
+
+def test_added_embeddings_start_as_the_mean_of_the_old_pieces():
+    from distill.zoo.vocab import VocabError, extend_tokenizer, init_added_embeddings, old_pieces
+
+    old = small_wordpiece()
+    new = extend_tokenizer(old, ["senor", "##ios", "zzz"])
+    model = bert_student(layers=1, hidden=16, head="encoder", seed=0, vocab_size=len(old),
+                         max_position_embeddings=16, num_labels=2)
+    before = model.get_input_embeddings().weight.detach().clone()
+    vocab = old.get_vocab()
+    assert old_pieces(old, "senor") == [vocab["sen"], vocab["##or"]]
+    assert old_pieces(old, "##ios") == [vocab["##i"], vocab["##o"], vocab["##s"]]  # cut as a word's inside
+    assert init_added_embeddings(model, old, new) == 3
+    table = model.get_input_embeddings().weight.detach()
+    assert table.shape[0] == len(new) and torch.equal(table[: len(old)], before)
+    ids = new.get_vocab()
+    assert torch.allclose(table[ids["senor"]], before[[vocab["sen"], vocab["##or"]]].mean(0))
+    assert torch.allclose(table[ids["zzz"]], before.mean(0))  # nothing the old vocabulary knows: the mean row
+    with pytest.raises(VocabError, match="keep every old id"):
+        init_added_embeddings(model, new, old)

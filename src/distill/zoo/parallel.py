@@ -46,26 +46,32 @@ def split_by_book(pairs, test_books=TEST_BOOKS, val_books=VAL_BOOKS) -> dict[str
 
 class ParallelTexts(Dataset):
     """Sentence pairs tokenised once; ``ds[i]`` is ``{"input_ids": LongTensor, "target_input_ids": LongTensor}``.
-    ``sources`` / ``targets`` keep the texts, ``keys`` each pair's key (a verse's ``(book, chapter, verse)``)."""
+    ``sources`` / ``targets`` keep the texts, ``keys`` each pair's key (a verse's ``(book, chapter, verse)``).
+    With a ``teacher_tokenizer`` (the student reads with another one, e.g. an extended vocabulary), items
+    also hold ``teacher_input_ids``: the source in the teacher's tokens, for the teacher alone."""
 
     def __init__(self, sources: list[str], targets: list[str], tokenizer, max_length: int = MAX_LENGTH,
-                 keys: list | None = None, name: str = "parallel"):
+                 keys: list | None = None, name: str = "parallel", teacher_tokenizer=None):
         if len(sources) != len(targets):
             raise ValueError(f"{len(sources)} source sentences but {len(targets)} translations")
         self.sources, self.targets, self.name = list(sources), list(targets), name
         self.keys = list(keys) if keys is not None else list(range(len(sources)))
 
-        def encode(texts):
-            ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+        def encode(texts, tok=tokenizer):
+            ids = tok(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
             return [torch.tensor(x, dtype=torch.long) for x in ids]
 
         self.source_ids, self.target_ids = encode(self.sources), encode(self.targets)
+        self.teacher_ids = encode(self.sources, teacher_tokenizer) if teacher_tokenizer is not None else None
 
     def __len__(self) -> int:
         return len(self.source_ids)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.source_ids[i], "target_input_ids": self.target_ids[i]}
+        item = {"input_ids": self.source_ids[i], "target_input_ids": self.target_ids[i]}
+        if self.teacher_ids is not None:
+            item["teacher_input_ids"] = self.teacher_ids[i]
+        return item
 
     @property
     def lengths(self) -> list[int]:
@@ -81,16 +87,17 @@ class ParallelSplits:
     tokenizer: object
 
 
-def load_parallel_verses(tokenizer=None, max_length: int = MAX_LENGTH) -> ParallelSplits:
+def load_parallel_verses(tokenizer=None, max_length: int = MAX_LENGTH, teacher_tokenizer=None) -> ParallelSplits:
     """The KJV / Reina-Valera verse pairs split by book (module docstring), tokenised with ``tokenizer``
-    (MiniLM's by default)."""
+    (MiniLM's by default); with ``teacher_tokenizer`` the English side also in the teacher's tokens."""
     from distill.zoo.sword import parallel_verses
     from distill.zoo.text import minilm_tokenizer
 
     tokenizer = tokenizer or minilm_tokenizer()
     parts = split_by_book(parallel_verses())
     made = {name: ParallelTexts([en for _, en, _ in rows], [es for _, _, es in rows], tokenizer, max_length,
-                                [key for key, _, _ in rows], f"verses/{name}") for name, rows in parts.items()}
+                                [key for key, _, _ in rows], f"verses/{name}", teacher_tokenizer)
+            for name, rows in parts.items()}
     return ParallelSplits(made["train"], made["val"], made["test"], tokenizer)
 
 
