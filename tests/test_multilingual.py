@@ -327,3 +327,54 @@ def test_added_embeddings_start_as_the_mean_of_the_old_pieces():
     assert torch.allclose(table[ids["zzz"]], before.mean(0))  # nothing the old vocabulary knows: the mean row
     with pytest.raises(VocabError, match="keep every old id"):
         init_added_embeddings(model, new, old)
+
+
+def test_pca_projection_keeps_the_top_variance_axes():
+    from distill.zoo.sentence import pca_projection
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=gen) * torch.tensor([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]) + 7.0
+    layer = pca_projection(x, 2)
+    with torch.no_grad():
+        y = layer(x)
+    assert torch.allclose(y.mean(0), torch.zeros(2), atol=1e-4)  # centred
+    var = y.var(0)
+    assert var[0] > var[1] > 0 and float(var.sum() / x.var(0).sum()) > 0.9
+    with torch.no_grad():
+        full = pca_projection(x, 6)(x)
+    exact = "donot_use_mm_for_euclid_dist"
+    assert torch.allclose(torch.cdist(full, full, compute_mode=exact), torch.cdist(x, x, compute_mode=exact),
+                          atol=1e-3)  # a rotation when dim = D
+    with pytest.raises(ValueError, match="dim=7"):
+        pca_projection(x, 7)
+
+
+@pytest.mark.parametrize("dim", [None, 8])
+def test_saved_sentence_encoder_gives_the_same_vectors_in_transformers_and_sentence_transformers(tmp_path, dim):
+    from transformers import AutoModel
+
+    from distill.zoo.sentence import (load_sentence_encoder, mean_pool, pca_projection, save_sentence_encoder,
+                                      sentence_embeddings)
+
+    tok = small_wordpiece()
+    texts = ["the senor", "dios, dios", "a s the n", "the"]
+    model = bert_student(layers=1, hidden=16, head="encoder", seed=0, vocab_size=len(tok),
+                         max_position_embeddings=32, num_labels=2)
+    encoder = SentenceEncoder(model)
+    if dim:
+        encoder.projection = pca_projection(sentence_embeddings(encoder, texts * 3, tok), dim)
+    expected = sentence_embeddings(encoder, texts, tok)
+    assert expected.shape == (4, dim or 16)
+    folder = save_sentence_encoder(encoder, tok, tmp_path / "student", max_seq_length=32)
+    loaded, loaded_tok = load_sentence_encoder(folder)
+    assert torch.allclose(sentence_embeddings(loaded, texts, loaded_tok), expected, atol=1e-6)
+    plain = AutoModel.from_pretrained(folder).eval()  # plain transformers: the encoder, pooled by hand
+    batch = loaded_tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = mean_pool(plain(**batch).last_hidden_state, batch["attention_mask"])
+        if dim:
+            pooled = encoder.projection(pooled)
+    assert torch.allclose(torch.nn.functional.normalize(pooled, dim=-1), expected, atol=1e-6)
+    st = pytest.importorskip("sentence_transformers")
+    reference = torch.as_tensor(st.SentenceTransformer(str(folder), device="cpu").encode(texts))
+    assert torch.allclose(reference, expected, atol=1e-5)
