@@ -9,7 +9,6 @@ The run directory::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -26,7 +25,7 @@ from distill.datafree import SyntheticSet, deep_inversion
 from distill.engine import TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
-from distill.fileio import atomic_save_model, atomic_save_tensors, atomic_write_text
+from distill.fileio import atomic_save_model, atomic_save_tensors, atomic_write_text, settings_key
 from distill.lock import RunDirLocked, RunLock
 from distill.recipe import Recipe, RecipeError, dump_recipe, parse_recipe, read_recipe_file
 # get_teacher, cache_dir, teacher_seed, TeacherNotTrained: also reachable here, as before they moved
@@ -51,7 +50,7 @@ def student_settings_key(recipe: Recipe, method, stages) -> str:
                                                 exclude=NOT_TRAINING - {"cache_teacher"}),
                "data": recipe.data.model_dump(mode="json", exclude_defaults=True, exclude={"test_size"}),
                "seed": recipe.seed, "teacher": _teachers_key(recipe, method), **task_key(recipe)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_key(payload, 16)
 
 
 def _teachers_key(recipe: Recipe, method):

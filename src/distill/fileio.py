@@ -1,6 +1,8 @@
 """Writes that a kill cannot leave half done: write under a temporary name, then rename."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -11,6 +13,12 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from distill.errors import DistillError
+
+
+def settings_key(settings, length: int = 12) -> str:
+    """A short stable hash of JSON-able ``settings`` (key order ignored): what names a cached result, so a
+    change of any setting makes a new one instead of reusing a stale one."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def _tmp(path: Path) -> Path:

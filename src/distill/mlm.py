@@ -49,7 +49,6 @@ word prediction, and only a 384x384 transform and a bias are learnt. Validation 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.evaluation import eval_mode
+from distill.fileio import settings_key
 from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, SparseMaskedLM, pad_masked_items
 
 HEAD_PREFIXES = ("cls.predictions.transform.", "cls.predictions.bias")
@@ -217,10 +217,6 @@ def unigram_baseline(train_items, test_items, vocab_size: int) -> dict[str, floa
 # the cached MiniLM head
 
 
-def _key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def cached_minilm_mlm(cache_dir=None, return_metrics: bool = False, progress: bool = False, **settings):
     """all-MiniLM-L6-v2 as a ``BertForMaskedLM`` with a trained head: trained once with ``settings`` (any of
     :data:`DEFAULTS`) and kept as ``head-<key>.safetensors`` (only the head's tensors) with its metrics in
@@ -237,7 +233,7 @@ def cached_minilm_mlm(cache_dir=None, return_metrics: bool = False, progress: bo
         raise MLMError(f"unknown setting(s) {sorted(unknown)}; choose from {', '.join(DEFAULTS)}")
     settings = {**DEFAULTS, **settings}
     folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
-    key = _key(settings)
+    key = settings_key(settings, 16)
     weights, info = folder / f"head-{key}.safetensors", folder / f"head-{key}.json"
     model = load_minilm("mlm")
     if weights.exists() and info.exists():

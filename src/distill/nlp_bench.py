@@ -24,7 +24,6 @@ measured for every architecture in one pass at the end, one thread, batch 1 and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import statistics
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from distill.fileio import settings_key
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
@@ -63,10 +64,6 @@ QUICK = {"train_size": 256, "val_size": 128, "test_size": 128, "transfer_extra":
          "teacher_layers": 2, "prepare_sentences": 256}
 
 
-def _key(settings) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _train(model, teacher, terms_or_stages, train, val, settings, seed, collate=None, cache=False):
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages
@@ -88,7 +85,7 @@ def cached_teacher(data, quick: bool, say=print):
 
     extra = {"num_hidden_layers": QUICK["teacher_layers"]} if quick else {}
     settings = {**TEACHER, **({"epochs": 1} if quick else {}), "train": len(data.train), **extra, "version": 1}
-    folder = cache_dir() / "teachers" / f"minilm-rotten-tomatoes-{_key(settings)}"
+    folder = cache_dir() / "teachers" / f"minilm-rotten-tomatoes-{settings_key(settings)}"
     if (folder / "teacher.json").is_file():
         with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -147,7 +144,7 @@ def arm_key(arm: str, quick: bool) -> str:
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
                 "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
                 "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None}
-    return _key(settings)
+    return settings_key(settings)
 
 
 def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:

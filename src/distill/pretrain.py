@@ -21,7 +21,6 @@ task stage, the one-off preparation is done once (seed 0), as the teacher is.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -29,13 +28,11 @@ from pathlib import Path
 
 import torch
 
+from distill.fileio import settings_key
+
 KINDS = ("mlm", "distilbert", "tinybert")
 VAL_SENTENCES = 1000
 MAX_LENGTH = 64
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def pretraining_text(tokenizer, max_sentences: int | None = None, seed: int = 0):
