@@ -378,3 +378,16 @@ def test_saved_sentence_encoder_gives_the_same_vectors_in_transformers_and_sente
     st = pytest.importorskip("sentence_transformers")
     reference = torch.as_tensor(st.SentenceTransformer(str(folder), device="cpu").encode(texts))
     assert torch.allclose(reference, expected, atol=1e-5)
+
+
+def test_embeddings_bench_table_and_arms():
+    from distill.cli import main
+    from distill.embeddings_bench import ARMS, format_table
+
+    assert {init for init, *_ in ARMS.values()} <= {"teacher", "copy"}
+    assert {kind for _, _, kind, _ in ARMS.values()} <= {None, "parallel", "english"}
+    rows = [{"arm": "ml-L3", "seed": s, "params": 10, "test_en_es_top1": a, "test_en_fidelity": f}
+            for s, (a, f) in enumerate([(80.0, 0.95), (82.0, 0.96), (84.0, 0.97)])]
+    table = format_table({"rows": rows, "speed": {"teacher": 10.0, "ml-L3": 25.0}})
+    assert "| ml-L3 | 10 | 3 | 82.0 ± 2.0 | – | – | – | 0.960 ± 0.010 | – | 25.0 | 2.50× |" in table
+    assert main(["bench", "embeddings", "--pair", "x"]) == 2

@@ -21,6 +21,14 @@ def settings_key(settings, length: int = 12) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -> None:
+    """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "table.md", table + "\n")
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 

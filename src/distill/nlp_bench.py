@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import settings_key
+from distill.fileio import settings_key, write_bench_results
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
@@ -248,10 +248,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
         times[shape] = latency(bert_student(*SHAPES[shape]).eval(), data)
     summary = {"teacher": teacher_row, "rows": results, "latency": times, "seeds": seeds, "quick": quick,
                "settings": {"teacher": TEACHER, "student": STUDENT, "prepare": PREPARE, "arms": ARMS}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
     table = format_table(summary)
-    (out / "table.md").write_text(table + "\n")
+    write_bench_results(out, summary, table)
     say(table)
     return summary
 

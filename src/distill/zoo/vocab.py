@@ -108,7 +108,7 @@ def init_added_embeddings(model, old_tokenizer, new_tokenizer) -> int:
         raise VocabError(f"the model's embeddings have {table.shape[0]} rows, fewer than the old tokenizer's "
                          f"{old_size} tokens: not the old tokenizer's model")
     old_rows = table[:old_size].detach().clone()
-    model.resize_token_embeddings(new_size)
+    model.resize_token_embeddings(new_size, mean_resizing=False)  # every new row is set below
     table = model.get_input_embeddings().weight
     fallback = old_rows.mean(0)
     added = 0

