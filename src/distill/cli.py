@@ -5,6 +5,8 @@
     distill report RUN_DIR
     distill bench NAME [--seeds N] [--only-seed K] [--quick] [--pair PAIR ...]
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
+    distill export RUN_DIR [--label LABEL ...] [--no-onnx] [--out DIR]
+    distill eval RUN_DIR|FOLDER [--data DATASET] [--split test|val|train]
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
 line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from distill.errors import DistillError  # every one-line error of the engine, tasks, terms, taps, sources ...
@@ -200,6 +203,25 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from distill.export import export_run
+
+    report = export_run(args.run_dir, labels=args.label, out=args.out, onnx=not args.no_onnx)
+    print(f"exported {len(report)} model(s); details in {Path(next(iter(report.values()))['folder']).parent / 'export.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from distill.export import evaluate_target
+
+    results = evaluate_target(args.target, data=args.data, split=args.split)
+    keys = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
+    print(f"| model | {' | '.join(keys)} |\n|---|{'---:|' * len(keys)}")
+    for label, metrics in results.items():
+        print(f"| {label} | " + " | ".join(f"{metrics[k]:.4g}" if k in metrics else "–" for k in keys) + " |")
+    return 0
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse with usage errors in one line (``distill run: error: ...; see distill run --help``), exit code 2."""
 
@@ -270,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: last_stage)")
     explain.add_argument("--out", help="output directory (default: RUN_DIR/explain)")
     explain.set_defaults(func=cmd_explain)
+
+    export = sub.add_parser("export", help="a run's students as ONNX (checked with onnxruntime) and as folders "
+                            "they load back from")
+    export.add_argument("run_dir")
+    export.add_argument("--label", action="append", metavar="LABEL",
+                        help="only this student (repeatable; 'teacher' exports the teacher)")
+    export.add_argument("--no-onnx", action="store_true", help="only the safetensors / save_pretrained folder")
+    export.add_argument("--out", help="output directory (default: RUN_DIR/export)")
+    export.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("eval", help="the task's metrics of a run's models, or of an exported folder, on a dataset")
+    ev.add_argument("target", help="a run directory, or a folder distill export wrote (or a transformers folder)")
+    ev.add_argument("--data", help="a bundled dataset (distill list datasets) or package.module:function "
+                    "(default: the run's own data)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default: test)")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

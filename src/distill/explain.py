@@ -284,34 +284,23 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     ``RUN_DIR/explain``) and returns the dict of :func:`explain_models` with the file paths added.
     Raises :class:`ExplainError` when there is no recipe, no trained teacher or no finished student.
     """
-    from safetensors.torch import load_model
-
     from distill.fileio import atomic_write_text
-    from distill.recipe import parse_recipe, read_recipe_file
-    from distill.run_models import TeacherNotTrained, build_from_spec, deployable, get_teacher, load_data
+    from distill.recipe import RecipeError
+    from distill.run_models import load_run
 
     run_dir = Path(run_dir)
-    recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise ExplainError(f"{run_dir} is not a run directory (no recipe.yaml)")
-    recipe = parse_recipe(read_recipe_file(recipe_file))
-    if not recipe.teacher_specs:
-        raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
-    data = load_data(recipe)
     try:
-        teacher, _ = get_teacher(recipe, data, run_dir, train=False, name=next(iter(recipe.teacher_specs)))
-    except TeacherNotTrained as err:
+        run = load_run(run_dir)
+    except RecipeError as err:  # not a run directory, or its teacher not trained yet
         raise ExplainError(str(err)) from None
-    students = [(m.name, run_dir / "students" / m.name / "student.safetensors", m.student or recipe.student)
-                for m in recipe.methods]
-    students = [(label, path, spec) for label, path, spec in students if path.is_file()]
-    if not students:
+    if not run.recipe.teacher_specs:
+        raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
+    teacher_label = next(iter(run.models))
+    models = {"teacher": run.models[teacher_label]}
+    models |= {label: m for label, m in run.models.items() if label in {m.name for m in run.recipe.methods}}
+    if len(models) == 1:
         raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
-    models = {"teacher": teacher}
-    for label, path, spec in students:
-        student = build_from_spec(spec, data)
-        load_model(student, str(path))
-        models[label] = deployable(student)
+    data = run.data
     out_dir = Path(out) if out is not None else run_dir / "explain"
     png = out_dir / "gradcam.png"
     result = explain_models(models, {name: layer for name in models}, data.test, images=images,

@@ -281,3 +281,44 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
 def deployable(model: torch.nn.Module) -> torch.nn.Module:
     """The single network a trained model deploys as (``model.deployable()``, e.g. a cohort's first peer)."""
     return model.deployable() if hasattr(model, "deployable") else model
+
+
+class FinishedRun:
+    """A finished run directory read back: its recipe, data and models (see :func:`load_run`)."""
+
+    def __init__(self, run_dir: Path, recipe: Recipe, data, models: dict, specs: dict):
+        self.run_dir, self.recipe, self.data = run_dir, recipe, data
+        self.models = models  # label -> model in eval mode: "teacher" (or "teacher:NAME") first, then students
+        self.specs = specs  # label -> the ModelSpec each was built from
+
+
+def load_run(run_dir, teacher: bool = True, data=None) -> FinishedRun:
+    """The models of a run directory: the teacher(s) (``teacher=False``: none) and every finished student
+    (``students/<label>/student.safetensors``), built from the run's ``recipe.yaml`` and loaded, with the
+    recipe's data (or ``data``: other splits for the same models). A directory that is not a run, or has
+    nothing finished, is a one-line :class:`RecipeError`."""
+    from distill.recipe import parse_recipe, read_recipe_file
+
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise RecipeError(f"{run_dir} is not a run directory (no recipe.yaml)")
+    recipe = parse_recipe(read_recipe_file(recipe_file))
+    if data is None:
+        data = load_data(recipe)
+    models, specs = {}, {}
+    if teacher:
+        for name, spec in recipe.teacher_specs.items():
+            label = "teacher" if recipe.teacher is not None else f"teacher:{name}"
+            models[label], _ = get_teacher(recipe, data, run_dir, train=False, name=name)
+            specs[label] = spec
+    for method in recipe.methods:
+        path = run_dir / "students" / method.name / "student.safetensors"
+        if path.is_file():
+            spec = method.student or recipe.student
+            student = build_from_spec(spec, data)
+            load_model(student, str(path))
+            models[method.name], specs[method.name] = deployable(student).eval(), spec
+    if not models:
+        raise RecipeError(f"{run_dir}: nothing finished yet (no students/<label>/student.safetensors, no teacher)")
+    return FinishedRun(run_dir, recipe, data, models, specs)
