@@ -39,3 +39,20 @@ def teacher(digits):
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A tiny finished digits run (teacher, scratch and kd students) for the commands that read run
+    directories (explain, export, eval); each writes into its own subfolder of it."""
+    from distill.experiment import run_recipe
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe("digits", [
+        "train.epochs=1", "teacher.train.epochs=1", "teacher.cache=false", "train.progress=false",
+        "teacher.train.progress=false", "teacher.options={channels: [8, 16], hidden: 32}",
+        "student.model=cnn", "student.options={channels: [4, 8], hidden: 16}", "evaluation.latency_repeats=1",
+    ])
+    path = tmp_path_factory.mktemp("finished") / "run"
+    run_recipe(recipe, path)
+    return path

@@ -168,19 +168,9 @@ def test_engine_trains_a_student_with_the_cam_term_and_a_cached_teacher(digits):
     assert history[-1]["train/cam_match_loss"] > 0
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from distill.experiment import run_recipe
-    from distill.recipe import load_recipe
-
-    recipe = load_recipe("digits", [
-        "train.epochs=1", "teacher.train.epochs=1", "teacher.cache=false", "train.progress=false",
-        "teacher.train.progress=false", "teacher.options={channels: [8, 16], hidden: 32}",
-        "student.model=cnn", "student.options={channels: [4, 8], hidden: 16}", "evaluation.latency_repeats=1",
-    ])
-    path = tmp_path_factory.mktemp("explain") / "run"
-    run_recipe(recipe, path)
-    return path
+@pytest.fixture
+def run_dir(finished_run):
+    return finished_run
 
 
 def test_distill_explain_writes_the_picture_and_an_agreement_per_student(run_dir, capsys):

@@ -9,20 +9,9 @@ from distill.cli import main
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from distill.experiment import run_recipe
-    from distill.recipe import load_recipe
-
-    torch.set_num_threads(1)
-    recipe = load_recipe("digits", [
-        "train.epochs=1", "teacher.train.epochs=1", "teacher.cache=false", "train.progress=false",
-        "teacher.train.progress=false", "teacher.options={channels: [8, 16], hidden: 32}",
-        "student.model=cnn", "student.options={channels: [4, 8], hidden: 16}", "evaluation.latency_repeats=1",
-    ])
-    path = tmp_path_factory.mktemp("export") / "run"
-    run_recipe(recipe, path)
-    return path
+@pytest.fixture
+def run_dir(finished_run):
+    return finished_run
 
 
 def test_export_writes_onnx_that_onnxruntime_runs_like_torch(run_dir, capsys):
