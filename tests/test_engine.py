@@ -452,3 +452,29 @@ def test_eval_mode_restores_the_models_own_mode_even_on_error():
         model.train()  # a mode change inside the block does not leak out either
         raise RuntimeError("boom")
     assert not model.training
+
+
+def test_tensorboard_tracker_records_losses_lr_validation_and_settings(digits, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    run_dir = tmp_path / "run"
+    Distiller(student, None, epochs=2, batch_size=64, progress=False, run_dir=run_dir, log_every=2,
+              hyperparameters={"recipe": {"name": "digits-test"}}).fit(digits.train, digits.val)
+    events = sorted((run_dir / "tracking").rglob("events.out.tfevents.*"))
+    assert events
+    scalars = set()
+    for path in events:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "loss/ce", "train/loss", "val/accuracy"} <= scalars, scalars
+    hparams = next((run_dir / "tracking").rglob("hparams.yml")).read_text()
+    assert "train/lr" in hparams and "recipe/name: digits-test" in hparams and "term/ce" in hparams
+    quiet = tmp_path / "quiet"
+    Distiller(build_model("mlp", digits.input_shape, hidden=[16]), None, epochs=1, batch_size=64, progress=False,
+              run_dir=quiet, trackers=[]).fit(digits.train)
+    assert not (quiet / "tracking").exists()
+    with pytest.raises(DistillError, match="unknown tracker 'tensorbored'"):
+        Distiller(student, None, trackers=["tensorbored"])

@@ -214,7 +214,8 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
                                                "teacher_top_k": None})
     result = fit_stages(model, teacher, stages, train, data.val, config=config, run_dir=own, augment=augment,
                         resume=resume, trust_pickle=trust_pickle, teacher_outputs=outputs, say=say,
-                        task=data_task(data))
+                        task=data_task(data), hyperparameters={"recipe": recipe.model_dump(mode="json"),
+                                                               "student": method.name})
     distributed.broadcast_module(model)  # rank 0's BatchNorm statistics, as saved
 
     def record() -> dict:  # rank 0 wrote the run's files (the engine's summary.json too); the others wait here

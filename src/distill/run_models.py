@@ -192,7 +192,7 @@ def task_key(recipe: Recipe) -> dict:
 
 # TrainConfig fields that do not change the trained weights, so they do not key the teacher cache.
 NOT_TRAINING = {"progress", "log_every", "eval_every", "teacher_cache_dir", "keep_checkpoints", "checkpoint_every",
-                "num_workers", "eval_batch_size", "cache_teacher", "cpu"}
+                "num_workers", "eval_batch_size", "cache_teacher", "cpu", "trackers"}
 
 # Keys hash the settings that differ from their defaults, so a field added later (with a default that keeps
 # the old behaviour) leaves earlier teachers and students reusable. Changing a default needs a new "format".

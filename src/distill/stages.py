@@ -61,8 +61,9 @@ def stage_epochs(stages: list[Stage], total: int) -> list[int]:
 
 def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None, *, config: TrainConfig,
                run_dir: str | Path | None = None, augment=None, resume: bool = False,
-               trust_pickle: bool = False, teacher_outputs=None, say=print, task=None) -> dict:
+               trust_pickle: bool = False, teacher_outputs=None, say=print, task=None, hyperparameters=None) -> dict:
     """Train ``student`` through ``stages`` in order. Returns ``{"history": [...], "epoch_seconds": [...]}``.
+    ``hyperparameters``: what the experiment trackers record besides each stage's settings and terms.
 
     With a ``run_dir``, a finished stage (its ``summary.json`` exists) is not trained again on
     ``resume``: its last checkpoint (student, connectors, loss modules) is loaded and the next stage starts.
@@ -79,7 +80,7 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
         trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, run_dir=own,
                             augment=stage.augment if stage.augment is not None else augment,
                             config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to,
-                            teacher_outputs=teacher_outputs, task=task)
+                            teacher_outputs=teacher_outputs, task=task, hyperparameters=hyperparameters)
         # rank 0 looks (under several processes every process must take the same branch)
         finished, started = distributed.on_main(
             lambda: (own is not None and (own / "summary.json").is_file(), own is not None and bool(checkpoints_in(own))))

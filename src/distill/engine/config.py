@@ -3,16 +3,19 @@ seeding, and the optimiser, schedule and Accelerator a configuration asks for.""
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 import random
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationError, field_validator,
+                      model_validator)
 
 from distill.errors import DistillError, excerpt
 
@@ -74,8 +77,22 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
                                           "directory (memory-mapped), reused while the teacher and data are the same")
     teacher_top_k: int | None = Field(None, ge=1, description="with teacher_cache_dir: keep only the top-k logits "
                                       "and the remaining mass (for large vocabularies)")
+    trackers: list[str] | Literal["auto"] = Field("auto", description="experiment trackers through Accelerate "
+                                                  "(tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive ...), "
+                                                  "files under RUN_DIR/tracking; 'auto': TensorBoard when it is "
+                                                  "installed and the run has a directory; [] for none")
     group_by_length: bool = Field(False, strict=True, description="batch sequences of similar length together (the "
                                   "training set's 'lengths'): less padding, faster steps; the order is still random")
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, v):
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        unknown = [t for t in (v if isinstance(v, list) else []) if t not in LOGGER_TYPE_TO_CLASS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; Accelerate knows {', '.join(LOGGER_TYPE_TO_CLASS)}")
+        return v
 
     @model_validator(mode="after")
     def _cache_needs_caching(self):
@@ -113,7 +130,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def chosen_trackers(cfg: TrainConfig, run_dir: Path | None) -> list[str]:
+    """The trackers a run logs to: ``cfg.trackers``, or for ``"auto"`` TensorBoard when it is installed and
+    there is a run directory to write to."""
+    if cfg.trackers != "auto":
+        return list(cfg.trackers)
+    has_tensorboard = any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+    return ["tensorboard"] if run_dir is not None and has_tensorboard else []
+
+
+def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
     # Accelerate keeps one process-wide state; a second Distiller in the same process with another
     # precision (a bf16 student after a float32 teacher) needs that state cleared first.
     # The process group (PartialState) is kept.
@@ -123,8 +149,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         GradientState._reset_state()
     # Several processes without CUDA (torchrun on CPUs) need cpu=True for Accelerate to use gloo.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    trackers = chosen_trackers(cfg, run_dir)
+    logging = {"log_with": trackers, **({"project_dir": str(run_dir / "tracking")} if run_dir is not None else {})}
     return Accelerator(cpu=cfg.cpu or multi_cpu, mixed_precision=cfg.mixed_precision,
-                       gradient_accumulation_steps=1, step_scheduler_with_optimizer=False)  # the loop accumulates
+                       gradient_accumulation_steps=1, step_scheduler_with_optimizer=False,  # the loop accumulates
+                       **(logging if trackers else {}))
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -100,7 +100,8 @@ class Distiller:
                  task: str | Task | None = None, collate_fn: Callable | None = None,
                  augment: Callable | None = None, run_dir: str | os.PathLike | None = None,
                  config: TrainConfig | None = None, trust_pickle: bool = False, train_up_to: str | None = None,
-                 teacher_outputs: TeacherOutputs | None = None, **overrides):
+                 teacher_outputs: TeacherOutputs | None = None, hyperparameters: Mapping | None = None,
+                 **overrides):
         self.config = _config(config, overrides)
         _check_arguments(student, teacher, terms, collate_fn=collate_fn, augment=augment, run_dir=run_dir,
                          trust_pickle=trust_pickle, train_up_to=train_up_to)
@@ -118,6 +119,7 @@ class Distiller:
         self.trust_pickle = trust_pickle
         self.train_up_to = train_up_to
         self.teacher_outputs = teacher_outputs
+        self.hyperparameters = dict(hyperparameters or {})  # for the trackers, beside the settings and terms
         self.history: list[dict] = []
         self.model: StudentWithTaps | None = None
         self._train_set = None
@@ -136,7 +138,7 @@ class Distiller:
             self.reference = models[0]
             teacher = TeacherEnsemble(teacher, teacher_taps) if several else LiveTeacher(teacher, teacher_taps)
         self.teacher = teacher
-        self.accelerator = make_accelerator(self.config)
+        self.accelerator = make_accelerator(self.config, self.run_dir)
 
     # ----------------------------------------------------------------- set-up
     def restore(self, train) -> None:
@@ -290,6 +292,8 @@ class Distiller:
             try:
                 return self._fit(train, val, resume)
             finally:
+                if self.accelerator.log_with:
+                    self.accelerator.end_training()  # trackers flush and close their files
                 for lock in locks:
                     lock.release()
 
@@ -357,6 +361,8 @@ class Distiller:
         elif self.run_dir is not None and acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "metrics.jsonl").write_text("")
+        if acc.log_with:
+            acc.init_trackers("distill", config=self._hyperparameters())
         for epoch in range(start_epoch, cfg.epochs):
             record = self._train_epoch(run, train, epoch, position)
             position = None
@@ -663,6 +669,26 @@ class Distiller:
         if self.run_dir is not None and self.accelerator.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.accelerator.log_with:  # the trackers get the numbers: losses per term, lr, validation metrics
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and k not in ("step", "epoch")}
+            self.accelerator.log(numbers, step=record.get("step"))
+
+    def _hyperparameters(self) -> dict:
+        """What the trackers record as the run's hyper-parameters: the training settings, the terms and the
+        caller's ``hyperparameters`` (a recipe), nested keys joined by ``/``."""
+        flat: dict = {}
+
+        def add(prefix: str, value) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    add(f"{prefix}/{k}" if prefix else str(k), v)
+            elif value is not None:
+                flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+        add("", {"train": self.config.model_dump(), "term": {t.name: repr(t) for t in self.terms},
+                 **self.hyperparameters})
+        return flat
 
     def trainable_state(self) -> nn.Module:
         """The module holding the student and its connectors (what checkpoints save)."""
