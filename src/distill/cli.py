@@ -93,6 +93,8 @@ def cmd_list(args) -> int:
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
         print(f"  {'nlp':14s} language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT "
               "students, every arm (distill bench nlp --arm ARM)")
+        print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "
+              "token KD (forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -163,8 +165,17 @@ def cmd_bench(args) -> int:
                           out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"),
                           train_only=args.train_only)
         return 0
+    if args.name == "llm":
+        from distill.llm_bench import run_llm_benchmark
+
+        if args.set or args.only_seed is not None or args.pair:
+            raise RecipeError("the llm benchmark takes --seeds, --quick, --arm, --train-only and --out")
+        run_llm_benchmark(seeds=args.seeds or (1 if args.quick else 3), quick=args.quick, only=args.arm,
+                          out_dir=args.out or ("bench-results/llm-quick" if args.quick else "bench-results/llm"),
+                          train_only=args.train_only)
+        return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp benchmark (distill bench nlp --arm kd)")
+        raise RecipeError("--arm and --train-only are for the nlp and llm benchmarks (distill bench nlp --arm kd)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
@@ -243,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp benchmark: only this arm (scratch, kd, pd, tinybert ...; repeatable)")
+                       help="nlp / llm benchmark: only this arm (scratch, kd, pd, tinybert, fkl, gkd ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
-                       help="nlp benchmark: train the missing rows, skip the latency and the table")
+                       help="nlp / llm benchmark: train the missing rows, skip the latency and the table")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

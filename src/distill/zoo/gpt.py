@@ -6,8 +6,8 @@ shares a book with the training text (deterministic, no shuffling):
 | split | KJV books (canonical order ``i``) | Austen novels |
 |---|---|---|
 | train | the others (54 books) | Sense and Sensibility, Pride and Prejudice, Mansfield Park, Emma |
-| val | ``i % 11 == 5`` (Deut, 2Chr, Isa, Obad, Luke, 1Tim) | Northanger Abbey |
-| test | ``i % 11 == 10`` (1Sam, Job, Ezek, Zeph, 2Cor, 1Pet) | Persuasion |
+| val | ``i % 11 == 5`` (Josh, Esth, Hos, Mal, Phil, 2Pet) | Northanger Abbey |
+| test | ``i % 11 == 10`` (1Kgs, Song, Mic, Acts, 2Tim, Rev) | Persuasion |
 
 Each book's sentences are tokenised with a byte-level BPE tokenizer trained on the training split only
 (:func:`lm_tokenizer`, ``tokenizers``; kept as a ``transformers.PreTrainedTokenizerFast`` under
@@ -20,8 +20,6 @@ embeddings, learnt positions), saved and reloaded with ``save_pretrained`` / ``f
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +52,6 @@ def split_texts() -> dict[str, list[list[str]]]:
     for split, names in AUSTEN_SPLITS.items():
         out[split] += [list(novels[name]) for name in names]
     return out
-
-
-def _key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def lm_tokenizer(vocab_size: int = 4096, texts: dict[str, list[list[str]]] | None = None, folder: Path | None = None):
@@ -142,11 +136,12 @@ class LMCorpus:
 
 def lm_corpus(block_size: int = 128, vocab_size: int = 4096) -> LMCorpus:
     """The KJV + Austen corpus split by book, tokenised and packed (cached as ``.npy`` beside the tokenizer)."""
+    from distill.pretrain import settings_key
     from distill.run_models import cache_dir
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 8:
         raise ValueError(f"block_size must be an integer >= 8, got {block_size!r}")
-    folder = cache_dir() / "lm-corpus" / f"kjv-austen-{_key({'block': block_size, 'vocab': vocab_size, 'v': CORPUS_VERSION})}"
+    folder = cache_dir() / "lm-corpus" / f"kjv-austen-{settings_key({'block': block_size, 'vocab': vocab_size, 'v': CORPUS_VERSION})}"
     texts = None
     if not (folder / "tokenizer" / "tokenizer.json").is_file():
         texts = split_texts()
