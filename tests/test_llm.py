@@ -339,3 +339,14 @@ def test_teacher_sequences_without_a_teacher_say_so(data):
     with pytest.raises(DistillError, match="live teacher"):
         TeacherSequences()(batch)
     assert math.isnan(TeacherSequences().tokens_per_second())
+
+
+def test_the_llm_recipe_names_each_method():
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe("llm", ["data.train_size=64"])
+    assert recipe.task["name"] == "tokens" and recipe.student.model == "gpt"
+    built = {m.name: m.build() for m in recipe.methods}
+    assert set(built) == {"scratch", "fkl", "rkl", "gkd", "minillm", "seqkd"}
+    assert isinstance(built["gkd"][0].augment, OnPolicy) and isinstance(built["seqkd"][0].augment, TeacherSequences)
+    assert [s.name for s in built["minillm"]] == ["warm-up", "minillm"]

@@ -39,7 +39,7 @@ TEACHER = {"epochs": 1, "lr": 2e-3, "batch_size": 32, "schedule": "cosine", "war
            "weight_decay": 0.01, "optimizer": "adamw", "clip_grad_norm": 1.0}
 STUDENT = {"epochs": 2, "lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.05,
            "weight_decay": 0.01, "optimizer": "adamw", "clip_grad_norm": 1.0}
-STUDENT_FRACTION = 0.25  # students train on every 4th training sequence, twice: ~0.84M tokens seen
+STUDENT_FRACTION = 0.15  # students train on 15% of the training sequences (spread over the split), twice: ~0.5M tokens
 TOP_K = 32
 GENERATION = {"prompt_tokens": 8, "new_tokens": 32}
 EVAL = {"val": 256, "test": 512, "prompts": 64}
@@ -51,7 +51,9 @@ ARMS = {
     "fkl-offline": ("token_kd", {"beta": 0.0, "top_k": TOP_K}),
     "gkd": ("gkd", {"lam": 0.5, "beta": 0.5, **GENERATION}),
     "minillm": ("minillm", {"warmup": 0.5, "teacher_mix": 0.2, **GENERATION}),
-    "seqkd": ("seqkd", {"temperature": 1.0, **GENERATION}),
+    # the teacher rewrites each training sequence after its prompt: as many tokens as the text it replaces
+    "seqkd": ("seqkd", {"temperature": 1.0, "prompt_tokens": GENERATION["prompt_tokens"],
+                        "new_tokens": BLOCK_SIZE - GENERATION["prompt_tokens"]}),
 }
 QUICK = {"teacher_shape": {"layers": 1, "hidden": 64, "heads": 2}, "student_shape": {"layers": 1, "hidden": 32, "heads": 1},
          "teacher_train": 1024, "student_train": 128, "val": 32, "test": 32, "prompts": 8, "new_tokens": 8,
@@ -66,10 +68,13 @@ def _settings(quick: bool) -> dict:
             "student_train": STUDENT, "fraction": STUDENT_FRACTION, "top_k": TOP_K, "eval": EVAL, "version": 1}
 
 
-def _options(options: dict, quick: bool) -> dict:
-    if quick and "new_tokens" in options:
-        return {**options, "new_tokens": QUICK["new_tokens"]}
-    return options
+def _options(arm: str, quick: bool) -> dict:
+    """An arm's method options; ``--quick`` generates fewer tokens (seqkd: the quick block less the prompt)."""
+    method, options = ARMS[arm]
+    if not quick or "new_tokens" not in options:
+        return options
+    new = QUICK["block"] - options["prompt_tokens"] if method == "seqkd" else QUICK["new_tokens"]
+    return {**options, "new_tokens": new}
 
 
 class Setup:
@@ -135,9 +140,10 @@ class Setup:
         generated once (seeded per sample) and kept on disk; returns ``(TeacherSequences, info)``."""
         from distill.generation import TeacherSequences
 
-        file, info_file = self.folder / "transfer.npz", self.folder / "transfer.json"
-        options = {k: v for k, v in ARMS["seqkd"][1].items() if k in ("prompt_tokens", "temperature")}
-        sequences = TeacherSequences(**options, new_tokens=self.new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        options = _options("seqkd", self.quick)
+        stem = f"transfer-{settings_key(options)}"
+        file, info_file = self.folder / f"{stem}.npz", self.folder / f"{stem}.json"
+        sequences = TeacherSequences(**options, pad_token_id=self.tokenizer.pad_token_id)
         if not info_file.is_file():
             self.say(f"generating the transfer set: {len(self.train):,} teacher continuations")
             sequences.teacher = self.teacher
@@ -186,8 +192,7 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
     from distill.stages import as_stages, fit_stages
     from distill.zoo.gpt import gpt_lm
 
-    method, options = ARMS[arm]
-    options = _options(options, setup.quick)
+    method, options = ARMS[arm][0], _options(arm, setup.quick)
     extra, row = {}, {}
     if method == "seqkd":
         transfer, info = setup.transfer_set()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from distill.zoo import corpora
+from distill.zoo.models import register_model
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -189,4 +190,26 @@ def load_gpt(folder):
     """A GPT saved with ``save_pretrained``."""
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(folder)
+    from distill.zoo.text import quiet_transformers
+
+    with quiet_transformers():
+        return GPT2LMHeadModel.from_pretrained(folder)
+
+
+@register_model("gpt", "GPT-2-style causal LM (transformers GPT2LMHeadModel) over the data's vocabulary; options: "
+                "layers, hidden, heads, context, dropout, seed")
+def gpt(in_shape, num_classes, layers: int = 2, hidden: int = 128, heads: int = 2, context: int = 128,
+        dropout: float = 0.0, seed: int = 0):
+    """A fresh GPT whose vocabulary is the data's ``num_classes`` (``in_shape`` is not used)."""
+    return gpt_lm(num_classes, layers, hidden, heads, context, dropout, seed)
+
+
+def kjv_austen(block_size: int = 128, vocab_size: int = 4096, train_size: int | None = None,
+               val_size: int | None = 256, test_size: int | None = 512) -> dict:
+    """The corpus as a recipe's data (``data: {dataset: "distill.zoo.gpt:kjv_austen"}``, with ``task: {name:
+    tokens, pad_token_id: 1}``): ``{"train", "val", "test", "num_classes" (the vocabulary), "tokenizer"}``;
+    ``*_size`` keep that many sequences spread over each split (None: all)."""
+    corpus = lm_corpus(block_size, vocab_size)
+    cut = {"train": train_size, "val": val_size, "test": test_size}
+    splits = {name: getattr(corpus, name).subset(n) if n else getattr(corpus, name) for name, n in cut.items()}
+    return {**splits, "num_classes": corpus.vocab_size, "tokenizer": corpus.tokenizer}
