@@ -12,7 +12,7 @@ from distill.errors import DistillError
 from distill.evaluation import evaluate
 from distill.generation import OnPolicy, TeacherSequences, continuation_batch, sample, sequence_nll
 from distill.losses import generalized_jsd_loss, minillm_loss, truncate_teacher
-from distill.losses.minillm import future_mean
+from distill.losses.minillm import future_mean, future_rewards
 from distill.methods import METHODS
 from distill.stages import as_stages, fit_stages
 from distill.tasks import get_task
@@ -350,3 +350,13 @@ def test_the_llm_recipe_names_each_method():
     assert set(built) == {"scratch", "fkl", "rkl", "gkd", "minillm", "seqkd"}
     assert isinstance(built["gkd"][0].augment, OnPolicy) and isinstance(built["seqkd"][0].augment, TeacherSequences)
     assert [s.name for s in built["minillm"]] == ["warm-up", "minillm"]
+
+
+def test_minillm_whitened_rewards_are_standardised_over_counted_positions():
+    torch.manual_seed(1)
+    log_p, log_q = torch.randn(3, 6), torch.randn(3, 6)
+    counted = torch.rand(3, 6) > 0.3
+    plain = future_rewards(log_p, log_q, counted)
+    assert torch.allclose(plain, future_mean(log_p - log_q, counted))
+    white = future_rewards(log_p, log_q, counted, whiten=True)[counted]
+    assert abs(float(white.mean())) < 1e-5 and float(white.std()) == pytest.approx(1.0, abs=1e-4)

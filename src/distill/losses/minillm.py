@@ -17,12 +17,25 @@ def future_mean(values: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     return later_sum / later_n.clamp_min(1.0)
 
 
+def future_rewards(log_p_y: torch.Tensor, log_q_y: torch.Tensor, counted: torch.Tensor,
+                   whiten: bool = False) -> torch.Tensor:
+    r"""``(B, L)`` log-probabilities of the sampled tokens under teacher and student -> :math:`R^{Norm}_{t+1}`,
+    the mean of :math:`r = \log p - \log q` over each position's later counted positions; ``whiten``:
+    standardised over the counted positions (zero mean, unit variance)."""
+    reward = future_mean(log_p_y - log_q_y, counted)
+    if whiten and int(counted.sum()) > 1:
+        kept = reward[counted]
+        reward = (reward - kept.mean()) / (kept.std() + 1e-8)
+    return reward
+
+
 @register_loss("minillm", labels=True, softmax=True)
 def minillm_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     tokens: torch.Tensor,
     teacher_mix: float = 0.0,
+    whiten: bool = False,
     *,
     mask: torch.Tensor | None = None,
     num_items: int | torch.Tensor | None = None,
@@ -48,7 +61,10 @@ def minillm_loss(
     Simplifications (documented, not the paper's full recipe): one gradient step per sample, so PPO's
     ratio is 1 and its clipping does nothing; no reward baseline; the language-modelling loss on a
     pre-training corpus (:math:`\mathcal{L}_{PT}`) is left to other terms / a warm-up stage
-    (``distill.methods.minillm``). Its value is the weighted per-token reverse KL plus the REINFORCE
+    (``distill.methods.minillm``). The authors' code (microsoft/LMOps ``minillm/losses.py``) differs in three
+    details: its advantage sums the rewards from :math:`t` itself (not :math:`t + 1`) before dividing by the
+    remaining length, it whitens the advantages over the batch (``whiten=True`` here), and it leaves the
+    single-step term unweighted by :math:`w_t`; this function follows the paper's equations. Its value is the weighted per-token reverse KL plus the REINFORCE
     surrogate: read it for its gradient, not as a divergence.
 
     Args:
@@ -57,6 +73,8 @@ def minillm_loss(
             position does not count (the prompt, padding).
         teacher_mix: :math:`\alpha \in [0, 1)`, the teacher's share of the sampling distribution (0: pure
             student sampling; the paper uses 0.2). Only the importance weights use it: the sampler must match.
+        whiten: standardise the future rewards over the counted positions of the batch (zero mean, unit
+            variance: a baseline and a scale, as the authors' code does).
         mask, num_items, ignore_index: as in :func:`~distill.losses.kd_loss`.
 
     Returns:
@@ -79,7 +97,7 @@ def minillm_loss(
     log_q_y = log_q.gather(-1, index)[..., 0]
     with torch.no_grad():
         log_p_y = log_p.gather(-1, index)[..., 0]
-        reward = future_mean(log_p_y - log_q_y, counted)
+        reward = future_rewards(log_p_y, log_q_y, counted, whiten)
         weight = torch.ones_like(log_q_y)
         if teacher_mix > 0:
             q_y = log_q_y.exp()

@@ -16,12 +16,13 @@ from distill.terms import Term
 
 @register_method("minillm", inputs="tokens")
 def minillm(warmup: float = 0.5, teacher_mix: float = 0.2, sample_temperature: float = 1.0, prompt_tokens: int = 8,
-            new_tokens: int = 32) -> list[Stage]:
+            new_tokens: int = 32, whiten: bool = False) -> list[Stage]:
     """Forward-KL token KD for a ``warmup`` fraction of the epochs (0: none), then MiniLLM's reverse-KL policy
-    gradient on student samples drawn with ``teacher_mix`` of the teacher mixed in."""
+    gradient on student samples drawn with ``teacher_mix`` of the teacher mixed in (``whiten``: standardised
+    rewards, as the authors' code)."""
     warmup = check_fraction("warmup", warmup)
     sampler = OnPolicy(1.0, prompt_tokens, new_tokens, sample_temperature, teacher_mix=teacher_mix)
-    policy = Stage([Term("minillm", teacher_mix=teacher_mix)], augment=sampler, name="minillm")
+    policy = Stage([Term("minillm", teacher_mix=teacher_mix, whiten=whiten)], augment=sampler, name="minillm")
     if warmup == 0:
         return [policy]
     if warmup == 1:
