@@ -14,7 +14,7 @@ from distill.methods.token_kd import check_fraction, divergence_term
 from distill.stages import Stage
 
 
-@register_method("gkd", inputs="tokens")
+@register_method("gkd", inputs="causal_lm")
 def gkd(lam: float = 0.5, beta: float = 0.5, temperature: float = 1.0, sample_temperature: float = 1.0,
         prompt_tokens: int = 8, new_tokens: int = 32, top_k: int | None = None) -> list[Stage]:
     """On-policy GKD: a fraction ``lam`` of batches are student samples (``new_tokens`` after the first

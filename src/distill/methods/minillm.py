@@ -14,7 +14,7 @@ from distill.stages import Stage
 from distill.terms import Term
 
 
-@register_method("minillm", inputs="tokens")
+@register_method("minillm", inputs="causal_lm")
 def minillm(warmup: float = 0.5, teacher_mix: float = 0.2, sample_temperature: float = 1.0, prompt_tokens: int = 8,
             new_tokens: int = 32, whiten: bool = False) -> list[Stage]:
     """Forward-KL token KD for a ``warmup`` fraction of the epochs (0: none), then MiniLLM's reverse-KL policy

@@ -14,7 +14,7 @@ from distill.stages import Stage
 from distill.terms import Term
 
 
-@register_method("seqkd", inputs="tokens")
+@register_method("seqkd", inputs="causal_lm")
 def seqkd(prompt_tokens: int = 8, new_tokens: int = 32, temperature: float = 1.0, word_kd: float = 0.0,
           seed: int = 0, transfer: TeacherSequences | None = None) -> list[Stage]:
     """Cross-entropy on the teacher's continuations (the transfer set, seeded by ``seed`` per sample), with

@@ -25,7 +25,7 @@ def check_fraction(name: str, value) -> float:
     return float(value)
 
 
-@register_method("token_kd", inputs="tokens")
+@register_method("token_kd", inputs="causal_lm")
 def token_kd(beta: float = 0.0, alpha: float = 1.0, temperature: float = 1.0, top_k: int | None = None) -> list[Term]:
     """Per-token KD on the training text: ``alpha`` * generalized JSD at ``beta`` (0 forward KL, 1 reverse KL,
     between: the JSD mixture) at ``temperature``, plus ``1 - alpha`` * cross-entropy; ``top_k``: the
