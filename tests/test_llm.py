@@ -360,3 +360,17 @@ def test_minillm_whitened_rewards_are_standardised_over_counted_positions():
     assert torch.allclose(plain, future_mean(log_p - log_q, counted))
     white = future_rewards(log_p, log_q, counted, whiten=True)[counted]
     assert abs(float(white.mean())) < 1e-5 and float(white.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_missing_bible_stops_with_the_install_command(cache_dir, monkeypatch, tmp_path):
+    from distill.zoo import corpora, sword
+    from distill.zoo.datasets import DataMissing
+    from distill.zoo.gpt import lm_corpus
+
+    monkeypatch.setattr(sword, "SWORD_ROOTS", [tmp_path / "nowhere"])
+    corpora.kjv_sentences_by_book.cache_clear()
+    try:
+        with pytest.raises(DataMissing, match="apt-get install sword-text-kjv"):
+            lm_corpus(block_size=32, vocab_size=300)
+    finally:
+        corpora.kjv_sentences_by_book.cache_clear()

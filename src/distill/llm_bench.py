@@ -112,6 +112,7 @@ class Setup:
         from distill.methods import METHODS
         from distill.stages import as_stages, fit_stages
         from distill.zoo.gpt import gpt_lm, load_gpt
+        from distill.zoo.text import quiet_transformers
 
         folder = self.folder / "teacher"
         if (folder / "teacher.json").is_file():
@@ -128,8 +129,9 @@ class Setup:
                 "val_perplexity": history[-1]["val/perplexity"], "history": history}
         tmp = folder.with_name("teacher.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
         (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
