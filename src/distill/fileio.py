@@ -1,6 +1,9 @@
-"""Writes that a kill cannot leave half done: write under a temporary name, then rename."""
+"""Writes that a kill cannot leave half done: write under a temporary name, then rename. And where cached
+work (trained teachers, tokenizers, corpora) is kept, under a key of its settings."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -11,6 +14,16 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from distill.errors import DistillError
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of JSON-able ``settings``: the folder name of what was made with them."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _tmp(path: Path) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from distill.pretrain import settings_key
+from distill.fileio import settings_key
 
 BLOCK_SIZE, VOCAB_SIZE = 128, 4096
 TEACHER_SHAPE = {"layers": 4, "hidden": 256, "heads": 4}
@@ -97,7 +97,7 @@ class Setup:
         self.prompts = torch.stack([s[:GENERATION["prompt_tokens"]]
                                     for s in corpus.test.subset(size("prompts", EVAL["prompts"])).sequences])
         self.new_tokens = QUICK["new_tokens"] if quick else GENERATION["new_tokens"]
-        from distill.run_models import cache_dir
+        from distill.fileio import cache_dir
 
         self.folder = cache_dir() / "llm-bench" / settings_key(self.settings)
         self.teacher, self.teacher_info = self._teacher()

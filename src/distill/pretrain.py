@@ -21,7 +21,6 @@ task stage, the one-off preparation is done once (seed 0), as the teacher is.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -29,13 +28,11 @@ from pathlib import Path
 
 import torch
 
+from distill.fileio import settings_key
+
 KINDS = ("mlm", "distilbert", "tinybert")
 VAL_SENTENCES = 1000
 MAX_LENGTH = 64
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def pretraining_text(tokenizer, max_sentences: int | None = None, seed: int = 0):
@@ -62,7 +59,7 @@ def pretrained_student(kind: str, layers: int = 2, hidden: int = 384, epochs: fl
     """The folder of a ``layers`` x ``hidden`` BERT student prepared by ``kind`` (:data:`KINDS`), training it
     (``epochs`` over the unlabelled sentences, AdamW at ``lr`` with a linear schedule and 10% warm-up)
     unless a folder with the same settings is cached."""
-    from distill.run_models import cache_dir
+    from distill.fileio import cache_dir
     from distill.zoo.text import quiet_transformers
 
     if kind not in KINDS:

@@ -11,7 +11,7 @@ shares a book with the training text (deterministic, no shuffling):
 
 Each book's sentences are tokenised with a byte-level BPE tokenizer trained on the training split only
 (:func:`lm_tokenizer`, ``tokenizers``; kept as a ``transformers.PreTrainedTokenizerFast`` under
-``distill.run_models.cache_dir()``) and packed in order into sequences of at most ``block_size`` tokens,
+``distill.fileio.cache_dir()``) and packed in order into sequences of at most ``block_size`` tokens,
 each opening with ``<|endoftext|>`` and cut at sentence ends, so lengths vary (ragged). A loader whose
 Debian data is missing stops with one line naming the install command (:class:`~distill.zoo.datasets.DataMissing`).
 
@@ -61,7 +61,7 @@ def lm_tokenizer(vocab_size: int = 4096, texts: dict[str, list[list[str]]] | Non
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from distill.run_models import cache_dir
+    from distill.fileio import cache_dir
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
         raise ValueError(f"vocab_size must be an integer >= 300 (256 bytes and some merges), got {vocab_size!r}")
@@ -137,8 +137,7 @@ class LMCorpus:
 
 def lm_corpus(block_size: int = 128, vocab_size: int = 4096) -> LMCorpus:
     """The KJV + Austen corpus split by book, tokenised and packed (cached as ``.npy`` beside the tokenizer)."""
-    from distill.pretrain import settings_key
-    from distill.run_models import cache_dir
+    from distill.fileio import cache_dir, settings_key
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 8:
         raise ValueError(f"block_size must be an integer >= 8, got {block_size!r}")
