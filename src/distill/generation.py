@@ -51,8 +51,11 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _next_logits(model, ids, past, seen: int):
-    """The last position's logits and the grown key/value cache, after feeding ``ids`` (``seen`` tokens in all)."""
+def next_logits(model, ids, past, seen: int):
+    """One decoding step of a causal LM: the last position's logits and the grown key/value cache, after feeding
+    ``ids`` (``seen`` tokens in all; ``past`` None on the first step, which feeds the whole prompt). The default
+    ``step`` of :func:`sample`; another model kind (a seq2seq decoder over its encoder's output) passes its own
+    function of the same signature."""
     keyword = _cache_keyword(model)
     out = model(input_ids=ids, attention_mask=torch.ones(len(ids), seen, dtype=torch.long, device=ids.device),
                 use_cache=True, **{keyword: past})
@@ -62,7 +65,7 @@ def _next_logits(model, ids, past, seen: int):
 @torch.no_grad()
 def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temperature: float = 1.0,
            teacher: nn.Module | None = None, teacher_mix: float = 0.0,
-           eos_token_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           eos_token_id: int | None = None, step=next_logits) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Continue ``prompts`` ``(B, P)`` (no padding) by ``new_tokens`` tokens.
 
     Each step draws :math:`y_t = \arg\max_v (\log \pi_v + g_v)` with Gumbel noise :math:`g` from row ``b``'s
@@ -70,6 +73,8 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
     ``temperature=0`` is greedy decoding. With a ``teacher`` and ``teacher_mix`` :math:`\alpha > 0`,
     :math:`\pi = \alpha\,\mathrm{softmax}(z^t / T) + (1 - \alpha)\,\mathrm{softmax}(z / T)` (MiniLLM's
     teacher-mixed sampling). The models run in eval mode (no dropout) and are put back as they were.
+
+    ``step(model, ids, cache, seen) -> (last logits, cache)`` runs the model one step (:func:`next_logits`).
 
     Returns ``(sequences (B, P + new_tokens), alive (B, new_tokens))``: ``alive`` is False after a generated
     ``eos_token_id`` (the end token itself counts).
@@ -89,8 +94,8 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
     mixing = teacher is not None and teacher_mix > 0
     with eval_mode(model), (eval_mode(teacher) if mixing else nullcontext()):
         seen = prompts.shape[1]
-        logits, past = _next_logits(model, prompts, None, seen)
-        t_logits, t_past = _next_logits(teacher, prompts, None, seen) if mixing else (None, None)
+        logits, past = step(model, prompts, None, seen)
+        t_logits, t_past = step(teacher, prompts, None, seen) if mixing else (None, None)
         for _ in range(new_tokens):
             vocab = logits.shape[-1]
             if temperature == 0:
@@ -108,9 +113,9 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
             if eos_token_id is not None:
                 running &= token != eos_token_id
             ids, seen = token[:, None], seen + 1
-            logits, past = _next_logits(model, ids, past, seen)
+            logits, past = step(model, ids, past, seen)
             if mixing:
-                t_logits, t_past = _next_logits(teacher, ids, t_past, seen)
+                t_logits, t_past = step(teacher, ids, t_past, seen)
     return torch.cat([prompts, torch.stack(out, 1)], 1), torch.stack(alive, 1)
 
 
