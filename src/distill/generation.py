@@ -88,7 +88,6 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
     if not 0.0 <= teacher_mix < 1.0 or (teacher_mix > 0 and teacher is None):
         raise DistillError(f"teacher_mix must be in [0, 1) and needs a teacher, got {teacher_mix!r}")
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    vocab = None
     out, alive = [], []
     running = torch.ones(len(prompts), dtype=torch.bool, device=prompts.device)
     mixing = teacher is not None and teacher_mix > 0
@@ -96,8 +95,7 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
         seen = prompts.shape[1]
         logits, past = step(model, prompts, None, seen)
         t_logits, t_past = step(teacher, prompts, None, seen) if mixing else (None, None)
-        for _ in range(new_tokens):
-            vocab = logits.shape[-1]
+        for k in range(new_tokens):
             if temperature == 0:
                 token = logits.argmax(-1)
             else:
@@ -105,13 +103,15 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
                 if mixing:
                     log_pi = torch.logaddexp(log_pi + np.log1p(-teacher_mix),
                                              torch.log_softmax(t_logits / temperature, -1) + np.log(teacher_mix))
-                u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in generators])
+                u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in generators])
                 gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1.0 - 1e-16)))
                 token = (log_pi.double().cpu() + gumbel).argmax(-1).to(prompts.device)
             out.append(token)
             alive.append(running.clone())
             if eos_token_id is not None:
                 running &= token != eos_token_id
+            if k + 1 == new_tokens:
+                break
             ids, seen = token[:, None], seen + 1
             logits, past = step(model, ids, past, seen)
             if mixing:
