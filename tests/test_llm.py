@@ -385,3 +385,17 @@ def test_missing_bible_stops_with_the_install_command(cache_dir, monkeypatch, tm
             lm_corpus(block_size=32, vocab_size=300)
     finally:
         corpora.kjv_sentences_by_book.cache_clear()
+
+
+def test_a_benchmark_artifact_is_built_once(tmp_path):
+    from distill.llm_bench import once
+    from distill.lock import RunLock
+
+    marker, built = tmp_path / "made.json", []
+    once(marker, tmp_path / ".lock", lambda: (built.append(1), marker.write_text("{}")))
+    once(marker, tmp_path / ".lock", lambda: built.append(2))  # there already: not built again
+    assert built == [1]
+    held = RunLock(tmp_path / ".other").acquire()  # a lock left released by a builder before is taken again
+    held.release()
+    once(tmp_path / "b.json", tmp_path / ".other", lambda: (tmp_path / "b.json").write_text("{}"))
+    assert (tmp_path / "b.json").is_file()

@@ -68,6 +68,31 @@ def _settings(quick: bool) -> dict:
             "student_train": STUDENT, "fraction": STUDENT_FRACTION, "top_k": TOP_K, "eval": EVAL, "version": 1}
 
 
+def once(marker: Path, lock_dir: Path, build, say=print, what: str = "") -> None:
+    """Run ``build()`` unless ``marker`` (the file it writes last) exists. Several benchmark processes may
+    start together (``--arm A`` beside ``--arm B``): one builds (holding the lock ``lock_dir``), the others wait
+    for it and find it built."""
+    from distill.lock import RunDirLocked, RunLock
+
+    if marker.is_file():
+        return
+    lock, told = RunLock(lock_dir), False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except RunDirLocked:
+            if not told:
+                say(f"waiting for another process to build {what or marker.name} ...")
+                told = True
+            time.sleep(5)
+    try:
+        if not marker.is_file():
+            build()
+    finally:
+        lock.release()
+
+
 def _options(arm: str, quick: bool) -> dict:
     """An arm's method options; ``--quick`` generates fewer tokens (seqkd: the quick block less the prompt)."""
     method, options = ARMS[arm]
@@ -115,27 +140,30 @@ class Setup:
         from distill.zoo.text import quiet_transformers
 
         folder = self.folder / "teacher"
-        if (folder / "teacher.json").is_file():
-            return load_gpt(folder).eval(), json.loads((folder / "teacher.json").read_text())
-        shape = self.settings["teacher"]
-        self.say(f"training the teacher {shape} on {len(self.teacher_train):,} sequences "
-                 f"({self.teacher_train.tokens():,} tokens; cached in {folder})")
-        model = gpt_lm(len(self.tokenizer), **shape, context=self.settings["block"], seed=0)
-        seed_everything(0)
-        start = time.perf_counter()
-        history = fit_stages(model, None, as_stages(METHODS["scratch"]()), self.teacher_train, self.val,
-                             config=self.config(0, TEACHER), task=self.task, say=lambda *_: None)["history"]
-        info = {"settings": self.settings, "seconds": round(time.perf_counter() - start, 1),
-                "val_perplexity": history[-1]["val/perplexity"], "history": history}
-        tmp = folder.with_name("teacher.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with quiet_transformers():
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        return model.eval(), info
+
+        def build():
+            shape = self.settings["teacher"]
+            self.say(f"training the teacher {shape} on {len(self.teacher_train):,} sequences "
+                     f"({self.teacher_train.tokens():,} tokens; cached in {folder})")
+            model = gpt_lm(len(self.tokenizer), **shape, context=self.settings["block"], seed=0)
+            seed_everything(0)
+            start = time.perf_counter()
+            history = fit_stages(model, None, as_stages(METHODS["scratch"]()), self.teacher_train, self.val,
+                                 config=self.config(0, TEACHER), task=self.task, say=lambda *_: None)["history"]
+            info = {"settings": self.settings, "seconds": round(time.perf_counter() - start, 1),
+                    "val_perplexity": history[-1]["val/perplexity"], "history": history}
+            tmp = folder.with_name("teacher.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with quiet_transformers():
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        once(folder / "teacher.json", self.folder / ".teacher.lock", build, self.say, "the teacher")
+        return load_gpt(folder).eval(), json.loads((folder / "teacher.json").read_text())
 
     def transfer_set(self):
         """Sequence-level KD's transfer set: the teacher's continuation of every student training sequence,
@@ -146,18 +174,38 @@ class Setup:
         stem = f"transfer-{settings_key(options)}"
         file, info_file = self.folder / f"{stem}.npz", self.folder / f"{stem}.json"
         sequences = TeacherSequences(**options, pad_token_id=self.tokenizer.pad_token_id)
-        if not info_file.is_file():
+
+        def build():
             self.say(f"generating the transfer set: {len(self.train):,} teacher continuations")
-            sequences.teacher = self.teacher
-            sequences.fill(self.train, self.task.collate, batch_size=64)
-            sequences.save(file)
-            info_file.write_text(json.dumps({"seconds": round(sequences.generation_seconds, 1),
-                                             "tokens_per_second": sequences.tokens_per_second(),
+            made = TeacherSequences(**options, pad_token_id=self.tokenizer.pad_token_id, teacher=self.teacher)
+            made.fill(self.train, self.task.collate, batch_size=64)
+            made.save(file)
+            info_file.write_text(json.dumps({"seconds": round(made.generation_seconds, 1),
+                                             "tokens_per_second": made.tokens_per_second(),
                                              "bytes": file.stat().st_size}))
-            sequences.teacher = None
-        else:
-            sequences.load(file)
-        return sequences, json.loads(info_file.read_text())
+
+        once(info_file, self.folder / f".{stem}.lock", build, self.say, "the transfer set")
+        return sequences.load(file), json.loads(info_file.read_text())
+
+    def offline_signal(self) -> tuple[Path, dict]:
+        """The teacher's top-k logits over the student training set, stored once on disk (what
+        ``cache_teacher`` with ``teacher_top_k`` reads); returns its folder and ``{"seconds", "bytes"}``."""
+        from distill.cache import CachedTeacher, TeacherOutputs
+        from distill.teacher import LiveTeacher
+
+        cache, info_file = self.folder / f"teacher-top{TOP_K}", self.folder / f"teacher-top{TOP_K}.json"
+
+        def build():
+            self.say(f"storing the teacher's top-{TOP_K} logits over {self.train.tokens():,} training tokens in "
+                     f"{cache}")
+            start = time.perf_counter()
+            CachedTeacher(LiveTeacher(self.teacher, ["logits"]), self.train, batch_size=64,
+                          outputs=TeacherOutputs(cache, TOP_K), collate_fn=self.task.collate)
+            info_file.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1),
+                                             "bytes": sum(f.stat().st_size for f in cache.iterdir())}))
+
+        once(info_file, self.folder / f".top{TOP_K}.lock", build, self.say, "the offline teacher signal")
+        return cache, json.loads(info_file.read_text())
 
 
 def student_samples(model, setup: Setup, seed: int = 0):
@@ -201,12 +249,9 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
         options = {**options, "transfer": transfer}
         row["transfer_set_seconds"], row["transfer_set_bytes"] = info["seconds"], info["bytes"]
     if arm == "fkl-offline":
-        cache = setup.folder / f"teacher-top{TOP_K}"
+        cache, info = setup.offline_signal()
         extra = {"cache_teacher": True, "teacher_cache_dir": str(cache), "teacher_top_k": TOP_K}
-        if not (cache / "meta.json").is_file():
-            built = time.perf_counter()
-            _build_offline(setup, cache)
-            row["offline_build_seconds"] = round(time.perf_counter() - built, 1)
+        row["offline_build_seconds"], row["offline_bytes"] = info["seconds"], info["bytes"]
     stages = as_stages(METHODS[method](**options))
     student = gpt_lm(len(setup.tokenizer), **setup.settings["student"], context=setup.settings["block"], seed=seed)
     seed_everything(seed)
@@ -220,20 +265,7 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
     samplers = [s.augment for s in stages if hasattr(s.augment, "tokens_per_second") and s.augment.generated_tokens]
     if samplers and method != "seqkd":
         row["on_policy_generation_tokens_per_second"] = samplers[-1].tokens_per_second()
-    if arm == "fkl-offline":
-        row["offline_bytes"] = sum(f.stat().st_size for f in (setup.folder / f"teacher-top{TOP_K}").iterdir())
     return row
-
-
-def _build_offline(setup: Setup, cache: Path) -> None:
-    """The teacher's top-k logits over the student training set, written once (what ``cache_teacher`` reads)."""
-    from distill.cache import CachedTeacher, TeacherOutputs
-    from distill.teacher import LiveTeacher
-
-    setup.say(f"storing the teacher's top-{TOP_K} logits over {setup.train.tokens():,} training tokens in {cache}")
-    # the temperature the arm's term reads the logits at (token_kd: 1)
-    CachedTeacher(LiveTeacher(setup.teacher, ["logits"]), setup.train, batch_size=64,
-                  outputs=TeacherOutputs(cache, TOP_K), collate_fn=setup.task.collate)
 
 
 def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -295,8 +327,7 @@ def format_table(summary: dict) -> str:
         offline = next((r for r in rows if "offline_bytes" in r), None)
         note = "—"
         if offline is not None:
-            built = next((r["offline_build_seconds"] for r in rows if "offline_build_seconds" in r), None)
-            note = f"{offline['offline_bytes'] / 2**20:.1f} MB" + (f", built in {built:.0f} s" if built else "")
+            note = f"{offline['offline_bytes'] / 2**20:.1f} MB, built in {offline['offline_build_seconds']:.0f} s"
         elif any("transfer_set_bytes" in r for r in rows):
             r = next(r for r in rows if "transfer_set_bytes" in r)
             note = f"transfer set {r['transfer_set_bytes'] / 2**20:.1f} MB, {r['transfer_set_seconds']:.0f} s"
