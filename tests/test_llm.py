@@ -113,7 +113,8 @@ def test_another_model_kind_brings_its_own_decoding_step():
         calls.append((ids.shape[1], cache, seen))
         return torch.tensor([[0.0, 9.0, -9.0]]).expand(len(ids), 3), (cache or 0) + 1
 
-    seqs, _ = sample(torch.nn.Identity(), torch.zeros(2, 3, dtype=torch.long), 2, seeds=[0, 1], temperature=0, step=step)
+    prompts = torch.zeros(2, 3, dtype=torch.long)
+    seqs, _ = sample(torch.nn.Identity(), prompts, 2, seeds=[0, 1], temperature=0, step=step)
     assert calls == [(3, None, 3), (1, 1, 4)] and (seqs[:, 3:] == 1).all()
 
 

@@ -219,7 +219,8 @@ class OnPolicy(_Generating):
                  teacher_mix: float = 0.0, pad_token_id: int = 0, eos_token_id: int | None = None):
         super().__init__(prompt_tokens, new_tokens, temperature, pad_token_id, eos_token_id)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
-            raise DistillError(f"lam (the fraction of on-policy batches) must be a number in [0, 1], got {excerpt(lam)}")
+            raise DistillError(f"lam (the fraction of on-policy batches) must be a number in [0, 1], "
+                               f"got {excerpt(lam)}")
         if isinstance(teacher_mix, bool) or not isinstance(teacher_mix, (int, float)) or not 0.0 <= teacher_mix < 1:
             raise DistillError(f"teacher_mix must be a number in [0, 1), got {excerpt(teacher_mix)}")
         self.lam, self.teacher_mix = float(lam), float(teacher_mix)

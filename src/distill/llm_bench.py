@@ -55,7 +55,8 @@ ARMS = {
     "seqkd": ("seqkd", {"temperature": 1.0, "prompt_tokens": GENERATION["prompt_tokens"],
                         "new_tokens": BLOCK_SIZE - GENERATION["prompt_tokens"]}),
 }
-QUICK = {"teacher_shape": {"layers": 1, "hidden": 64, "heads": 2}, "student_shape": {"layers": 1, "hidden": 32, "heads": 1},
+QUICK = {"teacher_shape": {"layers": 1, "hidden": 64, "heads": 2},
+         "student_shape": {"layers": 1, "hidden": 32, "heads": 1},
          "teacher_train": 1024, "student_train": 128, "val": 32, "test": 32, "prompts": 8, "new_tokens": 8,
          "block": 64, "vocab": 1024}
 
@@ -210,12 +211,13 @@ class Setup:
 
 def student_samples(model, setup: Setup, seed: int = 0):
     """The student's continuations of the test prompts (temperature 1, row seeds fixed) and its tokens/s."""
-    from distill.generation import continuation_batch, sample
+    from distill.generation import continuation_batch, row_seed, sample
 
     start = time.perf_counter()
-    seqs, alive = sample(model, setup.prompts, setup.new_tokens, seeds=[seed * 100_003 + i for i in range(len(setup.prompts))])
+    rows = len(setup.prompts)
+    seqs, alive = sample(model, setup.prompts, setup.new_tokens, seeds=[row_seed(seed, i) for i in range(rows)])
     seconds = time.perf_counter() - start
-    batch = continuation_batch(list(seqs), [setup.prompts.shape[1]] * len(seqs), list(alive), setup.tokenizer.pad_token_id)
+    batch = continuation_batch(list(seqs), [setup.prompts.shape[1]] * rows, list(alive), setup.tokenizer.pad_token_id)
     return batch, seqs.shape[0] * setup.new_tokens / seconds
 
 

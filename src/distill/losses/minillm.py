@@ -59,13 +59,13 @@ def minillm_loss(
             - \mathrm{sg}(R^{Norm}_{t+1}) \log q_\theta(y_t \mid y_{<t}) \Big]
 
     Simplifications (documented, not the paper's full recipe): one gradient step per sample, so PPO's
-    ratio is 1 and its clipping does nothing; no reward baseline; the language-modelling loss on a
-    pre-training corpus (:math:`\mathcal{L}_{PT}`) is left to other terms / a warm-up stage
+    ratio is 1 and its clipping does nothing; no reward baseline unless ``whiten``; the language-modelling
+    loss on a pre-training corpus (:math:`\mathcal{L}_{PT}`) is left to other terms / a warm-up stage
     (``distill.methods.minillm``). The authors' code (microsoft/LMOps ``minillm/losses.py``) differs in three
     details: its advantage sums the rewards from :math:`t` itself (not :math:`t + 1`) before dividing by the
     remaining length, it whitens the advantages over the batch (``whiten=True`` here), and it leaves the
-    single-step term unweighted by :math:`w_t`; this function follows the paper's equations. Its value is the weighted per-token reverse KL plus the REINFORCE
-    surrogate: read it for its gradient, not as a divergence.
+    single-step term unweighted by :math:`w_t`; this function follows the paper's equations. Its value is the
+    weighted per-token reverse KL plus the REINFORCE surrogate: read it for its gradient, not as a divergence.
 
     Args:
         student_logits, teacher_logits: ``(B, L, V)``; position ``t`` predicts ``tokens[:, t]``.

@@ -141,7 +141,8 @@ def lm_corpus(block_size: int = 128, vocab_size: int = 4096) -> LMCorpus:
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 8:
         raise ValueError(f"block_size must be an integer >= 8, got {block_size!r}")
-    folder = cache_dir() / "lm-corpus" / f"kjv-austen-{settings_key({'block': block_size, 'vocab': vocab_size, 'v': CORPUS_VERSION})}"
+    key = settings_key({"block": block_size, "vocab": vocab_size, "v": CORPUS_VERSION})
+    folder = cache_dir() / "lm-corpus" / f"kjv-austen-{key}"
     texts = None
     if not (folder / "tokenizer" / "tokenizer.json").is_file():
         texts = split_texts()
