@@ -115,7 +115,7 @@ def test_every_loss_registers_itself_with_its_binding():
         "dml": (losses.dml_loss, {"teacher": None, "labels": True}),
         "kdcl": (losses.kdcl_loss, {"teacher": None, "labels": True}),
         "one": (losses.one_loss, {"teacher": None, "labels": True}), "logit_l1": (losses.logit_l1, {}),
-        "generalized_jsd": (losses.generalized_jsd_loss, {}),
+        "generalized_jsd": (losses.generalized_jsd_loss, {}), "minillm": (losses.minillm_loss, {"labels": True}),
         "attention_mse": (losses.attention_mse, {"student": "attention_scores[-1]", "teacher": "attention_scores[-1]"}),
         "hidden_mse": (losses.hidden_mse, {"student": "hidden[-1]", "teacher": "hidden[-1]", "connector": "auto"}),
         "embedding_mse": (losses.hidden_mse, {"student": "hidden[0]", "teacher": "hidden[0]", "connector": "auto"}),
@@ -127,7 +127,7 @@ def test_every_loss_registers_itself_with_its_binding():
         "rail_kd": (losses.RailKD, {}),
         "multilingual_mse": (losses.multilingual_mse, {}),
     }
-    softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd"}
+    softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd", "minillm"}
     expected = {name: (fn, {**binding, "softmax": True} if name in softmax else binding)
                 for name, (fn, binding) in expected.items()}
     assert LOSSES == expected

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from distill.errors import DistillError
 from distill import distributed
 from distill.data import IndexedDataset, read_items
 from distill.fileio import atomic_write_text
+from distill.losses.topk import dense_from_topk, topk_logits  # noqa: F401 - their home is the losses
 from distill.tasks import get_task
 from distill.teacher import LiveTeacher, teacher_input
 
@@ -41,39 +41,6 @@ TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 20.0)
 
 class CacheMismatch(DistillError):
     """A teacher cache on disk built for another teacher or dataset."""
-
-
-def topk_logits(logits: torch.Tensor, k: int, temperatures=(1.0,)) -> dict[str, torch.Tensor]:
-    r"""The top ``k`` logits of each row and, per temperature :math:`T`, the log of the rest's mass.
-
-    ``logits``: ``(..., C)``, the class axis last. Returns ``values`` ``(..., k)``, ``indices`` ``(..., k)`` and
-    ``tail`` ``(..., len(temperatures))`` with
-    :math:`\mathrm{tail}_T = \log \sum_{i \notin \mathrm{top}k} e^{z_i / T}` (``-inf`` when ``k = C``).
-    """
-    values, indices = logits.topk(k, dim=-1)
-    rest = logits.scatter(-1, indices, float("-inf"))
-    tail = torch.stack([torch.logsumexp(rest / t, dim=-1) for t in temperatures], dim=-1)
-    return {"values": values, "indices": indices, "tail": tail}
-
-
-def dense_from_topk(values: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, num_classes: int,
-                    temperature: float = 1.0) -> torch.Tensor:
-    r"""``(..., C)`` logits whose softmax at ``temperature`` gives the exact top-``k`` probabilities
-    and the exact remaining mass, spread evenly over the other ``C - k`` classes.
-
-    ``values``, ``indices``: ``(..., k)``; ``tail``: ``(...)``, the log tail mass at that temperature
-    (:func:`topk_logits`). Every other class gets :math:`T\,(\mathrm{tail}_T - \log(C - k))`. For
-    ``KL(p || q)`` against any student ``q``, replacing the teacher's tail by an even one changes the value
-    by at most :math:`p_{tail}\,(\log(C-k) + \max_{i,j \in tail} |\log q_i - \log q_j|)` per position
-    (before KD's :math:`T^2`), and leaves the top-``k`` gradients exact.
-    """
-    k = values.shape[-1]
-    shape = (*values.shape[:-1], num_classes)
-    if k == num_classes:
-        return torch.empty(shape, dtype=values.dtype, device=values.device).scatter_(-1, indices, values)
-    fill = temperature * (tail - math.log(num_classes - k))
-    dense = fill[..., None].to(values.dtype).expand(shape).clone()
-    return dense.scatter_(-1, indices, values)
 
 
 def _hash_weights(h, model: torch.nn.Module) -> None:

@@ -98,6 +98,8 @@ def cmd_list(args) -> int:
               "students, every arm (distill bench nlp --arm ARM)")
         print(f"  {'embeddings':14s} MiniLM sentence vectors made English-Spanish and compressed by distillation "
               "(distill bench embeddings --arm ARM)")
+        print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "
+              "token KD (forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -177,8 +179,17 @@ def cmd_bench(args) -> int:
                                  out_dir=args.out or ("bench-results/embeddings-quick" if args.quick
                                                       else "bench-results/embeddings"))
         return 0
+    if args.name == "llm":
+        from distill.llm_bench import run_llm_benchmark
+
+        if args.set or args.only_seed is not None or args.pair:
+            raise RecipeError("the llm benchmark takes --seeds, --quick, --arm, --train-only and --out")
+        run_llm_benchmark(seeds=args.seeds or (1 if args.quick else 3), quick=args.quick, only=args.arm,
+                          out_dir=args.out or ("bench-results/llm-quick" if args.quick else "bench-results/llm"),
+                          train_only=args.train_only)
+        return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp and embeddings benchmarks "
+        raise RecipeError("--arm and --train-only are for the nlp, embeddings and llm benchmarks "
                           "(distill bench nlp --arm kd)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
@@ -277,10 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings benchmark: only this arm (kd, pd, tinybert ... / ml-L3, en-L2 ...; "
-                       "repeatable)")
+                       help="nlp / embeddings / llm benchmark: only this arm (kd, pd, tinybert ... / ml-L3 ... / "
+                       "fkl, gkd ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
-                       help="nlp / embeddings benchmark: train the missing rows, skip the speed and the table")
+                       help="nlp / embeddings / llm benchmark: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

@@ -1,4 +1,5 @@
-"""Writes that a kill cannot leave half done: write under a temporary name, then rename."""
+"""Writes that a kill cannot leave half done: write under a temporary name, then rename. And where cached
+work (trained teachers, tokenizers, corpora) is kept, under a key of its settings."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,11 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from distill.errors import DistillError
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
 
 
 def settings_key(settings, length: int = 12) -> str:

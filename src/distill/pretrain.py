@@ -59,7 +59,7 @@ def pretrained_student(kind: str, layers: int = 2, hidden: int = 384, epochs: fl
     """The folder of a ``layers`` x ``hidden`` BERT student prepared by ``kind`` (:data:`KINDS`), training it
     (``epochs`` over the unlabelled sentences, AdamW at ``lr`` with a linear schedule and 10% warm-up)
     unless a folder with the same settings is cached."""
-    from distill.run_models import cache_dir
+    from distill.fileio import cache_dir
     from distill.zoo.text import quiet_transformers
 
     if kind not in KINDS:

@@ -582,7 +582,7 @@ def fill_layer_counts(tree: Any) -> Any:
 def method_inputs(method: MethodSpec) -> str:
     """What a recipe's method needs of the data: ``"tokens"`` (registered so: a language method), ``"images"``
     (it reads the zoo's feature taps: stage1..3, last_stage, embedding, a cohort's peers) or ``"any"``."""
-    if method.method is not None and METHOD_INPUTS.get(method.method) == "tokens":
+    if method.method is not None and METHOD_INPUTS.get(method.method) in ("tokens", "causal_lm"):
         return "tokens"
     zoo = {*STAGES, "last_stage", "embedding"}
     for stage in as_stages(method.build()):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_model
 from distill import distributed
 from distill.data import Compose, MixUp, RandomShift
 from distill.engine import Distiller, checkpoints_in, seed_everything
-from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, load_weights
+from distill.fileio import UnsafeFile, atomic_save_model, atomic_write_text, cache_dir, load_weights  # noqa: F401
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, clip, error_line, excerpt
 from distill import sources
 from distill.tasks import Task, get_task
@@ -28,11 +27,6 @@ from distill.teacher import run_model
 from distill.zoo.datasets import SplitError
 
 say = distributed.say
-
-
-def cache_dir() -> Path:
-    """Where trained teachers are kept for reuse: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
-    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
 
 
 def augment_from_spec(spec: AugmentSpec | None):

@@ -76,7 +76,8 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
         cfg = config.model_copy(update={"epochs": n})
         if k > 1:  # later stages start from a known RNG state, so a resumed run builds the same new modules
             seed_everything(cfg.seed * 1000 + k)
-        uses_teacher = any(t.teacher is not None for t in stage.terms)
+        # an augmentation may need the teacher with no term reading it (sequence-level KD generates with it)
+        uses_teacher = any(t.teacher is not None for t in stage.terms) or getattr(stage.augment, "needs_teacher", False)
         trainer = Distiller(student, teacher if uses_teacher else None, stage.terms, run_dir=own,
                             augment=stage.augment if stage.augment is not None else augment,
                             config=cfg, trust_pickle=trust_pickle, train_up_to=stage.train_up_to,

@@ -23,12 +23,14 @@ from distill.losses.ft import FactorTransferLoss, Paraphraser, ParaphraserLoss, 
 from distill.losses.gkd import generalized_jsd_loss
 from distill.losses.hint import hint_loss
 from distill.losses.kd import cross_entropy, kd_loss
+from distill.losses.minillm import minillm_loss
 from distill.losses.multilingual import multilingual_mse
 from distill.losses.multi_teacher import multi_teacher_kd_loss, teacher_mixture_weights, teacher_weights
 from distill.losses.online import dml_loss, kdcl_loss, one_loss
 from distill.losses.registry import LOSSES, STAGES, register_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
 from distill.losses.tf_kd import tf_kd_loss
+from distill.losses.topk import dense_from_topk, topk_logits, truncate_teacher
 from distill.losses.transformer import (RailKD, attention_mse, cilda_loss, cosine_hidden, hidden_mse, pkd_loss,
                                         random_layer_map)
 from distill.losses.vid import VID, vid_loss
@@ -37,7 +39,7 @@ __all__ = [
     "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "RailKD", "Translator",
     "VID", "ab_loss", "attention_mse", "cilda_loss", "cosine_hidden", "hidden_mse", "pkd_loss", "random_layer_map", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
     "cross_entropy", "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss",
-    "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1",
+    "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1", "minillm_loss",
     "multi_teacher_kd_loss", "multilingual_mse", "nst_loss", "one_loss", "pkt_loss", "register_loss", "rkd_loss", "sp_loss",
-    "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "total_variation", "vid_loss",
+    "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "dense_from_topk", "topk_logits", "truncate_teacher", "total_variation", "vid_loss",
 ]

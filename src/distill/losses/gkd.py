@@ -7,6 +7,7 @@ import torch
 
 from distill.losses.positions import IGNORE_INDEX, per_position_mean, soft_target_positions
 from distill.losses.registry import register_loss
+from distill.losses.topk import truncate_teacher
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -24,6 +25,7 @@ def generalized_jsd_loss(
     mask: torch.Tensor | None = None,
     num_items: int | torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    teacher_top_k: int | None = None,
 ) -> torch.Tensor:
     r"""Generalized JSD — Agarwal et al. 2024, *On-Policy Distillation of Language Models: Learning
     from Self-Generated Mistakes* (ICLR; GKD), eq. 1, with the conventions of TRL's
@@ -53,12 +55,18 @@ def generalized_jsd_loss(
         temperature: :math:`T > 0`, applied to both.
         mask, num_items, ignore_index: as in :func:`~distill.losses.kd_loss` (TRL's ``labels``
             with ``-100`` is ``mask=labels``; its ``num_items_in_batch`` is ``num_items``).
+        teacher_top_k: read the teacher as its top ``k`` logits with the rest of its mass spread evenly over
+            the other classes (:func:`~distill.losses.topk.truncate_teacher`), exactly as a top-``k`` teacher
+            cache on disk hands it over, so a live and a cached teacher give the same loss; ``None``: the full
+            distribution.
 
     Returns:
         a scalar in float32; zero when the two predictions agree.
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be a number in [0, 1] (0 forward KL, 1 reverse KL), got {beta!r}")
+    if teacher_top_k is not None:
+        teacher_logits = truncate_teacher(teacher_logits, teacher_top_k, temperature)
     log_p_s, log_p_t, counted = soft_target_positions(student_logits, teacher_logits, temperature, mask,
                                                        num_items, ignore_index)
     if beta == 0:

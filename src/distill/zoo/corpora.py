@@ -162,6 +162,18 @@ def kjv_sentences() -> tuple[str, ...]:
     return _finish(sword.read_module("engKJV2006eb").values())
 
 
+@lru_cache(maxsize=None)
+def kjv_sentences_by_book() -> dict[str, tuple[str, ...]]:
+    """``{book: sentences}`` for the 66 books in canonical order (OSIS ids: ``"Gen"``, ..., ``"Rev"``), split as
+    :func:`kjv_sentences` (duplicates dropped within a book)."""
+    from distill.zoo import sword
+
+    books: dict[str, list[str]] = {}
+    for (book, _, _), text in sword.read_module("engKJV2006eb").items():
+        books.setdefault(book, []).append(text)
+    return {book: _finish(verses) for book, verses in books.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Jane Austen
 

@@ -34,7 +34,7 @@ def register_model(name: str, description: str = ""):
 def build_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **options) -> nn.Module:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    return MODELS[name](in_shape=tuple(in_shape), num_classes=num_classes, **options)
+    return MODELS[name](in_shape=tuple(in_shape) if in_shape is not None else None, num_classes=num_classes, **options)
 
 
 def stage_aliases(stages: list[str], classifier: str) -> dict[str, str]:
