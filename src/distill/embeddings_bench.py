@@ -31,7 +31,6 @@ under the output folder, so the benchmark resumes and ``--arm`` runs a part.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.fileio import settings_key, write_bench_results
+from distill.fileio import bench_row, settings_key, write_bench_results
 
 TRAIN = {"lr": 1e-4, "epochs": 1, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.1,
          "weight_decay": 0.01, "optimizer": "adamw", "group_by_length": True}
@@ -207,6 +206,21 @@ def speed(encoder, tokenizer, texts: list[str], repeats: int = 10) -> float:
         torch.set_num_threads(old)
 
 
+def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bool, say=print) -> dict:
+    """Build, train (if the arm trains) and measure one student."""
+    from distill.evaluation import count_parameters
+
+    say(f"{arm} seed {seed} ...")
+    torch.manual_seed(seed)
+    student, tokenizer = build_student(arm, data, teacher)
+    start = time.perf_counter()
+    history = train(student, tokenizer, teacher, arm, data, seed, quick) if ARMS[arm][2] else []
+    dim = ARMS[arm][3].get("dim")  # fidelity to the teacher's vectors in the same reduced space
+    ref = teacher_vectors(reduced_teacher(teacher, data, dim), data) if dim else reference
+    return {"arm": arm, "seed": seed, **measure(student, tokenizer, data, ref), "params": count_parameters(student),
+            "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None}
+
+
 def arm_key(arm: str, quick: bool) -> str:
     init, layers, kind, options = ARMS[arm]
     return settings_key({"arm": [init, layers, kind, options], "train": TRAIN if kind else None, "quick": quick,
@@ -218,8 +232,6 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
                              say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
     the missing rows only, no speed column and no table (for several processes at once, ``--threads 1`` each)."""
-    from distill.evaluation import count_parameters
-
     arms = only or list(ARMS)
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
@@ -231,24 +243,10 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
     rows = []
     for arm in arms:
         for seed in range(seeds if ARMS[arm][2] else 1):  # an untrained arm is the same for every seed
-            path = out / arm / f"seed-{seed}.json"
-            stored = json.loads(path.read_text()) if path.is_file() else {}
-            if stored.get("key") == arm_key(arm, quick):
-                rows.append(stored)
-                continue
-            say(f"{arm} seed {seed} ...")
-            torch.manual_seed(seed)
-            student, tokenizer = build_student(arm, data, teacher)
-            start = time.perf_counter()
-            history = train(student, tokenizer, teacher, arm, data, seed, quick) if ARMS[arm][2] else []
-            dim = ARMS[arm][3].get("dim")  # fidelity to the teacher's vectors in the same reduced space
-            ref = teacher_vectors(reduced_teacher(teacher, data, dim), data) if dim else reference
-            row = {"arm": arm, "seed": seed, **measure(student, tokenizer, data, ref),
-                   "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1),
-                   "val": history[-1] if history else None, "key": arm_key(arm, quick)}
-            say("  " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith(("test_", "django_"))))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(row, indent=1))
+            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick),
+                                  lambda: run_arm(arm, seed, data, teacher, reference, quick, say))
+            if made:
+                say("  " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith(("test_", "django_"))))
             rows.append(row)
     if train_only:
         return {"rows": rows}

@@ -27,11 +27,25 @@ def settings_key(settings, length: int = 12) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tuple[dict, bool]:
+    """One benchmark row kept in its own file: the stored row when it was made with settings ``key``, else
+    ``make()`` (with ``key`` added) written to ``path``. Returns ``(row, made)``; an interrupted benchmark
+    resumes at the first row not written."""
+    path = Path(path)
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if stored.get("key") == key:
+        return stored, False
+    row = {**make(), "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(row, indent=1))
+    return row, True
+
+
 def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -> None:
     """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=str))
     atomic_write_text(out / "table.md", table + "\n")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import settings_key
+from distill.fileio import bench_row, settings_key, write_bench_results
 
 BLOCK_SIZE, VOCAB_SIZE = 128, 4096
 TEACHER_SHAPE = {"layers": 4, "hidden": 256, "heads": 4}
@@ -284,26 +284,21 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     results = []
     for arm in arms:
         for seed in range(seeds):
-            path = out / arm / f"seed-{seed}.json"
-            stored = json.loads(path.read_text()) if path.is_file() else {}
-            if stored.get("key") == arm_key(arm, quick):
-                results.append(stored)
-                continue
-            say(f"{arm} seed {seed} ...")
-            row = {**run_arm(arm, seed, setup), "key": arm_key(arm, quick)}
-            say(f"  test perplexity {row['test_perplexity']:.2f}  teacher NLL of samples {row['teacher_nll']:.3f}  "
-                f"({row['train_seconds']:.0f} s)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(row, indent=1))
+            def make():
+                say(f"{arm} seed {seed} ...")
+                return run_arm(arm, seed, setup)
+
+            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick), make)
+            if made:
+                say(f"  test perplexity {row['test_perplexity']:.2f}  teacher NLL of samples {row['teacher_nll']:.3f}  "
+                    f"({row['train_seconds']:.0f} s)")
             results.append(row)
     summary = {"teacher": teacher_row, "rows": results, "seeds": seeds, "quick": quick, "settings": setup.settings,
                "train_tokens": setup.train.tokens(), "arms": ARMS}
     if train_only:
         return summary
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     table = format_table(summary)
-    (out / "table.md").write_text(table + "\n")
+    write_bench_results(out, summary, table)
     say(table)
     return summary
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import settings_key, write_bench_results
+from distill.fileio import bench_row, settings_key, write_bench_results
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
@@ -226,18 +226,17 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     for arm in arms:
         for shape in shapes:
             for seed in range(seeds):
-                path = out / arm / shape / f"seed-{seed}.json"
-                stored = json.loads(path.read_text()) if path.is_file() else {}
-                if stored.get("key") == arm_key(arm, quick):
-                    results.append(stored)
-                    continue
-                if ARMS[arm][1] == "transfer" and transfer is None:
-                    transfer = transfer_set(data, quick)
-                say(f"{arm} {shape} seed {seed} ...")
-                row = {**run_arm(arm, shape, seed, data, teacher, quick, transfer), "key": arm_key(arm, quick)}
-                say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  ({row['train_seconds']:.0f} s)")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(row, indent=1))
+                def make():
+                    nonlocal transfer
+                    if ARMS[arm][1] == "transfer" and transfer is None:
+                        transfer = transfer_set(data, quick)
+                    say(f"{arm} {shape} seed {seed} ...")
+                    return run_arm(arm, shape, seed, data, teacher, quick, transfer)
+
+                row, made = bench_row(out / arm / shape / f"seed-{seed}.json", arm_key(arm, quick), make)
+                if made:
+                    say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
+                        f"({row['train_seconds']:.0f} s)")
                 results.append(row)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
