@@ -29,6 +29,19 @@ def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -
     atomic_write_text(out / "table.md", table + "\n")
 
 
+def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tuple[dict, bool]:
+    """One benchmark row kept in its own JSON file: the stored row when it was made with the settings ``key``,
+    else ``make()`` with ``key`` added, written to ``path``. Returns the row and whether it was made now."""
+    path = Path(path)
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if stored.get("key") == key:
+        return stored, False
+    row = {**make(), "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(row, indent=1))
+    return row, True
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
