@@ -282,3 +282,13 @@ def test_padding_does_not_change_a_bidirectional_models_output():
     with torch.no_grad():
         alone, both = model(x, torch.tensor([5])), model(padded, torch.tensor([5]))
     assert torch.allclose(alone, both[:, :5], atol=1e-6)
+
+
+def test_speech_benchmark_refuses_unknown_arms_and_flags(capsys):
+    from distill.cli import main
+    from distill.speech_bench import run_speech_benchmark
+
+    with pytest.raises(ValueError, match="unknown arms"):
+        run_speech_benchmark(only=["nope"])
+    assert main(["bench", "speech", "--set", "train.lr=1"]) == 2
+    assert "the speech benchmark takes" in capsys.readouterr().err

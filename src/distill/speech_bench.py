@@ -32,10 +32,10 @@ from distill.fileio import atomic_write_dir, bench_row, settings_key, write_benc
 
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800}
 TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True},
-           "train": {"lr": 2e-3, "epochs": 12, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
+           "train": {"lr": 2e-3, "epochs": 10, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
 STUDENT = {"model": {"hidden": 96, "layers": 2, "bidirectional": False},
-           "train": {"lr": 2e-3, "epochs": 8, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
+           "train": {"lr": 2e-3, "epochs": 6, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
 SHIFT = 2  # frames of 20 ms the streaming student lags the bidirectional teacher's spikes
 # arm -> (model overrides, method, method options)

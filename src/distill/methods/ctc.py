@@ -3,7 +3,7 @@ from distill.methods.registry import register_method
 from distill.terms import Term
 
 
-@register_method("ctc")
+@register_method("ctc", inputs="ctc")
 def ctc() -> list[Term]:
     """The CTC loss on the transcripts only (task ``ctc``)."""
     return [Term("ctc")]

@@ -7,7 +7,7 @@ from distill.methods.ctc import ctc_and
 from distill.methods.registry import register_method
 
 
-@register_method("ctc_frame_kd")
+@register_method("ctc_frame_kd", inputs="ctc")
 def ctc_frame_kd(alpha: float = 0.5, temperature: float = 1.0, shift: int = 0) -> list:
     """CTC on the transcripts weighted ``1 - alpha`` beside frame-level KD weighted ``alpha``; ``shift``: the
     student's delay in frames (a unidirectional student behind a bidirectional teacher's spikes)."""

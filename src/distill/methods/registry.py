@@ -15,15 +15,18 @@ from typing import TypeVar
 F = TypeVar("F", bound=Callable)
 
 METHODS: dict[str, Callable] = {}
-#: name -> the inputs a method needs: "any" (every model) or "tokens" (token sequences, e.g. MixKD's mixup)
+#: name -> the inputs a method needs: "any" (every model), "tokens" (token sequences, e.g. MixKD's mixup) or
+#: "ctc" (per-frame CTC outputs of speech models, task ``ctc``)
 METHOD_INPUTS: dict[str, str] = {}
+INPUTS = ("any", "tokens", "ctc")
 
 
 def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:
     """Register the decorated function as the method ``name`` (a name is taken once); ``inputs``: what it
-    needs of the data, ``"any"`` or ``"tokens"``."""
-    if inputs not in ("any", "tokens"):
-        raise ValueError(f"register_method({name!r}): inputs must be 'any' or 'tokens', got {inputs!r}")
+    needs of the data, ``"any"``, ``"tokens"`` or ``"ctc"``."""
+    if inputs not in INPUTS:
+        raise ValueError(f"register_method({name!r}): inputs must be one of {', '.join(map(repr, INPUTS))}, "
+                         f"got {inputs!r}")
 
     def register(fn: F) -> F:
         if name in METHODS and METHODS[name] is not fn:
