@@ -292,3 +292,13 @@ def test_speech_benchmark_refuses_unknown_arms_and_flags(capsys):
         run_speech_benchmark(only=["nope"])
     assert main(["bench", "speech", "--set", "train.lr=1"]) == 2
     assert "the speech benchmark takes" in capsys.readouterr().err
+
+
+def test_the_speech_recipe_names_its_methods_and_needs_the_ctc_task():
+    from distill.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe("speech")
+    assert recipe.build_task().name == "ctc" and [m.name for m in recipe.methods] == [
+        "ctc", "ctc_frame_kd", "ctc_sequence_kd"]
+    with pytest.raises(RecipeError, match="needs 'task: ctc'"):
+        load_recipe("speech", ["task=classification"])

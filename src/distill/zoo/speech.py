@@ -330,6 +330,18 @@ def load_speech(train_size: int = 24000, val_size: int = 1000, test_size: int = 
     return SpeechData(**sets, vocab=vocab, real_total=len(asterisk_transcripts()))
 
 
+def recipe_data(train_size: int = 6000) -> dict:
+    """A recipe's ``dataset: distill.zoo.speech:recipe_data``: the synthetic training and validation splits and,
+    as the test split, the real Asterisk recordings (``num_classes``: the blank and the 28 symbols)."""
+    data = load_speech(train_size=train_size, val_size=max(train_size // 20, 20), test_size=max(train_size // 20, 20))
+    return {"train": data.train, "val": data.val, "test": data.test_real, "num_classes": len(ALPHABET) + 1}
+
+
+def recipe_data_small() -> dict:
+    """:func:`recipe_data` with 300 training utterances (checks and tests; generated in a few seconds)."""
+    return recipe_data(300)
+
+
 def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
     """The real recordings whose words lie in ``vocab``, as a :class:`SpeechSet`."""
     feats, texts, seconds = [], [], []
@@ -342,15 +354,42 @@ def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
 
 
 # ------------------------------------------------------------------------------------------------ models
+class SpecAugment(nn.Module):
+    """Park et al. 2019, *SpecAugment*: in training only, zero ``freq_masks`` bands of up to ``freq_width``
+    features and ``time_masks`` spans of up to ``time_width`` frames of each utterance (features are
+    normalised, so zero is the mean). The identity in ``eval()``."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 4):
+        super().__init__()
+        self.freq_masks, self.freq_width, self.time_masks, self.time_width = freq_masks, freq_width, time_masks, time_width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        batch, frames, width = x.shape
+        keep = torch.ones_like(x)
+        for count, size, axis, extent in ((self.freq_masks, self.freq_width, 2, width),
+                                          (self.time_masks, self.time_width, 1, frames)):
+            for _ in range(count):
+                span = torch.randint(0, size + 1, (batch, 1), device=x.device)
+                start = (torch.rand(batch, 1, device=x.device) * (extent - span).clamp_min(1)).long()
+                pos = torch.arange(extent, device=x.device)[None, :]
+                hit = (pos >= start) & (pos < start + span)  # (batch, extent)
+                keep = keep * ~(hit[:, None, :] if axis == 2 else hit[:, :, None])
+        return x * keep
+
+
 class RecurrentCTC(nn.Module):
     """A recurrent CTC acoustic model: a linear input layer with ReLU, ``layers`` GRUs (bidirectional or not),
     a linear layer to the ``vocab`` outputs (blank = 0). ``forward(features (B, T, F), lengths (B,))`` returns
     frame logits ``(B, T, vocab)``; padding frames never reach a real frame (the GRUs run on packed sequences).
-    A unidirectional model is streaming: frame ``t``'s output reads frames ``<= t`` only."""
+    A unidirectional model is streaming: frame ``t``'s output reads frames ``<= t`` only. ``spec_augment``:
+    :class:`SpecAugment` masks on the input features in training (``False``: none)."""
 
     def __init__(self, features: int = FEATURES, vocab: int = len(ALPHABET) + 1, hidden: int = 128, layers: int = 2,
-                 bidirectional: bool = False, dropout: float = 0.1):
+                 bidirectional: bool = False, dropout: float = 0.1, spec_augment: bool = False):
         super().__init__()
+        self.augment = SpecAugment() if spec_augment else nn.Identity()
         self.inp = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.rnn = nn.GRU(hidden, hidden, layers, batch_first=True, bidirectional=bidirectional,
                           dropout=dropout if layers > 1 else 0.0)
@@ -361,7 +400,7 @@ class RecurrentCTC(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if features.dim() != 3:
             raise SpeechError(f"RecurrentCTC takes features (batch, frames, F), got shape {tuple(features.shape)}")
-        x = self.inp(features)
+        x = self.inp(self.augment(features))
         if lengths is None:
             y, _ = self.rnn(x)
         else:
@@ -372,8 +411,9 @@ class RecurrentCTC(nn.Module):
 
 
 def _builder(bidirectional: bool):
-    def build(in_shape=(FEATURES,), num_classes: int = len(ALPHABET) + 1, **options):
-        return RecurrentCTC(in_shape[-1], num_classes, bidirectional=bidirectional, **options)
+    def build(in_shape=None, num_classes: int | None = None, **options):
+        return RecurrentCTC(in_shape[-1] if in_shape else FEATURES, num_classes or len(ALPHABET) + 1,
+                            bidirectional=bidirectional, **options)
     return build
 
 
