@@ -1,5 +1,6 @@
 """Speech recognition with CTC: features, decoding, the CTC distillation losses, the task, the data, a toy model."""
 import itertools
+import json
 import math
 import shutil
 import time
@@ -302,3 +303,24 @@ def test_the_speech_recipe_names_its_methods_and_needs_the_ctc_task():
         "ctc", "ctc_frame_kd", "ctc_sequence_kd"]
     with pytest.raises(RecipeError, match="needs 'task: ctc'"):
         load_recipe("speech", ["task=classification"])
+
+
+def test_spike_delay_finds_how_far_a_student_lags():
+    from distill.speech_bench import spike_delay
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(12, 5) * 3 for _ in range(3)]
+    late = [torch.cat([torch.randn(3, 5), t[:-3]]) for t in teacher]
+    assert spike_delay(late, teacher) == 3 and spike_delay(teacher, teacher) == 0
+
+
+def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
+    from distill.speech_bench import format_table
+
+    row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000}
+    summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
+               "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002},
+               "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]}
+    table = format_table(summary)
+    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 |" in table and "5.0×" in table
+    assert "312 of 563" in table
