@@ -263,9 +263,15 @@ class SpeechSet(torch.utils.data.Dataset):
                        z["seconds"].tolist(), name)
 
 
-def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synthetic") -> SpeechSet:
+def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synthetic",
+               warp: tuple[float, float] = (1.0, 1.0)) -> SpeechSet:
     """Each text spoken by one of ``voices`` (drawn in turn from a seeded shuffle) at a random speed (130-200
-    wpm) and pitch (25-75), 20-300 ms of silence either side, with white noise at 10-40 dB SNR and a random gain; deterministic in ``seed``."""
+    wpm) and pitch (25-75), 20-300 ms of silence either side, with white noise at 10-40 dB SNR and a random
+    gain, its features computed as if the sample rate were ``rate * w`` for ``w`` drawn from ``warp`` (every
+    frequency scaled by ``1 / w``, durations by ``w``; default: no warp. Measured once, a 2x96 GRU student on
+    2,000 utterances, 14 epochs: warp (0.85, 1.15) gave 66% CER on held-out voices and 89% on the real
+    recordings against 58% and 86% without, so it is off until a longer run says otherwise); deterministic in
+    ``seed``."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     feats, used, seconds = [], [], []
@@ -276,7 +282,9 @@ def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synt
         pad = [int(rng.uniform(0.02, 0.3) * rate) for _ in range(2)]  # silence before and after, as recordings have
         samples = torch.cat([samples.new_zeros(pad[0]), samples, samples.new_zeros(pad[1])])
         samples = add_noise(samples * float(rng.uniform(0.3, 1.0)), float(rng.uniform(10, 40)), gen)
-        feats.append(features_of(samples, rate))
+        # read as if sampled at rate * warp: time stretched and every frequency (pitch and formants) moved by
+        # 1 / warp, Kaldi's speed perturbation by resampling: vocal tracts espeak's voices do not have
+        feats.append(features_of(samples, round(rate * float(rng.uniform(*warp)))))
         used.append(voice)
         seconds.append(len(samples) / rate)
     return SpeechSet.from_utterances(feats, texts, used, seconds, name)
@@ -309,7 +317,7 @@ def load_speech(train_size: int = 24000, val_size: int = 1000, test_size: int = 
     vocab = vocabulary()
     settings = {"train": train_size, "val": val_size, "test": test_size, "seed": seed, "bases": list(bases),
                 "train_variants": TRAIN_VARIANTS, "test_variants": TEST_VARIANTS, "features": [N_MELS, HOP_MS, WIN_MS,
-                                                                                              STACK], "version": 1}
+                                                                                              STACK], "version": 2}
     folder = cache_dir() / "speech" / settings_key(settings)
     sets = {}
     for split, size, variants, offset in (("train", train_size, TRAIN_VARIANTS, 0), ("val", val_size, TRAIN_VARIANTS, 1),
