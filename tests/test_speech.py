@@ -201,6 +201,7 @@ def test_generator_speaks_two_words_deterministically():
     assert torch.equal(one.features, two.features)
     first, second = one[0], one[1]
     assert first["features"].shape[1] == speech.FEATURES and torch.isfinite(one.features).all()
+    assert len(second["features"]) > len(first["features"])  # two words take longer than one
     assert first["label"].tolist() == speech.encode("yes") and first["lengths"] == len(first["features"])
     assert sorted(one.voices) == ["en+f2", "en-us"]
     assert 0.3 < one.seconds[0] < 2.0

@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / speech benchmark: only this arm (kd, pd, tinybert ... / ml-L3, en-L2 ...; "
-                       "repeatable)")
+                       help="nlp / embeddings / speech benchmark: only this arm (kd, pd, tinybert ... / ml-L3, "
+                       "en-L2 ... / ctc, seq-kd ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="nlp / embeddings / speech benchmark: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)

@@ -240,13 +240,6 @@ class SpeechSet(torch.utils.data.Dataset):
         ta, tb = int(self.target_offsets[i]), int(self.target_offsets[i + 1])
         return {"features": self.features[a:b], "lengths": b - a, "label": self.targets[ta:tb]}
 
-    def subset(self, indices) -> SpeechSet:
-        indices = list(indices)
-        items = [self[i] for i in indices]
-        return SpeechSet.from_utterances([it["features"] for it in items], [self.texts[i] for i in indices],
-                                         [self.voices[i] for i in indices], [self.seconds[i] for i in indices],
-                                         self.name)
-
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
