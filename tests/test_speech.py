@@ -323,5 +323,23 @@ def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
                "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002},
                "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]}
     table = format_table(summary)
-    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 |" in table and "5.0×" in table
+    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 10.0 ± 0.0 |" in table and "5.0×" in table
     assert "312 of 563" in table
+
+
+def test_a_cached_teacher_gives_the_live_teachers_frame_targets():
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+
+    train = _toy_words(24, 0)
+    torch.manual_seed(0)
+    teacher = speech.RecurrentCTC(features=8, hidden=16, layers=1, bidirectional=True).eval()
+    losses = []
+    for cache in (False, True):  # utterances of different lengths, batched by length: padding differs per batch
+        torch.manual_seed(1)
+        student = speech.RecurrentCTC(features=8, hidden=8, layers=1, dropout=0.0)
+        cfg = TrainConfig(epochs=2, batch_size=8, seed=0, progress=False, cache_teacher=cache, group_by_length=True)
+        history = fit_stages(student, teacher, as_stages(METHODS["ctc_frame_kd"](shift=1)), train, train, config=cfg,
+                             task=get_task("ctc"), say=lambda *_: None)["history"]
+        losses.append([r["train/ctc_frame_kd"] for r in history if r.get("event") == "epoch"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

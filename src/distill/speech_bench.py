@@ -230,10 +230,11 @@ def format_table(summary: dict) -> str:
     teacher, rtf = summary["teacher"], summary["rtf"]
     lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
              f"{summary['vocab']}-word vocabulary); greedy decoding; RTF on one CPU thread, batch 1.", "",
-             "| model | arm | params | real CER | real WER | held-out voices CER | held-out voices WER | seeds | "
-             "delay (frames) | RTF | speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             "| model | arm | params | real CER | real WER | real WER vs teacher | held-out voices CER | "
+             "held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| BiGRU teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
-             f"{teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | {rtf['teacher']:.4f} | 1.0× |"]
+             f"+0% | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | {rtf['teacher']:.4f} | 1.0× |"]
     groups: dict[str, list[dict]] = {}
     for row in summary["rows"]:
         groups.setdefault(row["arm"], []).append(row)
@@ -241,7 +242,10 @@ def format_table(summary: dict) -> str:
         model = ARMS[arm][0]
         r = rtf[json.dumps(model, sort_keys=True)]
         name = "BiGRU student" if model.get("bidirectional") else "streaming GRU"
-        cells = " | ".join(_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer"))
+        cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
+        wer = statistics.fmean(x["real_wer"] for x in rows)
+        relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
+        cells = " | ".join([*cells[:2], relative, *cells[2:]])
         delays = "/".join(str(x["delay"]) for x in rows)
         lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | {r:.4f} | "
                      f"{rtf['teacher'] / r:.1f}× |")
