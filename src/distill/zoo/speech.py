@@ -413,7 +413,8 @@ class RecurrentCTC(nn.Module):
 
 def _builder(bidirectional: bool):
     def build(in_shape=None, num_classes: int | None = None, **options):
-        return RecurrentCTC(in_shape[-1] if in_shape else FEATURES, num_classes or len(ALPHABET) + 1,
+        # in_shape (F,): F features per frame; anything else (None, an image shape): the zoo's own FEATURES
+        return RecurrentCTC(in_shape[0] if in_shape and len(in_shape) == 1 else FEATURES, num_classes or len(ALPHABET) + 1,
                             bidirectional=bidirectional, **options)
     return build
 
