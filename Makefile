@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SWORD_CONFS   := /usr/share/sword/mods.d/engKJV2006eb.conf /usr/share/sword/mods.d/spaRV1909eb.conf
-DEBS          := dataset-fashion-mnist sword-text-kjv sword-text-sparv
+# speech (distill bench speech): espeak-ng synthesises training speech; Asterisk's prompts are the real test
+SPEECH        := /usr/bin/espeak-ng /usr/share/asterisk/sounds/en/digits/7.wav \
+                 /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
+DEBS          := dataset-fashion-mnist sword-text-kjv sword-text-sparv \
+                 espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
 # Jane Austen's novels are unpacked, not installed: installing r-cran-janeaustenr pulls in all of R (~430 MB)
 DEB_DIR       := $(HOME)/.cache/distill/deb
 AUSTEN        := /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx
@@ -17,7 +21,7 @@ AUSTEN        := /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@if ! ls $(FASHION_MNIST) $(SWORD_CONFS) >/dev/null 2>&1; then \
+	@if ! ls $(FASHION_MNIST) $(SWORD_CONFS) $(SPEECH) >/dev/null 2>&1; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get install -y $(DEBS) || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBS); }; \

@@ -126,8 +126,11 @@ def test_every_loss_registers_itself_with_its_binding():
                                       "gather": True}),
         "rail_kd": (losses.RailKD, {}),
         "multilingual_mse": (losses.multilingual_mse, {}),
+        "ctc": (losses.ctc_loss, {"teacher": None, "labels": True}), "ctc_frame_kd": (losses.ctc_frame_kd, {}),
+        "ctc_sequence_kd": (losses.ctc_sequence_kd, {}),
     }
-    softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd", "minillm"}
+    softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd", "minillm",
+               "ctc", "ctc_frame_kd", "ctc_sequence_kd"}
     expected = {name: (fn, {**binding, "softmax": True} if name in softmax else binding)
                 for name, (fn, binding) in expected.items()}
     assert LOSSES == expected

@@ -100,6 +100,8 @@ def cmd_list(args) -> int:
               "(distill bench embeddings --arm ARM)")
         print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "
               "token KD (forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD")
+        print(f"  {'speech':14s} CTC speech recognition: a bidirectional GRU teacher into streaming students, tested "
+              "on real Asterisk recordings (distill bench speech --arm ARM)")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -151,6 +153,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+# name -> (module, function) of the benchmarks run as arms x seeds
+ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_benchmark"),
+                  "llm": ("distill.llm_bench", "run_llm_benchmark"),
+                  "speech": ("distill.speech_bench", "run_speech_benchmark")}
+
+
 def cmd_bench(args) -> int:
     from distill.bench import run_benchmark
     from distill.recipe import RecipeError
@@ -170,26 +178,18 @@ def cmd_bench(args) -> int:
                           out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"),
                           train_only=args.train_only)
         return 0
-    if args.name == "embeddings":
-        from distill.embeddings_bench import run_embeddings_benchmark
+    if args.name in ARM_BENCHMARKS:  # benchmarks of arms x seeds, each with --arm, --train-only, --quick
+        import importlib
 
+        module, function = ARM_BENCHMARKS[args.name]
         if args.set or args.only_seed is not None or args.pair:
-            raise RecipeError("the embeddings benchmark takes --seeds, --quick, --arm, --train-only and --out")
-        run_embeddings_benchmark(seeds=args.seeds or 3, quick=args.quick, only=args.arm, train_only=args.train_only,
-                                 out_dir=args.out or ("bench-results/embeddings-quick" if args.quick
-                                                      else "bench-results/embeddings"))
-        return 0
-    if args.name == "llm":
-        from distill.llm_bench import run_llm_benchmark
-
-        if args.set or args.only_seed is not None or args.pair:
-            raise RecipeError("the llm benchmark takes --seeds, --quick, --arm, --train-only and --out")
-        run_llm_benchmark(seeds=args.seeds or (1 if args.quick else 3), quick=args.quick, only=args.arm,
-                          out_dir=args.out or ("bench-results/llm-quick" if args.quick else "bench-results/llm"),
-                          train_only=args.train_only)
+            raise RecipeError(f"the {args.name} benchmark takes --seeds, --quick, --arm, --train-only and --out")
+        run = getattr(importlib.import_module(module), function)
+        run(seeds=args.seeds or 3, quick=args.quick, only=args.arm, train_only=args.train_only,
+            out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp, embeddings and llm benchmarks "
+        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm and speech benchmarks "
                           "(distill bench nlp --arm kd)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
@@ -288,10 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / llm benchmark: only this arm (kd, pd, tinybert ... / ml-L3 ... / "
-                       "fkl, gkd ...; repeatable)")
+                       help="nlp / embeddings / llm / speech benchmark: only this arm (kd, pd ... / ml-L3 ... / "
+                       "fkl, gkd ... / ctc, seq-kd ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
-                       help="nlp / embeddings / llm benchmark: train the missing rows, skip the speed and the table")
+                       help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

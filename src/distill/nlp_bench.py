@@ -80,7 +80,7 @@ def cached_teacher(data, quick: bool, say=print):
     from transformers import AutoModelForSequenceClassification
 
     from distill.methods import METHODS
-    from distill.run_models import cache_dir
+    from distill.fileio import cache_dir
     from distill.zoo.text import load_minilm, quiet_transformers
 
     extra = {"num_hidden_layers": QUICK["teacher_layers"]} if quick else {}

@@ -483,6 +483,9 @@ class Recipe(_Strict):
                         "images": "images and zoo models (it reads their feature taps such as stage2, last_stage)"}
                 raise ValueError(f"method {excerpt(m.name, 40)} needs {what[needs]}, but data "
                                  f"{excerpt(self.data.dataset, 40)} is {'text' if kind == 'tokens' else 'images'}")
+            if m.method is not None and METHOD_INPUTS.get(m.method) == "ctc" and self.build_task().name != "ctc":
+                raise ValueError(f"method {excerpt(m.name, 40)} trains CTC speech models and needs 'task: ctc' "
+                                 "(frame logits, transcripts; see recipes/speech.yaml)")
             taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
             if taps and not self.teacher_specs:
                 raise ValueError(f"method {excerpt(m.name, 40)} needs a teacher, but the recipe has none")

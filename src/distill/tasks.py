@@ -13,7 +13,8 @@ The engine knows nothing of images, labels or accuracy; a task does. It
   teacher instead (KL or MSE to the teacher, top-1 agreement).
 
 Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``regression``, ``multilabel``,
-``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders), ``embedding`` and
+``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders), ``ctc`` (speech: per-frame
+logits, CER / WER), ``embedding`` and
 ``parallel_embedding`` (sentence pairs across languages).
 Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
 Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
@@ -550,6 +551,107 @@ class Tokens(Task):
         loss = sums["loss"] / sums["count"]
         return {"accuracy": 100.0 * sums["correct"] / sums["count"], "loss": loss,
                 "perplexity": math.exp(min(loss, 700.0))}
+
+
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (insertions, deletions and substitutions cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+@register_task
+class CTC(Task):
+    """Speech recognition with CTC: per-frame logits ``(B, T, V)``, blank = 0, symbols ``1 .. V-1``.
+
+    Items: ``{"features": (frames, F), "lengths": frames, "label": symbol ids}`` (the model is called as
+    ``model(features=..., lengths=...)``); features are zero-padded per batch, labels with ``-100``, and
+    ``batch["mask"]`` marks the real frames of each utterance (what every CTC term reads). Symbol ``i`` is
+    ``alphabet[i - 1]`` (default: space, apostrophe, ``a``-``z``). Decoding: ``"greedy"`` (best path) or
+    ``"beam"`` (prefix beam search, ``beam`` prefixes). Metrics: CER (%, selects), WER (%) and the CTC loss
+    per utterance.
+    """
+
+    name = "ctc"
+    select, mode = "cer", "min"
+    per_position = True
+    class_labels = True
+    ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
+                 alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8):
+        super().__init__(target, pad_token_id, tokenizer)
+        if decode not in ("greedy", "beam"):
+            raise TaskError(f"decode must be 'greedy' or 'beam', got {excerpt(decode)}")
+        if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise TaskError(f"alphabet must be a string of distinct symbols, got {excerpt(alphabet)}")
+        self.alphabet, self.decode, self.beam = alphabet, decode, beam
+
+    def encode(self, text: str) -> list[int]:
+        """Symbol ids of ``text`` (``TaskError`` naming a character outside the alphabet)."""
+        bad = sorted(set(text) - set(self.alphabet))
+        if bad:
+            raise TaskError(f"text {excerpt(text)} has characters outside the CTC alphabet: {bad!r}; normalise it "
+                            f"(distill.zoo.speech.normalize) or give the task another alphabet")
+        return [self.alphabet.index(c) + 1 for c in text]
+
+    def text(self, symbols) -> str:
+        return "".join(self.alphabet[s - 1] for s in symbols)
+
+    def prepare(self, batch):
+        batch = super().prepare(batch)
+        inputs = batch["input"]
+        if not isinstance(inputs, Mapping) or "features" not in inputs:
+            raise TaskError(f"ctc items are dicts with 'features' (frames, F) and 'lengths', got {describe(inputs)}")
+        features = inputs["features"]
+        if features.dim() != 3:
+            raise TaskError(f"ctc features must be (frames, F) per item, got a batch of shape {tuple(features.shape)}")
+        lengths = inputs.get("lengths")
+        if lengths is None:
+            lengths = batch.get("lengths", torch.full((len(features),), features.shape[1], dtype=torch.long))
+            batch["input"] = inputs = {**inputs, "lengths": lengths}
+        batch["lengths"] = lengths = torch.as_tensor(lengths).long()
+        batch["mask"] = torch.arange(features.shape[1])[None, :] < lengths[:, None]
+        labels = batch.get("label")
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() != 2):
+            raise TaskError(f"ctc labels are symbol ids of shape (batch, symbols), got {describe(labels)}")
+        return batch
+
+    def check_labels(self, labels):
+        if labels.dim() == 2 and bool(((labels == 0)).any()):
+            raise TaskError("ctc labels hold 0, the blank: symbols are 1 .. V-1 (pad with -100)")
+        return labels
+
+    def default_terms(self) -> list[Term]:
+        return [Term("ctc")]
+
+    def hypotheses(self, logits: torch.Tensor, frames) -> list[str]:
+        """The decoded text of each utterance of ``(B, T, V)`` logits."""
+        from distill.losses.ctc import beam_decode, greedy_decode
+
+        found = greedy_decode(logits, frames) if self.decode == "greedy" else beam_decode(logits, frames, self.beam)
+        return [self.text(s) for s in found]
+
+    def add_labelled(self, sums, pred, labels, mask):
+        from distill.losses.ctc import ctc_loss
+
+        frames = mask.sum(1) if mask is not None else None
+        for hyp, row in zip(self.hypotheses(pred, frames), labels.tolist()):
+            ref = self.text([s for s in row if s != IGNORE_INDEX])
+            _add(sums, "char_errors", edit_distance(ref, hyp))
+            _add(sums, "chars", len(ref))
+            _add(sums, "word_errors", edit_distance(ref.split(), hyp.split()))
+            _add(sums, "words", len(ref.split()))
+        _add(sums, "loss", float(ctc_loss(pred, labels, mask=mask)) * len(labels))
+        _add(sums, "count", len(labels))
+
+    def labelled_metrics(self, sums):
+        return {"cer": 100.0 * sums["char_errors"] / max(sums["chars"], 1),
+                "wer": 100.0 * sums["word_errors"] / max(sums["words"], 1), "loss": sums["loss"] / sums["count"]}
 
 
 @register_task

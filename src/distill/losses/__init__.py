@@ -9,11 +9,13 @@ binding where it is defined (:func:`distill.losses.registry.register_loss`, fill
 Per-position logit losses (``kd_loss``, ``dkd_loss``, ``dist_loss``, ``cross_entropy``,
 ``generalized_jsd_loss``) take ``(batch, ..., classes)`` logits with the class axis last and
 the keywords ``mask`` (bool, or integer labels with ``ignore_index=-100``) and ``num_items``
-(the divisor; see :mod:`distill.losses.positions`).
+(the divisor; see :mod:`distill.losses.positions`). The CTC losses (:mod:`distill.losses.ctc`) take
+``(batch, frames, vocabulary)`` logits, blank = 0, and a frame ``mask``.
 """
 from distill.losses.ab import ab_loss
 from distill.losses.attention import at_loss, nst_loss
 from distill.losses.cam import cam_match_loss, gradcam_pp
+from distill.losses.ctc import ctc_frame_kd, ctc_loss, ctc_sequence_kd
 from distill.losses.crd import CRD, LazyCRD, crd_loss, crd_nce_loss
 from distill.losses.datafree import bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1, total_variation
 from distill.losses.dist import dist_loss
@@ -38,8 +40,9 @@ from distill.losses.vid import VID, vid_loss
 __all__ = [
     "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "RailKD", "Translator",
     "VID", "ab_loss", "attention_mse", "cilda_loss", "cosine_hidden", "hidden_mse", "pkd_loss", "random_layer_map", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
-    "cross_entropy", "dafl_generator_loss", "dist_loss", "dkd_loss", "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss",
-    "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence", "kd_loss", "kdcl_loss", "logit_l1", "minillm_loss",
+    "cross_entropy", "ctc_frame_kd", "ctc_loss", "ctc_sequence_kd", "dafl_generator_loss", "dist_loss", "dkd_loss",
+    "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss", "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence",
+    "kd_loss", "kdcl_loss", "logit_l1", "minillm_loss",
     "multi_teacher_kd_loss", "multilingual_mse", "nst_loss", "one_loss", "pkt_loss", "register_loss", "rkd_loss", "sp_loss",
     "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "dense_from_topk", "topk_logits", "truncate_teacher", "total_variation", "vid_loss",
 ]

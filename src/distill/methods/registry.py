@@ -17,14 +17,17 @@ F = TypeVar("F", bound=Callable)
 METHODS: dict[str, Callable] = {}
 #: name -> the inputs a method needs: "any" (every model), "tokens" (token sequences, e.g. MixKD's mixup) or
 #: "causal_lm" (a causal language model on token sequences: per-token KD, generation inside the loop)
+#: "ctc" (per-frame CTC outputs of speech models, task ``ctc``)
 METHOD_INPUTS: dict[str, str] = {}
+INPUTS = ("any", "tokens", "causal_lm", "ctc")
 
 
 def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:
     """Register the decorated function as the method ``name`` (a name is taken once); ``inputs``: what it
-    needs of the data and models, ``"any"``, ``"tokens"`` or ``"causal_lm"``."""
-    if inputs not in ("any", "tokens", "causal_lm"):
-        raise ValueError(f"register_method({name!r}): inputs must be 'any', 'tokens' or 'causal_lm', got {inputs!r}")
+    needs of the data and models, ``"any"``, ``"tokens"``, ``"causal_lm"`` or ``"ctc"``."""
+    if inputs not in INPUTS:
+        raise ValueError(f"register_method({name!r}): inputs must be one of {', '.join(map(repr, INPUTS))}, "
+                         f"got {inputs!r}")
 
     def register(fn: F) -> F:
         if name in METHODS and METHODS[name] is not fn:

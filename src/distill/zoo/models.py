@@ -34,7 +34,8 @@ def register_model(name: str, description: str = ""):
 def build_model(name: str, in_shape=(1, 28, 28), num_classes: int = 10, **options) -> nn.Module:
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    return MODELS[name](in_shape=tuple(in_shape) if in_shape is not None else None, num_classes=num_classes, **options)
+    # in_shape None: data whose items are not one tensor (a user's data function); the builder picks its default
+    return MODELS[name](in_shape=None if in_shape is None else tuple(in_shape), num_classes=num_classes, **options)
 
 
 def stage_aliases(stages: list[str], classifier: str) -> dict[str, str]:

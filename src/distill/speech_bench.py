@@ -1,0 +1,252 @@
+"""``distill bench speech``: CTC speech recognition, a bidirectional GRU teacher distilled into streaming students.
+
+Data (:mod:`distill.zoo.speech`): espeak-ng speech of the closed vocabulary (words of the short Asterisk prompts
+and digits) for training and validation, held-out espeak voices for the synthetic test, and the real Asterisk
+recordings whose words are in the vocabulary for the test that counts.
+
+| arm | student | loss |
+|---|---|---|
+| ``ctc`` | unidirectional GRU | CTC on the transcripts (the baseline) |
+| ``frame-kd`` | unidirectional GRU | CTC + frame-level KL to the teacher, frame ``t`` to frame ``t`` |
+| ``frame-kd-shift`` | unidirectional GRU | the same, the student's frame ``t + SHIFT`` to the teacher's ``t`` |
+| ``seq-kd`` | unidirectional GRU | CTC + CTC on the teacher's 4-best hypotheses, weighted |
+| ``bi-ctc`` | small bidirectional GRU (not streaming) | CTC on the transcripts |
+
+The teacher is trained once and cached; its outputs on the training set are cached per run
+(``cache_teacher``). Each (arm, seed) result is a file under the output folder, so an interrupted benchmark
+resumes. ``delay`` is the student's spike delay behind the teacher on the real recordings (the frame shift that
+best lines up their non-blank posteriors; 1 frame = 20 ms). The real-time factor is the model's compute
+time over the audio's duration on one CPU thread, one utterance at a time (the features are not included:
+the same for every model).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from distill.fileio import atomic_write_dir, bench_row, settings_key, write_bench_results
+
+DATA = {"train_size": 12000, "val_size": 600, "test_size": 800}
+TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True},
+           "train": {"lr": 2e-3, "epochs": 10, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
+                     "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
+STUDENT = {"model": {"hidden": 96, "layers": 2, "bidirectional": False},
+           "train": {"lr": 2e-3, "epochs": 6, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
+                     "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
+SHIFT = 2  # frames of 20 ms the streaming student lags the bidirectional teacher's spikes
+# arm -> (model overrides, method, method options)
+ARMS = {
+    "ctc": ({}, "ctc", {}),
+    "frame-kd": ({}, "ctc_frame_kd", {"alpha": 0.5, "shift": 0}),
+    "frame-kd-shift": ({}, "ctc_frame_kd", {"alpha": 0.5, "shift": SHIFT}),
+    "seq-kd": ({}, "ctc_sequence_kd", {"alpha": 0.5, "n_best": 4, "beam": 4}),
+    "bi-ctc": ({"hidden": 64, "bidirectional": True}, "ctc", {}),
+}
+QUICK = {"data": {"train_size": 240, "val_size": 60, "test_size": 60}, "bases": ["en-us", "en"],
+         "teacher": {"hidden": 64, "layers": 2}, "teacher_epochs": 3, "student_epochs": 1}
+
+
+def _train(model, teacher, terms, train, val, settings: dict, seed: int):
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+    from distill.tasks import get_task
+
+    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=teacher is not None)
+    return fit_stages(model, teacher, as_stages(terms), train, val, config=cfg, task=get_task("ctc"),
+                      say=lambda *_: None)["history"]
+
+
+def _teacher_settings(quick: bool) -> dict:
+    model = {**TEACHER["model"], **(QUICK["teacher"] if quick else {})}
+    train = {**TEACHER["train"], **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
+    return {"model": model, "train": train}
+
+
+def cached_teacher(data, data_key: str, quick: bool, say=print):
+    """The bidirectional GRU teacher trained with CTC on the synthetic training split, kept as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from distill.methods import METHODS
+    from distill.fileio import cache_dir
+    from distill.zoo.speech import RecurrentCTC
+
+    settings = {**_teacher_settings(quick), "data": data_key, "version": 1}
+    folder = cache_dir() / "teachers" / f"speech-bigru-{settings_key(settings)}"
+    torch.manual_seed(0)
+    model = RecurrentCTC(**settings["model"])
+    if (folder / "teacher.json").is_file():
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return model.eval(), json.loads((folder / "teacher.json").read_text())
+    say(f"training the bidirectional GRU teacher on {len(data.train):,} utterances (cached in {folder})")
+    start = time.perf_counter()
+    history = _train(model, None, METHODS["ctc"](), data.train, data.val, settings["train"], seed=0)
+    info = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "history": history}
+
+    def write(tmp: Path) -> None:
+        save_file(model.state_dict(), tmp / "model.safetensors")
+        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
+
+    atomic_write_dir(folder, write)
+    return model.eval(), info
+
+
+def scores(model, data) -> dict:
+    """CER and WER (%, greedy decoding) on the held-out voices and on the real recordings."""
+    from distill.evaluation import evaluate
+
+    out = {}
+    for name, split in (("voices", data.test_voices), ("real", data.test_real)):
+        found = evaluate(model, split, 128, task="ctc")
+        out |= {f"{name}_cer": found["cer"], f"{name}_wer": found["wer"]}
+    return out
+
+
+def logits_on(model, split, limit: int = 200) -> list[torch.Tensor]:
+    """The model's frame logits on the first ``limit`` utterances of ``split``, one ``(T, V)`` tensor each."""
+    model.eval()
+    with torch.inference_mode():
+        return [model(split[i]["features"][None])[0] for i in range(min(limit, len(split)))]
+
+
+def spike_delay(student: list[torch.Tensor], teacher: list[torch.Tensor], max_shift: int = 8) -> int:
+    """The frame shift ``d`` (from ``-max_shift`` to ``max_shift``) at which the student's non-blank posteriors at
+    ``t + d`` best match the teacher's at ``t``, summed over utterances: how far the student's spikes lag."""
+    best, best_score = 0, -1.0
+    for d in range(-max_shift, max_shift + 1):
+        total = 0.0
+        for s, t in zip(student, teacher):
+            ps, pt = s.softmax(-1)[:, 1:], t.softmax(-1)[:, 1:]
+            n = len(pt)
+            lo, hi = max(0, -d), min(n, n - d)
+            if hi > lo:
+                total += float((pt[lo:hi] * ps[lo + d: hi + d]).sum())
+        if total > best_score:
+            best, best_score = d, total
+    return best
+
+
+def real_time_factor(model, split, limit: int = 100) -> float:
+    """Model seconds per second of audio on one thread, one utterance at a time (the first ``limit`` utterances)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(3):  # warm-up
+                model(split[i]["features"][None])
+            start = time.perf_counter()
+            for i in range(min(limit, len(split))):
+                model(split[i]["features"][None])
+            spent = time.perf_counter() - start
+        return spent / sum(split.seconds[: min(limit, len(split))])
+    finally:
+        torch.set_num_threads(old)
+
+
+def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
+    return settings_key({"arm": ARMS[arm], "student": STUDENT, "quick": quick, "teacher": teacher_key})
+
+
+def build_student(arm: str, seed: int):
+    from distill.zoo.speech import RecurrentCTC
+
+    torch.manual_seed(seed)
+    return RecurrentCTC(**{**STUDENT["model"], **ARMS[arm][0]})
+
+
+def run_arm(arm: str, seed: int, data, teacher, quick: bool, teacher_logits) -> dict:
+    from distill.evaluation import count_parameters
+    from distill.methods import METHODS
+
+    _, method, options = ARMS[arm]
+    student = build_student(arm, seed)
+    settings = {**STUDENT["train"], **({"epochs": QUICK["student_epochs"]} if quick else {})}
+    start = time.perf_counter()
+    history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), data.train,
+                     data.val, settings, seed)
+    seconds = time.perf_counter() - start
+    return {"arm": arm, "seed": seed, **scores(student, data), "val_cer": history[-1]["val/cer"],
+            "params": count_parameters(student), "train_seconds": round(seconds, 1),
+            "delay": spike_delay(logits_on(student, data.test_real), teacher_logits)}
+
+
+def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                         out_dir: str | Path = "bench-results/speech", train_only: bool = False, say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
+    train the missing rows and stop before the real-time factors and the table."""
+    from distill.evaluation import count_parameters
+    from distill.zoo.speech import BASES, load_speech
+
+    arms = only or list(ARMS)
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    data_settings = {**DATA, **(QUICK["data"] if quick else {})}
+    bases = QUICK["bases"] if quick else BASES
+    data = load_speech(**data_settings, bases=bases, say=say)
+    data_key = settings_key({**data_settings, "bases": list(bases)})
+    say(f"real recordings: {len(data.test_real)} of the {data.real_total} Asterisk prompts have all their words in "
+        f"the {len(data.vocab)}-word vocabulary")
+    teacher, info = cached_teacher(data, data_key, quick, say)
+    teacher_key = settings_key(info["settings"])
+    teacher_row = {**scores(teacher, data), "val_cer": info["history"][-1]["val/cer"],
+                   "params": count_parameters(teacher), "train_seconds": info["seconds"]}
+    say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
+    teacher_logits = logits_on(teacher, data.test_real)
+    out, results = Path(out_dir), []
+    for arm in arms:
+        for seed in range(seeds):
+            say(f"{arm} seed {seed} ...")
+            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_key),
+                                  lambda: run_arm(arm, seed, data, teacher, quick, teacher_logits))
+            say(f"  real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%  ({row['train_seconds']:.0f} s"
+                f"{'' if made else ', stored'})")
+            results.append(row)
+    if train_only:
+        return {"teacher": teacher_row, "rows": results}
+    rtf = {"teacher": real_time_factor(teacher, data.test_real)}
+    for arm in arms:
+        shape = json.dumps(ARMS[arm][0], sort_keys=True)
+        rtf.setdefault(shape, real_time_factor(build_student(arm, 0), data.test_real))
+    summary = {"teacher": teacher_row, "rows": results, "rtf": rtf, "seeds": seeds, "quick": quick,
+               "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
+               "train_utterances": len(data.train),
+               "settings": {"data": data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
+    table = format_table(summary)
+    write_bench_results(out, summary, table)
+    say(table)
+    return summary
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def format_table(summary: dict) -> str:
+    teacher, rtf = summary["teacher"], summary["rtf"]
+    lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
+             f"{summary['vocab']}-word vocabulary); greedy decoding; RTF on one CPU thread, batch 1.", "",
+             "| model | arm | params | real CER | real WER | real WER vs teacher | held-out voices CER | "
+             "held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| BiGRU teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
+             f"+0% | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | {rtf['teacher']:.4f} | 1.0× |"]
+    groups: dict[str, list[dict]] = {}
+    for row in summary["rows"]:
+        groups.setdefault(row["arm"], []).append(row)
+    for arm, rows in groups.items():
+        model = ARMS[arm][0]
+        r = rtf[json.dumps(model, sort_keys=True)]
+        name = "BiGRU student" if model.get("bidirectional") else "streaming GRU"
+        cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
+        wer = statistics.fmean(x["real_wer"] for x in rows)
+        relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
+        cells = " | ".join([*cells[:2], relative, *cells[2:]])
+        delays = "/".join(str(x["delay"]) for x in rows)
+        lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | {r:.4f} | "
+                     f"{rtf['teacher'] / r:.1f}× |")
+    return "\n".join(lines)

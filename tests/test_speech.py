@@ -1,0 +1,345 @@
+"""Speech recognition with CTC: features, decoding, the CTC distillation losses, the task, the data, a toy model."""
+import itertools
+import json
+import math
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from distill.losses.ctc import (beam_decode, ctc_frame_kd, ctc_loss, ctc_sequence_kd, greedy_decode,
+                                prefix_beam_search)
+from distill.methods import METHODS
+from distill.tasks import TaskError, edit_distance, get_task
+from distill.zoo import speech
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_asterisk = pytest.mark.skipif(not (speech.ASTERISK_TEXT.is_file() and speech.ASTERISK_WAV.is_dir()),
+                                    reason="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en")
+
+
+# ------------------------------------------------------------------------------------------------ features
+def test_log_mel_of_a_tone_matches_a_hand_computation():
+    rate, freq = 8000, 1000.0
+    samples = torch.sin(2 * math.pi * freq * torch.arange(rate // 4) / rate)
+    out = speech.log_mel(samples, rate, normalise=False)
+    win, hop, n_fft = 200, 80, 256  # 25 ms, 10 ms at 8 kHz; the window padded to a power of two
+    assert out.shape == (1 + (len(samples) - win) // hop, speech.N_MELS)
+    # frame 3 by hand: periodic Hann window, a DFT as explicit sums, power, the triangles of the mel filters
+    x = samples[3 * hop: 3 * hop + win].double().numpy() * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win))
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    n = np.arange(win)[None, :]
+    power = (x * np.cos(2 * np.pi * k * n / n_fft)).sum(1) ** 2 + (x * np.sin(2 * np.pi * k * n / n_fft)).sum(1) ** 2
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    edges = 700 * (10 ** (np.linspace(mel(20), mel(3800), speech.N_MELS + 2) / 2595) - 1)
+    freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    energies = []
+    for m in range(speech.N_MELS):
+        lo, mid, hi = edges[m: m + 3]
+        weights = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+        energies.append(np.log((weights * power).sum() + 1e-6))
+    assert np.allclose(out[3].numpy(), energies, atol=1e-3)
+    # the loudest band is the one whose centre is nearest the tone
+    assert int(out[3].argmax()) == int(np.abs(edges[1:-1] - freq).argmin())
+    normalised = speech.log_mel(samples, rate)
+    assert torch.allclose(normalised.mean(0), torch.zeros(speech.N_MELS), atol=1e-3)
+
+
+def test_stacked_features_halve_the_frame_rate():
+    feats = torch.arange(14.0).reshape(7, 2)
+    assert speech.stack_frames(feats, 2).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_feature_errors_say_what_to_give():
+    with pytest.raises(speech.SpeechError, match="one mono signal"):
+        speech.log_mel(torch.zeros(2, 800), 8000)
+    with pytest.raises(speech.SpeechError, match="fewer than one"):
+        speech.log_mel(torch.zeros(10), 8000)
+    with pytest.raises(speech.SpeechError, match="not a PCM WAV"):
+        speech.read_wav(b"not a wav file at all")
+
+
+def test_normalize_spells_digits_and_drops_punctuation():
+    assert speech.normalize("Press 1, then #!  It's OK.") == "press one then it's ok"
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def _posteriors(rows):
+    return torch.tensor(rows).log()
+
+
+def test_greedy_decoding_of_a_hand_made_posterior():
+    # frames:  a  a  blank  a  b  b  (padding: b)
+    p = torch.full((7, 3), 0.05)
+    for t, s in enumerate([1, 1, 0, 1, 2, 2, 2]):
+        p[t, s] = 0.9
+    assert greedy_decode(p.log()) == [[1, 1, 2]]
+    assert greedy_decode(p.log()[None], torch.tensor([4])) == [[1, 1]]  # the real frames only
+
+
+def test_beam_search_finds_what_greedy_misses():
+    # two frames, blank 0.55 each: the best path is blank-blank (""), but "a" has three paths, 0.6975 in all
+    lp = _posteriors([[0.55, 0.45], [0.55, 0.45]])
+    assert greedy_decode(lp) == [[]]
+    assert beam_decode(lp[None]) == [[1]]
+    (best, score), (second, score2) = prefix_beam_search(lp, beam=4, n_best=2)
+    assert best == (1,) and math.isclose(math.exp(score), 0.6975, rel_tol=1e-6)
+    assert second == () and math.isclose(math.exp(score2), 0.3025, rel_tol=1e-6)
+
+
+def test_prefix_beam_search_sums_every_alignment():
+    torch.manual_seed(0)
+    lp = torch.randn(4, 3).log_softmax(-1)
+    exact: dict[tuple, float] = {}
+    for path in itertools.product(range(3), repeat=4):
+        collapsed = tuple(s for s, _ in itertools.groupby(path) if s != 0)
+        exact[collapsed] = exact.get(collapsed, 0.0) + math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+    found = prefix_beam_search(lp, beam=100, n_best=100, prune=1e-12)
+    assert len(found) == len(exact)
+    for symbols, score in found:
+        assert math.isclose(math.exp(score), exact[symbols], rel_tol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def test_frame_kd_is_zero_when_teacher_equals_student():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 5)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4]).bool()
+    assert float(ctc_frame_kd(logits, logits, mask=mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ctc_frame_kd(torch.randn(3, 6, 5), logits, mask=mask)) > 0.1
+
+
+def test_frame_kd_shift_lines_up_a_delayed_student():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 8, 5)
+    student = torch.cat([torch.randn(2, 2, 5), teacher[:, :-2]], dim=1)  # the teacher's spikes, two frames late
+    assert float(ctc_frame_kd(student, teacher, shift=2)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ctc_frame_kd(student, teacher, shift=0)) > 0.1
+    # padding frames never count: garbage after each utterance's end changes nothing
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3]).bool()
+    noisy = student.clone()
+    noisy[1, 5:] = 100.0
+    assert float(ctc_frame_kd(noisy, teacher, shift=2, mask=mask)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="shift is a number of frames"):
+        ctc_frame_kd(student, teacher, shift=8)
+
+
+def test_sequence_kd_with_a_sure_teacher_is_ctc_on_its_hypothesis():
+    torch.manual_seed(0)
+    teacher = torch.full((1, 6, 4), -10.0)
+    for t, s in enumerate([0, 2, 2, 0, 3, 0]):  # the teacher is sure of "2 3"
+        teacher[0, t, s] = 10.0
+    student = torch.randn(1, 6, 4)
+    expected = ctc_loss(student, torch.tensor([[2, 3]]))
+    assert float(ctc_sequence_kd(student, teacher, n_best=3)) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_ctc_loss_checks_its_labels():
+    logits = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match="0 is the blank"):
+        ctc_loss(logits, torch.tensor([[0, 1], [1, -100]]))
+    with pytest.raises(ValueError, match="frame mask"):
+        ctc_loss(logits, torch.tensor([[1, 2], [1, -100]]), mask=torch.ones(2, 4, dtype=torch.bool))
+    padded = ctc_loss(logits, torch.tensor([[1, 2], [3, -100]]), mask=torch.tensor([[1] * 5, [1] * 3 + [0] * 2]).bool())
+    alone = ctc_loss(logits[1:, :3], torch.tensor([[3]]))
+    first = ctc_loss(logits[:1], torch.tensor([[1, 2]]))
+    assert float(padded) == pytest.approx((float(alone) + float(first)) / 2, rel=1e-5)
+
+
+def test_methods_by_name():
+    assert [t.name for t in METHODS["ctc"]()] == ["ctc"]
+    terms = METHODS["ctc_frame_kd"](alpha=0.3, shift=2)
+    assert [(t.name, t.params.get("shift")) for t in terms] == [("ctc", None), ("ctc_frame_kd", 2)]
+    assert [t.name for t in METHODS["ctc_sequence_kd"](alpha=1.0)] == ["ctc_sequence_kd"]
+    with pytest.raises(ValueError, match="alpha"):
+        METHODS["ctc_frame_kd"](alpha=1.5)
+
+
+# ------------------------------------------------------------------------------------------------ the task
+def test_ctc_task_pads_frames_and_labels_and_scores_cer_wer():
+    task = get_task("ctc")
+    items = [{"features": torch.randn(5, 3), "lengths": 5, "label": torch.tensor(task.encode("ab"))},
+             {"features": torch.randn(3, 3), "lengths": 3, "label": torch.tensor(task.encode("a b c"))}]
+    batch = task.collate(items)
+    assert batch["input"]["features"].shape == (2, 5, 3)
+    assert batch["mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    assert batch["label"][0].tolist() == [3, 4, -100, -100, -100]
+    # a model that says "ab" for the first and "a b" for the second: 0 + 2 char errors of 2 + 5, 0 + 1 word of 1 + 3
+    pred = torch.full((2, 5, 29), -5.0)
+    for b, text in enumerate(["ab", "a b"]):
+        symbols = task.encode(text)
+        for t in range(5):
+            pred[b, t, symbols[t] if t < len(symbols) else 0] = 5.0
+    sums: dict = {}
+    task.add_batch(sums, pred, batch, None)
+    metrics = task.summarize(sums)
+    assert metrics["cer"] == pytest.approx(100 * 2 / 7) and metrics["wer"] == pytest.approx(100 * 1 / 4)
+    assert edit_distance("kitten", "sitting") == 3
+
+
+def test_ctc_task_errors_name_the_problem():
+    task = get_task("ctc")
+    with pytest.raises(TaskError, match="outside the CTC alphabet"):
+        task.encode("hello!")
+    with pytest.raises(TaskError, match="'features'"):
+        task.collate([{"input_ids": [1, 2], "label": [1]}])
+    with pytest.raises(TaskError, match="the blank"):
+        task.collate([{"features": torch.randn(4, 2), "lengths": 4, "label": torch.tensor([0, 1])}])
+    with pytest.raises(TaskError, match="decode"):
+        get_task("ctc", decode="viterbi")
+
+
+# ------------------------------------------------------------------------------------------------ data
+@needs_espeak
+def test_generator_speaks_two_words_deterministically():
+    one = speech.synthesize(["yes", "seven four"], ["en-us", "en+f2"], seed=3)
+    two = speech.synthesize(["yes", "seven four"], ["en-us", "en+f2"], seed=3)
+    assert len(one) == 2 and one.texts == ["yes", "seven four"]
+    assert torch.equal(one.features, two.features)
+    first, second = one[0], one[1]
+    assert first["features"].shape[1] == speech.FEATURES and torch.isfinite(one.features).all()
+    assert len(second["features"]) > len(first["features"])  # two words take longer than one
+    assert first["label"].tolist() == speech.encode("yes") and first["lengths"] == len(first["features"])
+    assert sorted(one.voices) == ["en+f2", "en-us"]
+    assert 0.3 < one.seconds[0] < 2.0
+
+
+@needs_espeak
+def test_speech_set_round_trips_through_npz(tmp_path):
+    data = speech.synthesize(["no"], ["en-us"], seed=0)
+    data.save(tmp_path / "s.npz")
+    back = speech.SpeechSet.load(tmp_path / "s.npz")
+    assert torch.equal(back.features, data.features) and back.texts == ["no"] and back.voices == ["en-us"]
+
+
+@needs_asterisk
+def test_asterisk_prompts_inside_the_vocabulary():
+    vocab = speech.vocabulary()
+    prompts = speech.asterisk_prompts(vocab)
+    assert "seven" in vocab and 200 < len(prompts) < len(speech.asterisk_transcripts())
+    assert all(set(text.split()) <= set(vocab) for _, text in prompts)
+    assert ("digits/7", "seven") in prompts
+
+
+def test_missing_data_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    with pytest.raises(speech.DataMissing, match="apt-get install espeak-ng"):
+        speech.speak("hello")
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _toy_words(n: int, seed: int):
+    """Two words as feature sequences: each letter a fixed pattern held 2-4 frames, noise on top."""
+    gen = torch.Generator().manual_seed(seed)
+    letters = {c: torch.randn(8, generator=torch.Generator().manual_seed(ord(c))) * 2 for c in "yesno"}
+    feats, texts = [], []
+    for i in range(n):
+        word = ["yes", "no"][i % 2]
+        rows = [letters[c].repeat(int(torch.randint(2, 5, (1,), generator=gen)), 1) for c in word]
+        x = torch.cat([torch.zeros(2, 8), *rows, torch.zeros(2, 8)])
+        feats.append(x + 0.3 * torch.randn(x.shape, generator=gen))
+        texts.append(word)
+    return speech.SpeechSet.from_utterances(feats, texts, ["toy"] * n, [0.1] * n)
+
+
+def test_a_toy_model_learns_two_words_in_seconds():
+    from distill.engine import TrainConfig
+    from distill.evaluation import evaluate
+    from distill.stages import as_stages, fit_stages
+
+    torch.manual_seed(0)
+    train, val = _toy_words(64, 0), _toy_words(16, 1)
+    model = speech.RecurrentCTC(features=8, hidden=32, layers=1, dropout=0.0)
+    cfg = TrainConfig(epochs=20, batch_size=16, lr=2e-2, seed=0, progress=False, schedule="constant", eval_every=20)
+    start = time.perf_counter()
+    fit_stages(model, None, as_stages(METHODS["ctc"]()), train, val, config=cfg, task=get_task("ctc"),
+               say=lambda *_: None)
+    assert time.perf_counter() - start < 60  # ~3 s on an idle core
+    assert evaluate(model, val, 16, task="ctc")["wer"] == 0.0
+
+
+def test_distillation_through_the_engine_runs_on_padded_batches():
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+
+    torch.manual_seed(0)
+    train = _toy_words(16, 0)
+    teacher = speech.RecurrentCTC(features=8, hidden=16, layers=1, bidirectional=True).eval()
+    for method in (METHODS["ctc_frame_kd"](shift=1), METHODS["ctc_sequence_kd"](n_best=2, beam=2)):
+        student = speech.RecurrentCTC(features=8, hidden=8, layers=1)
+        cfg = TrainConfig(epochs=1, batch_size=8, seed=0, progress=False, cache_teacher=True)
+        history = fit_stages(student, teacher, as_stages(method), train, train, config=cfg, task=get_task("ctc"),
+                             say=lambda *_: None)["history"]
+        assert math.isfinite(history[-1]["train/loss"]) and "val/cer" in history[-1]
+
+
+def test_padding_does_not_change_a_bidirectional_models_output():
+    torch.manual_seed(0)
+    model = speech.RecurrentCTC(features=4, hidden=8, layers=2, bidirectional=True).eval()
+    x = torch.randn(1, 5, 4)
+    padded = torch.cat([x, torch.randn(1, 3, 4)], dim=1)
+    with torch.no_grad():
+        alone, both = model(x, torch.tensor([5])), model(padded, torch.tensor([5]))
+    assert torch.allclose(alone, both[:, :5], atol=1e-6)
+
+
+def test_speech_benchmark_refuses_unknown_arms_and_flags(capsys):
+    from distill.cli import main
+    from distill.speech_bench import run_speech_benchmark
+
+    with pytest.raises(ValueError, match="unknown arms"):
+        run_speech_benchmark(only=["nope"])
+    assert main(["bench", "speech", "--set", "train.lr=1"]) == 2
+    assert "the speech benchmark takes" in capsys.readouterr().err
+
+
+def test_the_speech_recipe_names_its_methods_and_needs_the_ctc_task():
+    from distill.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe("speech")
+    assert recipe.build_task().name == "ctc" and [m.name for m in recipe.methods] == [
+        "ctc", "ctc_frame_kd", "ctc_sequence_kd"]
+    with pytest.raises(RecipeError, match="needs 'task: ctc'"):
+        load_recipe("speech", ["task=classification"])
+
+
+def test_spike_delay_finds_how_far_a_student_lags():
+    from distill.speech_bench import spike_delay
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(12, 5) * 3 for _ in range(3)]
+    late = [torch.cat([torch.randn(3, 5), t[:-3]]) for t in teacher]
+    assert spike_delay(late, teacher) == 3 and spike_delay(teacher, teacher) == 0
+
+
+def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
+    from distill.speech_bench import format_table
+
+    row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000}
+    summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
+               "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002},
+               "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]}
+    table = format_table(summary)
+    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 10.0 ± 0.0 |" in table and "5.0×" in table
+    assert "312 of 563" in table
+
+
+def test_a_cached_teacher_gives_the_live_teachers_frame_targets():
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+
+    train = _toy_words(24, 0)
+    torch.manual_seed(0)
+    teacher = speech.RecurrentCTC(features=8, hidden=16, layers=1, bidirectional=True).eval()
+    losses = []
+    for cache in (False, True):  # utterances of different lengths, batched by length: padding differs per batch
+        torch.manual_seed(1)
+        student = speech.RecurrentCTC(features=8, hidden=8, layers=1, dropout=0.0)
+        cfg = TrainConfig(epochs=2, batch_size=8, seed=0, progress=False, cache_teacher=cache, group_by_length=True)
+        history = fit_stages(student, teacher, as_stages(METHODS["ctc_frame_kd"](shift=1)), train, train, config=cfg,
+                             task=get_task("ctc"), say=lambda *_: None)["history"]
+        losses.append([r["train/ctc_frame_kd"] for r in history if r.get("event") == "epoch"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
