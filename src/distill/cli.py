@@ -7,6 +7,7 @@
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
     distill export RUN_DIR [--label LABEL ...] [--no-onnx] [--out DIR]
     distill eval RUN_DIR|FOLDER [--data DATASET] [--split test|val|train]
+    distill tune [RECIPE] [--trials 20] [--final-seeds 3] [--method LABEL ...] [--set key=value ...] [--out DIR]
 
 Mistakes in the input (recipe fields, tap paths, missing data) end with one
 line on stderr naming the problem and exit code 2; ``--debug`` shows the traceback.
@@ -233,6 +234,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from distill.recipe import load_recipe
+    from distill.tune import tune_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    out = args.out or str(recipe.output_dir / f"tune-{recipe.name}")
+    results = tune_recipe(recipe, out, trials=args.trials, final_seeds=args.final_seeds, methods=args.method)
+    print(f"best recipes, trials.md{' and final.md' if args.final_seeds else ''} in {out}")
+    if args.final_seeds:
+        print((Path(out) / "final.md").read_text())
+    return 0 if results else 1
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse with usage errors in one line (``distill run: error: ...; see distill run --help``), exit code 2."""
 
@@ -319,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the run's own data)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default: test)")
     ev.set_defaults(func=cmd_eval)
+
+    tune = sub.add_parser("tune", help="search each method's settings (scratch included) on validation with Optuna")
+    tune.add_argument("recipe", nargs="?", default="default", help="a recipe file or bundled name (default: default)")
+    tune.add_argument("--trials", type=int, default=20, help="trials per method (default: 20; resumable, more adds)")
+    tune.add_argument("--final-seeds", type=int, default=0, metavar="K",
+                      help="then run each method's best settings over K seeds and score them on the test split")
+    tune.add_argument("--method", action="append", metavar="LABEL", help="only this method of the recipe (repeatable)")
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field")
+    tune.add_argument("--out", help="output directory (default: the recipe's output_dir/tune-NAME)")
+    tune.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -8,8 +8,8 @@
 """
 from distill.engine.checkpoint import checkpoints_in
 from distill.engine.config import DistillError, NonFiniteLoss, TrainConfig, lr_factor, seed_everything
-from distill.engine.loop import Distiller
+from distill.engine.loop import Distiller, on_epoch
 from distill.engine.probe import StudentWithTaps, modules_before
 
-__all__ = ["Distiller", "DistillError", "NonFiniteLoss", "StudentWithTaps", "TrainConfig", "checkpoints_in",
+__all__ = ["Distiller", "on_epoch", "DistillError", "NonFiniteLoss", "StudentWithTaps", "TrainConfig", "checkpoints_in",
            "lr_factor", "modules_before", "seed_everything"]

@@ -370,6 +370,8 @@ class Distiller:
                 record |= {f"val/{k}": v for k, v in self.evaluate(val).items()}
             self.history.append(record)
             self._log(record)
+            for hook in list(_EPOCH_HOOKS):
+                hook(record, self)
             if cfg.progress and acc.is_local_main_process:
                 tqdm.write(f"  epoch {epoch + 1}/{cfg.epochs}  loss {record['train/loss']:.4f}{self._val_text(record)}"
                            f"  ({record['time']:.1f}s, {torch.get_num_threads()} thread"
@@ -778,6 +780,23 @@ class _CheckedLabels:
             sample = int(index[row]) if isinstance(index, torch.Tensor) and len(index) > row else row
             raise TaskError(class_label_message(value, sample, self.width, self.per_position))
         return batch
+
+
+_EPOCH_HOOKS: list[Callable[[dict, "Distiller"], None]] = []
+
+
+@contextmanager
+def on_epoch(hook: Callable[[dict, "Distiller"], None]):
+    """Call ``hook(record, distiller)`` after every epoch of every :class:`Distiller` that trains inside the block
+    (the epoch's record: ``epoch``, ``train/...``, ``val/...``; the distiller says which model, e.g. by its
+    ``run_dir``); an exception it raises stops that training. How
+    ``distill tune`` prunes a trial whose validation curve falls behind, without threading a callback
+    through recipes and stages."""
+    _EPOCH_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOKS.remove(hook)
 
 
 @contextmanager
