@@ -182,3 +182,27 @@ def test_methods_register_where_they_are_defined():
     terms = with_ce_and_kd([], alpha=0.5)
     assert [t.name for t in terms] == ["ce", "kd"] and terms[1].params["temperature"] == 4.0
     assert kd()[1].params == kd(temperature=4.0)[1].params
+
+
+def test_function_matching_gives_teacher_and_student_the_same_mixed_view(digits, teacher):
+    """Beyer et al.'s consistency: whatever view the student trains on, the teacher labelled that same view."""
+    from distill.methods import METHODS
+    from distill.stages import as_stages, fit_stages
+    from distill.engine import TrainConfig
+
+    [stage] = as_stages(METHODS["function_matching"](mixup=1.0, shift=1))
+    assert [t.name for t in stage.terms] == ["kd"] and stage.augment is not None
+    seen = {}
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    student.register_forward_pre_hook(lambda m, args: seen.setdefault("student", []).append(args[0].clone()))
+    handle = teacher.register_forward_pre_hook(lambda m, args: seen.setdefault("teacher", []).append(args[0].clone()))
+    try:
+        fit_stages(student, teacher, [stage], digits.train, None, say=lambda *_: None,
+                   config=TrainConfig(epochs=1, batch_size=64, progress=False))
+    finally:
+        handle.remove()
+    originals = {tuple(x.flatten().tolist()) for x in digits.train.inputs}
+    mixed = [x for x in seen["student"] if sum(tuple(row.flatten().tolist()) in originals for row in x) < len(x) / 2]
+    assert len(mixed) >= len(digits.train) // 64  # every training step saw mostly mixed images
+    teacher_views = {x.numpy().tobytes() for x in seen["teacher"]}
+    assert all(x.numpy().tobytes() in teacher_views for x in mixed)  # ... and the teacher saw exactly those

@@ -46,6 +46,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         description="the seconds-long digits recipe over seeds (checks the benchmark machinery)",
         quick=["teacher.train.epochs=1", "train.epochs=1"],
     ),
+    "function-matching": Benchmark(
+        recipe="function-matching",
+        description="Beyer et al. 2022 on digits: scratch, KD and function matching at one patient schedule",
+        quick=["teacher.train.epochs=1", "train.epochs=2"],
+    ),
     "demo": Benchmark(
         recipe="default",
         description="the default demo (CNN -> MLP on Fashion-MNIST, scratch vs KD) over seeds",

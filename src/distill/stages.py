@@ -30,7 +30,8 @@ class Stage:
             an int a number of epochs, ``None`` the remaining epochs after the other stages.
         train_up_to: only the student parameters used to compute this tap train (FitNets' stage 1).
         name: shown in logs.
-        augment: this phase's batch transform, in place of the run's (MixKD's :class:`TokenMixUp`).
+        augment: this phase's batch transform, in place of the run's (MixKD's :class:`TokenMixUp`, function
+            matching's mixup); the teacher then runs live in this phase even when the run caches it.
     """
 
     terms: list[Term]
@@ -74,6 +75,8 @@ def fit_stages(student: nn.Module, teacher, stages: list[Stage], train, val=None
     for k, (stage, n) in enumerate(zip(stages, epochs), start=1):
         own = None if run_dir is None else (run_dir if len(stages) == 1 else run_dir / f"stage-{k}")
         cfg = config.model_copy(update={"epochs": n})
+        if stage.augment is not None:  # the method's own views (mixup ...) change every batch: no teacher cache
+            cfg = cfg.model_copy(update={"cache_teacher": False, "teacher_cache_dir": None, "teacher_top_k": None})
         if k > 1:  # later stages start from a known RNG state, so a resumed run builds the same new modules
             seed_everything(cfg.seed * 1000 + k)
         # an augmentation may need the teacher with no term reading it (sequence-level KD generates with it)
