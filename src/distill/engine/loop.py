@@ -284,7 +284,7 @@ class Distiller:
         """
         if not isinstance(resume, bool):
             raise DistillError(f"resume must be True or False, got {excerpt(resume)}")
-        with self._teacher_frozen(), self._augment_attached():
+        with self._teacher_frozen(), self._augment_attached(), self._trackers_closed():
             if self.run_dir is None:
                 return self._fit(train, val, resume)
             locks = []  # rank 0 holds the lock; a failure to take it stops every process, not only rank 0
@@ -292,10 +292,20 @@ class Distiller:
             try:
                 return self._fit(train, val, resume)
             finally:
-                if self.accelerator.log_with:
-                    self.accelerator.end_training()  # trackers flush and close their files
                 for lock in locks:
                     lock.release()
+
+    @contextmanager
+    def _trackers_closed(self):
+        """The experiment trackers flushed and closed after ``fit``, also when it fails. Not
+        ``Accelerator.end_training()``, which also destroys the process group that the run's next training
+        (the students, after the teacher) still needs."""
+        try:
+            yield
+        finally:
+            if self.accelerator.log_with and self.accelerator.is_main_process:
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
 
     @contextmanager
     def _augment_attached(self):
