@@ -28,6 +28,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -492,14 +493,18 @@ def _process(args: list[str], env: dict) -> tuple[int | None, str, float, float]
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "distill", "--threads", "1", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env, preexec_fn=limits)
+    killed = []
+    timer = threading.Timer(PROCESS_SECONDS, lambda: (killed.append(True), proc.kill()))
+    timer.start()
     try:
-        _, err = proc.communicate(timeout=PROCESS_SECONDS)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        code = None
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the largest child so far: an upper bound
+        err = proc.stderr.read()  # until the process ends (or is killed)
+        # this child's own peak memory (wait4's usage is the child's, not the largest of all earlier children)
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+        proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    code = None if killed else proc.returncode
     return code, err.decode(errors="replace"), time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
