@@ -1,0 +1,67 @@
+"""A small attention encoder–decoder (Transformer, ``torch.nn`` layers) for seq2seq distillation.
+
+``Seq2SeqTransformer(source_vocab, target_vocab, ...)`` is called as the ``tokens`` task calls a seq2seq model,
+``model(input_ids=source, decoder_input_ids=<s> + target)``, and returns the decoder's logits ``(B, L, V)``
+(position ``t`` predicts target token ``t``; task ``get_task("tokens", shift=False, pad_token_id=0)``). Id 0
+pads both sides. :meth:`~Seq2SeqTransformer.encode` and :meth:`~Seq2SeqTransformer.decode` are the two halves
+the decoders of :mod:`distill.seq2seq` (greedy, beam search) call. Sizes: :data:`TEACHER` and :data:`STUDENT`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError
+
+#: the grapheme-to-phoneme teacher and a student about 8x smaller (parameters)
+TEACHER = {"d_model": 192, "heads": 4, "encoder_layers": 3, "decoder_layers": 3}
+STUDENT = {"d_model": 96, "heads": 4, "encoder_layers": 2, "decoder_layers": 1}
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Pre-norm Transformer encoder–decoder with learned positions and a causal decoder; ``ff`` defaults to
+    ``4 * d_model``."""
+
+    def __init__(self, source_vocab: int, target_vocab: int, d_model: int = 128, heads: int = 4,
+                 encoder_layers: int = 2, decoder_layers: int = 2, ff: int | None = None, dropout: float = 0.1,
+                 max_len: int = 64, pad_id: int = 0):
+        super().__init__()
+        if d_model % heads:
+            raise DistillError(f"d_model ({d_model}) must be a multiple of heads ({heads})")
+        ff = ff or 4 * d_model
+        self.pad_id, self.max_len = pad_id, max_len
+        self.source_embed = nn.Embedding(source_vocab, d_model, padding_idx=pad_id)
+        self.target_embed = nn.Embedding(target_vocab, d_model, padding_idx=pad_id)
+        self.source_pos = nn.Embedding(max_len, d_model)
+        self.target_pos = nn.Embedding(max_len, d_model)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True),
+            encoder_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True),
+            decoder_layers, norm=nn.LayerNorm(d_model))
+        self.head = nn.Linear(d_model, target_vocab)
+
+    def _embed(self, ids, embed, pos):
+        if ids.shape[1] > self.max_len:
+            raise DistillError(f"sequence of {ids.shape[1]} tokens is longer than the model's max_len {self.max_len}")
+        return embed(ids) + pos(torch.arange(ids.shape[1], device=ids.device))[None]
+
+    def encode(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(memory (B, S, D), padding (B, S) True at padding)`` of source ids ``(B, S)``."""
+        padding = input_ids == self.pad_id
+        memory = self.encoder(self._embed(input_ids, self.source_embed, self.source_pos), src_key_padding_mask=padding)
+        return memory, padding
+
+    def decode(self, memory: torch.Tensor, padding: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, L, V)`` of each next target token given the prefix ``decoder_input_ids`` ``(B, L)``."""
+        length = decoder_input_ids.shape[1]
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=memory.device), 1)
+        hidden = self.decoder(self._embed(decoder_input_ids, self.target_embed, self.target_pos), memory,
+                              tgt_mask=causal, memory_key_padding_mask=padding)
+        return self.head(hidden)
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor, attention_mask=None,
+                decoder_attention_mask=None) -> torch.Tensor:
+        """Teacher-forced logits ``(B, L, V)``; padding is read from id 0, so the attention masks are not needed."""
+        return self.decode(*self.encode(input_ids), decoder_input_ids)
