@@ -169,3 +169,16 @@ def test_errors_are_one_line():
         METHODS["seq_level_kd"](word_kd=2)
     with pytest.raises(DistillError, match="max_len"):
         tiny()(torch.ones(1, 20, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
+
+
+def test_benchmark_is_registered_and_its_table_reads_rows():
+    from distill.cli import ARM_BENCHMARKS
+    from distill.seq2seq_bench import ARMS, format_table
+
+    assert ARM_BENCHMARKS["seq2seq"] == ("distill.seq2seq_bench", "run_seq2seq_benchmark")
+    assert {method for method, _ in ARMS.values()} <= set(METHODS)
+    speed = {"greedy_wps": 100.0, "beam_wps": 20.0}
+    row = {"greedy_per": 10.0, "beam_per": 9.0, "greedy_acc": 50.0, "beam_acc": 55.0, "params": 1000, **speed}
+    table = format_table({"teacher": row, "words": {"train": 10, "val": 1, "test": 2},
+                          "rows": [{**row, "arm": "seq-kd", "seed": s} for s in range(2)]})
+    assert "| student | seq-kd | 1,000 | 10.00 ± 0.00 | 9.00 ± 0.00 |" in table
