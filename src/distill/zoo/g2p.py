@@ -140,3 +140,13 @@ def load_g2p(size: int = 30000, val_size: int = 1500, test_size: int = 1500, voi
     symbols = sorted({p for split in stored.values() for _, ps in split for p in ps})
     return G2PData(**{k: [(w, list(p)) for w, p in v] for k, v in stored.items()},
                    letters=list(SPECIALS) + list(LETTERS), phonemes=list(SPECIALS) + symbols)
+
+
+def g2p(size: int = 30000, val_size: int = 1500, test_size: int = 1500, train_size: int | None = None) -> dict:
+    """The pairs as a recipe's data (``data: {dataset: "distill.zoo.g2p:g2p"}`` with ``task: {name: tokens, shift:
+    false, pad_token_id: 0}`` and model ``seq2seq``): ``{"train", "val", "test", "num_classes" (the phonemes)}``;
+    ``train_size`` keeps the first training pairs."""
+    data = load_g2p(size, val_size, test_size)
+    train = data.items("train")
+    return {"train": train[:train_size] if train_size else train, "val": data.items("val"),
+            "test": data.items("test"), "num_classes": len(data.phonemes)}

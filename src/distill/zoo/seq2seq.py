@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.zoo.models import register_model
 
 #: the grapheme-to-phoneme teacher and a student about 8x smaller (parameters)
 TEACHER = {"d_model": 192, "heads": 4, "encoder_layers": 3, "decoder_layers": 3}
@@ -65,3 +66,11 @@ class Seq2SeqTransformer(nn.Module):
                 decoder_attention_mask=None) -> torch.Tensor:
         """Teacher-forced logits ``(B, L, V)``; padding is read from id 0, so the attention masks are not needed."""
         return self.decode(*self.encode(input_ids), decoder_input_ids)
+
+
+@register_model("seq2seq", "Transformer encoder-decoder for grapheme-to-phoneme (or any seq2seq data); options: "
+                "source_vocab, d_model, heads, encoder_layers, decoder_layers, dropout, max_len")
+def seq2seq(in_shape, num_classes, source_vocab: int = 29, **options):
+    """A fresh :class:`Seq2SeqTransformer` whose target vocabulary is the data's ``num_classes`` (``source_vocab``
+    29: G2P's letters and three specials; ``in_shape`` is not used)."""
+    return Seq2SeqTransformer(source_vocab, num_classes, **options)
