@@ -182,3 +182,23 @@ def test_benchmark_is_registered_and_its_table_reads_rows():
     table = format_table({"teacher": row, "words": {"train": 10, "val": 1, "test": 2},
                           "rows": [{**row, "arm": "seq-kd", "seed": s} for s in range(2)]})
     assert "| student | seq-kd | 1,000 | 10.00 ± 0.00 | 9.00 ± 0.00 |" in table
+
+
+@pytest.mark.parametrize("on_teacher", [False, True])
+def test_parallel_student_learns_the_copy_task(copy_teacher, on_teacher):
+    from distill.seq2seq import ctc_greedy, train_parallel
+    from distill.zoo.seq2seq import ParallelCTC
+
+    torch.manual_seed(0)
+    student = ParallelCTC(12, 12, d_model=32, heads=2, layers=2, dropout=0.0)
+    items = copy_items(384)
+    targets = None
+    if on_teacher:
+        transfer = BeamTargets()
+        transfer.attach(None, copy_teacher)
+        targets = transfer.fill(items, get_task("tokens", shift=False, pad_token_id=0).collate).store
+    losses = train_parallel(student, items, targets, epochs=15, lr=3e-3)
+    assert losses[-1] < losses[0] / 2
+    assert g2p_scores(student, copy_items(64, seed=9))["word_acc"] > 60
+    source = torch.tensor([[3, 3, 4, 0]])
+    assert all(s != 0 for s in ctc_greedy(student, source)[0])

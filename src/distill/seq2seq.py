@@ -15,6 +15,9 @@ Distillation*, EMNLP).
   :math:`\tilde y = \arg\max_{y \in \mathcal B} \mathrm{sim}(y, y^*)`, with :math:`\mathrm{sim} = -` edit distance
   (the paper uses BLEU; phoneme strings are scored by their edit distance), ties to the higher-scored.
 * :func:`g2p_scores`: phoneme error rate, word accuracy and words per second of a decoding.
+* A non-autoregressive student (:class:`distill.zoo.seq2seq.ParallelCTC`, the FastSpeech line's parallel
+  output made length-free with CTC): :func:`train_parallel` trains it on the references or on the teacher's
+  beam outputs (a :class:`BeamTargets` store), :func:`ctc_greedy` decodes it in one pass.
 """
 from __future__ import annotations
 
@@ -238,7 +241,7 @@ def g2p_scores(model, items: list[dict], beam: int = 1, batch_size: int = 256, m
         for b, it in enumerate(part):
             source[b, :len(it["input_ids"])] = it["input_ids"]
         begin = time.perf_counter()
-        found = decode(model, source, beam, max_len)
+        found = ctc_greedy(model, source) if hasattr(model, "upsample") else decode(model, source, beam, max_len)
         seconds += time.perf_counter() - begin
         for it, hyp in zip(part, found):
             ref = it["label"][:-1].tolist()
@@ -246,3 +249,47 @@ def g2p_scores(model, items: list[dict], beam: int = 1, batch_size: int = 256, m
             errors, total, correct = errors + d, total + len(ref), correct + (d == 0)
     return {"per": 100.0 * errors / max(total, 1), "word_acc": 100.0 * correct / max(len(items), 1),
             "words_per_second": len(items) / seconds if seconds else float("nan")}
+
+
+def ctc_greedy(model, input_ids: torch.Tensor) -> list[list[int]]:
+    """Best-path decoding of a :class:`~distill.zoo.seq2seq.ParallelCTC`: per frame the likeliest symbol, repeats
+    merged, blanks (id 0) dropped — one parallel pass, no decoding loop."""
+    with torch.no_grad(), eval_mode(model):
+        best = model(input_ids).argmax(-1)
+    frames = (input_ids != PAD).sum(1) * model.upsample
+    out = []
+    for row, n in zip(best.tolist(), frames.tolist()):
+        merged = [s for i, s in enumerate(row[:n]) if s != PAD and (i == 0 or s != row[i - 1])]
+        out.append(merged)
+    return out
+
+
+def train_parallel(model, items: list[dict], targets: dict[int, list[int]] | None = None, epochs: int = 10,
+                   lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> list[float]:
+    """Train a :class:`~distill.zoo.seq2seq.ParallelCTC` with the CTC loss on the references or (``targets``, by
+    item index: e.g. :attr:`BeamTargets.store`) on the teacher's outputs — sequence-level KD for a parallel
+    student. Returns the mean loss of each epoch."""
+    collate_source = lambda part: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
+        [it["input_ids"] for it in part], batch_first=True, padding_value=PAD)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order, total = torch.randperm(len(items), generator=generator).tolist(), 0.0
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            part = [items[i] for i in rows]
+            wanted = [targets[i] if targets is not None else items[i]["label"][:-1].tolist() for i in rows]
+            source = collate_source(part)
+            log_probs = model(source).log_softmax(-1).transpose(0, 1)
+            loss = torch.nn.functional.ctc_loss(
+                log_probs, torch.tensor([x for w in wanted for x in w], dtype=torch.long),
+                (source != PAD).sum(1) * model.upsample, torch.tensor([len(w) for w in wanted]),
+                blank=PAD, zero_infinity=True)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(rows)
+        losses.append(total / len(items))
+    return losses

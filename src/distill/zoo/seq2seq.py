@@ -74,3 +74,29 @@ def seq2seq(in_shape, num_classes, source_vocab: int = 29, **options):
     """A fresh :class:`Seq2SeqTransformer` whose target vocabulary is the data's ``num_classes`` (``source_vocab``
     29: G2P's letters and three specials; ``in_shape`` is not used)."""
     return Seq2SeqTransformer(source_vocab, num_classes, **options)
+
+
+class ParallelCTC(nn.Module):
+    """A non-autoregressive student: a Transformer encoder over the source, each position repeated ``upsample``
+    times, predicting every output symbol at once with a CTC output layer (blank = id 0, the padding id; a
+    target may be up to ``upsample`` times the source's length). ``forward(input_ids)`` returns frame logits
+    ``(B, S * upsample, V)``; :func:`distill.seq2seq.ctc_greedy` decodes them."""
+
+    def __init__(self, source_vocab: int, target_vocab: int, d_model: int = 96, heads: int = 4, layers: int = 3,
+                 ff: int | None = None, dropout: float = 0.1, upsample: int = 2, max_len: int = 64, pad_id: int = 0):
+        super().__init__()
+        self.pad_id, self.upsample, self.max_len = pad_id, upsample, max_len
+        self.embed = nn.Embedding(source_vocab, d_model, padding_idx=pad_id)
+        self.pos = nn.Embedding(max_len * upsample, d_model)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d_model, heads, ff or 4 * d_model, dropout, batch_first=True, norm_first=True),
+            layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, target_vocab)
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids=None, attention_mask=None, **_) -> torch.Tensor:
+        if input_ids.shape[1] > self.max_len:
+            raise DistillError(f"sequence of {input_ids.shape[1]} tokens is longer than the model's max_len "
+                               f"{self.max_len}")
+        ids = input_ids.repeat_interleave(self.upsample, 1)
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))[None]
+        return self.head(self.encoder(x, src_key_padding_mask=ids == self.pad_id))
