@@ -290,6 +290,6 @@ def train_parallel(model, items: list[dict], targets: dict[int, list[int]] | Non
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
         losses.append(total / len(items))
     return losses

@@ -12,12 +12,15 @@ pronunciations, split by word (27,000 train, 1,500 validation, 1,500 test). A Tr
 | ``seq-kd`` | ``seq_level_kd`` | the teacher's beam-5 outputs (NLL) |
 | ``seq-inter`` | ``seq_inter`` | the teacher's beam hypothesis closest to the reference (NLL) |
 | ``word-seq-kd`` | ``word_seq_kd`` (alpha 0.5) | the teacher's beam-5 outputs, half NLL, half per-token KL |
+| ``nar`` | CTC, a parallel student (:class:`~distill.zoo.seq2seq.ParallelCTC`) | the references |
+| ``nar-seq-kd`` | CTC, the same parallel student | the teacher's beam-5 outputs |
 
 The teacher's beam-5 hypotheses on the training words are made once and cached (the transfer set of both
 ``seq-kd`` and ``seq-inter``). Columns: phoneme error rate and word accuracy on the test words, greedy and beam
 5 (length-normalised), and words decoded per second on one CPU thread (batches of 256). Each (arm, seed) row is
 a file under the output folder, so an interrupted benchmark resumes. ``--quick``: 2,000 words, small models,
-few epochs, to check that everything runs (its numbers mean nothing).
+few epochs, to check that everything runs (its numbers mean nothing). The parallel students decode in one
+pass (no beam: their greedy and beam columns are the same decoding).
 """
 from __future__ import annotations
 
@@ -41,11 +44,15 @@ ARMS = {
     "seq-kd": ("seq_level_kd", {}),
     "seq-inter": ("seq_inter", {}),
     "word-seq-kd": ("word_seq_kd", {"alpha": 0.5}),
+    "nar": ("parallel", {}),             # the non-autoregressive CTC student on the references
+    "nar-seq-kd": ("parallel", {"teacher": True}),  # ... on the teacher's beam outputs
 }
+#: the non-autoregressive student (distill.zoo.seq2seq.ParallelCTC)
+PARALLEL = {"d_model": 96, "heads": 4, "layers": 3}
 QUICK = {"data": {"size": 2000, "val_size": 200, "test_size": 200},
          "teacher": {"d_model": 64, "heads": 4, "encoder_layers": 2, "decoder_layers": 2},
          "student": {"d_model": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1},
-         "teacher_epochs": 3, "student_epochs": 1, "lr": 3e-3}
+         "parallel": {"d_model": 32, "heads": 4, "layers": 1}, "teacher_epochs": 3, "student_epochs": 1, "lr": 3e-3}
 
 
 def _settings(quick: bool) -> dict:
@@ -57,7 +64,8 @@ def _settings(quick: bool) -> dict:
             "teacher": {"model": QUICK["teacher"] if quick else TEACHER,
                         "epochs": QUICK["teacher_epochs"] if quick else TEACHER_EPOCHS},
             "student": {"model": QUICK["student"] if quick else STUDENT,
-                        "epochs": QUICK["student_epochs"] if quick else STUDENT_EPOCHS}}
+                        "epochs": QUICK["student_epochs"] if quick else STUDENT_EPOCHS},
+            "parallel": QUICK["parallel"] if quick else PARALLEL}
 
 
 def _task():
@@ -164,6 +172,8 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
     from distill.methods import METHODS
 
     method, options = ARMS[arm]
+    if method == "parallel":
+        return run_parallel(arm, seed, setup, options.get("teacher", False))
     if method in ("seq_level_kd", "seq_inter", "word_seq_kd"):
         options = {**options, "transfer": setup.transfer(method == "seq_inter")}
     student = _model(setup.data, setup.settings["student"]["model"], seed)
@@ -171,6 +181,22 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
     history = _train(student, setup.teacher if method != "scratch" else None, METHODS[method](**options),
                      setup.train, setup.val, setup.settings, setup.settings["student"]["epochs"], seed)
     return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_perplexity": history[-1]["val/perplexity"],
+            "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_parallel(arm: str, seed: int, setup: Setup, on_teacher: bool) -> dict:
+    """The non-autoregressive student trained with CTC on the references or on the teacher's best beam outputs."""
+    from distill.evaluation import count_parameters
+    from distill.seq2seq import train_parallel
+    from distill.zoo.seq2seq import ParallelCTC
+
+    torch.manual_seed(seed)
+    student = ParallelCTC(len(setup.data.letters), len(setup.data.phonemes), **setup.settings["parallel"])
+    targets = setup.transfer(False).store if on_teacher else None
+    start = time.perf_counter()
+    train_parallel(student, setup.train, targets, setup.settings["student"]["epochs"], setup.settings["train"]["lr"],
+                   setup.settings["train"]["batch_size"], seed)
+    return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_perplexity": None,
             "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -223,5 +249,6 @@ def format_table(summary: dict) -> str:
     for arm, rows in group_rows(summary["rows"]).items():
         cells = " | ".join(cell([r[k] for r in rows]) for k in ("greedy_per", "beam_per", "greedy_acc", "beam_acc"))
         speed = " | ".join(f"{sum(r[k] for r in rows) / len(rows):.0f}" for k in ("greedy_wps", "beam_wps"))
-        lines.append(f"| student | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {speed} |")
+        model = "parallel student" if ARMS[arm][0] == "parallel" else "student"
+        lines.append(f"| {model} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {speed} |")
     return "\n".join(lines)
