@@ -202,3 +202,19 @@ def test_parallel_student_learns_the_copy_task(copy_teacher, on_teacher):
     assert g2p_scores(student, copy_items(64, seed=9))["word_acc"] > 60
     source = torch.tensor([[3, 3, 4, 0]])
     assert all(s != 0 for s in ctc_greedy(student, source)[0])
+
+
+def test_sampling_stops_once_every_row_has_ended():
+    from distill.generation import sample
+
+    calls = []
+
+    def step(model, ids, past, seen):
+        calls.append(seen)
+        logits = torch.full((len(ids), 4), -9.0)
+        logits[:, EOS] = 9.0
+        return logits, None
+
+    seqs, alive = sample(torch.nn.Identity(), torch.ones(2, 1, dtype=torch.long), 6, seeds=[0, 1], temperature=0, eos_token_id=EOS,
+                         step=step)
+    assert len(calls) == 1 and seqs[:, 1:].eq(EOS).all() and alive.tolist() == [[True] + [False] * 5] * 2
