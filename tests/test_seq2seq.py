@@ -169,6 +169,10 @@ def test_errors_are_one_line():
         METHODS["seq_level_kd"](word_kd=2)
     with pytest.raises(DistillError, match="max_len"):
         tiny()(torch.ones(1, 20, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
+    from distill.seq2seq_bench import run_seq2seq_benchmark
+
+    with pytest.raises(DistillError, match="unknown arms .'nope'.; arms: scratch"):
+        run_seq2seq_benchmark(only=["nope"])
 
 
 def test_benchmark_is_registered_and_its_table_reads_rows():

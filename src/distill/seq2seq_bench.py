@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from distill.errors import DistillError
 from distill.fileio import atomic_write_dir, atomic_write_text, bench_row, cache_dir, settings_key, write_bench_results
 
 DATA = {"size": 30000, "val_size": 1500, "test_size": 1500}
@@ -209,7 +210,7 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
     arms = only or list(ARMS)
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+        raise DistillError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
     setup = Setup(quick, say)
     teacher = {**scores(setup.teacher, setup.test), "params": count_parameters(setup.teacher),
                "train_seconds": setup.teacher_info["seconds"]}

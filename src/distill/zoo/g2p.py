@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from distill.errors import DistillError
 from distill.fileio import atomic_write_text, cache_dir, settings_key
 from distill.zoo.datasets import DataMissing
 from distill.zoo.speech import espeak_path
@@ -33,7 +34,7 @@ SPECIALS = ("<pad>", "<s>", "</s>")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-class G2PError(ValueError):
+class G2PError(DistillError):
     """Text the grapheme-to-phoneme data cannot use; the message says what to give instead."""
 
 
