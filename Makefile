@@ -10,8 +10,10 @@ SWORD_CONFS   := /usr/share/sword/mods.d/engKJV2006eb.conf /usr/share/sword/mods
 # speech (distill bench speech): espeak-ng synthesises training speech; Asterisk's prompts are the real test
 SPEECH        := /usr/bin/espeak-ng /usr/share/asterisk/sounds/en/digits/7.wav \
                  /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
+# grapheme-to-phoneme (distill bench seq2seq): wamerican's words, pronounced by espeak-ng
+G2P           := /usr/share/dict/american-english
 DEBS          := dataset-fashion-mnist sword-text-kjv sword-text-sparv \
-                 espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
+                 espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en wamerican
 # Jane Austen's novels are unpacked, not installed: installing r-cran-janeaustenr pulls in all of R (~430 MB)
 DEB_DIR       := $(HOME)/.cache/distill/deb
 AUSTEN        := /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx
@@ -21,7 +23,7 @@ AUSTEN        := /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@if ! ls $(FASHION_MNIST) $(SWORD_CONFS) $(SPEECH) >/dev/null 2>&1; then \
+	@if ! ls $(FASHION_MNIST) $(SWORD_CONFS) $(SPEECH) $(G2P) >/dev/null 2>&1; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get install -y $(DEBS) || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBS); }; \

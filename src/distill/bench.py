@@ -103,6 +103,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def group_rows(rows: list[dict], key: str = "arm") -> dict[str, list[dict]]:
+    """Benchmark rows (one per arm and seed) grouped by ``row[key]``, in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return groups
+
+
 def aggregate(summaries: list[dict]) -> list[dict]:
     """Per model label: mean and std of test accuracy and errors over the seeds' summaries."""
     labels = [row["label"] for row in summaries[0]["rows"]]

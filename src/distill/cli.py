@@ -103,6 +103,8 @@ def cmd_list(args) -> int:
               "token KD (forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD")
         print(f"  {'speech':14s} CTC speech recognition: a bidirectional GRU teacher into streaming students, tested "
               "on real Asterisk recordings (distill bench speech --arm ARM)")
+        print(f"  {'seq2seq':14s} grapheme-to-phoneme (wamerican + espeak-ng): a Transformer teacher, word- and "
+              "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -157,7 +159,8 @@ def cmd_report(args) -> int:
 # name -> (module, function) of the benchmarks run as arms x seeds
 ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_benchmark"),
                   "llm": ("distill.llm_bench", "run_llm_benchmark"),
-                  "speech": ("distill.speech_bench", "run_speech_benchmark")}
+                  "speech": ("distill.speech_bench", "run_speech_benchmark"),
+                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark")}
 
 
 def cmd_bench(args) -> int:
@@ -191,7 +194,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.arm or args.train_only:
         raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm and speech benchmarks "
-                          "(distill bench nlp --arm kd)")
+                          "(distill bench nlp --arm kd; also seq2seq)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
@@ -302,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / llm / speech benchmark: only this arm (kd, pd ... / ml-L3 ... / "
-                       "fkl, gkd ... / ctc, seq-kd ...; repeatable)")
+                       help="nlp / embeddings / llm / speech / seq2seq benchmark: only this arm (kd, pd ... / "
+                       "ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)

@@ -77,7 +77,8 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
     ``step(model, ids, cache, seen) -> (last logits, cache)`` runs the model one step (:func:`next_logits`).
 
     Returns ``(sequences (B, P + new_tokens), alive (B, new_tokens))``: ``alive`` is False after a generated
-    ``eos_token_id`` (the end token itself counts).
+    ``eos_token_id`` (the end token itself counts); once every row has ended, decoding stops and the remaining
+    positions hold ``eos_token_id``.
     """
     _check_sampling(temperature, new_tokens)
     if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.shape[1] < 1:
@@ -110,6 +111,10 @@ def sample(model: nn.Module, prompts: torch.Tensor, new_tokens: int, seeds, temp
             alive.append(running.clone())
             if eos_token_id is not None:
                 running &= token != eos_token_id
+                if not running.any():  # every row has ended: the rest is end tokens, none alive
+                    out += [torch.full_like(token, eos_token_id)] * (new_tokens - k - 1)
+                    alive += [running.clone()] * (new_tokens - k - 1)
+                    break
             if k + 1 == new_tokens:
                 break
             ids, seen = token[:, None], seen + 1

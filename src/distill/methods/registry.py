@@ -17,14 +17,15 @@ F = TypeVar("F", bound=Callable)
 METHODS: dict[str, Callable] = {}
 #: name -> the inputs a method needs: "any" (every model), "tokens" (token sequences, e.g. MixKD's mixup) or
 #: "causal_lm" (a causal language model on token sequences: per-token KD, generation inside the loop)
-#: "ctc" (per-frame CTC outputs of speech models, task ``ctc``)
+#: "ctc" (per-frame CTC outputs of speech models, task ``ctc``), "seq2seq" (encoder-decoder models called with
+#: ``input_ids`` and ``decoder_input_ids``: beam search inside the loop)
 METHOD_INPUTS: dict[str, str] = {}
-INPUTS = ("any", "tokens", "causal_lm", "ctc")
+INPUTS = ("any", "tokens", "causal_lm", "ctc", "seq2seq")
 
 
 def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:
     """Register the decorated function as the method ``name`` (a name is taken once); ``inputs``: what it
-    needs of the data and models, ``"any"``, ``"tokens"``, ``"causal_lm"`` or ``"ctc"``."""
+    needs of the data and models, ``"any"``, ``"tokens"``, ``"causal_lm"``, ``"ctc"`` or ``"seq2seq"``."""
     if inputs not in INPUTS:
         raise ValueError(f"register_method({name!r}): inputs must be one of {', '.join(map(repr, INPUTS))}, "
                          f"got {inputs!r}")
