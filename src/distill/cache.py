@@ -265,7 +265,9 @@ class TeacherOutputs:
         offsets = stored["offsets"]
         spans = [(int(offsets[i]), int(offsets[i + 1])) for i in index.cpu().tolist()]
 
-        def rows(array):
+        def rows(array):  # a tensor in memory, or a memory-mapped array on disk
+            if isinstance(array, torch.Tensor):
+                return [array[a:b].clone() for a, b in spans]
             return [torch.from_numpy(np.array(array[a:b])) for a, b in spans]
 
         if stored["classes"] is None:
