@@ -276,16 +276,15 @@ def _cell(rows: list[dict], key: str) -> str:
 
 
 def format_table(summary: dict) -> str:
+    from distill.bench import group_rows
+
     columns = [("test en→es", "test_en_es_top1"), ("test es→en", "test_es_en_top1"),
                ("Django en→es", "django_en_es_top1"), ("Django es→en", "django_es_en_top1"),
                ("English fidelity", "test_en_fidelity"), ("self top-1", "self_top1")]
     lines = ["| arm | params | seeds | " + " | ".join(c for c, _ in columns) + " | sentences / s | speed-up |",
              "|---|---:|---:|" + "---:|" * len(columns) + "---:|---:|"]
-    groups: dict[str, list[dict]] = {}
-    for row in summary["rows"]:
-        groups.setdefault(row["arm"], []).append(row)
     base = summary["speed"]["teacher"]
-    for arm, rows in groups.items():
+    for arm, rows in group_rows(summary["rows"]).items():
         rate = summary["speed"].get(arm)
         lines.append(f"| {arm} | {rows[0]['params']:,} | {len(rows)} | " +
                      " | ".join(_cell(rows, key) for _, key in columns) +

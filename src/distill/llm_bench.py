@@ -304,23 +304,24 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
 
 
 def _mean_std(values, digits: int = 2) -> str:
+    from distill.bench import mean_std
+
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def format_table(summary: dict) -> str:
+    from distill.bench import group_rows
+
     teacher = summary["teacher"]
     lines = ["| model | arm | params | test perplexity | teacher NLL of samples | seeds | train tokens/s | "
              "generation tokens/s | offline signal |", "|---|---|---:|---:|---:|---:|---:|---:|---|",
              f"| teacher | text | {teacher['params']:,} | {teacher['test_perplexity']:.2f} | "
              f"{teacher['teacher_nll']:.3f} | 1 | — | {teacher['generation_tokens_per_second']:.0f} | — |"]
-    groups: dict[str, list[dict]] = {}
-    for row in summary["rows"]:
-        groups.setdefault(row["arm"], []).append(row)
-    for arm, rows in groups.items():
+    for arm, rows in group_rows(summary["rows"]).items():
         offline = next((r for r in rows if "offline_bytes" in r), None)
         note = "—"
         if offline is not None:

@@ -223,10 +223,15 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
 
 
 def _mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+    from distill.bench import mean_std
+
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def format_table(summary: dict) -> str:
+    from distill.bench import group_rows
+
     teacher, rtf = summary["teacher"], summary["rtf"]
     lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
              f"{summary['vocab']}-word vocabulary); greedy decoding; RTF on one CPU thread, batch 1.", "",
@@ -235,10 +240,7 @@ def format_table(summary: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| BiGRU teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
              f"+0% | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | {rtf['teacher']:.4f} | 1.0× |"]
-    groups: dict[str, list[dict]] = {}
-    for row in summary["rows"]:
-        groups.setdefault(row["arm"], []).append(row)
-    for arm, rows in groups.items():
+    for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
         r = rtf[json.dumps(model, sort_keys=True)]
         name = "BiGRU student" if model.get("bidirectional") else "streaming GRU"
