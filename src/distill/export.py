@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.taps import logits_of
 
 
 class ExportError(DistillError):
@@ -42,12 +43,6 @@ def _as_inputs(sample) -> tuple[list[torch.Tensor], list[str]]:
     if isinstance(sample, Mapping) and all(isinstance(v, torch.Tensor) for v in sample.values()):
         return list(sample.values()), list(sample)
     raise ExportError(f"ONNX export needs a tensor or a dict of tensors as model input, got {type(sample).__name__}")
-
-
-def _first_output(output) -> torch.Tensor:
-    from distill.taps import logits_of
-
-    return logits_of(output)
 
 
 def export_onnx(model: nn.Module, sample, path: str | Path) -> Path:
@@ -69,7 +64,7 @@ def export_onnx(model: nn.Module, sample, path: str | Path) -> Path:
 
         def forward(self, *inputs):
             output = self.inner(**dict(zip(names, inputs))) if keyword else self.inner(*inputs)
-            return _first_output(output)
+            return logits_of(output)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +116,7 @@ def check_onnx(path: str | Path, model: nn.Module, dataset, task, batch_size: in
     model.eval()
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate):
-            ours = _first_output(run_model(model, batch["input"])).float()
+            ours = logits_of(run_model(model, batch["input"])).float()
             theirs = torch.from_numpy(session.run(None, _feed(session, batch["input"]))[0]).float()
             worst = max(worst, float((ours - theirs).abs().max()))
             same += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
