@@ -5,6 +5,7 @@
     distill report RUN_DIR
     distill bench NAME [--seeds N] [--only-seed K] [--quick] [--pair PAIR ...]
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
+    distill analyze RUN_DIR [--images 2000] [--layer last_stage] [--eps 0.1] [--occlude 0.25] [--baseline scratch] [--out DIR]
     distill export RUN_DIR [--label LABEL ...] [--no-onnx] [--out DIR]
     distill eval RUN_DIR|FOLDER [--data DATASET] [--split test|val|train]
     distill tune [RECIPE] [--trials 20] [--final-seeds 3] [--method LABEL ...] [--set key=value ...] [--out DIR]
@@ -218,6 +219,16 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from distill.analyze import analyze_run
+
+    result = analyze_run(args.run_dir, images=args.images, layer=args.layer, eps=args.eps, occluded=args.occlude,
+                         out=args.out, baseline=args.baseline)
+    print(Path(result["table"]).read_text().split("\n", 2)[2].strip())
+    print(f"plots: {result['png']}\nnumbers: {Path(result['table']).with_suffix('.json')}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from distill.export import export_run
 
@@ -320,6 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: last_stage)")
     explain.add_argument("--out", help="output directory (default: RUN_DIR/explain)")
     explain.set_defaults(func=cmd_explain)
+
+    analyze = sub.add_parser("analyze", help="what each student took from the teacher: agreement, calibration, "
+                             "adversarial transfer, invariance, interventions")
+    analyze.add_argument("run_dir")
+    analyze.add_argument("--images", type=int, default=2000, help="test images measured (default: 2000)")
+    analyze.add_argument("--layer", default="last_stage", help="the teacher's layer whose Grad-CAM++ map marks "
+                         "what matters (default: last_stage; input gradients when a model lacks it)")
+    analyze.add_argument("--eps", type=float, default=0.1,
+                         help="adversarial budget, a fraction of the data's value range (default: 0.1)")
+    analyze.add_argument("--occlude", type=float, default=0.25, help="fraction of pixels occluded by the "
+                         "teacher's map, most and least important (default: 0.25)")
+    analyze.add_argument("--baseline", default="scratch", help="the student every other one is also compared "
+                         "with (default: scratch)")
+    analyze.add_argument("--out", help="output directory (default: RUN_DIR/analyze)")
+    analyze.set_defaults(func=cmd_analyze)
 
     export = sub.add_parser("export", help="a run's students as ONNX (checked with onnxruntime) and as folders "
                             "they load back from")

@@ -291,15 +291,9 @@ def explain_run(run_dir: str | Path, images: int = 8, agreement_images: int = 50
     run_dir = Path(run_dir)
     try:
         run = load_run(run_dir)
-    except RecipeError as err:  # not a run directory, or its teacher not trained yet
+        models = run.teacher_and_students()
+    except RecipeError as err:  # not a run directory, its teacher not trained yet, nothing to compare
         raise ExplainError(str(err)) from None
-    if not run.recipe.teacher_specs:
-        raise ExplainError(f"the recipe of {run_dir} has no teacher to compare with")
-    teacher_label = next(iter(run.models))
-    models = {"teacher": run.models[teacher_label]}
-    models |= {label: m for label, m in run.models.items() if label in {m.name for m in run.recipe.methods}}
-    if len(models) == 1:
-        raise ExplainError(f"{run_dir}: no finished students (students/<label>/student.safetensors)")
     data = run.data
     out_dir = Path(out) if out is not None else run_dir / "explain"
     png = out_dir / "gradcam.png"

@@ -285,6 +285,17 @@ class FinishedRun:
         self.models = models  # label -> model in eval mode: "teacher" (or "teacher:NAME") first, then students
         self.specs = specs  # label -> the ModelSpec each was built from
 
+    def teacher_and_students(self) -> dict:
+        """``{"teacher": the (first) teacher, label: each finished student}``, what explain and analyze compare;
+        a one-line :class:`RecipeError` when there is no teacher or no finished student."""
+        if not self.recipe.teacher_specs:
+            raise RecipeError(f"the recipe of {self.run_dir} has no teacher to compare with")
+        models = {"teacher": next(iter(self.models.values()))}
+        models |= {label: m for label, m in self.models.items() if label in {m.name for m in self.recipe.methods}}
+        if len(models) == 1:
+            raise RecipeError(f"{self.run_dir}: no finished students (students/<label>/student.safetensors)")
+        return models
+
 
 def load_run(run_dir, teacher: bool = True, data=None) -> FinishedRun:
     """The models of a run directory: the teacher(s) (``teacher=False``: none) and every finished student
