@@ -2,7 +2,7 @@
 
     distill run [RECIPE] [--set key=value ...] [--run-dir DIR] [--resume RUN_DIR]
     distill list [losses|methods|models|datasets|recipes|benchmarks|schemes]
-    distill report RUN_DIR
+    distill report RUN_DIR    (a benchmark folder of distill bench dense: its figures)
     distill bench NAME [--seeds N] [--only-seed K] [--quick] [--pair PAIR ...]
     distill explain RUN_DIR [--images 8] [--agreement-images 500] [--layer last_stage] [--out DIR]
     distill analyze RUN_DIR [--images 2000] [--layer last_stage] [--eps 0.1] [--occlude 0.25] [--baseline scratch] [--out DIR]
@@ -106,6 +106,8 @@ def cmd_list(args) -> int:
               "on real Asterisk recordings (distill bench speech --arm ARM)")
         print(f"  {'seq2seq':14s} grapheme-to-phoneme (wamerican + espeak-ng): a Transformer teacher, word- and "
               "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
+        print(f"  {'dense':14s} dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD "
+              "(denoising, x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -152,6 +154,12 @@ def _first_line(doc: str | None) -> str:
 def cmd_report(args) -> int:
     from distill.report import write_report
 
+    if any((Path(args.run_dir) / part / "results.json").is_file() for part in ("detection", "restoration")):
+        from distill.dense_bench import draw_dense  # a dense benchmark's folder: its figures
+
+        for path in draw_dense(args.run_dir, quick="quick" in Path(args.run_dir).name):
+            print(f"drawn: {path}")
+        return 0
     path = write_report(args.run_dir)
     print(f"report written to {path}")
     return 0
@@ -161,7 +169,8 @@ def cmd_report(args) -> int:
 ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_benchmark"),
                   "llm": ("distill.llm_bench", "run_llm_benchmark"),
                   "speech": ("distill.speech_bench", "run_speech_benchmark"),
-                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark")}
+                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark"),
+                  "dense": ("distill.dense_bench", "run_dense_benchmark")}
 
 
 def cmd_bench(args) -> int:
