@@ -160,7 +160,8 @@ def cmd_report(args) -> int:
 ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_benchmark"),
                   "llm": ("distill.llm_bench", "run_llm_benchmark"),
                   "speech": ("distill.speech_bench", "run_speech_benchmark"),
-                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark")}
+                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark"),
+                  "restoration": ("distill.restoration_bench", "run_restoration_benchmark")}
 
 
 def cmd_bench(args) -> int:

@@ -865,3 +865,6 @@ def collator(task: Task, collate_fn: Callable | None = None) -> Callable:
         return batch
 
     return collate
+
+
+from distill import restoration  # noqa: E402,F401  (registers the image-to-image task: restoration)
