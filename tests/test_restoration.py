@@ -43,6 +43,7 @@ def test_photographs_are_split_by_photograph():
     assert all(im.ndim == 2 and im.dtype == np.float32 and 0 <= im.min() and im.max() <= 1 for im in images.values())
     # no test tile appears among the training patches (they come from other photographs)
     data = photos.load_photos("denoise", limit={"train": 300, "val": 10, "test": 20})
+    assert data.images == photos.SPLITS
     train = data.train.labels.flatten(1)
     for tile in data.test.labels[:, :, :40, :40].flatten(1):
         assert not bool((train == tile).all(1).any())
@@ -173,11 +174,11 @@ def test_a_toy_denoiser_learns_in_seconds():
     from distill.engine import Distiller
     from distill.evaluation import evaluate
 
-    data = photos.load_photos("denoise", limit={"train": 256, "val": 16, "test": 16})
+    data = photos.load_photos("denoise", limit={"train": 128, "val": 16, "test": 16})
     torch.manual_seed(0)
-    model = build_model("dncnn", (1, 40, 40), depth=4, channels=16)
+    model = build_model("dncnn", (1, 40, 40), depth=3, channels=8)
     before = evaluate(model, data.test, task="restoration")["psnr"]  # the identity: the noisy input's PSNR
-    Distiller(model, terms=METHODS["restore_scratch"](), epochs=2, lr=3e-3, batch_size=16, progress=False,
+    Distiller(model, terms=METHODS["restore_scratch"](), epochs=2, lr=1e-2, batch_size=16, progress=False,
               task="restoration").fit(data.train)
     after = evaluate(model, data.test, task="restoration")
     assert after["psnr"] > before + 2.0, (before, after)
@@ -186,7 +187,7 @@ def test_a_toy_denoiser_learns_in_seconds():
 def test_a_toy_distillation_run_with_every_term():
     from distill.engine import Distiller
 
-    data = photos.load_photos("sr", limit={"train": 64, "val": 8, "test": 8})
+    data = photos.load_photos("sr", limit={"train": 32, "val": 4, "test": 4})
     torch.manual_seed(0)
     teacher = build_model("srnet", (1, 40, 40), depth=4, channels=12).eval()
     student = build_model("srnet", (1, 40, 40), depth=3, channels=6)

@@ -29,6 +29,7 @@ literature) and the label is the 40×40 (64×64) patch itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,11 @@ _NOISE_SEEDS = {"train": 1, "val": 2, "test": 3}
 
 def photographs() -> dict[str, np.ndarray]:
     """Every photograph of the table above as a grayscale ``(H, W)`` float32 array in ``[0, 1]``, by name."""
+    return {name: image.copy() for name, image in _read_photographs().items()}
+
+
+@lru_cache(maxsize=1)
+def _read_photographs() -> dict[str, np.ndarray]:
     try:
         from skimage import color, io
         from skimage.data import data_dir
