@@ -208,3 +208,21 @@ def test_the_benchmark_table_and_its_arms():
                "rows": [{**row, "arm": "sr-scratch", "seed": s, "psnr": 30.0 + s} for s in range(3)]}
     table = format_table(summary)
     assert "| sr | student | sr-scratch | 100 | 31.00 ± 1.00 |" in table and "8.0×" in table
+
+
+def test_a_cached_model_is_trained_once_then_loaded(tmp_path):
+    from distill.fileio import cached_model
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        with torch.no_grad():
+            model.tail.weight.fill_(0.5)
+        return {"history": [1]}
+
+    model = build_model("dncnn", depth=3, channels=4)
+    _, info = cached_model(tmp_path / "t", model, train, say=lambda *_: None)
+    again, stored = cached_model(tmp_path / "t", build_model("dncnn", depth=3, channels=4), train)
+    assert len(calls) == 1 and stored == info and info["history"] == [1] and "seconds" in info
+    assert float(again.tail.weight.mean()) == 0.5 and not again.training

@@ -19,14 +19,13 @@ output megapixel on one thread (a 256×256 output, median of repeats).
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from distill.fileio import atomic_write_dir, bench_row, settings_key, write_bench_results
+from distill.fileio import bench_row, cache_dir, cached_model, settings_key, write_bench_results
 
 DATA = {"train_size": 40, "stride": 24, "eval_size": 64}
 MODELS = {"denoise": ("dncnn", {"depth": 10, "channels": 32}, {"depth": 6, "channels": 16}),
@@ -74,28 +73,15 @@ def _teacher_settings(task: str, quick: bool) -> dict:
 
 def cached_teacher(task: str, data, quick: bool, say=print):
     """The task's teacher trained on the clean images' L1, kept as safetensors in the cache."""
-    from safetensors.torch import load_file, save_file
-
-    from distill.fileio import cache_dir
     from distill.methods import METHODS
 
     settings = _teacher_settings(task, quick)
     folder = cache_dir() / "teachers" / f"restoration-{task}-{settings_key(settings)}"
     model = build(task, "teacher")
-    if (folder / "teacher.json").is_file():
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model.eval(), json.loads((folder / "teacher.json").read_text())
-    say(f"training the {task} teacher on {len(data.train):,} patches (cached in {folder})")
-    start = time.perf_counter()
-    history = _train(model, None, METHODS["restore_scratch"](), data, settings["train"], seed=0)
-    info = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "history": history}
-
-    def write(tmp: Path) -> None:
-        save_file(model.state_dict(), tmp / "model.safetensors")
-        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
-
-    atomic_write_dir(folder, write)
-    return model.eval(), info
+    return cached_model(folder, model, lambda: {
+        "settings": settings,
+        "history": _train(model, None, METHODS["restore_scratch"](), data, settings["train"], seed=0)},
+        f"training the {task} teacher on {len(data.train):,} patches", say)
 
 
 def scores(model, split, teacher=None) -> dict:
@@ -240,7 +226,8 @@ def format_table(summary: dict) -> str:
 
 def draw_restorations(out_dir: str | Path = "bench-results/restoration", quick: bool = False, tiles: int = 3,
                       path: str | Path | None = None) -> Path | None:
-    """A PNG of restored test tiles per task: degraded input, teacher, each arm's seed-0 student, clean image.
+    """A PNG of restored test tiles per task: degraded input (nearest-neighbour upsampled for SR), teacher, each
+    arm's seed-0 student, clean image.
     Reads the students' weights the benchmark left in ``out_dir`` (arms without them are left out); returns the
     file's path (default ``out_dir/restored.png``), or ``None`` when no student was found."""
     import matplotlib
@@ -256,7 +243,9 @@ def draw_restorations(out_dir: str | Path = "bench-results/restoration", quick: 
             continue
         data = load(task, quick)
         teacher, _ = cached_teacher(task, data, quick)
-        pick = torch.linspace(0, len(data.test) - 1, tiles + 2).long()[1:-1]
+        # tiles with detail (flat sky shows little): among the most varied, spread out
+        varied = data.test.labels.flatten(1).std(1).argsort(descending=True)
+        pick = varied[torch.linspace(0, len(varied) // 3, tiles).long()]
         batch = data.test.__getitems__(pick.tolist())
         x, y = batch["input"], batch["label"]
         columns = [("degraded", torch.nn.functional.interpolate(x, size=y.shape[-2:], mode="nearest"))]
