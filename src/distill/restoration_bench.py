@@ -95,7 +95,7 @@ def scores(model, split, teacher=None) -> dict:
 
 def input_scores(split) -> dict:
     """PSNR and SSIM of the degraded inputs themselves (for SR, their bicubic upsampling): the floor."""
-    from distill.restoration import psnr, ssim
+    from distill.image_quality import psnr, ssim
 
     sums = {"psnr": 0.0, "ssim": 0.0}
     for i in range(len(split)):
