@@ -5,7 +5,7 @@
 * :func:`wavelet_kd_loss` — the L1 distance between the high-frequency Haar wavelet bands of the two outputs
   (``"wavelet_kd"``; Zhang et al. 2022);
 * :func:`contrastive_loss` — contrastive self-distillation (``"csd"``; Wang et al. 2021): pulled toward the
-  teacher's output, pushed from the degraded input, in a fixed embedding.
+  teacher's output, pushed from the degraded input, in a fixed embedding (CSD's ratio in a bounded form).
 
 Feature distillation needs no loss of its own: it is the FitNets ``hint`` loss on the networks' ``features`` taps
 with a 1×1 convolution connector (:mod:`distill.losses.hint`).
@@ -107,22 +107,25 @@ def embed(images: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def contrastive_loss(student: torch.Tensor, teacher: torch.Tensor, negative: torch.Tensor,
-                     layer_weights=(1.0, 1.0), eps: float = 1e-6) -> torch.Tensor:
+                     layer_weights=(1.0, 1.0), eps: float = 1e-8) -> torch.Tensor:
     r"""Contrastive self-distillation — Wang et al. 2021, *Towards Compact Single Image Super-Resolution via
-    Contrastive Self-distillation* (IJCAI), its contrastive loss:
+    Contrastive Self-distillation* (IJCAI), its contrastive loss, in a bounded form:
 
     .. math::
-        \mathcal{L}_{CL} = \sum_j \lambda_j \frac{d\big(\phi_j(S(x)), \phi_j(T(x))\big)}
-                                              {d\big(\phi_j(S(x)), \phi_j(x^-)\big) + \epsilon}
+        \mathcal{L}_{CL} = \sum_j \lambda_j \frac{d^+_j}{d^+_j + d^-_j + \epsilon}, \qquad
+        d^+_j = d\big(\phi_j(S(x)), \phi_j(T(x))\big), \quad d^-_j = d\big(\phi_j(S(x)), \phi_j(x^-)\big)
 
     the student's output pulled toward the teacher's (positive) and pushed from the degraded input ``x^-``
     (negative: the noisy image, or for super-resolution its bicubic upsampling, CSD's negative), ``d`` the L1
-    distance (a mean). The paper's :math:`\phi_j` are pretrained VGG-19 layers; none ships offline here, so
-    :math:`\phi_j` are the layers of a fixed network of random 3×3 filters (:func:`embed`; random convolutional
+    distance (a mean). CSD writes the ratio :math:`r = d^+ / d^-`; :math:`d^+/(d^+ + d^-) = r / (1 + r)` orders
+    students the same way but stays in ``[0, 1]``: a residual network starts as the identity, where
+    :math:`d^- = 0` and CSD's ratio (with its small :math:`\epsilon`) is about :math:`10^5`, whose first gradients
+    would swamp Adam's statistics. The paper's :math:`\phi_j` are pretrained VGG-19 layers; none ships offline here,
+    so :math:`\phi_j` are the layers of a fixed network of random 3×3 filters (:func:`embed`; random convolutional
     features keep much of an image's local structure, He, Wang & Hopcroft 2016, *A Powerful Generative Model Using
     Random Weights for the Deep Image Representation*). ``student``, ``teacher``: ``(N, C, H, W)``; ``negative``:
     ``(N, C, h, w)``, resized bicubically to ``H × W`` when smaller. ``layer_weights``: the :math:`\lambda_j`, one
-    per embedding layer.
+    per embedding layer (16, 32, 64 ... channels).
     """
     _same_shape("contrastive_loss", student, teacher)
     if negative.dim() != 4 or negative.shape[:2] != student.shape[:2]:
@@ -135,13 +138,14 @@ def contrastive_loss(student: torch.Tensor, teacher: torch.Tensor, negative: tor
     s, t, n = (embed(_wide(x), weights) for x in (student, teacher.detach(), negative.detach()))
     total = s[0].new_zeros(())
     for lam, fs, ft, fn in zip(layer_weights, s, t, n):
-        total = total + lam * F.l1_loss(fs, ft) / (F.l1_loss(fs, fn) + eps)
+        positive = F.l1_loss(fs, ft)
+        total = total + lam * positive / (positive + F.l1_loss(fs, fn) + eps)
     return total
 
 
 @register_loss("csd", student=["logits", "degraded"])
 def csd_loss(student: list[torch.Tensor], teacher: torch.Tensor, layer_weights=(1.0, 1.0),
-             eps: float = 1e-6) -> torch.Tensor:
+             eps: float = 1e-8) -> torch.Tensor:
     """:func:`contrastive_loss` bound to taps: ``student`` is ``[the student's output, its input]`` (taps
     ``logits`` and ``degraded``, the input being the negative), ``teacher`` the teacher's output."""
     output, degraded = student

@@ -9,7 +9,7 @@ from distill.terms import Term
 
 
 @register_method("restore_combined")
-def restore_combined(alpha: float = 0.5, beta: float = 1.0, gamma: float = 1.0, lam: float = 0.1,
+def restore_combined(alpha: float = 0.5, beta: float = 0.1, gamma: float = 1.0, lam: float = 0.1,
                      levels: int = 2, input_tap: str = "degraded") -> list:
     """Output KD (``alpha``), the feature hint (``beta``), wavelet KD (``gamma``) and the contrastive term
     (``lam``) beside the clean images' L1; a weight of 0 leaves its term out."""

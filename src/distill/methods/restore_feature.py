@@ -10,7 +10,7 @@ from distill.terms import Term
 
 
 @register_method("restore_feature")
-def restore_feature(beta: float = 1.0, student_layer: str = "features", teacher_layer: str = "features",
+def restore_feature(beta: float = 0.1, student_layer: str = "features", teacher_layer: str = "features",
                     connector: str = "conv1x1", alpha: float = 0.0) -> list:
     """The clean images' L1 beside the hint on ``student_layer`` -> ``teacher_layer`` weighted ``beta`` (and, with
     ``alpha > 0``, output distillation)."""
