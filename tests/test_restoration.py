@@ -204,10 +204,10 @@ def test_the_benchmark_table_and_its_arms():
     assert {"denoise-scratch", "denoise-output", "sr-feature", "sr-wavelet", "sr-contrastive", "sr-combined"} <= set(ARMS)
     row = {"task": "sr", "params": 100, "ssim": 0.8, "teacher_psnr": 35.0}
     summary = {"teachers": {"sr": {"params": 800, "psnr": 31.0, "ssim": 0.85, "input": {"psnr": 29.0, "ssim": 0.8}}},
-               "speed": {"sr": {"teacher": 800.0, "student": 100.0}},
+               "speed": {"sr": {"teacher": 800.0, "student": 100.0}}, "macs": {"sr": {"teacher": 4e4, "student": 5e3}},
                "rows": [{**row, "arm": "sr-scratch", "seed": s, "psnr": 30.0 + s} for s in range(3)]}
     table = format_table(summary)
-    assert "| sr | student | sr-scratch | 100 | 31.00 ± 1.00 |" in table and "8.0×" in table
+    assert "| sr | student | sr-scratch | 100 | 5,000 | 31.00 ± 1.00 |" in table and "8.0×" in table
 
 
 def test_a_cached_model_is_trained_once_then_loaded(tmp_path):

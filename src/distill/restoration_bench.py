@@ -15,11 +15,10 @@ high-frequency Haar bands), ``contrastive`` (+ CSD's contrastive term), ``combin
 
 Each teacher is trained once and cached; each (arm, seed) row is a file ``<arm>/seed-<k>.json`` (with the
 student's weights beside it, for the figure), so an interrupted benchmark resumes. Speed is CPU milliseconds per
-output megapixel on one thread (a 256×256 output, median of repeats).
+output megapixel on one thread (a 256×256 output, the fastest of 5 runs).
 """
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -110,8 +109,9 @@ def input_scores(split) -> dict:
     return {k: v / len(split) for k, v in sums.items()}
 
 
-def ms_per_megapixel(model, task: str, side: int = 256, repeats: int = 5) -> float:
-    """CPU milliseconds per output megapixel on one thread: a ``side``×``side`` output, median of ``repeats``."""
+def ms_per_megapixel(model, side: int = 256, repeats: int = 5) -> float:
+    """CPU milliseconds per output megapixel on one thread: a ``side``×``side`` output, the fastest of ``repeats``
+    (the least disturbed by other jobs on the machine)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     scale = getattr(model, "scale", 1)
@@ -125,9 +125,17 @@ def ms_per_megapixel(model, task: str, side: int = 256, repeats: int = 5) -> flo
                 start = time.perf_counter()
                 model(x)
                 times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times) / (side * side / 1e6)
+        return 1000 * min(times) / (side * side / 1e6)
     finally:
         torch.set_num_threads(old)
+
+
+def macs_per_pixel(model) -> float:
+    """Multiply-accumulates per output pixel (convolutions), from a 64×64 output."""
+    from distill.evaluation import count_macs
+
+    side = 64 // getattr(model, "scale", 1)
+    return count_macs(model, torch.rand(1, 1, side, side)) / 64 ** 2
 
 
 def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
@@ -187,9 +195,10 @@ def run_restoration_benchmark(seeds: int = 3, quick: bool = False, only: list[st
                 results.append(row)
     if train_only:
         return {"teachers": teachers, "rows": results}
-    speed = {task: {role: ms_per_megapixel(build(task, role), task) for role in ("teacher", "student")}
+    speed = {task: {role: ms_per_megapixel(build(task, role)) for role in ("teacher", "student")}
              for task in teachers}
-    summary = {"teachers": teachers, "rows": results, "speed": speed, "seeds": seeds, "quick": quick,
+    macs = {task: {role: macs_per_pixel(build(task, role)) for role in ("teacher", "student")} for task in teachers}
+    summary = {"teachers": teachers, "rows": results, "speed": speed, "macs": macs, "seeds": seeds, "quick": quick,
                "settings": {"data": DATA, "models": MODELS, "teacher": TEACHER_TRAIN, "student": STUDENT_TRAIN,
                             "arms": ARMS}}
     table = format_table(summary)
@@ -207,20 +216,21 @@ def format_table(summary: dict) -> str:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     lines = ["Test tiles of held-out photographs (64×64, grayscale); PSNR in dB and SSIM by scikit-image, mean ± std "
-             "over seeds; speed: CPU ms per output megapixel, one thread.", "",
-             "| task | model | arm | params | PSNR | SSIM | PSNR to teacher | seeds | ms / MP | speed-up |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "over seeds; MACs per output pixel; speed: CPU ms per output megapixel, one thread.", "",
+             "| task | model | arm | params | MACs / px | PSNR | SSIM | PSNR to teacher | seeds | ms / MP | speed-up |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups = group_rows(summary["rows"])
     for task, teacher in summary["teachers"].items():
-        speed = summary["speed"][task]
+        speed, macs = summary["speed"][task], summary["macs"][task]
         floor = teacher["input"]
-        lines.append(f"| {task} | degraded input | - | - | {floor['psnr']:.2f} | {floor['ssim']:.4f} | - | - | - | - |")
-        lines.append(f"| {task} | teacher | - | {teacher['params']:,} | {teacher['psnr']:.2f} | {teacher['ssim']:.4f} "
-                     f"| - | 1 | {speed['teacher']:.0f} | 1.0× |")
+        lines.append(f"| {task} | degraded input | - | - | - | {floor['psnr']:.2f} | {floor['ssim']:.4f} | - | - | - | - |")
+        lines.append(f"| {task} | teacher | - | {teacher['params']:,} | {macs['teacher']:,.0f} | {teacher['psnr']:.2f} | "
+                     f"{teacher['ssim']:.4f} | - | 1 | {speed['teacher']:.0f} | 1.0× |")
         for arm, rows in groups.items():
             if rows[0]["task"] != task:
                 continue
-            lines.append(f"| {task} | student | {arm} | {rows[0]['params']:,} | {cell([r['psnr'] for r in rows], 2)} | "
+            lines.append(f"| {task} | student | {arm} | {rows[0]['params']:,} | {macs['student']:,.0f} | "
+                         f"{cell([r['psnr'] for r in rows], 2)} | "
                          f"{cell([r['ssim'] for r in rows], 4)} | {cell([r['teacher_psnr'] for r in rows], 2)} | "
                          f"{len(rows)} | {speed['student']:.0f} | {speed['teacher'] / speed['student']:.1f}× |")
     return "\n".join(lines)
