@@ -226,3 +226,13 @@ def test_a_cached_model_is_trained_once_then_loaded(tmp_path):
     again, stored = cached_model(tmp_path / "t", build_model("dncnn", depth=3, channels=4), train)
     assert len(calls) == 1 and stored == info and info["history"] == [1] and "seconds" in info
     assert float(again.tail.weight.detach().mean()) == 0.5 and not again.training
+
+
+def test_the_restoration_recipe_names_its_task_models_and_methods():
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe("restoration")
+    assert recipe.build_task().name == "restoration"
+    assert [m.name for m in recipe.methods] == ["restore_scratch", "restore_output", "restore_wavelet",
+                                                "restore_contrastive"]
+    assert photos.sr_photos.__doc__ and recipe.data.dataset == "distill.zoo.photos:load_photos"

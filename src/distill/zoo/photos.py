@@ -130,3 +130,9 @@ def load_photos(task: str = "denoise", train_size: int = 40, stride: int = 24, e
             clean = clean[torch.linspace(0, len(clean) - 1, keep).long()]
         splits[split] = ArrayDataset(degrade(clean, task, _NOISE_SEEDS[split]), clean, name=f"{task}-{split}")
     return Photos(**splits, task=task, images=dict(SPLITS))
+
+
+def sr_photos() -> Photos:
+    """``load_photos("sr")``: a recipe's ``dataset: distill.zoo.photos:sr_photos`` (``load_photos`` alone is
+    denoising)."""
+    return load_photos("sr")
