@@ -236,3 +236,12 @@ def test_the_restoration_recipe_names_its_task_models_and_methods():
     assert [m.name for m in recipe.methods] == ["restore_scratch", "restore_output", "restore_wavelet",
                                                 "restore_contrastive"]
     assert photos.sr_photos.__doc__ and recipe.data.dataset == "distill.zoo.photos:load_photos"
+
+
+def test_the_own_loss_can_be_the_squared_error():
+    assert [t.name for t in METHODS["restore_wavelet"](own="mse")] == ["mse", "wavelet_kd"]
+    assert [t.name for t in get_task("restoration", loss="mse").default_terms()] == ["mse"]
+    with pytest.raises(ValueError, match="own must be"):
+        METHODS["restore_scratch"](own="l2")
+    with pytest.raises(TaskError, match="'l1' or 'mse'"):
+        get_task("restoration", loss="huber")

@@ -850,8 +850,8 @@ class Restoration(Task):
 
     Items are ``{"input": degraded (C, h, w), "label": clean (C, H, W)}`` with ``H, W`` the same whole multiple
     of ``h, w`` (1 for denoising, 2 for ×2 super-resolution); the model returns ``(N, C, H, W)`` images in
-    ``[0, 1]``. The student's own loss is the L1 distance to the clean image (``Term("l1")``, EDSR's loss, Lim et al.
-    2017). Metrics per image, averaged: PSNR in dB (selects, higher is better) and SSIM, by ``skimage.metrics`` on
+    ``[0, 1]``. The student's own loss (``loss``) is the L1 distance to the clean image (``"l1"``, EDSR's loss, Lim
+    et al. 2017) or the squared error (``"mse"``, DnCNN's). Metrics per image, averaged: PSNR in dB (selects, higher is better) and SSIM, by ``skimage.metrics`` on
     images clipped to ``[0, 1]`` (:mod:`distill.image_quality`), and the L1 loss. A validation set without clean
     images is scored against the teacher's images: ``teacher_psnr`` (selects) and ``teacher_l1``.
     """
@@ -859,6 +859,12 @@ class Restoration(Task):
     name = "restoration"
     select, mode = "psnr", "max"
     distribution = False
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None, loss: str = "l1"):
+        super().__init__(target, pad_token_id, tokenizer)
+        if loss not in ("l1", "mse"):
+            raise TaskError(f"the restoration task's loss is 'l1' or 'mse', got {excerpt(loss)}")
+        self.loss = loss
 
     def prepare(self, batch):
         batch = super().prepare(batch)
@@ -882,7 +888,7 @@ class Restoration(Task):
         return labels if labels.is_floating_point() else labels.to(torch.get_default_dtype())
 
     def default_terms(self) -> list[Term]:
-        return [Term("l1")]
+        return [Term(self.loss)]
 
     def _add_images(self, sums, prefix: str, pred, target) -> None:
         if pred.shape != target.shape:

@@ -12,7 +12,8 @@ from distill.terms import Term
 
 
 @register_method("restore_contrastive")
-def restore_contrastive(lam: float = 0.1, input_tap: str = "degraded", alpha: float = 0.0) -> list:
-    """The clean images' L1 beside the contrastive term weighted ``lam`` (and output distillation with
-    ``alpha > 0``); ``input_tap``: where the student's input is read (``"head:input"`` on other models)."""
-    return l1_and([Term("csd", lam, student=["logits", input_tap])], alpha)
+def restore_contrastive(lam: float = 0.1, input_tap: str = "degraded", alpha: float = 0.0, own: str = "l1") -> list:
+    """The clean images' L1 (``own``: or ``"mse"``) beside the contrastive term weighted ``lam`` (and output
+    distillation with ``alpha > 0``); ``input_tap``: where the student's input is read (``"head:input"`` on other
+    models)."""
+    return l1_and([Term("csd", lam, student=["logits", input_tap])], alpha, own)

@@ -11,7 +11,7 @@ from distill.terms import Term
 
 @register_method("restore_feature")
 def restore_feature(beta: float = 0.1, student_layer: str = "features", teacher_layer: str = "features",
-                    connector: str = "conv1x1", alpha: float = 0.0) -> list:
+                    connector: str = "conv1x1", alpha: float = 0.0, own: str = "l1") -> list:
     """The clean images' L1 beside the hint on ``student_layer`` -> ``teacher_layer`` weighted ``beta`` (and, with
-    ``alpha > 0``, output distillation)."""
-    return l1_and([Term("hint", beta, student=student_layer, teacher=teacher_layer, connector=connector)], alpha)
+    ``alpha > 0``, output distillation; ``own``: the clean images' loss, ``"l1"`` or ``"mse"``)."""
+    return l1_and([Term("hint", beta, student=student_layer, teacher=teacher_layer, connector=connector)], alpha, own)

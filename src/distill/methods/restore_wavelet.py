@@ -11,6 +11,7 @@ from distill.terms import Term
 
 
 @register_method("restore_wavelet")
-def restore_wavelet(gamma: float = 1.0, levels: int = 2, alpha: float = 0.0) -> list:
-    """The clean images' L1 beside wavelet KD weighted ``gamma`` (and output distillation with ``alpha > 0``)."""
-    return l1_and([Term("wavelet_kd", gamma, levels=levels)], alpha)
+def restore_wavelet(gamma: float = 1.0, levels: int = 2, alpha: float = 0.0, own: str = "l1") -> list:
+    """The clean images' L1 (``own``: or ``"mse"``) beside wavelet KD weighted ``gamma`` (and output distillation
+    with ``alpha > 0``)."""
+    return l1_and([Term("wavelet_kd", gamma, levels=levels)], alpha, own)
