@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +91,29 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+
+
+def cached_model(folder: Path, model, train: Callable[[], dict], message: str = "", say=print):
+    """``model`` with the weights kept in ``folder`` (``model.safetensors`` beside ``teacher.json``); the first
+    time, trained by ``train()`` (which returns what to keep beside the weights: settings, history ...), saying
+    ``message`` first, and saved there with the seconds it took. Returns ``(model in eval mode, that record)``."""
+    from safetensors.torch import load_file
+
+    if (folder / "teacher.json").is_file():
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return model.eval(), json.loads((folder / "teacher.json").read_text())
+    if message:
+        say(f"{message} (cached in {folder})")
+    start = time.perf_counter()
+    info = train()
+    info = {**info, "seconds": round(time.perf_counter() - start, 1)}
+
+    def write(tmp: Path) -> None:
+        save_file(model.state_dict(), tmp / "model.safetensors")
+        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
+
+    atomic_write_dir(folder, write)
+    return model.eval(), info
 
 
 class UnsafeFile(DistillError):

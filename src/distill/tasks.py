@@ -14,8 +14,8 @@ The engine knows nothing of images, labels or accuracy; a task does. It
 
 Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``regression``, ``multilabel``,
 ``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders), ``ctc`` (speech: per-frame
-logits, CER / WER), ``embedding`` and
-``parallel_embedding`` (sentence pairs across languages).
+logits, CER / WER), ``embedding``,
+``parallel_embedding`` (sentence pairs across languages) and ``restoration`` (image to image: PSNR, SSIM).
 Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
 Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
 keyword arguments. Keys prefixed ``teacher_`` (``teacher_input_ids``, ``teacher_attention_mask``) are the
@@ -844,6 +844,88 @@ def embedding_mse(pooling: str = "none", normalize: bool = False) -> Callable:
     return embedding_mse
 
 
+@register_task
+class Restoration(Task):
+    """Image restoration: degraded image in, clean image out (denoising, super-resolution ...).
+
+    Items are ``{"input": degraded (C, h, w), "label": clean (C, H, W)}`` with ``H, W`` the same whole multiple
+    of ``h, w`` (1 for denoising, 2 for ×2 super-resolution); the model returns ``(N, C, H, W)`` images in
+    ``[0, 1]``. The student's own loss (``loss``) is the L1 distance to the clean image (``"l1"``, EDSR's loss, Lim
+    et al. 2017) or the squared error (``"mse"``, DnCNN's). Metrics per image, averaged: PSNR in dB (selects, higher is better) and SSIM, by ``skimage.metrics`` on
+    images clipped to ``[0, 1]`` (:mod:`distill.image_quality`), and the L1 loss. A validation set without clean
+    images is scored against the teacher's images: ``teacher_psnr`` (selects) and ``teacher_l1``.
+    """
+
+    name = "restoration"
+    select, mode = "psnr", "max"
+    distribution = False
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None, loss: str = "l1"):
+        super().__init__(target, pad_token_id, tokenizer)
+        if loss not in ("l1", "mse"):
+            raise TaskError(f"the restoration task's loss is 'l1' or 'mse', got {excerpt(loss)}")
+        self.loss = loss
+
+    def prepare(self, batch):
+        batch = super().prepare(batch)
+        images = batch["input"]
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise TaskError(f"restoration inputs are images (C, H, W) per item, a batch (N, C, H, W); got "
+                            f"{describe(images) if not isinstance(images, Mapping) else 'a dict'}")
+        clean = batch.get("label")
+        if clean is not None:
+            if not isinstance(clean, torch.Tensor) or clean.dim() != 4 or len(clean) != len(images):
+                raise TaskError(f"restoration labels are clean images (C, H, W) per item, got {describe(clean)} for "
+                                f"inputs {tuple(images.shape)}")
+            (c, h, w), (lc, lh, lw) = images.shape[1:], clean.shape[1:]
+            if lc != c or lh % h or lw % w or lh // h != lw // w:
+                raise TaskError(f"a degraded image {(c, h, w)} and its clean image {(lc, lh, lw)} do not match: "
+                                "they need the same channels and a clean size that is the same whole multiple of "
+                                "the degraded one along both axes (1 for denoising, 2 for ×2 super-resolution)")
+        return batch
+
+    def check_labels(self, labels):
+        return labels if labels.is_floating_point() else labels.to(torch.get_default_dtype())
+
+    def default_terms(self) -> list[Term]:
+        return [Term(self.loss)]
+
+    def _add_images(self, sums, prefix: str, pred, target) -> None:
+        if pred.shape != target.shape:
+            raise TaskError(f"the model's images {tuple(pred.shape)} and the {'teacher' if prefix else 'clean'} "
+                            f"images {tuple(target.shape)} differ in shape")
+        from distill.image_quality import psnr, ssim
+
+        a, b = pred.detach().float().cpu().numpy(), target.detach().float().cpu().numpy()
+        for x, y in zip(a, b):
+            _add(sums, prefix + "psnr", psnr(x, y))
+            if not prefix:
+                _add(sums, "ssim", ssim(x, y))
+        _add(sums, prefix + "l1", float((pred - target).abs().flatten(1).mean(1).sum()))
+
+    def add_labelled(self, sums, pred, labels, mask):
+        self._add_images(sums, "", pred, labels.float())
+        _add(sums, "count", len(labels))
+
+    def labelled_metrics(self, sums):
+        n = sums["count"]
+        return {"psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "loss": sums["l1"] / n}
+
+    def add_fidelity(self, sums, pred, teacher, mask):
+        self._add_images(sums, "fidelity_", pred, teacher)
+        _add(sums, "fidelity_count", len(pred))
+
+    def summarize(self, sums):
+        out = self.labelled_metrics(sums) if sums.get("count") else {}
+        n = sums.get("fidelity_count", 0)
+        if n:
+            out |= {"teacher_psnr": sums["fidelity_psnr"] / n, "teacher_l1": sums["fidelity_l1"] / n}
+        return out
+
+    def selection(self, labelled):
+        return (self.select, self.mode) if labelled else ("teacher_psnr", "max")
+
+
 def collator(task: Task, collate_fn: Callable | None = None) -> Callable:
     """The loaders' collate function: the task's own, or the user's ``collate_fn`` called on the raw dataset
     items (its result may be a dict of tensors, HF-style or ``{"input", "label"}``, or an ``(input, label)``
@@ -865,3 +947,4 @@ def collator(task: Task, collate_fn: Callable | None = None) -> Callable:
         return batch
 
     return collate
+

@@ -31,6 +31,7 @@ from distill.losses.multi_teacher import multi_teacher_kd_loss, teacher_mixture_
 from distill.losses.online import dml_loss, kdcl_loss, one_loss
 from distill.losses.registry import LOSSES, STAGES, register_loss
 from distill.losses.relational import cc_loss, pkt_loss, rkd_loss, sp_loss
+from distill.losses.restoration import contrastive_loss, csd_loss, haar_dwt, l1_loss, wavelet_kd_loss
 from distill.losses.tf_kd import tf_kd_loss
 from distill.losses.topk import dense_from_topk, topk_logits, truncate_teacher
 from distill.losses.transformer import (RailKD, attention_mse, cilda_loss, cosine_hidden, hidden_mse, pkd_loss,
@@ -44,5 +45,6 @@ __all__ = [
     "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss", "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence",
     "kd_loss", "kdcl_loss", "logit_l1", "minillm_loss",
     "multi_teacher_kd_loss", "multilingual_mse", "nst_loss", "one_loss", "pkt_loss", "register_loss", "rkd_loss", "sp_loss",
-    "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "dense_from_topk", "topk_logits", "truncate_teacher", "total_variation", "vid_loss",
+    "teacher_mixture_weights", "teacher_weights", "tf_kd_loss", "contrastive_loss", "csd_loss", "haar_dwt", "l1_loss",
+    "wavelet_kd_loss", "dense_from_topk", "topk_logits", "truncate_teacher", "total_variation", "vid_loss",
 ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.losses.registry import register_loss
 
+
+@register_loss("mse", teacher=None, labels=True)
 def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""Mean squared error over every element, computed in float32:
     :math:`\frac{1}{N D}\sum_{n,d} (y_{nd} - \hat y_{nd})^2`.
