@@ -105,6 +105,9 @@ def cmd_list(args) -> int:
               "on real Asterisk recordings (distill bench speech --arm ARM)")
         print(f"  {'seq2seq':14s} grapheme-to-phoneme (wamerican + espeak-ng): a Transformer teacher, word- and "
               "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
+        print(f"  {'detection':14s} object detection on Fashion-MNIST / MNIST scenes: a CenterDet teacher into a "
+              "student 8x cheaper, heatmap KD, feature imitation, FGD, PKD, LD, GID; COCO mAP (distill bench "
+              "detection --arm ARM)")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -160,7 +163,8 @@ def cmd_report(args) -> int:
 ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_benchmark"),
                   "llm": ("distill.llm_bench", "run_llm_benchmark"),
                   "speech": ("distill.speech_bench", "run_speech_benchmark"),
-                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark")}
+                  "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark"),
+                  "detection": ("distill.detection_bench", "run_detection_benchmark")}
 
 
 def cmd_bench(args) -> int:
@@ -193,7 +197,7 @@ def cmd_bench(args) -> int:
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm and speech benchmarks "
+        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech and detection benchmarks "
                           "(distill bench nlp --arm kd; also seq2seq)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
@@ -305,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / llm / speech / seq2seq benchmark: only this arm (kd, pd ... / "
-                       "ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ...; repeatable)")
+                       help="nlp / embeddings / llm / speech / seq2seq / detection benchmark: only this arm (kd, pd "
+                       "... / ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ... / scratch, fgd ...; "
+                       "repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)

@@ -48,17 +48,17 @@ def centres(shape: tuple[int, int], stride: int, device=None) -> tuple[torch.Ten
     return xs[None, :].expand(shape), ys[:, None].expand(shape)
 
 
-def dense_targets(targets, num_classes: int, shape: tuple[int, int], stride: int, bins: int):
+def dense_targets(targets, num_classes: int | None, shape: tuple[int, int], stride: int, bins: int):
     """What the detector learns at every location, from the boxes.
 
     Returns ``heat (B, C, H, W)``: an elliptical Gaussian per object peaking at 1 on the location holding its
     centre (sigma = box side / 6, in strides; the maximum where objects of a class meet); ``distances
     (B, 4, H, W)``: left, top, right, bottom from the location's centre to its object's edges, in strides;
     ``weight (B, H, W)``: the object's Gaussian at locations inside its box where it exceeds 0.3 (0 elsewhere),
-    a smaller object winning where boxes overlap (as FCOS assigns).
+    a smaller object winning where boxes overlap (as FCOS assigns). ``num_classes=None``: no heatmap (``None``).
     """
     batch, (h, w) = len(targets), shape
-    heat = torch.zeros(batch, num_classes, h, w)
+    heat = None if num_classes is None else torch.zeros(batch, num_classes, h, w)
     distances = torch.zeros(batch, 4, h, w)
     weight = torch.zeros(batch, h, w)
     xs, ys = centres(shape, stride)
@@ -73,8 +73,9 @@ def dense_targets(targets, num_classes: int, shape: tuple[int, int], stride: int
             col = torch.arange(w, dtype=torch.float32) - cx
             row = torch.arange(h, dtype=torch.float32) - cy
             g = torch.exp(-(col[None, :] ** 2) / (2 * sx**2) - (row[:, None] ** 2) / (2 * sy**2))
-            c = int(classes[j])
-            heat[b, c] = torch.maximum(heat[b, c], g)
+            if heat is not None:
+                c = int(classes[j])
+                heat[b, c] = torch.maximum(heat[b, c], g)
             inside = (xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)
             region = inside & (g > 0.3)
             region[cy, cx] = True
@@ -320,7 +321,7 @@ def localization_kd_at_objects(student_box: torch.Tensor, teacher_box: torch.Ten
                                temperature: float = 10.0, stride: int = 4) -> torch.Tensor:
     """:func:`localization_kd` over LD's main distillation region: the locations where the detector itself
     learns boxes (:func:`dense_targets`, weighted by each object's Gaussian)."""
-    _, _, weight = dense_targets(targets, 1, student_box.shape[-2:], stride, student_box.shape[2])
+    _, _, weight = dense_targets(targets, None, student_box.shape[-2:], stride, student_box.shape[2])
     return localization_kd(student_box, teacher_box, temperature, weight.to(student_box.device))
 
 

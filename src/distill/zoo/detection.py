@@ -5,7 +5,7 @@ top-down: 1x1 laterals of the stride 4, 8 and 16 features, upsampled and added, 
 two heads on the neck's output: ``logits`` ``(B, C, H/4, W/4)`` per-class centre logits, and ``box``
 ``(B, 4, K, H/4, W/4)`` logits of distributions over ``K`` distances (in strides) to the box's left, top,
 right and bottom edges, so localization distillation (LD) has distributions to match. The neck's output is
-the module ``neck`` (tap alias ``neck``), what feature distillation reads.
+the module ``neck`` (tap ``neck``), what feature distillation reads.
 
 Two sizes are registered: ``centerdet`` (options below) and the presets ``centerdet_teacher`` /
 ``centerdet_student`` used by ``distill bench detection``.
@@ -81,7 +81,6 @@ class CenterDet(nn.Module):
         self.cls_head = nn.Sequential(conv_bn(neck, head), nn.Conv2d(head, num_classes, 1))
         self.box_head = nn.Sequential(conv_bn(neck, head), nn.Conv2d(head, 4 * bins, 1))
         nn.init.constant_(self.cls_head[-1].bias, -2.19)  # a prior of 0.1 (CenterNet), so the focal loss starts calm
-        self.tap_aliases = {"neck": "neck"}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[-1] % 16 or x.shape[-2] % 16:
