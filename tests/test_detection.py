@@ -292,7 +292,7 @@ def test_zoo_detectors_and_their_costs():
     from distill.evaluation import count_macs, count_parameters
 
     x = torch.zeros(1, 1, 96, 96)
-    assert count_macs(teacher, x) > 5 * count_macs(student, x)
+    assert count_macs(teacher, x) > 4 * count_macs(student, x)
     assert count_parameters(teacher) > 5 * count_parameters(student)
     with pytest.raises(ValueError, match="multiples of 16"):
         student(torch.zeros(1, 1, 90, 90))

@@ -19,7 +19,7 @@ from torch import nn
 from distill.zoo.models import register_model
 from distill.zoo.scenes import CLASSES
 
-TEACHER = {"widths": (32, 64, 96, 128), "neck": 96, "head": 96}
+TEACHER = {"widths": (24, 48, 80, 112), "neck": 80, "head": 64}
 STUDENT = {"widths": (16, 24, 32, 48), "neck": 32, "head": 32}
 
 
@@ -106,7 +106,7 @@ def centerdet(in_shape=None, num_classes: int = len(CLASSES), **options) -> Cent
     return CenterDet(num_classes, _channels(in_shape), **options)
 
 
-@register_model("centerdet_teacher", "the detection benchmark's teacher CenterDet (widths 32-64-96-128, neck 96)")
+@register_model("centerdet_teacher", "the detection benchmark's teacher CenterDet (widths 24-48-80-112, neck 80)")
 def centerdet_teacher(in_shape=None, num_classes: int = len(CLASSES), **options) -> CenterDet:
     return CenterDet(num_classes, _channels(in_shape), **{**TEACHER, **options})
 
