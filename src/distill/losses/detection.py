@@ -405,13 +405,14 @@ def general_instances(student: list[torch.Tensor], teacher: list[torch.Tensor], 
     module, on a dense anchor-free head. The GI score of a location is the largest difference between the
     two models' class probabilities, :math:`\max_c |p^t_c - p^s_c|`; its box is the one predicted there by
     the model with the higher class score. Boxes are kept by NMS (IoU ``nms_iou``) among locations with a GI
-    score of at least ``min_score``, at most ``top_k`` per image. Neither the ground truth nor the teacher's
+    score of at least ``min_score`` that are local maxima of it (3 x 3), at most ``top_k`` per image. Neither the ground truth nor the teacher's
     confidence alone decides: where the student misses an object, fires on background, or the teacher sees
     something nobody annotated, the two disagree. ``student`` / ``teacher``: ``[heatmap, box]``; returns one
     ``(n, 4)`` xyxy tensor per image."""
     (hs, bs), (ht, bt) = student, teacher
     ps, pt = hs.detach().float().sigmoid(), ht.detach().float().sigmoid()
     score = (pt - ps).abs().amax(1)  # (B, H, W)
+    score = score * (F.max_pool2d(score[:, None], 3, 1, 1)[:, 0] == score)  # local maxima only, as detections are
     boxes_s = distances_to_boxes(expected_distances(bs.detach()), stride)
     boxes_t = distances_to_boxes(expected_distances(bt.detach()), stride)
     boxes = torch.where((pt.amax(1) >= ps.amax(1))[:, None], boxes_t, boxes_s)  # (B, 4, H, W)
