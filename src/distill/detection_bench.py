@@ -21,13 +21,12 @@ Speed: milliseconds per 96 x 96 image on one CPU thread, batch 1 and batch 32 (m
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from distill.fileio import atomic_write_dir, bench_row, cache_dir, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_teacher_weights, settings_key, write_bench_results
 
 DATA = {"train_size": 3000, "val_size": 300, "test_size": 1000}
 TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.3, "optimizer": "adamw",
@@ -68,31 +67,20 @@ def build(name: str, seed: int):
 
 def cached_teacher(data, data_key: str, quick: bool, say=print):
     """The teacher trained with the detection loss on the training scenes, kept as safetensors."""
-    from safetensors.torch import load_file, save_file
-
     from distill.methods import METHODS
-
-    epochs = QUICK["teacher_epochs"] if quick else TEACHER["epochs"]
     from distill.zoo import detection
 
+    epochs = QUICK["teacher_epochs"] if quick else TEACHER["epochs"]
     # the preset's shape is part of the key, so a changed preset trains a new teacher instead of failing to load
     settings = {"model": TEACHER["model"], "shape": detection.TEACHER, "train": {**TRAIN, "epochs": epochs},
                 "data": data_key, "version": 1}
     folder = cache_dir() / "teachers" / f"detection-{settings_key(settings)}"
     model = build(TEACHER["model"], 0)
-    if (folder / "teacher.json").is_file():
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model.eval(), json.loads((folder / "teacher.json").read_text())
-    say(f"training the CenterDet teacher on {len(data.train):,} scenes, {epochs} epochs (cached in {folder})")
-    start = time.perf_counter()
-    history = _train(model, None, METHODS["detection"](), data.train, data.val, settings["train"], seed=0)
-    info = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "history": history}
 
-    def write(tmp: Path) -> None:
-        save_file(model.state_dict(), tmp / "model.safetensors")
-        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
-
-    atomic_write_dir(folder, write)
+    info = cached_teacher_weights(
+        folder, model, lambda: _train(model, None, METHODS["detection"](), data.train, data.val, settings["train"], 0),
+        f"training the CenterDet teacher on {len(data.train):,} scenes, {epochs} epochs (cached in {folder})", settings,
+        say)
     return model.eval(), info
 
 
@@ -162,16 +150,11 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}")
-    out, results = Path(out_dir), []
-    for arm in arms:
-        for seed in range(seeds):
-            say(f"{arm} seed {seed} ...")
-            weights = out / arm / "seed-0.safetensors" if seed == 0 else None
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_key),
-                                  lambda: run_arm(arm, seed, data, teacher, quick, weights))
-            say(f"  test mAP {row['map']:.1f}  mAP@.5 {row['map50']:.1f}  ({row['train_seconds']:.0f} s"
-                f"{'' if made else ', stored'})")
-            results.append(row)
+    out = Path(out_dir)
+    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
+                         lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
+                                                   out / arm / "seed-0.safetensors" if seed == 0 else None),
+                         lambda row: f"test mAP {row['map']:.1f}  mAP@.5 {row['map50']:.1f}", say)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
     student = build(STUDENT["model"], 0)

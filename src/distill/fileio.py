@@ -41,6 +41,20 @@ def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tu
     return row, True
 
 
+def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str], str],
+               make: Callable[[str, int], dict], describe: Callable[[dict], str], say: Callable = print) -> list[dict]:
+    """Every (arm, seed) row of a benchmark, each kept in ``out_dir/ARM/seed-K.json`` by :func:`bench_row` with
+    settings ``key(arm)`` and made by ``make(arm, seed)``; ``describe(row)`` is said after each."""
+    rows = []
+    for arm in arms:
+        for seed in range(seeds):
+            say(f"{arm} seed {seed} ...")
+            row, made = bench_row(Path(out_dir) / arm / f"seed-{seed}.json", key(arm), lambda: make(arm, seed))
+            say(f"  {describe(row)}  ({row['train_seconds']:.0f} s{'' if made else ', stored'})")
+            rows.append(row)
+    return rows
+
+
 def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -> None:
     """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``."""
     out = Path(out_dir)
@@ -90,6 +104,33 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+
+
+def cached_teacher_weights(folder: Path, model: nn.Module, fit: Callable[[], list], message: str,
+                           settings: dict | None = None, say: Callable = print) -> dict:
+    """A benchmark's teacher kept in ``folder`` (``model.safetensors`` and a record, ``teacher.json``): loaded
+    into ``model`` when there; else ``message`` is said, ``fit()`` trains ``model`` and returns its history,
+    and weights and record (``settings``, training ``seconds``, ``history``) are written at once
+    (:func:`atomic_write_dir`). Returns the record."""
+    import time
+
+    from safetensors.torch import load_file
+
+    if (folder / "teacher.json").is_file():
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return json.loads((folder / "teacher.json").read_text())
+    say(message)
+    start = time.perf_counter()
+    history = fit()
+    info = {**({"settings": settings} if settings is not None else {}),
+            "seconds": round(time.perf_counter() - start, 1), "history": history}
+
+    def write(tmp: Path) -> None:
+        save_file(model.state_dict(), tmp / "model.safetensors")
+        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
+
+    atomic_write_dir(folder, write)
+    return info
 
 
 class UnsafeFile(DistillError):

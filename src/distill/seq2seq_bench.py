@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from distill.errors import DistillError
-from distill.fileio import atomic_write_dir, atomic_write_text, bench_row, cache_dir, settings_key, write_bench_results
+from distill.fileio import (atomic_write_text, bench_row, cache_dir, cached_teacher_weights, settings_key,
+                            write_bench_results)
 
 DATA = {"size": 30000, "val_size": 1500, "test_size": 1500}
 TRAIN = {"lr": 1e-3, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 0.5, "optimizer": "adamw",
@@ -105,26 +106,14 @@ class Setup:
         self.beams = self._beams()
 
     def _teacher(self):
-        from safetensors.torch import load_file, save_file
-
         from distill.methods import METHODS
 
         folder = cache_dir() / "teachers" / f"g2p-transformer-{self.teacher_key}"
         model = _model(self.data, self.settings["teacher"]["model"], 0)
-        if (folder / "teacher.json").is_file():
-            model.load_state_dict(load_file(folder / "model.safetensors"))
-            return model.eval(), json.loads((folder / "teacher.json").read_text())
-        self.say(f"training the Transformer teacher on {len(self.train):,} words (cached in {folder})")
-        start = time.perf_counter()
-        history = _train(model, None, METHODS["scratch"](), self.train, self.val, self.settings,
-                         self.settings["teacher"]["epochs"], seed=0)
-        info = {"seconds": round(time.perf_counter() - start, 1), "history": history}
-
-        def write(tmp: Path) -> None:
-            save_file(model.state_dict(), tmp / "model.safetensors")
-            (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
-
-        atomic_write_dir(folder, write)
+        info = cached_teacher_weights(
+            folder, model, lambda: _train(model, None, METHODS["scratch"](), self.train, self.val, self.settings,
+                                          self.settings["teacher"]["epochs"], seed=0),
+            f"training the Transformer teacher on {len(self.train):,} words (cached in {folder})", say=self.say)
         return model.eval(), info
 
     def _beams(self) -> list:

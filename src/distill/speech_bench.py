@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import atomic_write_dir, bench_row, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_teacher_weights, settings_key, write_bench_results
 
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800}
 TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True},
@@ -68,29 +68,17 @@ def _teacher_settings(quick: bool) -> dict:
 
 def cached_teacher(data, data_key: str, quick: bool, say=print):
     """The bidirectional GRU teacher trained with CTC on the synthetic training split, kept as safetensors."""
-    from safetensors.torch import load_file, save_file
-
     from distill.methods import METHODS
-    from distill.fileio import cache_dir
     from distill.zoo.speech import RecurrentCTC
 
     settings = {**_teacher_settings(quick), "data": data_key, "version": 1}
     folder = cache_dir() / "teachers" / f"speech-bigru-{settings_key(settings)}"
     torch.manual_seed(0)
     model = RecurrentCTC(**settings["model"])
-    if (folder / "teacher.json").is_file():
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model.eval(), json.loads((folder / "teacher.json").read_text())
-    say(f"training the bidirectional GRU teacher on {len(data.train):,} utterances (cached in {folder})")
-    start = time.perf_counter()
-    history = _train(model, None, METHODS["ctc"](), data.train, data.val, settings["train"], seed=0)
-    info = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "history": history}
 
-    def write(tmp: Path) -> None:
-        save_file(model.state_dict(), tmp / "model.safetensors")
-        (tmp / "teacher.json").write_text(json.dumps(info, indent=1))
-
-    atomic_write_dir(folder, write)
+    info = cached_teacher_weights(
+        folder, model, lambda: _train(model, None, METHODS["ctc"](), data.train, data.val, settings["train"], seed=0),
+        f"training the bidirectional GRU teacher on {len(data.train):,} utterances (cached in {folder})", settings, say)
     return model.eval(), info
 
 
@@ -197,15 +185,10 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
     teacher_logits = logits_on(teacher, data.test_real)
-    out, results = Path(out_dir), []
-    for arm in arms:
-        for seed in range(seeds):
-            say(f"{arm} seed {seed} ...")
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_key),
-                                  lambda: run_arm(arm, seed, data, teacher, quick, teacher_logits))
-            say(f"  real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%  ({row['train_seconds']:.0f} s"
-                f"{'' if made else ', stored'})")
-            results.append(row)
+    out = Path(out_dir)
+    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
+                         lambda arm, seed: run_arm(arm, seed, data, teacher, quick, teacher_logits),
+                         lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
     rtf = {"teacher": real_time_factor(teacher, data.test_real)}
