@@ -32,7 +32,7 @@ DATA = {"train_size": 3000, "val_size": 300, "test_size": 1000}
 TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.3, "optimizer": "adamw",
          "weight_decay": 1e-4, "clip_grad_norm": 10.0, "eval_every": 2}
 TEACHER = {"model": "centerdet_teacher", "epochs": 20}
-STUDENT = {"model": "centerdet_student", "epochs": 8}
+STUDENT = {"model": "centerdet_student", "epochs": 6}
 # arm -> (method, options)
 ARMS = {
     "scratch": ("detection", {}),
