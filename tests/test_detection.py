@@ -90,6 +90,10 @@ def test_real_scenes_use_the_source_splits_and_are_cached(tmp_path, monkeypatch)
         assert (split.boxes[:, 2:] <= 96).all() and (split.boxes[:, :2] >= 0).all()
     again = scenes.load_scenes(12, 6, 6, say=lambda *_: (_ for _ in ()).throw(AssertionError("regenerated")))
     assert np.array_equal(again.test.images, data.test.images)
+    # test scenes are made of the sources' test images, validation scenes of a held-out tenth of their training images
+    test_objects, test_labels = scenes._objects("test")
+    assert len(test_objects) == 20000 and sorted(set(test_labels.tolist())) == list(range(20))
+    assert len(scenes._objects("val")[0]) == 12000
     with pytest.raises(ValueError, match="min_objects"):
         scenes.generate("test", 1, 0, SceneSettings(min_objects=3, max_objects=2))
 
