@@ -300,3 +300,25 @@ def test_zoo_detectors_and_their_costs():
     assert count_parameters(teacher) > 5 * count_parameters(student)
     with pytest.raises(ValueError, match="multiples of 16"):
         student(torch.zeros(1, 1, 90, 90))
+
+
+# ------------------------------------------------------------------------------------------------- bench
+def test_benchmark_refuses_unknown_arms_and_formats_its_table():
+    from distill.detection_bench import format_table, run_detection_benchmark
+
+    with pytest.raises(ValueError, match="unknown arms"):
+        run_detection_benchmark(only=["nope"])
+    speed = {"ms_batch1": 2.0, "ms_batch32": 1.0, "macs": 3e7, "params": 1000}
+    rows = [{"arm": "scratch", "map": m, "map50": 2 * m, "val_map": m, "train_seconds": 10.0} for m in (10.0, 12.0)]
+    table = format_table({"teacher": {"map": 30.0, "map50": 60.0, "val_map": 31.0, "train_seconds": 100.0},
+                          "rows": rows, "speed": {"teacher": {**speed, "ms_batch1": 8.0}, "student": speed},
+                          "settings": {"data": {"test": 1000}}})
+    assert "| student | scratch | 11.0 ± 1.4 | 22.0 ± 2.8 |" in table and "4.0x" in table
+
+
+def test_detections_are_drawn_beside_the_ground_truth(tmp_path):
+    pytest.importorskip("matplotlib")
+    from distill.detection_bench import draw_detections
+
+    path = draw_detections(tmp_path, bar_scenes(2), tiny(0).eval(), arms=("scratch",), images=2)
+    assert path.is_file() and path.stat().st_size > 1000

@@ -65,8 +65,9 @@ def build(name: str, seed: int):
     return build_model(name, in_shape=(1, 96, 96), num_classes=len(CLASSES))
 
 
-def cached_teacher(data, data_key: str, quick: bool, say=print):
-    """The teacher trained with the detection loss on the training scenes, kept as safetensors."""
+def cached_teacher(data, data_key: str, quick: bool, say=print, train: bool = True):
+    """The teacher trained with the detection loss on the training scenes, kept as safetensors (``train=False``:
+    a ``FileNotFoundError`` instead of training it when it is not there)."""
     from distill.methods import METHODS
     from distill.zoo import detection
 
@@ -76,7 +77,8 @@ def cached_teacher(data, data_key: str, quick: bool, say=print):
                 "data": data_key, "version": 1}
     folder = cache_dir() / "teachers" / f"detection-{settings_key(settings)}"
     model = build(TEACHER["model"], 0)
-
+    if not train and not (folder / "teacher.json").is_file():
+        raise FileNotFoundError(f"no trained detection teacher in {folder}: run distill bench detection first")
     info = cached_teacher_weights(
         folder, model, lambda: _train(model, None, METHODS["detection"](), data.train, data.val, settings["train"], 0),
         f"training the CenterDet teacher on {len(data.train):,} scenes, {epochs} epochs (cached in {folder})", settings,
@@ -143,8 +145,7 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
-    data_settings = {**DATA, **(QUICK["data"] if quick else {})}
-    data = load_scenes(**data_settings, say=say)
+    data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=say)
     teacher, info = cached_teacher(data, settings_key(data.settings), quick, say)
     teacher_key = settings_key(info["settings"])
     teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
@@ -200,6 +201,17 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_benchmark(out_dir: str | Path = "bench-results/detection", quick: bool = False,
+                   arms: tuple[str, ...] = ("scratch", "gid")) -> Path | None:
+    """``detections.png`` of a benchmark already run in ``out_dir`` (its scenes and cached teacher; for
+    ``distill report``): :func:`draw_detections`."""
+    from distill.zoo.scenes import load_scenes
+
+    data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=lambda *_: None)
+    teacher, _ = cached_teacher(data, settings_key(data.settings), quick, train=False)
+    return draw_detections(out_dir, data.test, teacher, arms, quick=quick)
+
+
 def draw_detections(out_dir: str | Path, scenes, teacher, arms: tuple[str, ...] = ("scratch", "gid"),
                     images: int = 4, threshold: float = 0.3, quick: bool = False) -> Path | None:
     """``detections.png`` in ``out_dir``: for the first ``images`` test scenes, the ground truth, the teacher's
@@ -237,7 +249,7 @@ def draw_detections(out_dir: str | Path, scenes, teacher, arms: tuple[str, ...] 
     for row, item in enumerate(items):
         for col, (name, found) in enumerate(columns):
             ax = axes[row, col]
-            ax.imshow(item["image"][0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
             det = found[row]
             scores = det["scores"] if det["scores"] is not None else [None] * len(det["boxes"])
             for box, cls, score in zip(det["boxes"].tolist(), det["classes"].tolist(), scores):
