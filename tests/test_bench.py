@@ -186,3 +186,35 @@ def test_rows_without_teacher_hashes_are_checked_against_the_recorded_teacher(tm
     assert "student [scratch]" not in printed  # asks the teacher nothing: reused
     summary = json.loads((seed / "summary.json").read_text())
     assert all(r["teacher_weights"] == summary["rows"][0]["weights"] for r in summary["rows"][2:])
+
+
+def test_cached_model_trains_once_and_bench_rows_resume(tmp_path):
+    import torch
+
+    from distill.fileio import bench_rows, cached_model
+
+    calls = []
+
+    def fit():
+        calls.append(1)
+        with torch.no_grad():
+            model.weight.fill_(3.0)
+        return {"settings": {"a": 1}, "history": [{"epoch": 1}]}
+
+    model = torch.nn.Linear(2, 2)
+    _, info = cached_model(tmp_path / "t", model, fit, "training", say=lambda *_: None)
+    assert info["settings"] == {"a": 1} and info["history"] == [{"epoch": 1}] and len(calls) == 1
+    model = torch.nn.Linear(2, 2)
+    loaded, again = cached_model(tmp_path / "t", model, fit, "training", say=lambda *_: None)
+    assert again == info and len(calls) == 1 and bool((loaded.weight == 3.0).all()) and not loaded.training
+
+    made = []
+
+    def make(arm, seed):
+        made.append((arm, seed))
+        return {"arm": arm, "seed": seed, "train_seconds": 0.0}
+
+    rows = bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)
+    assert [(r["arm"], r["seed"]) for r in rows] == made == [("x", 0), ("x", 1), ("y", 0), ("y", 1)]
+    bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)
+    assert len(made) == 4  # stored rows are reused

@@ -95,6 +95,7 @@ def test_recipe_terms_take_lists_of_taps_and_module_parameters():
 
 def test_every_loss_registers_itself_with_its_binding():
     import distill.losses as losses
+    from distill.losses.detection import localization_kd_at_objects
     from distill.losses.registry import LOSSES, STAGES, register_loss
     from distill.terms import LOSSES as term_losses
 
@@ -128,6 +129,16 @@ def test_every_loss_registers_itself_with_its_binding():
         "multilingual_mse": (losses.multilingual_mse, {}),
         "ctc": (losses.ctc_loss, {"teacher": None, "labels": True}), "ctc_frame_kd": (losses.ctc_frame_kd, {}),
         "ctc_sequence_kd": (losses.ctc_sequence_kd, {}),
+        "detection": (losses.detection_loss, {"student": ["logits", "box"], "teacher": None, "labels": True}),
+        "heatmap_kd": (losses.heatmap_kd, {}),
+        "masked_imitation": (losses.masked_imitation, {"student": "neck", "teacher": "neck", "labels": True,
+                                                       "connector": "conv1x1"}),
+        "pearson_kd": (losses.pearson_kd, {"student": "neck", "teacher": "neck", "connector": "conv1x1"}),
+        "ld": (losses.localization_kd, {"student": "box", "teacher": "box"}),
+        "ld_gt": (localization_kd_at_objects, {"student": "box", "teacher": "box", "labels": True}),
+        "fgd": (losses.FGD, {"student": "neck", "teacher": "neck", "labels": True, "connector": "conv1x1"}),
+        "gid": (losses.GID, {"student": ["neck", "logits", "box"], "teacher": ["neck", "logits", "box"],
+                             "labels": True}),
     }
     softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd", "minillm",
                "ctc", "ctc_frame_kd", "ctc_sequence_kd"}

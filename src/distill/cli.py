@@ -203,7 +203,7 @@ def cmd_bench(args) -> int:
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm and speech benchmarks "
+        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq and dense benchmarks "
                           "(distill bench nlp --arm kd; also seq2seq)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / llm / speech / seq2seq benchmark: only this arm (kd, pd ... / "
-                       "ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ...; repeatable)")
+                       help="nlp / embeddings / llm / speech / seq2seq / dense benchmark: only this arm (kd, pd "
+                       "... / ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ... / scratch, fgd ...; "
+                       "repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)

@@ -42,6 +42,20 @@ def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tu
     return row, True
 
 
+def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str], str],
+               make: Callable[[str, int], dict], describe: Callable[[dict], str], say: Callable = print) -> list[dict]:
+    """Every (arm, seed) row of a benchmark, each kept in ``out_dir/ARM/seed-K.json`` by :func:`bench_row` with
+    settings ``key(arm)`` and made by ``make(arm, seed)``; ``describe(row)`` is said after each."""
+    rows = []
+    for arm in arms:
+        for seed in range(seeds):
+            say(f"{arm} seed {seed} ...")
+            row, made = bench_row(Path(out_dir) / arm / f"seed-{seed}.json", key(arm), lambda: make(arm, seed))
+            say(f"  {describe(row)}  ({row['train_seconds']:.0f} s{'' if made else ', stored'})")
+            rows.append(row)
+    return rows
+
+
 def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -> None:
     """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``."""
     out = Path(out_dir)

@@ -486,6 +486,10 @@ class Recipe(_Strict):
             if m.method is not None and METHOD_INPUTS.get(m.method) == "ctc" and self.build_task().name != "ctc":
                 raise ValueError(f"method {excerpt(m.name, 40)} trains CTC speech models and needs 'task: ctc' "
                                  "(frame logits, transcripts; see recipes/speech.yaml)")
+            if m.method is not None and METHOD_INPUTS.get(m.method) == "detection" and \
+                    self.build_task().name != "detection":
+                raise ValueError(f"method {excerpt(m.name, 40)} trains detectors and needs 'task: detection' "
+                                 "(heatmaps, box distributions, boxes per image; see docs/detection.md)")
             taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
             if taps and not self.teacher_specs:
                 raise ValueError(f"method {excerpt(m.name, 40)} needs a teacher, but the recipe has none")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_row, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
 
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800}
 TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True},
@@ -184,15 +184,10 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
     teacher_logits = logits_on(teacher, data.test_real)
-    out, results = Path(out_dir), []
-    for arm in arms:
-        for seed in range(seeds):
-            say(f"{arm} seed {seed} ...")
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_key),
-                                  lambda: run_arm(arm, seed, data, teacher, quick, teacher_logits))
-            say(f"  real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%  ({row['train_seconds']:.0f} s"
-                f"{'' if made else ', stored'})")
-            results.append(row)
+    out = Path(out_dir)
+    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
+                         lambda arm, seed: run_arm(arm, seed, data, teacher, quick, teacher_logits),
+                         lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
     rtf = {"teacher": real_time_factor(teacher, data.test_real)}

@@ -14,7 +14,7 @@ The engine knows nothing of images, labels or accuracy; a task does. It
 
 Built in (``TASKS``, ``get_task(name)``): ``classification`` (the default), ``regression``, ``multilabel``,
 ``tokens`` (per-token logits ``(B, L, V)`` of causal LMs and seq2seq decoders), ``ctc`` (speech: per-frame
-logits, CER / WER), ``embedding``,
+logits, CER / WER), ``detection`` (boxes per image, COCO mAP by pycocotools), ``embedding``,
 ``parallel_embedding`` (sentence pairs across languages) and ``restoration`` (image to image: PSNR, SSIM).
 Dataset items may be ``(input, label)`` pairs, bare inputs, or dicts: ``{"input": x, "label": y}`` or
 Hugging Face style ``{"input_ids": ..., "attention_mask": ..., "labels": ...}`` passed to the model as
@@ -800,6 +800,133 @@ class ParallelEmbedding(Task):
     def selection(self, labelled):
         return "mse", "min"
 
+
+
+@register_task
+class Detection(Task):
+    """Boxes and classes per image, for the anchor-free detectors of :mod:`distill.zoo.detection`.
+
+    Items: ``{"image": (C, H, W), "boxes": (n, 4) xyxy pixels, "classes": (n,)}`` (an image may hold no
+    object). The batch is ``{"input": (B, C, H, W), "label": [{"boxes", "classes"}, ...], "index"}``: targets do
+    not stack, so they stay one dict per image. The model returns ``{"logits": (B, C, H/s, W/s) centre
+    heatmap logits, "box": (B, 4, K, H/s, W/s) edge-distance distribution logits}`` at ``stride`` s; the
+    student's own loss is :func:`distill.losses.detection.detection_loss`. Metrics: COCO mAP@[.5:.95]
+    (``map``, selects) and mAP@.5 (``map50``) by ``pycocotools``' COCOeval over the whole set (boxes decoded
+    from heatmap peaks, at most ``top_k`` per image); unlabelled sets are scored by the mean squared
+    difference of the heatmaps' probabilities to the teacher's. The detections of every batch are kept until
+    :meth:`summarize`, so evaluation runs in one process (several processes would each score their share).
+    """
+
+    name = "detection"
+    select, mode = "map", "max"
+    distribution = False
+
+    def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
+                 stride: int = 4, top_k: int = 100):
+        super().__init__(target, pad_token_id, tokenizer)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise TaskError(f"stride must be a whole number of pixels >= 1, got {excerpt(stride)}")
+        self.stride, self.top_k = stride, top_k
+
+    def split_item(self, raw):
+        if not isinstance(raw, Mapping) or "image" not in raw or "boxes" not in raw or "classes" not in raw:
+            raise TaskError(f"detection items are dicts with 'image' (C, H, W), 'boxes' (n, 4) and 'classes' (n,), "
+                            f"got {describe(raw)}")
+        boxes = _tensor(raw["boxes"], "boxes", True).float().reshape(-1, 4) if len(raw["boxes"]) else \
+            torch.zeros(0, 4)
+        classes = _tensor(raw["classes"], "classes", False).long().reshape(-1)
+        image = _tensor(raw["image"], "image", True)
+        if image.dim() != 3:
+            raise TaskError(f"a detection image is (C, H, W), got shape {tuple(image.shape)}")
+        if len(classes) != len(boxes):
+            raise TaskError(f"{len(boxes)} boxes but {len(classes)} classes in one detection item")
+        height, width = image.shape[-2:]
+        if len(boxes) and (bool((boxes[:, 2:] <= boxes[:, :2]).any()) or bool((boxes[:, :2] < 0).any())
+                           or bool((boxes[:, 2] > width).any()) or bool((boxes[:, 3] > height).any())):
+            raise TaskError(f"boxes must be (x0, y0, x1, y1) pixels with x0 < x1 and y0 < y1 inside the {width} x "
+                            f"{height} image, got {excerpt(boxes.tolist())}")
+        if len(classes) and int(classes.min()) < 0:
+            raise TaskError(f"detection classes are indices from 0, got {excerpt(classes.tolist())}")
+        return {"input": image, "label": {"boxes": boxes, "classes": classes}}
+
+    def stack_labels(self, labels):
+        return list(labels)
+
+    def default_terms(self) -> list[Term]:
+        return [Term("detection", stride=self.stride)]
+
+    def prediction(self, output, batch):
+        if not isinstance(output, Mapping) or "logits" not in output or "box" not in output:
+            raise TaskError(f"a detector returns {{'logits': heatmap, 'box': box distributions}}, got "
+                            f"{describe(output)} (see distill.zoo.detection.CenterDet)")
+        return {"logits": output["logits"], "box": output["box"]}
+
+    def add_batch(self, sums, pred, batch, teacher_pred):
+        from distill.losses.detection import decode
+
+        heatmap = pred["logits"]
+        if "label" in batch:
+            for found, truth in zip(decode(heatmap, pred["box"], self.stride, self.top_k), batch["label"]):
+                sums.setdefault("detections", []).append({k: v.cpu() for k, v in found.items()})
+                sums.setdefault("truths", []).append({k: v.cpu() for k, v in truth.items()})
+            sums.setdefault("shape", tuple(heatmap.shape[1:]))
+            _add(sums, "count", len(heatmap))
+        if teacher_pred is not None:
+            diff = heatmap.float().sigmoid() - teacher_pred["logits"].float().sigmoid()
+            _add(sums, "fidelity_mse", float((diff**2).mean((1, 2, 3)).sum()))
+            _add(sums, "fidelity_count", len(heatmap))
+
+    def labelled_metrics(self, sums):
+        classes = sums["shape"][0]
+        return coco_map(sums["detections"], sums["truths"], classes)
+
+    def summarize(self, sums):
+        out = self.labelled_metrics(sums) if sums.get("count") else {}
+        if sums.get("fidelity_count"):
+            out["teacher_mse"] = sums["fidelity_mse"] / sums["fidelity_count"]
+        return out
+
+
+def coco_map(detections: list[Mapping], truths: list[Mapping], num_classes: int) -> dict[str, float]:
+    """COCO mAP@[.5:.95] (``map``) and mAP@.5 (``map50``) by ``pycocotools``' COCOeval.
+
+    ``detections``: per image ``{"boxes": (n, 4) xyxy, "scores": (n,), "classes": (n,)}``; ``truths``: per image
+    ``{"boxes": (m, 4) xyxy, "classes": (m,)}``, in the same order. Images without any ground truth count as
+    COCO counts them (their detections are false positives); no detections at all score 0."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(detections) != len(truths):
+        raise TaskError(f"{len(detections)} images of detections but {len(truths)} of ground truth")
+
+    def xywh(box):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return [x0, y0, x1 - x0, y1 - y0]
+
+    images, annotations, results = [], [], []
+    for i, (found, truth) in enumerate(zip(detections, truths)):
+        images.append({"id": i})
+        for box, cls in zip(truth["boxes"].tolist(), truth["classes"].tolist()):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(cls), "bbox": xywh(box),
+                                "area": w * h, "iscrowd": 0})
+        for box, score, cls in zip(found["boxes"].tolist(), found["scores"].tolist(), found["classes"].tolist()):
+            results.append({"image_id": i, "category_id": int(cls), "bbox": xywh(box), "score": float(score)})
+    if not results or not annotations:
+        return {"map": 0.0, "map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations,
+                      "categories": [{"id": c} for c in range(num_classes)]}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {"map": 100.0 * max(float(evaluator.stats[0]), 0.0), "map50": 100.0 * max(float(evaluator.stats[1]), 0.0)}
 
 def retrieval_metrics(student_vecs_en, student_vecs_es, teacher_vecs_en=None) -> dict[str, float]:
     """Translation retrieval over a whole held-out set of ``N`` pairs (row ``i`` of each is pair ``i``):

@@ -18,6 +18,8 @@ from distill.losses.cam import cam_match_loss, gradcam_pp
 from distill.losses.ctc import ctc_frame_kd, ctc_loss, ctc_sequence_kd
 from distill.losses.crd import CRD, LazyCRD, crd_loss, crd_nce_loss
 from distill.losses.datafree import bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1, total_variation
+from distill.losses.detection import (FGD, GID, detection_loss, heatmap_kd, localization_kd, masked_imitation,
+                                      pearson_kd)
 from distill.losses.dist import dist_loss
 from distill.losses.dkd import dkd_loss
 from distill.losses.fsp import fsp_loss, fsp_matrix
@@ -39,7 +41,8 @@ from distill.losses.transformer import (RailKD, attention_mse, cilda_loss, cosin
 from distill.losses.vid import VID, vid_loss
 
 __all__ = [
-    "CRD", "LOSSES", "STAGES", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "RailKD", "Translator",
+    "CRD", "FGD", "GID", "LOSSES", "STAGES", "detection_loss", "heatmap_kd", "localization_kd", "masked_imitation",
+    "pearson_kd", "FactorTransferLoss", "LazyCRD", "Paraphraser", "ParaphraserLoss", "RailKD", "Translator",
     "VID", "ab_loss", "attention_mse", "cilda_loss", "cosine_hidden", "hidden_mse", "pkd_loss", "random_layer_map", "at_loss", "bn_statistics_loss", "cam_match_loss", "cc_loss", "crd_loss", "crd_nce_loss",
     "cross_entropy", "ctc_frame_kd", "ctc_loss", "ctc_sequence_kd", "dafl_generator_loss", "dist_loss", "dkd_loss",
     "dml_loss", "fsp_loss", "fsp_matrix", "ft_loss", "generalized_jsd_loss", "gradcam_pp", "hint_loss", "js_divergence",

@@ -18,9 +18,10 @@ METHODS: dict[str, Callable] = {}
 #: name -> the inputs a method needs: "any" (every model), "tokens" (token sequences, e.g. MixKD's mixup) or
 #: "causal_lm" (a causal language model on token sequences: per-token KD, generation inside the loop)
 #: "ctc" (per-frame CTC outputs of speech models, task ``ctc``), "seq2seq" (encoder-decoder models called with
-#: ``input_ids`` and ``decoder_input_ids``: beam search inside the loop)
+#: ``input_ids`` and ``decoder_input_ids``: beam search inside the loop), "detection" (detectors of
+#: :mod:`distill.zoo.detection`: heatmap, box-distribution and neck taps, task ``detection``)
 METHOD_INPUTS: dict[str, str] = {}
-INPUTS = ("any", "tokens", "causal_lm", "ctc", "seq2seq")
+INPUTS = ("any", "tokens", "causal_lm", "ctc", "seq2seq", "detection")
 
 
 def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:

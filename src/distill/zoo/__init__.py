@@ -5,6 +5,7 @@ from distill.zoo import bert, gpt, text  # noqa: F401,E402  (register the langua
 from distill.zoo import speech  # noqa: F401,E402  (registers the CTC acoustic models: ctc_bigru, ctc_gru)
 from distill.zoo import seq2seq  # noqa: F401,E402  (registers the encoder-decoder: seq2seq)
 from distill.zoo import restoration  # noqa: F401,E402  (registers the restoration networks: dncnn, srnet)
+from distill.zoo import detection  # noqa: F401,E402  (registers the detectors: centerdet, centerdet_teacher, ...)
 from distill.zoo.models import MODELS, build_model, register_model
 
 __all__ = ["DataMissing", "MODELS", "Splits", "build_model", "load_dataset", "register_model"]

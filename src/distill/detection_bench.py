@@ -1,0 +1,271 @@
+"""``distill bench dense``: a CenterDet teacher distilled into a CenterDet several times cheaper.
+
+Data (:mod:`distill.zoo.scenes`): 96 x 96 scenes of 1-6 Fashion-MNIST / MNIST objects (20 classes) on
+procedural textures; fixed train / validation / test scenes, test objects from the sources' test splits.
+
+| arm | loss besides the detector's own (focal heatmap + DFL + GIoU) |
+|---|---|
+| ``scratch`` | none |
+| ``heatmap-kd`` | binary KL of the class heatmaps, every location |
+| ``fine-grained`` | neck imitation at near-object locations (Wang et al. 2019) |
+| ``fgd`` | focal and global distillation of the neck (Yang et al. 2022) |
+| ``pkd`` | Pearson-correlation imitation of the whole neck (Cao et al. 2022) |
+| ``ld`` | KL of the box-edge distributions at the objects (Zheng et al. 2022) |
+| ``gid`` | neck + heatmap + box distillation over general instances: where teacher and student disagree, with
+  or without an annotation, and the ground truth (Dai et al. 2021) |
+
+The teacher is trained once and cached; its outputs on the training scenes are cached per run
+(``cache_teacher``: the heatmap, box distributions and neck of 3,000 scenes, about 1 GB in memory); each (arm, seed) result is a file under the output folder, so an
+interrupted benchmark resumes; the seed-0 student of each arm is kept beside its row for the figure.
+Speed: milliseconds per 96 x 96 image on one CPU thread, batch 1 and batch 32 (median of repeats).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
+
+DATA = {"train_size": 3000, "val_size": 300, "test_size": 1000}
+TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.3, "optimizer": "adamw",
+         "weight_decay": 1e-4, "clip_grad_norm": 10.0, "eval_every": 2}
+TEACHER = {"model": "centerdet_teacher", "epochs": 20}
+STUDENT = {"model": "centerdet_student", "epochs": 6}
+# arm -> (method, options)
+ARMS = {
+    "scratch": ("detection", {}),
+    "heatmap-kd": ("det_heatmap_kd", {"weight": 1.0, "temperature": 1.0}),
+    "fine-grained": ("det_fine_grained", {"weight": 0.05}),
+    "fgd": ("det_fgd", {"weight": 1.0}),
+    "pkd": ("det_pkd", {"weight": 2.0}),
+    "ld": ("det_ld", {"weight": 0.25, "temperature": 10.0}),
+    "gid": ("det_gid", {"weight": 1.0, "feature_weight": 0.05, "response_weight": 1.0, "box_weight": 0.25}),
+}
+QUICK = {"data": {"train_size": 300, "val_size": 60, "test_size": 100}, "teacher_epochs": 4, "student_epochs": 2}
+
+
+def _train(model, teacher, terms, train, val, settings: dict, seed: int) -> list[dict]:
+    from distill.engine import TrainConfig
+    from distill.stages import as_stages, fit_stages
+    from distill.tasks import get_task
+
+    # the inputs are the same every epoch: the teacher's outputs are computed once per run, not once per epoch
+    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=100, progress=False, cache_teacher=teacher is not None)
+    return fit_stages(model, teacher, as_stages(terms), train, val, config=cfg, task=get_task("detection"),
+                      say=lambda *_: None)["history"]
+
+
+def build(name: str, seed: int):
+    from distill.zoo import build_model
+    from distill.zoo.scenes import CLASSES
+
+    torch.manual_seed(seed)
+    return build_model(name, in_shape=(1, 96, 96), num_classes=len(CLASSES))
+
+
+def cached_teacher(data, data_key: str, quick: bool, say=print, train: bool = True):
+    """The teacher trained with the detection loss on the training scenes, kept as safetensors (``train=False``:
+    a ``FileNotFoundError`` instead of training it when it is not there)."""
+    from distill.methods import METHODS
+    from distill.zoo import detection
+
+    epochs = QUICK["teacher_epochs"] if quick else TEACHER["epochs"]
+    # the preset's shape is part of the key, so a changed preset trains a new teacher instead of failing to load
+    settings = {"model": TEACHER["model"], "shape": detection.TEACHER, "train": {**TRAIN, "epochs": epochs},
+                "data": data_key, "version": 1}
+    folder = cache_dir() / "teachers" / f"detection-{settings_key(settings)}"
+    model = build(TEACHER["model"], 0)
+    if not train and not (folder / "teacher.json").is_file():
+        raise FileNotFoundError(f"no trained detection teacher in {folder}: run distill bench dense first")
+    return cached_model(folder, model, lambda: {
+        "settings": settings,
+        "history": _train(model, None, METHODS["detection"](), data.train, data.val, settings["train"], 0)},
+        f"training the CenterDet teacher on {len(data.train):,} scenes, {epochs} epochs", say)
+
+
+def scores(model, split) -> dict:
+    """COCO mAP@[.5:.95] and mAP@.5 (%) on ``split``."""
+    from distill.evaluation import evaluate
+
+    found = evaluate(model, split, 100, task="detection")
+    return {"map": found["map"], "map50": found["map50"]}
+
+
+def milliseconds(model, batch: int, repeats: int = 10) -> float:
+    """Median forward time per 96 x 96 image on one CPU thread, ``batch`` images at a time."""
+    from distill.evaluation import inference_time
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return 1000 * inference_time(model, torch.rand(batch, 1, 96, 96), repeats=repeats) / batch
+    finally:
+        torch.set_num_threads(old)
+
+
+def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
+    from distill.zoo import detection
+
+    return settings_key({"arm": ARMS[arm], "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
+                         "quick": quick, "teacher": teacher_key})
+
+
+def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path | None) -> dict:
+    from safetensors.torch import save_file
+
+    from distill.evaluation import count_parameters
+    from distill.methods import METHODS
+
+    method, options = ARMS[arm]
+    student = build(STUDENT["model"], seed)
+    settings = {**TRAIN, "epochs": QUICK["student_epochs"] if quick else STUDENT["epochs"]}
+    start = time.perf_counter()
+    history = _train(student, teacher if method != "detection" else None, METHODS[method](**options), data.train,
+                     data.val, settings, seed)
+    seconds = time.perf_counter() - start
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        save_file(student.state_dict(), weights)
+    return {"arm": arm, "seed": seed, **scores(student, data.test), "val_map": history[-1]["val/map"],
+            "params": count_parameters(student), "train_seconds": round(seconds, 1)}
+
+
+def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                            out_dir: str | Path = "bench-results/dense/detection", train_only: bool = False,
+                            say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json``, ``table.md`` and ``detections.png`` in
+    ``out_dir``. ``train_only``: train the missing rows and stop before the speed measurements and the table."""
+    from distill.evaluation import count_macs, count_parameters
+    from distill.zoo.scenes import load_scenes
+
+    arms = only or list(ARMS)
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=say)
+    teacher, info = cached_teacher(data, settings_key(data.settings), quick, say)
+    teacher_key = settings_key(info["settings"])
+    teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
+                   "params": count_parameters(teacher), "train_seconds": info["seconds"]}
+    say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}")
+    out = Path(out_dir)
+    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
+                         lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
+                                                   out / arm / "seed-0.safetensors" if seed == 0 else None),
+                         lambda row: f"test mAP {row['map']:.1f}  mAP@.5 {row['map50']:.1f}", say)
+    if train_only:
+        return {"teacher": teacher_row, "rows": results}
+    student = build(STUDENT["model"], 0)
+    image = torch.rand(1, 1, 96, 96)
+    speed = {name: {"ms_batch1": milliseconds(m, 1), "ms_batch32": milliseconds(m, 32, repeats=3),
+                    "macs": count_macs(m, image), "params": count_parameters(m)}
+             for name, m in (("teacher", teacher), ("student", student))}
+    summary = {"teacher": teacher_row, "rows": results, "speed": speed, "seeds": seeds, "quick": quick,
+               "settings": {"data": data.settings, "teacher": info["settings"], "student": STUDENT, "train": TRAIN,
+                            "arms": ARMS}}
+    table = format_table(summary)
+    write_bench_results(out, summary, table)
+    figure = draw_detections(out, data.test, teacher, quick=quick)
+    say(table)
+    if figure is not None:
+        say(f"detections drawn in {figure}")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    from distill.bench import group_rows, mean_std
+
+    teacher, speed = summary["teacher"], summary["speed"]
+
+    def cell(values):
+        mean, std = mean_std(values)
+        return f"{mean:.1f} ± {std:.1f}"
+
+    t, s = speed["teacher"], speed["student"]
+    lines = [f"COCO mAP (%) on {summary['settings']['data']['test']} test scenes (pycocotools); one CPU thread: teacher "
+             f"{t['params']:,} params, {t['macs'] / 1e6:.0f}M MACs, {t['ms_batch1']:.1f} / {t['ms_batch32']:.1f} ms per "
+             f"image (batch 1 / 32); student {s['params']:,} params, {s['macs'] / 1e6:.0f}M MACs, "
+             f"{s['ms_batch1']:.1f} / {s['ms_batch32']:.1f} ms ({t['ms_batch1'] / s['ms_batch1']:.1f}x / "
+             f"{t['ms_batch32'] / s['ms_batch32']:.1f}x faster).", "",
+             "| model | arm | mAP@[.5:.95] | mAP@.5 | val mAP | seeds | train s |",
+             "|---|---|---:|---:|---:|---:|---:|",
+             f"| teacher | scratch | {teacher['map']:.1f} | {teacher['map50']:.1f} | {teacher['val_map']:.1f} | 1 | "
+             f"{teacher['train_seconds']:.0f} |"]
+    for arm, rows in group_rows(summary["rows"]).items():
+        lines.append(f"| student | {arm} | {cell([r['map'] for r in rows])} | {cell([r['map50'] for r in rows])} | "
+                     f"{cell([r['val_map'] for r in rows])} | {len(rows)} | "
+                     f"{sum(r['train_seconds'] for r in rows) / len(rows):.0f} |")
+    return "\n".join(lines)
+
+
+def draw_benchmark(out_dir: str | Path = "bench-results/dense/detection", quick: bool = False,
+                   arms: tuple[str, ...] = ("scratch", "gid")) -> Path | None:
+    """``detections.png`` of a benchmark already run in ``out_dir`` (its scenes and cached teacher; for
+    ``distill report``): :func:`draw_detections`."""
+    from distill.zoo.scenes import load_scenes
+
+    data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=lambda *_: None)
+    teacher, _ = cached_teacher(data, settings_key(data.settings), quick, train=False)
+    return draw_detections(out_dir, data.test, teacher, arms, quick=quick)
+
+
+def draw_detections(out_dir: str | Path, scenes, teacher, arms: tuple[str, ...] = ("scratch", "gid"),
+                    images: int = 4, threshold: float = 0.3, quick: bool = False) -> Path | None:
+    """``detections.png`` in ``out_dir``: for the first ``images`` test scenes, the ground truth, the teacher's
+    detections and those of each arm's seed-0 student (kept by the benchmark) above ``threshold``. Arms whose
+    weights are missing are left out; returns the file, or ``None`` when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        return None
+    from safetensors.torch import load_file
+
+    from distill.losses.detection import decode
+
+    out = Path(out_dir)
+    models = [("teacher", teacher)]
+    for arm in arms:
+        path = out / arm / "seed-0.safetensors"
+        if path.is_file():
+            student = build(STUDENT["model"], 0)
+            student.load_state_dict(load_file(path))
+            models.append((f"student: {arm}", student.eval()))
+    items = [scenes[i] for i in range(min(images, len(scenes)))]
+    batch = torch.stack([it["image"] for it in items])
+    columns = [("ground truth", [{"boxes": it["boxes"], "classes": it["classes"], "scores": None} for it in items])]
+    with torch.inference_mode():
+        for name, model in models:
+            output = model.eval()(batch)
+            found = decode(output["logits"], output["box"], model.stride)
+            columns.append((name, [{k: v[d["scores"] > threshold] for k, v in d.items()} for d in found]))
+    fig, axes = plt.subplots(len(items), len(columns), figsize=(2.6 * len(columns), 2.6 * len(items)), squeeze=False)
+    for row, item in enumerate(items):
+        for col, (name, found) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(item["image"][0].numpy(), cmap="gray", vmin=0, vmax=1)
+            det = found[row]
+            scores = det["scores"] if det["scores"] is not None else [None] * len(det["boxes"])
+            for box, cls, score in zip(det["boxes"].tolist(), det["classes"].tolist(), scores):
+                colour = "lime" if score is None else "orange"
+                ax.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1], fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+                label = str(cls) if score is None else f"{cls} {float(score):.2f}"
+                ax.text(box[0], box[1] - 1, label, color=colour, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(f"test scenes: detections above {threshold}{' (quick run)' if quick else ''}; class ids 0-9 "
+                 "Fashion-MNIST, 10-19 digits", fontsize=8)
+    fig.tight_layout()
+    path = out / "detections.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
