@@ -96,6 +96,7 @@ def test_recipe_terms_take_lists_of_taps_and_module_parameters():
 def test_every_loss_registers_itself_with_its_binding():
     import distill.losses as losses
     from distill.losses.detection import localization_kd_at_objects
+    from distill.losses import regression, restoration
     from distill.losses.registry import LOSSES, STAGES, register_loss
     from distill.terms import LOSSES as term_losses
 
@@ -139,6 +140,10 @@ def test_every_loss_registers_itself_with_its_binding():
         "fgd": (losses.FGD, {"student": "neck", "teacher": "neck", "labels": True, "connector": "conv1x1"}),
         "gid": (losses.GID, {"student": ["neck", "logits", "box"], "teacher": ["neck", "logits", "box"],
                              "labels": True}),
+        "l1": (restoration.l1_loss, {"teacher": None, "labels": True}), "image_kd": (restoration.l1_loss, {}),
+        "wavelet_kd": (restoration.wavelet_kd_loss, {}),
+        "csd": (restoration.csd_loss, {"student": ["logits", "degraded"]}),
+        "mse": (regression.mse_loss, {"teacher": None, "labels": True}),
     }
     softmax = {"ce", "kd", "dkd", "dist", "multi_kd", "tf_kd", "dml", "kdcl", "one", "generalized_jsd", "minillm",
                "ctc", "ctc_frame_kd", "ctc_sequence_kd"}
