@@ -20,6 +20,7 @@ torch.set_num_threads(1)
 from distill import Distiller, Term, evaluate, seed_everything  # noqa: E402
 from distill.datafree import SyntheticSet  # noqa: E402
 from safetensors.torch import load_model, save_model  # noqa: E402
+from distill.report import _plot_samples  # noqa: E402
 from distill.zoo import build_model, load_dataset  # noqa: E402
 
 data = load_dataset("mnist", 5000)
@@ -52,7 +53,7 @@ batch, eval_every, seed = num("batch", 256), num("eval_every", 500), num("seed",
 student_lr, student_opt = num("student_lr", 0.0), opts.pop("student_opt", "")
 name = opts.pop("name", f"{objective}-{steps}")
 mean, std = float(data.val.inputs.mean()), float(data.val.inputs.std())
-gen_opts = {"mean": mean, "std": std, "eps": num("eps", 1e-5)}
+gen_opts = {"mean": mean, "std": std, "eps": num("eps", 1e-5), "width": num("width", 64)}
 set_opts = {k: float(v) for k, v in opts.items()}
 if "student_steps" in set_opts:
     set_opts["student_steps"] = int(set_opts["student_steps"])
@@ -75,11 +76,8 @@ d = Distiller(student, teacher, terms, epochs=1, batch_size=batch, schedule="con
 while done < steps:
     d.fit(synthetic, resume=False)
     done += eval_every
-    with torch.no_grad():
-        generator.eval()
-        x = generator(torch.randn(1024, generator.latent))
-        generator.train()
-        hist = torch.bincount(teacher(x).argmax(1), minlength=10).tolist()
+    with torch.no_grad():  # the teacher's classes on the last batch the student trained on
+        hist = torch.bincount(teacher(synthetic.batch).argmax(1), minlength=10).tolist()
     row = {"steps": done, "generator_steps": synthetic.generator_steps, "minutes": round((time.time() - start) / 60, 2),
            "val": evaluate(student, data.val)["accuracy"], "teacher_classes": hist}
     print(json.dumps(row), file=log, flush=True)
@@ -89,4 +87,5 @@ row = {"final_steps": done, "minutes": round((time.time() - start) / 60, 2), "va
 print(json.dumps(row), file=log, flush=True)
 print(json.dumps(row), flush=True)
 save_model(student, str(out / f"{name}-student.safetensors"))
-torch.save({"images": synthetic.samples(64)}, out / f"{name}-samples.pt")
+_plot_samples(synthetic.batch[:64].clamp(0, 1), out / f"{name}-samples.png",
+              f"{name}: training images after {done} steps")
