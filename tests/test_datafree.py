@@ -184,3 +184,63 @@ def test_data_free_methods_from_a_recipe_never_read_the_training_set(tmp_path, c
         parse_recipe(dict(tree, methods=[{"method": "kd", "data_free": {"objective": "gan"}}]))
     with pytest.raises(RecipeError, match="has no parameter 'speed'"):
         parse_recipe(dict(tree, methods=[{"method": "kd", "data_free": {"objective": "dafl", "speed": 1}}]))
+
+
+def test_the_generator_makes_batches_with_the_datas_mean_and_std():
+    torch.manual_seed(0)
+    generator = build_model("generator", (2, 8, 8), width=8, mean=[0.13, 0.5], std=[0.31, 0.1]).train()
+    x = generator.sample(64)
+    per_channel = x.transpose(0, 1).flatten(1)
+    # the last batch norm standardises each channel (biased variance, eps 1e-5), then mean + std * that
+    assert per_channel.mean(1).tolist() == pytest.approx([0.13, 0.5], abs=1e-4)
+    assert per_channel.std(1, unbiased=False).tolist() == pytest.approx([0.31, 0.1], rel=1e-3)
+    with pytest.raises(ValueError, match="one per channel"):
+        build_model("generator", (2, 8, 8), mean=[0.1, 0.2, 0.3])
+    from distill.datafree import input_statistics
+    images = torch.stack([torch.zeros(4, 4), torch.ones(4, 4)]).unsqueeze(1).repeat(1, 2, 1, 1)  # (2, 2, 4, 4)
+    images[:, 1] = 0.5
+    stats = input_statistics(images)
+    assert stats["mean"] == pytest.approx([0.5, 0.5]) and stats["std"] == pytest.approx([(32 * 0.25 / 31) ** 0.5, 0.0])
+
+
+def test_dafl_entropy_weight_is_the_authors_5_on_log10():
+    # the authors' code: one_hot + 0.1 * (-mean|f|) + 5 * sum(p * log10 p), p the batch's mean prediction
+    z = torch.tensor([[3.0, 0.0, -1.0], [0.5, 0.2, 0.1], [-2.0, 0.0, 2.0]])
+    f = torch.tensor([[1.0, 0.0], [0.5, 2.0], [0.0, 3.0]])
+    p = torch.softmax(z, 1).mean(0)
+    one_hot = F.cross_entropy(z, z.argmax(1)).item()
+    theirs = one_hot + 0.1 * -(6.5 / 6) + 5 * float((p * torch.log10(p)).sum())
+    assert dafl_generator_loss(z, f).item() == pytest.approx(theirs, rel=1e-6)
+    # a batch predicted uniformly over the classes reaches the entropy term's minimum, -beta ln C
+    uniform = torch.eye(3) * 50
+    assert dafl_generator_loss(uniform, torch.zeros(3, 2), alpha=0.0, beta=1.0).item() == pytest.approx(
+        -math.log(3), abs=1e-4)
+
+
+def test_a_dafl_step_trains_the_student_on_the_generator_steps_images_and_leaves_the_teacher_alone(digits, teacher):
+    student = build_model("mlp", digits.input_shape, hidden=[8])
+    generator = build_model("generator", (1, 8, 8), width=8)
+    synthetic = SyntheticSet(teacher, "dafl", generator, student, kd_weight=1.0, size=64)
+    assert synthetic.optimizer.param_groups[0]["lr"] == 0.2  # the authors' generator learning rate
+    g_before = [p.clone() for p in generator.parameters()]
+    batch = synthetic.make_batch(synthetic.__getitems__(list(range(16))))
+    assert synthetic.generator_steps == 1 and torch.equal(batch["input"], synthetic.batch)
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in student.parameters())  # the engine's gradients stay the engine's
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
+    with pytest.raises(ValueError, match="kd_weight"):
+        SyntheticSet(teacher, "dafl", generator, kd_weight=1.0)
+
+
+def test_lenet5_and_its_half_are_the_papers_sizes_with_the_dafl_feature_as_embedding():
+    from distill.evaluation import count_parameters
+    from distill.taps import TapRecorder
+
+    for name, params, features in [("lenet5", 61706, 120), ("lenet5_half", 15738, 60)]:
+        model = build_model(name, (1, 28, 28))
+        assert count_parameters(model) == params  # DAFL / DFAD's LeNet-5 on 32x32: 61,706 and 15,738
+        values = TapRecorder(model, ["embedding", "logits"]).collect(model(torch.randn(3, 1, 28, 28)))
+        assert values["embedding"].shape == (3, features) and values["logits"].shape == (3, 10)
+        assert build_model(name, (1, 32, 32))(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="at least 28x28"):
+        build_model("lenet5", (1, 8, 8))

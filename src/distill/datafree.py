@@ -10,7 +10,8 @@ pool like on any dataset.
 
 * ``dafl`` — Chen et al. 2019: the generator makes the teacher confident, its
   features active and its classes balanced (:func:`~distill.losses.datafree.dafl_generator_loss`);
-  generator and student step together.
+  generator and student step together, on the same images (the authors' code: one batch per step,
+  the generator's step taken on it and the student's KD on it).
 * ``dfad`` — Fang et al. 2019: the generator maximises the teacher-student L1
   logit gap; ``student_steps`` (5) student steps on fresh samples per generator step.
 * ``zskt`` — Micaelli & Storkey 2019, *Zero-shot Knowledge Transfer via
@@ -24,17 +25,21 @@ continues the same generator.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.losses.kd import kd_loss
 from distill.losses.datafree import (bn_statistics_loss, dafl_generator_loss, js_divergence, logit_l1,
                                      total_variation)
 from distill.taps import TapRecorder, logits_of
 from distill.teacher import freeze
 
 OBJECTIVES = ("dafl", "dfad", "zskt", "noise")
+DAFL_BETA = 5 / math.log(10)  # the authors' information-entropy weight 5, on log10, as a weight on nats
 
 
 class SyntheticSet(Dataset):
@@ -47,10 +52,15 @@ class SyntheticSet(Dataset):
         student: the student being trained (``"dfad"`` and ``"zskt"`` generate against it).
         input_shape: ``(C, H, W)`` of the images (``"noise"``; otherwise the generator's).
         size: samples per epoch.
-        lr: the generator's Adam learning rate.
+        lr: the generator's Adam learning rate (default: the authors', 0.2 for ``dafl``, 1e-3 otherwise).
         student_steps: student steps per generator step (``dfad``: fresh samples each step;
             ``zskt``: the same batch each step; ``dafl`` steps both every batch).
-        alpha, beta: DAFL's activation and information-entropy weights.
+        alpha, beta: DAFL's activation and information-entropy weights (the authors' 0.1 and 5 with a
+            base-10 logarithm, i.e. ``beta = 5 / ln 10`` on the entropy in nats).
+        kd_weight: ``dafl`` with a ``student``: the weight of the student's KD loss (T = 1) in the
+            generator's objective. The authors' code back-propagates the student's KD loss into the
+            generator too (weight 1: the generator also makes images the student already matches); the
+            paper's equation has no such term (0, the default).
         feature_layer: the teacher tap DAFL's activation term reads (default: the layer
             before the classifier, alias ``embedding``).
         seed: seeds the latent noise.
@@ -62,26 +72,29 @@ class SyntheticSet(Dataset):
     synthetic = True
 
     def __init__(self, teacher: nn.Module, objective: str = "dafl", generator: nn.Module | None = None,
-                 student: nn.Module | None = None, input_shape=None, size: int = 12800, lr: float = 1e-3,
-                 student_steps: int | None = None, alpha: float = 0.1, beta: float = 5.0,
-                 feature_layer: str = "embedding", seed: int = 0):
+                 student: nn.Module | None = None, input_shape=None, size: int = 12800, lr: float | None = None,
+                 student_steps: int | None = None, alpha: float = 0.1, beta: float = DAFL_BETA,
+                 feature_layer: str = "embedding", kd_weight: float = 0.0, seed: int = 0):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective != "noise" and generator is None:
             raise ValueError(f"objective {objective!r} trains a generator: pass generator=")
         if objective in ("dfad", "zskt") and student is None:
             raise ValueError(f"objective {objective!r} generates against the student: pass student=")
+        if objective == "dafl" and kd_weight and student is None:
+            raise ValueError("objective 'dafl' with kd_weight puts the student's KD loss in the generator's: pass student=")
         if objective == "noise" and input_shape is None:
             raise ValueError("objective 'noise' needs input_shape=(C, H, W)")
         self.teacher = freeze(teacher)
         self.objective, self.generator, self.student, self.size = objective, generator, student, size
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.student_steps = student_steps or {"dfad": 5, "zskt": 10}.get(objective, 1)
-        self.alpha, self.beta = alpha, beta
+        self.alpha, self.beta, self.kd_weight = alpha, beta, kd_weight
         self.rng = torch.Generator().manual_seed(seed)
         self.calls, self.generator_steps = 0, 0
         self.batch: torch.Tensor | None = None
         if generator is not None:
+            lr = lr if lr is not None else (0.2 if objective == "dafl" else 1e-3)
             self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
         if objective == "dafl":
             self.recorder = TapRecorder(teacher, ["logits", feature_layer], model_name="teacher")
@@ -104,10 +117,11 @@ class SyntheticSet(Dataset):
         if self.objective == "noise":
             x = (0.5 + 0.5 * torch.randn(n, *self.input_shape, generator=self.rng)).to(self._device())
         else:
-            if self.calls % self.student_steps == 0:
+            step = self.calls % self.student_steps == 0
+            if step:
                 self._generator_step(n)
-            if self.objective == "zskt" and self.batch is not None and self.calls % self.student_steps:
-                x = self.batch  # ZSKT: the student takes several steps on one generated batch
+            if (step and self.objective == "dafl") or (not step and self.objective == "zskt"):
+                x = self.batch  # DAFL: the generator step's own images; ZSKT: several student steps on one batch
             else:
                 with torch.no_grad():
                     x = self.generator(self._latent(n))
@@ -128,6 +142,9 @@ class SyntheticSet(Dataset):
             with torch.enable_grad():
                 values = self.recorder.collect(self.teacher(x))
             loss = dafl_generator_loss(values["logits"], values[self.feature_layer], self.alpha, self.beta)
+            if self.kd_weight:
+                loss = loss + self.kd_weight * kd_loss(logits_of(self.student(x)), values["logits"].detach(), 1.0)
+            self.batch = x.detach()
         else:
             t = logits_of(self.teacher(x))
             s = logits_of(self.student(x))
@@ -165,14 +182,25 @@ class SyntheticSet(Dataset):
             self.optimizer.load_state_dict(state["optimizer"])
 
     def samples(self, n: int = 64) -> torch.Tensor:
-        """``n`` images as the generator makes them now (noise for ``"noise"``), for a picture."""
+        """``n`` images as the generator makes them now (noise for ``"noise"``), clipped to ``[0, 1]`` for a
+        picture."""
         if self.objective == "noise":
             return (0.5 + 0.5 * torch.randn(n, *self.input_shape, generator=self.rng)).clamp(0, 1)
         self.generator.eval()
         with torch.no_grad():
             x = self.generator(self._latent(n)).cpu()
         self.generator.train()
-        return x
+        return x.clamp(0, 1)
+
+
+def input_statistics(images: torch.Tensor) -> dict[str, list[float]]:
+    """The per-channel ``mean`` and ``std`` of ``(N, C, H, W)`` images: the generator's output statistics
+    (:class:`~distill.zoo.models.Generator`). The authors of DAFL and DFAD use the published normalisation
+    constants of the teacher's data (MNIST 0.1307, 0.3081); a recipe takes them from its validation split."""
+    if images.dim() != 4:
+        raise ValueError(f"input statistics need (N, C, H, W) images, got shape {tuple(images.shape)}")
+    x = images.float().transpose(0, 1).flatten(1)
+    return {"mean": x.mean(1).tolist(), "std": x.std(1).tolist()}
 
 
 def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, load_model
 from distill import distributed, sources
 from distill.cache import TeacherOutputs, weights_digest
 from distill.data import ArrayDataset, unlabelled
-from distill.datafree import SyntheticSet, deep_inversion
+from distill.datafree import SyntheticSet, deep_inversion, input_statistics
 from distill.engine import TrainConfig, seed_everything
 from distill.evaluation import count_macs, count_parameters, evaluate, inference_time
 from distill.explain import CamReference, ExplainError
@@ -264,7 +264,10 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
         images, targets = images.repeat(repeats, 1, 1, 1)[: spec.size], targets.repeat(repeats)[: spec.size]
         return ArrayDataset(images, targets if labels else None, "deep-inversion"), augment
     torch.manual_seed(recipe.seed * 1000 + 999)  # the generator's initialisation, apart from the student's
-    generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **spec.generator)
+    options = spec.generator
+    if spec.objective != "noise" and not {"mean", "std"} <= set(options) and hasattr(data.val, "inputs"):
+        options = input_statistics(data.val.inputs) | options  # the two moments of the teacher's inputs
+    generator = None if spec.objective == "noise" else build_model("generator", data.input_shape, **options)
     return SyntheticSet(teacher, spec.objective, generator, student, input_shape=data.input_shape, size=spec.size,
                         seed=recipe.seed, **params), augment
 

@@ -5,6 +5,8 @@ Conventions: logits ``(N, C)``; features ``(N, ...)``; every function returns a 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +14,7 @@ from distill.losses.registry import register_loss
 
 
 def dafl_generator_loss(teacher_logits: torch.Tensor, teacher_features: torch.Tensor, alpha: float = 0.1,
-                        beta: float = 5.0) -> torch.Tensor:
+                        beta: float = 5 / math.log(10)) -> torch.Tensor:
     r"""DAFL — Chen et al. 2019, *Data-Free Learning of Student Networks* (ICCV), eq. 7.
 
     The generator's images should look, to the teacher, like real ones:
@@ -24,7 +26,12 @@ def dafl_generator_loss(teacher_logits: torch.Tensor, teacher_features: torch.Te
 
     confident teacher predictions, strongly activated features :math:`f_i` (the layer before
     the classifier, :math:`d` its size), and classes balanced over the batch (high entropy
-    of the mean prediction).
+    of the mean prediction). :math:`H` is in nats. The authors' code (``DAFL-train.py``) weighs the
+    three terms 1, 0.1, 5 but takes the entropy with ``log10``: the default
+    :math:`\beta = 5 / \ln 10 \approx 2.17` is that weight on nats. The minimum of the entropy term
+    is :math:`-\beta \ln C`, reached by a batch whose mean prediction is uniform over the ``C`` classes.
+
+    Shapes: ``teacher_logits`` ``(N, C)``, ``teacher_features`` ``(N, ...)``; returns a scalar.
     """
     z = teacher_logits.float()
     one_hot = F.cross_entropy(z, z.argmax(1))

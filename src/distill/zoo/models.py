@@ -202,14 +202,23 @@ def cohort(in_shape, num_classes, peer: str = "mlp", peers: int = 2, options: di
 
 
 class Generator(nn.Module):
-    """Image generator for data-free distillation (the DCGAN-style generator of DAFL, Chen et al. 2019):
-    noise ``(N, latent)`` -> ``(N, C, H, W)`` in ``[0, 1]``; ``H`` and ``W`` divisible by 4.
+    """Image generator for data-free distillation, the generator of DAFL (Chen et al. 2019) and DFAD
+    (Fang et al. 2019, their ``GeneratorA``): noise ``(N, latent)`` -> ``(N, C, H, W)``; ``H`` and ``W``
+    divisible by 4.
 
-    Its output passes a final batch norm before the sigmoid, which keeps the images' spread
-    from collapsing early in adversarial training.
+    Linear -> BN -> up x2 -> conv -> BN -> LeakyReLU -> up x2 -> conv -> BN -> LeakyReLU -> conv -> tanh ->
+    BN(affine=False), as in the authors' code. That last batch norm sets every batch to zero mean and unit
+    variance per channel: in the authors' code, the statistics of the teacher's (normalised) inputs. Our
+    teachers read raw inputs (MNIST pixels in ``[0, 1]``, mean 0.13, std 0.31), so the output is mapped to
+    ``mean + std * BN(tanh(.))`` with the per-channel ``mean`` and ``std`` of the inputs the teacher was
+    trained on (floats or one per channel). Without that map (a sigmoid on the standardised output, as
+    this class did before) every batch averages 0.5, a grey the teacher never saw, and the generator
+    cannot make a dark background.
+
+    ``eps``: the epsilon of the two inner batch norms (DAFL's code has 0.8, DFAD's the default 1e-5).
     """
 
-    def __init__(self, out_shape, latent: int = 100, width: int = 64):
+    def __init__(self, out_shape, latent: int = 100, width: int = 64, mean=0.5, std=0.5, eps: float = 1e-5):
         super().__init__()
         c, h, w = out_shape
         if h % 4 or w % 4:
@@ -218,14 +227,16 @@ class Generator(nn.Module):
         self.project = nn.Linear(latent, 2 * width * (h // 4) * (w // 4))
         self.body = nn.Sequential(
             nn.BatchNorm2d(2 * width), nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width, eps), nn.LeakyReLU(0.2),
             nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, c, 3, padding=1), nn.BatchNorm2d(c, affine=False),
+            nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width, eps), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, c, 3, padding=1), nn.Tanh(), nn.BatchNorm2d(c, affine=False),
         )
+        self.register_buffer("mean", _per_channel(mean, c, "mean"))
+        self.register_buffer("std", _per_channel(std, c, "std"))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.body(self.project(z).view(z.shape[0], *self.start)))
+        return self.mean + self.std * self.body(self.project(z).view(z.shape[0], *self.start))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = self.project.weight.device
@@ -233,9 +244,19 @@ class Generator(nn.Module):
         return self(z)
 
 
-@register_model("generator", "image generator for data-free KD: noise -> images in [0, 1] (latent, width)")
-def generator(in_shape, num_classes, latent: int = 100, width: int = 64):
-    return Generator(in_shape, latent, width)
+def _per_channel(value, channels: int, what: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise ValueError(f"the generator's {what} needs one value or one per channel ({channels}), got {t.numel()}")
+    return t.reshape(1, channels, 1, 1).clone()
+
+
+@register_model("generator", "image generator for data-free KD: noise -> images with the data's per-channel mean "
+                             "and std (latent, width, mean, std, eps)")
+def generator(in_shape, num_classes, latent: int = 100, width: int = 64, mean=0.5, std=0.5, eps: float = 1e-5):
+    return Generator(in_shape, latent, width, mean, std, eps)
 
 
 class OnTheFlyNativeEnsemble(nn.Module):
