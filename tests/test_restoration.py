@@ -245,3 +245,10 @@ def test_the_own_loss_can_be_the_squared_error():
         METHODS["restore_scratch"](own="l2")
     with pytest.raises(TaskError, match="'l1' or 'mse'"):
         get_task("restoration", loss="huber")
+
+
+def test_restoration_methods_need_the_restoration_task():
+    from distill.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="needs 'task: restoration'"):
+        load_recipe("restoration", ["task=classification"])

@@ -30,6 +30,14 @@ from distill.engine import TrainConfig
 from distill.losses.registry import STAGES
 from distill.methods import METHODS
 from distill.methods.registry import METHOD_INPUTS
+
+# a method's inputs kind -> the task it needs: (task, what the method trains, what the task is; where to look)
+TASK_OF_INPUTS = {
+    "ctc": ("ctc", "trains CTC speech models", "frame logits, transcripts; see recipes/speech.yaml"),
+    "detection": ("detection", "trains detectors", "heatmaps, box distributions, boxes per image; see docs/detection.md"),
+    "restoration": ("restoration", "trains image-to-image models",
+                    "degraded image in, clean image out; see docs/restoration.md"),
+}
 from distill.stages import as_stages
 from distill.terms import LOSSES, Term
 from distill.sources import check_data_name, check_model_name, data_inputs
@@ -483,13 +491,10 @@ class Recipe(_Strict):
                         "images": "images and zoo models (it reads their feature taps such as stage2, last_stage)"}
                 raise ValueError(f"method {excerpt(m.name, 40)} needs {what[needs]}, but data "
                                  f"{excerpt(self.data.dataset, 40)} is {'text' if kind == 'tokens' else 'images'}")
-            if m.method is not None and METHOD_INPUTS.get(m.method) == "ctc" and self.build_task().name != "ctc":
-                raise ValueError(f"method {excerpt(m.name, 40)} trains CTC speech models and needs 'task: ctc' "
-                                 "(frame logits, transcripts; see recipes/speech.yaml)")
-            if m.method is not None and METHOD_INPUTS.get(m.method) == "detection" and \
-                    self.build_task().name != "detection":
-                raise ValueError(f"method {excerpt(m.name, 40)} trains detectors and needs 'task: detection' "
-                                 "(heatmaps, box distributions, boxes per image; see docs/detection.md)")
+            own_task = TASK_OF_INPUTS.get(METHOD_INPUTS.get(m.method)) if m.method is not None else None
+            if own_task is not None and self.build_task().name != own_task[0]:
+                raise ValueError(f"method {excerpt(m.name, 40)} {own_task[1]} and needs 'task: {own_task[0]}' "
+                                 f"({own_task[2]})")
             taps = [tap for stage in as_stages(m.build()) for t in stage.terms for tap in t.teacher_taps]
             if taps and not self.teacher_specs:
                 raise ValueError(f"method {excerpt(m.name, 40)} needs a teacher, but the recipe has none")

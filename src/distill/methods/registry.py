@@ -19,9 +19,10 @@ METHODS: dict[str, Callable] = {}
 #: "causal_lm" (a causal language model on token sequences: per-token KD, generation inside the loop)
 #: "ctc" (per-frame CTC outputs of speech models, task ``ctc``), "seq2seq" (encoder-decoder models called with
 #: ``input_ids`` and ``decoder_input_ids``: beam search inside the loop), "detection" (detectors of
-#: :mod:`distill.zoo.detection`: heatmap, box-distribution and neck taps, task ``detection``)
+#: :mod:`distill.zoo.detection`: heatmap, box-distribution and neck taps, task ``detection``), "restoration"
+#: (image-to-image models of :mod:`distill.zoo.restoration`: output images and trunk features, task ``restoration``)
 METHOD_INPUTS: dict[str, str] = {}
-INPUTS = ("any", "tokens", "causal_lm", "ctc", "seq2seq", "detection")
+INPUTS = ("any", "tokens", "causal_lm", "ctc", "seq2seq", "detection", "restoration")
 
 
 def register_method(name: str, inputs: str = "any") -> Callable[[F], F]:

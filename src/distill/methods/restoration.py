@@ -10,7 +10,7 @@ from distill.terms import Term
 OWN = ("l1", "mse")
 
 
-@register_method("restore_scratch")
+@register_method("restore_scratch", inputs="restoration")
 def restore_scratch(own: str = "l1") -> list[Term]:
     """The distance to the clean images only: L1 (EDSR's loss) or, ``own="mse"``, the squared error (DnCNN's)."""
     return l1_and([], 0.0, own)

@@ -8,7 +8,7 @@ from distill.methods.restoration import l1_and
 from distill.terms import Term
 
 
-@register_method("restore_combined")
+@register_method("restore_combined", inputs="restoration")
 def restore_combined(alpha: float = 0.5, beta: float = 0.1, gamma: float = 1.0, lam: float = 0.1,
                      levels: int = 2, input_tap: str = "degraded", own: str = "l1") -> list:
     """Output KD (``alpha``), the feature hint (``beta``), wavelet KD (``gamma``) and the contrastive term

@@ -11,7 +11,7 @@ from distill.methods.restoration import l1_and
 from distill.terms import Term
 
 
-@register_method("restore_contrastive")
+@register_method("restore_contrastive", inputs="restoration")
 def restore_contrastive(lam: float = 0.1, input_tap: str = "degraded", alpha: float = 0.0, own: str = "l1") -> list:
     """The clean images' L1 (``own``: or ``"mse"``) beside the contrastive term weighted ``lam`` (and output
     distillation with ``alpha > 0``); ``input_tap``: where the student's input is read (``"head:input"`` on other

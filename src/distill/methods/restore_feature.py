@@ -9,7 +9,7 @@ from distill.methods.restoration import l1_and
 from distill.terms import Term
 
 
-@register_method("restore_feature")
+@register_method("restore_feature", inputs="restoration")
 def restore_feature(beta: float = 0.1, student_layer: str = "features", teacher_layer: str = "features",
                     connector: str = "conv1x1", alpha: float = 0.0, own: str = "l1") -> list:
     """The clean images' L1 beside the hint on ``student_layer`` -> ``teacher_layer`` weighted ``beta`` (and, with

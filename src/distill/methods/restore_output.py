@@ -7,7 +7,7 @@ from distill.methods.registry import register_method
 from distill.methods.restoration import l1_and
 
 
-@register_method("restore_output")
+@register_method("restore_output", inputs="restoration")
 def restore_output(alpha: float = 0.5, own: str = "l1") -> list:
     """L1 (``own``: or ``"mse"``) to the clean image weighted ``1 - alpha`` beside L1 to the teacher's image
     weighted ``alpha``."""

@@ -10,7 +10,7 @@ from distill.methods.restoration import l1_and
 from distill.terms import Term
 
 
-@register_method("restore_wavelet")
+@register_method("restore_wavelet", inputs="restoration")
 def restore_wavelet(gamma: float = 1.0, levels: int = 2, alpha: float = 0.0, own: str = "l1") -> list:
     """The clean images' L1 (``own``: or ``"mse"``) beside wavelet KD weighted ``gamma`` (and output distillation
     with ``alpha > 0``)."""
