@@ -12,6 +12,15 @@ def _threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test module of small models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a busy 2-core machine intra-op threads only add synchronisation, and spinning workers made such files
+    many times slower. Runs after ``_threads``, which gives every other test two threads again."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def digits():
     from distill import load_dataset

