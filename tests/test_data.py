@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distill.data import ArrayDataset, EpochSampler, RandomShift, carve_validation
+from distill.data import ArrayBatches, ArrayDataset, EpochSampler, RandomShift, carve_validation
 from distill.zoo import datasets
 from distill.zoo.datasets import DataMissing, load_dataset
 
@@ -50,6 +50,25 @@ def test_batched_fetch_equals_single_items():
     ds = ArrayDataset(torch.randn(10, 1, 4, 4), torch.arange(10))
     batch = ds.__getitems__([3, 7])
     assert torch.equal(batch["input"][1], ds[7]["input"]) and batch["label"].tolist() == [3, 7]
+
+
+def test_array_batches_are_a_dataloaders_batches_and_random_draws():
+    ds = ArrayDataset(torch.randn(50, 3), torch.arange(50) % 4)
+    sampler = EpochSampler(len(ds), seed=3)
+    sampler.set_epoch(2)
+    fast = ArrayBatches(ds, sampler, batch_size=16, collate_fn=lambda b: b)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, sampler=sampler, collate_fn=lambda b: b)
+    torch.manual_seed(0)
+    ours = list(fast)
+    after_ours = torch.rand(1)
+    torch.manual_seed(0)
+    theirs = list(loader)
+    assert torch.equal(after_ours, torch.rand(1))  # the same draw from torch's stream as a DataLoader's iterator
+    assert len(ours) == len(theirs) == len(fast) == 4
+    for a, b in zip(ours, theirs):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resumed = fast.skip_first(3)
+    assert len(resumed) == 1 and torch.equal(next(iter(resumed))["index"], theirs[3]["index"])
 
 
 @pytest.mark.parametrize("name, n_train, shape", [("fashion-mnist", 55000, (1, 28, 28)), ("mnist", 55000, (1, 28, 28)),

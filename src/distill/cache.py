@@ -248,7 +248,7 @@ class TeacherOutputs:
         values padded with zeros to the longest of these samples)."""
         stored = self.values[tap]
         if isinstance(stored, torch.Tensor):
-            return stored[index.to(stored.device)].to(device)
+            return stored.index_select(0, index.to(stored.device)).to(device)
         if isinstance(stored, dict) and "ragged" in stored:
             return self._read_ragged(stored, index, temperature).to(device)
         rows = np.sort(index.cpu().numpy())

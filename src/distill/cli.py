@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="distill", description="Knowledge distillation for PyTorch models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice; use 1 per process when running "
-                             "several runs side by side on one machine)")
+                        help="CPU threads for torch (default: one per core that other processes leave idle; use 1 "
+                             "per process when running several runs side by side on one machine)")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a recipe (default: the bundled demo on Fashion-MNIST)")
@@ -419,6 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    elif args.command not in ("report", "list"):  # what trains or times: not beside busy cores
+        import torch
+
+        from distill.engine.config import default_threads
+
+        threads, note = default_threads()
+        if note:
+            print(note, file=sys.stderr)
+            torch.set_num_threads(threads)
     try:
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # under torchrun / accelerate launch: leave the group cleanly

@@ -54,9 +54,11 @@ class ArrayDataset(Dataset):
 
     def __getitems__(self, indices) -> dict:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = {"input": self.inputs[idx], "index": idx}
+        # index_select gathers rows several times faster than x[idx] (on one CPU thread: 33 vs 163 us for 128
+        # Fashion-MNIST images), the same values
+        batch = {"input": self.inputs.index_select(0, idx), "index": idx}
         if self.labels is not None:
-            batch["label"] = self.labels[idx]
+            batch["label"] = self.labels.index_select(0, idx)
         return batch
 
     def subset(self, indices) -> "ArrayDataset":
@@ -167,6 +169,29 @@ class EpochSampler(Sampler):
         batches[0], batches[longest] = batches[longest], batches[0]
         rest = torch.randperm(len(batches) - 1, generator=g).add(1).tolist()
         return iter([i for b in [0, *rest] for i in batches[b]])
+
+
+class ArrayBatches:
+    """The training batches of an :class:`ArrayDataset`, cut from the sampler's order: what a ``DataLoader``
+    without workers gives (the same batches, the same draw from torch's random stream when an epoch starts),
+    without its per-batch machinery (about 0.1 ms a batch, a twentieth of a small model's step on a CPU)."""
+
+    def __init__(self, dataset: ArrayDataset, sampler: EpochSampler, batch_size: int, collate_fn, skip: int = 0):
+        self.dataset, self.sampler, self.batch_size, self.collate_fn = dataset, sampler, batch_size, collate_fn
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size) - self.skip
+
+    def skip_first(self, batches: int) -> "ArrayBatches":
+        """These batches from the ``batches``-th on (resuming inside an epoch)."""
+        return ArrayBatches(self.dataset, self.sampler, self.batch_size, self.collate_fn, self.skip + batches)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_()  # a DataLoader's iterator draws its workers' base seed
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        for start in range(self.skip * self.batch_size, len(order), self.batch_size):
+            yield self.collate_fn(self.dataset.__getitems__(order[start:start + self.batch_size]))
 
 
 class RandomShift:
