@@ -216,6 +216,7 @@ def analyze_models(models: Mapping[str, nn.Module], dataset, reference: str | No
         except (ExplainError, TapError):
             cam = None
     teacher_right = ref_pred == labels
+    result["calibration"] = {}
     for name in names:
         with eval_mode(models[name]) as model:
             logits = _logits(model, x)
@@ -243,14 +244,13 @@ def analyze_models(models: Mapping[str, nn.Module], dataset, reference: str | No
                 except (ExplainError, TapError):
                     pass
             result["models"][name] = row
-    result["calibration"] = {name: _reliability(models[name], x, labels) for name in names}
+            result["calibration"][name] = _reliability(logits, labels)
     return result
 
 
-def _reliability(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> list[list[float]]:
+def _reliability(logits: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> list[list[float]]:
     """``[[mean confidence, accuracy, count], ...]`` per non-empty confidence bin (a reliability diagram)."""
-    with eval_mode(model):
-        confidence, predicted = _logits(model, x).softmax(-1).max(-1)
+    confidence, predicted = logits.softmax(-1).max(-1)
     which = torch.bucketize(confidence, torch.linspace(0, 1, bins + 1)[1:-1])
     out = []
     for b in range(bins):
