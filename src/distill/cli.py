@@ -424,10 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from distill.engine.config import default_threads
 
-        threads, note = default_threads()
-        if note:
-            print(note, file=sys.stderr)
-            torch.set_num_threads(threads)
+        threads, _ = default_threads()  # silently: every epoch line shows the threads in use, and stderr
+        torch.set_num_threads(threads)   # stays one line for errors
     try:
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # under torchrun / accelerate launch: leave the group cleanly
