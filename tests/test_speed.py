@@ -53,12 +53,11 @@ def test_default_threads_leave_the_busy_cores_to_their_processes(monkeypatch):
 
     torch.set_num_threads(2)
     monkeypatch.setattr(config, "idle_cores", lambda: 0.9)  # a neighbour keeps one of two cores busy
-    threads, note = config.default_threads()
-    assert threads == 1 and "1 of the cores busy" in note and "--threads" in note
-    monkeypatch.setattr(config, "idle_cores", lambda: 1.9)  # a free machine: torch's own choice, no note
-    assert config.default_threads() == (2, None)
+    assert config.default_threads() == 1
+    monkeypatch.setattr(config, "idle_cores", lambda: 1.9)  # a free machine: torch's own choice
+    assert config.default_threads() == 2
     monkeypatch.setattr(config, "idle_cores", lambda: 0.0)  # never fewer than one thread
-    assert config.default_threads()[0] == 1
+    assert config.default_threads() == 1
     monkeypatch.undo()
     idle = config.idle_cores(0.05)
     assert idle is None or 0 <= idle <= len(__import__("os").sched_getaffinity(0)) + 1e-9

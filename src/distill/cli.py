@@ -424,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from distill.engine.config import default_threads
 
-        threads, _ = default_threads()  # silently: every epoch line shows the threads in use, and stderr
-        torch.set_num_threads(threads)   # stays one line for errors
+        # silently: every epoch line shows the threads in use, and stderr stays one line for errors
+        torch.set_num_threads(default_threads())
     try:
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # under torchrun / accelerate launch: leave the group cleanly

@@ -30,14 +30,6 @@ from distill.engine import TrainConfig
 from distill.losses.registry import STAGES
 from distill.methods import METHODS
 from distill.methods.registry import METHOD_INPUTS
-
-# a method's inputs kind -> the task it needs: (task, what the method trains, what the task is; where to look)
-TASK_OF_INPUTS = {
-    "ctc": ("ctc", "trains CTC speech models", "frame logits, transcripts; see recipes/speech.yaml"),
-    "detection": ("detection", "trains detectors", "heatmaps, box distributions, boxes per image; see docs/detection.md"),
-    "restoration": ("restoration", "trains image-to-image models",
-                    "degraded image in, clean image out; see docs/restoration.md"),
-}
 from distill.stages import as_stages
 from distill.terms import LOSSES, Term
 from distill.sources import check_data_name, check_model_name, data_inputs
@@ -51,6 +43,14 @@ class RecipeError(ValueError):
 
 # Every refusal is one line of at most this many characters (the command line adds "distill: error: ").
 MAX_MESSAGE = 280
+
+# a method's inputs kind -> the task it needs: (task, what the method trains, what the task is; where to look)
+TASK_OF_INPUTS = {
+    "ctc": ("ctc", "trains CTC speech models", "frame logits, transcripts; see recipes/speech.yaml"),
+    "detection": ("detection", "trains detectors", "heatmaps, box distributions, boxes per image; see docs/detection.md"),
+    "restoration": ("restoration", "trains image-to-image models",
+                    "degraded image in, clean image out; see docs/restoration.md"),
+}
 
 
 def error_line(err: BaseException, limit: int = MAX_MESSAGE) -> str:

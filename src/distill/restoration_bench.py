@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_row, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
 
 DATA = {"train_size": 40, "stride": 24, "eval_size": 64}
 MODELS = {"denoise": ("dncnn", {"depth": 10, "channels": 32}, {"depth": 6, "channels": 16}),
@@ -193,15 +193,11 @@ def run_restoration_benchmark(seeds: int = 3, quick: bool = False, only: list[st
                           "input": input_scores(data.test)}
         say(f"{task} teacher: test PSNR {teachers[task]['psnr']:.2f} dB, SSIM {teachers[task]['ssim']:.4f} (input "
             f"{teachers[task]['input']['psnr']:.2f} dB)")
-        for arm in (a for a in arms if ARMS[a][0] == task):
-            for seed in range(seeds):
-                say(f"{arm} seed {seed} ...")
-                path = out / arm / f"seed-{seed}.json"
-                row, made = bench_row(path, arm_key(arm, quick, teacher_key),
-                                      lambda: run_arm(arm, seed, data, teacher, quick, path.with_suffix(".safetensors")))
-                say(f"  test PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  ({row['train_seconds']:.0f} s"
-                    f"{'' if made else ', stored'})")
-                results.append(row)
+        results += bench_rows(out, [a for a in arms if ARMS[a][0] == task], seeds,
+                              lambda arm: arm_key(arm, quick, teacher_key),
+                              lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
+                                                        out / arm / f"seed-{seed}.safetensors"),
+                              lambda row: f"test PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}", say)
     if train_only:
         return {"teachers": teachers, "rows": results}
     speed = {task: {role: ms_per_megapixel(build(task, role)) for role in ("teacher", "student")}

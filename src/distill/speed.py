@@ -247,6 +247,7 @@ def _summarise(runs: dict[str, list[dict]]) -> dict:
     teacher_share = statistics.fmean(r["teacher_forward_seconds"] for r in runs["kd-live"]) / plain
     out = {}
     for mode, rs in runs.items():
+        filled = "cache_fill_seconds" in rs[0]
         limit = runs.get(HAND_WRITTEN.get(mode, ""))
         vs_raw = (statistics.fmean(r["epoch_seconds"] for r in rs) / statistics.fmean(r["epoch_seconds"] for r in limit)
                   if limit else None)
@@ -256,10 +257,9 @@ def _summarise(runs: dict[str, list[dict]]) -> dict:
                      "peak_mb": max(r["peak_mb"] for r in rs),
                      "training_mb": max(r["peak_mb"] - r["baseline_mb"] for r in rs),
                      "setup_seconds": statistics.fmean(r["setup_seconds"] for r in rs),
-                     "cache_fill_seconds": (statistics.fmean(r["cache_fill_seconds"] for r in rs)
-                                            if "cache_fill_seconds" in rs[0] else None),
+                     "cache_fill_seconds": statistics.fmean(r["cache_fill_seconds"] for r in rs) if filled else None,
                      "cache_fill_vs_inference": (statistics.fmean(r["cache_fill_seconds"] / r["teacher_inference_seconds"]
-                                                                  for r in rs) if "cache_fill_seconds" in rs[0] else None),
+                                                                  for r in rs) if filled else None),
                      "teacher_params": rs[0]["teacher_params"], "student_params": rs[0]["student_params"],
                      "batch_size": rs[0]["batch_size"]}
     return out

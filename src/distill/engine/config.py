@@ -187,7 +187,6 @@ def idle_cores(seconds: float = 0.2) -> float | None:
     """How many of the machine's cores were idle over the next ``seconds`` (Linux ``/proc/stat``; ``None``
     elsewhere): unlike the load average, what other processes use right now."""
     import time
-    from pathlib import Path
 
     def sample():
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -203,19 +202,15 @@ def idle_cores(seconds: float = 0.2) -> float | None:
     return cores * (idle1 - idle0) / max(1, total1 - total0)
 
 
-def default_threads() -> tuple[int, str | None]:
+def default_threads() -> int:
     """The CPU threads for torch when none were asked for: torch's own choice (one per core), cut to the cores
-    other processes leave idle (at least one), with a one-line note when cut. On 2 cores one busy neighbour made
-    2-thread runs 15-25x slower, as each step waits for its slowest thread."""
+    other processes leave idle (at least one). On 2 cores one busy neighbour made 2-thread runs 15-25x slower,
+    as each step waits for its slowest thread."""
     threads = torch.get_num_threads()
     idle = idle_cores()
     if idle is None or threads <= 1:
-        return threads, None
-    free = max(1, int(idle + 0.25))  # a core at least three-quarters idle counts as free
-    if free >= threads:
-        return threads, None
-    return free, (f"note: other processes keep {threads - free} of the cores busy; torch uses {free} thread"
-                  f"{'s' if free != 1 else ''} (--threads N to choose)")
+        return threads
+    return min(threads, max(1, int(idle + 0.25)))  # a core at least three-quarters idle counts as free
 
 
 def busy_machine_note(threads: int | None = None) -> str | None:
