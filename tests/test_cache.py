@@ -1,4 +1,5 @@
 """The teacher cache: in memory or on disk (memory-mapped), full or top-k logits."""
+import copy
 import math
 
 import pytest
@@ -114,3 +115,21 @@ def test_cache_settings_are_checked():
         TrainConfig(cache_teacher=True, teacher_top_k=5)
     with pytest.raises(ValueError, match="give a path"):
         TeacherOutputs(top_k=3)
+
+
+def test_a_channels_last_run_fills_the_cache_in_channels_last_with_the_same_values(digits, teacher):
+    model = copy.deepcopy(teacher)  # the shared teacher keeps its layout
+    inner = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    layouts = []  # (a 1-channel input is both layouts at once; the second convolution's input is not)
+    inner.register_forward_pre_hook(lambda m, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)))
+    seed_everything(0)
+    student = build_model("cnn", digits.input_shape, channels=[4, 8], hidden=16)
+    d = Distiller(student, model, [Term("kd", temperature=2)], epochs=1, batch_size=256, progress=False,
+                  cache_teacher=True, channels_last=True)
+    d.fit(digits.train)
+    assert layouts and all(layouts)
+    rows = list(range(0, len(digits.train), 7))
+    batch = digits.train.__getitems__(rows)
+    plain = LiveTeacher(teacher, ["logits"])(digits.train.__getitems__(list(range(len(digits.train)))))["logits"]
+    assert torch.allclose(d.teacher(batch)["logits"], plain[rows], atol=1e-5)

@@ -22,13 +22,13 @@ def test_summary_gives_ratios_to_the_plain_student_step():
     filled = {"cache_fill_seconds": 3.0, "teacher_inference_seconds": 2.0}
     summary = _summarise({"raw": [run(0.8), run(0.8)], "student": [run(1.0), run(1.0)],
                           "kd-live": [run(1.5), run(1.7)], "raw-kd-cached": [run(1.0), run(1.0)],
-                          "kd-cached": [run(1.1, **filled), run(1.1, **filled)]})
+                          "kd-cached": [run(1.1, **filled), run(1.3, **filled)]})
     assert summary["kd-live"]["time_vs_student"][0] == pytest.approx(1.6)
-    assert summary["kd-cached"]["time_vs_student"][0] == pytest.approx(1.1)
+    assert summary["kd-cached"]["time_vs_student"][0] == pytest.approx(1.2)
     assert summary["kd-live"]["teacher_forward_vs_student"] == pytest.approx(0.5)
     assert summary["student"]["training_mb"] == pytest.approx(100.0)
     assert summary["student"]["time_vs_hand_written"] == pytest.approx(1.25)
-    assert summary["kd-cached"]["time_vs_hand_written"] == pytest.approx(1.1)
+    assert summary["kd-cached"]["time_vs_hand_written"] == pytest.approx(1.1)  # the fastest runs: 1.1 / 1.0
     assert summary["kd-cached"]["cache_fill_vs_inference"] == pytest.approx(1.5)
     table = format_speed_table({"pair": summary})
     assert "| pair | 10 / 2 | kd-live | 63 ± 6 | 1.60x ± 0.14 | 1.50x | - | 100 | 1.0 | - |" in table

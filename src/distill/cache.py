@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from distill.errors import DistillError
 from distill import distributed
-from distill.data import IndexedDataset, read_items
+from distill.data import IndexedDataset, channels_last_input, read_items
 from distill.fileio import atomic_write_text
 from distill.losses.topk import dense_from_topk, topk_logits  # noqa: F401 - their home is the losses
 from distill.tasks import get_task
@@ -290,7 +290,7 @@ class CachedTeacher:
 
     def __init__(self, teacher: LiveTeacher, dataset, batch_size: int = 1000, device="cpu", progress: bool = False,
                  outputs: TeacherOutputs | None = None, temperatures: dict[str, float] | None = None,
-                 collate_fn=None, top_k_taps=("logits",)):
+                 collate_fn=None, top_k_taps=("logits",), channels_last: bool = False):
         self.taps = teacher.taps
         collate_fn = collate_fn or get_task().collate
         self.outputs = outputs if outputs is not None else TeacherOutputs()
@@ -305,6 +305,7 @@ class CachedTeacher:
             def batches():
                 for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):
                     batch = send_to_device(batch, device)
+                    batch = channels_last_input(batch) if channels_last else batch
                     yield torch.as_tensor(batch["index"]).long(), teacher(batch), batch.get("teacher_lengths", batch.get("lengths"))
 
             # on disk under several processes, rank 0 alone writes the store and the others open it when it is

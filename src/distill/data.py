@@ -372,3 +372,12 @@ def carve_validation(dataset: ArrayDataset, val_size: int, seed: int = 0) -> tup
         raise DistillError(f"val_size must be in [0, {len(dataset)}), got {excerpt(val_size)}")
     perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return dataset.subset(perm[val_size:]), dataset.subset(perm[:val_size])
+
+
+def channels_last_input(batch: dict) -> dict:
+    """``batch`` with a 4-D image input in channels-last memory format (the same values; convolutions on CPU
+    and GPU run faster over it); other inputs as they are."""
+    x = batch.get("input")
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return dict(batch, input=x.contiguous(memory_format=torch.channels_last))
+    return batch

@@ -59,8 +59,8 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
                                                            "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
     compile: StrictBool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its "
                                                        "taps and connectors); 'fullgraph' refuses graph breaks")
-    channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student and "
-                                "its inputs")
+    channels_last: bool = Field(False, strict=True, description="channels-last memory format for a CNN student, its "
+                                "teacher (and the teacher cache's fill) and their image inputs")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="data order and augmentation (with the epoch)")
     log_every: int = Field(50, ge=1, description="steps between step-level log records")
     keep_checkpoints: int = Field(2, ge=1)

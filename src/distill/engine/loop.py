@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from distill import distributed
 from distill.cache import CacheMismatch, CachedTeacher, TeacherOutputs
-from distill.data import ArrayBatches, ArrayDataset, EpochSampler, as_dataset, read_items
+from distill.data import ArrayBatches, ArrayDataset, EpochSampler, as_dataset, channels_last_input, read_items
 from distill.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.config import (DistillError, busy_machine_note, NonFiniteLoss, TrainConfig, build_optimizer, lr_factor,
                                    make_accelerator)
@@ -153,6 +153,10 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        if cfg.channels_last:  # the teacher too: its forward passes (and the cache fill) take the same inputs
+            self.student.to(memory_format=torch.channels_last)
+            if isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
+                self.teacher.model.to(memory_format=torch.channels_last)
         first = self._first_batch(as_dataset(train, "train"), device)
         self.model = probe(self.student, self.terms, self.teacher, first, device)
         load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
@@ -275,7 +279,7 @@ class Distiller:
         try:
             return CachedTeacher(self.teacher, train, cfg.eval_batch_size, device, cfg.progress, outputs=outputs,
                                  temperatures={tap: min(ts) for tap, ts in temperatures.items()},
-                                 collate_fn=self.collate, top_k_taps=logit_taps)
+                                 collate_fn=self.collate, top_k_taps=logit_taps, channels_last=cfg.channels_last)
         except CacheMismatch as err:
             raise DistillError(str(err)) from None
 
@@ -413,6 +417,10 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        if cfg.channels_last:  # the teacher too: its forward passes (and the cache fill) take the same inputs
+            self.student.to(memory_format=torch.channels_last)
+            if isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
+                self.teacher.model.to(memory_format=torch.channels_last)
         if cfg.cache_teacher and isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
             try:
                 self.teacher = self._cached_teacher(train, device)
@@ -426,8 +434,6 @@ class Distiller:
             raise DistillError("nothing to train: the student has no parameters that require gradients; pass a model "
                                "with trainable parameters (or set requires_grad back on)")
         first = self._first_batch(train, device)
-        if cfg.channels_last:
-            self.student.to(memory_format=torch.channels_last)
         model = self.model = probe(self.student, self.terms, self.teacher, first, device)
         for term in self.terms:  # a weight function that cannot give a number fails now, not mid-run
             term.weight_at(0.0, cfg.epochs)
@@ -559,9 +565,7 @@ class Distiller:
             batch = self.augment(batch, aug_gen)
         elif self.augment is not None:
             batch = dict(batch, input=self.augment(batch["input"], aug_gen))
-        if self.config.channels_last and isinstance(batch["input"], torch.Tensor) and batch["input"].dim() == 4:
-            batch = dict(batch, input=batch["input"].contiguous(memory_format=torch.channels_last))
-        return batch
+        return channels_last_input(batch) if self.config.channels_last else batch
 
     def _val_text(self, record: dict) -> str:
         metric, _ = self.task.selection("val/" + self.task.select in record)
