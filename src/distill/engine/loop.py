@@ -153,10 +153,6 @@ class Distiller:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
-        if cfg.channels_last:  # the teacher too: its forward passes (and the cache fill) take the same inputs
-            self.student.to(memory_format=torch.channels_last)
-            if isinstance(self.teacher, (LiveTeacher, TeacherEnsemble)):
-                self.teacher.model.to(memory_format=torch.channels_last)
         first = self._first_batch(as_dataset(train, "train"), device)
         self.model = probe(self.student, self.terms, self.teacher, first, device)
         load_model(self.model, str(checkpoint / "model.safetensors"), device=str(device))
