@@ -7,13 +7,13 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SWORD_CONFS   := /usr/share/sword/mods.d/engKJV2006eb.conf /usr/share/sword/mods.d/spaRV1909eb.conf
-# speech (distill bench speech): espeak-ng synthesises training speech; Asterisk's prompts are the real test
-SPEECH        := /usr/bin/espeak-ng /usr/share/asterisk/sounds/en/digits/7.wav \
+# speech (distill bench speech): espeak-ng and flite synthesise training speech; Asterisk's prompts are the real test
+SPEECH        := /usr/bin/espeak-ng /usr/bin/flite /usr/share/asterisk/sounds/en/digits/7.wav \
                  /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz
 # grapheme-to-phoneme (distill bench seq2seq): wamerican's words, pronounced by espeak-ng
 G2P           := /usr/share/dict/american-english
 DEBS          := dataset-fashion-mnist sword-text-kjv sword-text-sparv \
-                 espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en wamerican
+                 espeak-ng flite asterisk-core-sounds-en-wav asterisk-core-sounds-en wamerican
 # Jane Austen's novels are unpacked, not installed: installing r-cran-janeaustenr pulls in all of R (~430 MB)
 DEB_DIR       := $(HOME)/.cache/distill/deb
 AUSTEN        := /usr/lib/R/site-library/janeaustenr/data/Rdata.rdx

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses.ctc import (beam_decode, ctc_frame_kd, ctc_loss, ctc_sequence_kd, greedy_decode,
+from distill.losses.ctc import (Lexicon, beam_decode, ctc_frame_kd, ctc_loss, ctc_sequence_kd, greedy_decode,
                                 prefix_beam_search)
 from distill.methods import METHODS
 from distill.tasks import TaskError, edit_distance, get_task
@@ -17,6 +17,7 @@ from distill.zoo import speech
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
 needs_asterisk = pytest.mark.skipif(not (speech.ASTERISK_TEXT.is_file() and speech.ASTERISK_WAV.is_dir()),
                                     reason="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en")
 
@@ -101,6 +102,52 @@ def test_prefix_beam_search_sums_every_alignment():
     assert len(found) == len(exact)
     for symbols, score in found:
         assert math.isclose(math.exp(score), exact[symbols], rel_tol=1e-5)
+
+
+def test_lexicon_constrained_search_equals_the_best_vocabulary_sequence():
+    # symbols: 1 space, 2 a, 3 b, 4 c; the lexicon {"ab", "c"}. A constrained search keeps exactly the
+    # probabilities of the vocabulary sequences, so with a wide beam its best is the most likely of them
+    torch.manual_seed(1)
+    lp = torch.randn(6, 5).mul(2).log_softmax(-1)
+    lexicon = Lexicon([[2, 3], [4]], separator=1)
+    exact: dict[tuple, float] = {}
+    for path in itertools.product(range(5), repeat=6):
+        collapsed = tuple(s for s, _ in itertools.groupby(path) if s != 0)
+        exact[collapsed] = exact.get(collapsed, 0.0) + math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+    words = {(2, 3), (4,)}
+    legal = {k: v for k, v in exact.items()
+             if k and all(tuple(w) in words for w in _split(k, 1))}
+    best = max(legal, key=legal.get)
+    (found, score), = prefix_beam_search(lp, beam=500, prune=1e-12, lexicon=lexicon)
+    assert found == best and math.isclose(math.exp(score), legal[best], rel_tol=1e-5)
+    assert max(exact, key=exact.get) not in legal  # the unconstrained best is no vocabulary sequence here
+
+
+def _split(symbols, separator):
+    words, cur = [], []
+    for s in symbols:
+        if s == separator:
+            words.append(cur)
+            cur = []
+        else:
+            cur.append(s)
+    return words + [cur]
+
+
+def test_the_ctc_task_decodes_into_its_words_and_refuses_bad_ones():
+    # frames spell "ac" clearly but for one uncertain frame; the lexicon {"ab"} turns the c into b
+    task = get_task("ctc", decode="beam", words=["ab"])
+    p = torch.full((3, 29), 1e-4)
+    p[0, 3], p[1, 0], p[2, 5], p[2, 4] = 1.0, 1.0, 0.6, 0.4  # a, blank, c (0.6) or b (0.4)
+    logits = p.log()[None]
+    assert get_task("ctc").hypotheses(logits, None) == ["ac"]
+    assert task.hypotheses(logits, None) == ["ab"]
+    with pytest.raises(TaskError, match="decode='beam'"):
+        get_task("ctc", words=["ab"])
+    with pytest.raises(TaskError, match="single non-empty words"):
+        get_task("ctc", decode="beam", words=["two words"])
+    with pytest.raises(TaskError, match="outside the CTC alphabet"):
+        get_task("ctc", decode="beam", words=["naïve"])
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -215,6 +262,31 @@ def test_speech_set_round_trips_through_npz(tmp_path):
     assert torch.equal(back.features, data.features) and back.texts == ["no"] and back.voices == ["en-us"]
 
 
+@needs_flite
+def test_flite_voices_speak_at_the_speed_and_pitch_asked_and_a_telephone_copy_is_8_khz():
+    slow, rate = speech.speak("seven", "flite:slt", speed=130, pitch=50)
+    fast, _ = speech.speak("seven", "flite:slt", speed=200, pitch=50)
+    assert rate == 16000 and len(slow) / len(fast) == pytest.approx(200 / 130, rel=0.15)
+    data = speech.synthesize(["seven"], ["flite:kal16"], seed=0, telephone=True)
+    assert data.voices == ["flite:kal16"] and data[0]["features"].shape[1] == speech.FEATURES
+    with pytest.raises(speech.SpeechError, match="unknown flite voice"):
+        speech.speak("seven", "flite:nobody")
+
+
+def test_resampling_keeps_what_lies_below_the_new_nyquist_and_drops_the_rest():
+    t = torch.arange(16000, dtype=torch.float64) / 16000  # one second: whole periods of both tones
+    low, high = torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 6000 * t)
+    out = speech.resample((low + high).float(), 16000, 8000)
+    expected = torch.sin(2 * math.pi * 440 * torch.arange(8000, dtype=torch.float64) / 8000).float()
+    assert len(out) == 8000 and torch.allclose(out, expected, atol=1e-5)
+
+
+def test_voices_give_flite_as_many_utterances_as_espeak():
+    found = speech.voices(["", "f1"], ["en-us", "en"], flite=["slt", "rms"])
+    assert found[:4] == ["en-us", "en-us+f1", "en", "en+f1"]
+    assert found[4:] == ["flite:slt", "flite:slt", "flite:rms", "flite:rms"]
+
+
 @needs_asterisk
 def test_asterisk_prompts_inside_the_vocabulary():
     vocab = speech.vocabulary()
@@ -318,12 +390,14 @@ def test_spike_delay_finds_how_far_a_student_lags():
 def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
     from distill.speech_bench import format_table
 
-    row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000}
+    row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000,
+           "real_wer_lexicon": 30.0}
     summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
                "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002},
                "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]}
     table = format_table(summary)
-    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 10.0 ± 0.0 |" in table and "5.0×" in table
+    assert "| streaming GRU | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 30.0 ± 0.0 | 10.0 ± 0.0 |" in table
+    assert "| 30.0 | 10.0 |" in table and "5.0×" in table  # the teacher's lexicon WER
     assert "312 of 563" in table
 
 

@@ -30,13 +30,15 @@ import torch
 
 from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
 
-DATA = {"train_size": 12000, "val_size": 600, "test_size": 800}
-TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True},
+# espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
+DATA = {"train_size": 12000, "val_size": 600, "test_size": 800, "flite": True, "telephone": True}
+TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True, "spec_augment": True},
            "train": {"lr": 2e-3, "epochs": 10, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
 STUDENT = {"model": {"hidden": 96, "layers": 2, "bidirectional": False},
            "train": {"lr": 2e-3, "epochs": 6, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
+LEXICON_BEAM = 8
 SHIFT = 2  # frames of 20 ms the streaming student lags the bidirectional teacher's spikes
 # arm -> (model overrides, method, method options)
 ARMS = {
@@ -82,13 +84,17 @@ def cached_teacher(data, data_key: str, quick: bool, say=print):
 
 
 def scores(model, data) -> dict:
-    """CER and WER (%, greedy decoding) on the held-out voices and on the real recordings."""
+    """CER and WER (%) on the held-out voices and on the real recordings, decoded greedily and (``*_lexicon``)
+    by a beam search that spells vocabulary words only (the closed vocabulary, :data:`LEXICON_BEAM` prefixes)."""
     from distill.evaluation import evaluate
+    from distill.tasks import get_task
 
+    lexicon = get_task("ctc", decode="beam", beam=LEXICON_BEAM, words=data.vocab)
     out = {}
     for name, split in (("voices", data.test_voices), ("real", data.test_real)):
-        found = evaluate(model, split, 128, task="ctc")
-        out |= {f"{name}_cer": found["cer"], f"{name}_wer": found["wer"]}
+        for suffix, task in (("", "ctc"), ("_lexicon", lexicon)):
+            found = evaluate(model, split, 128, task=task)
+            out |= {f"{name}_cer{suffix}": found["cer"], f"{name}_wer{suffix}": found["wer"]}
     return out
 
 
@@ -215,13 +221,16 @@ def format_table(summary: dict) -> str:
     from distill.bench import group_rows
 
     teacher, rtf = summary["teacher"], summary["rtf"]
+    lexicon = lambda row: f"{row['real_wer_lexicon']:.1f}" if "real_wer_lexicon" in row else "-"  # noqa: E731
     lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
-             f"{summary['vocab']}-word vocabulary); greedy decoding; RTF on one CPU thread, batch 1.", "",
-             "| model | arm | params | real CER | real WER | real WER vs teacher | held-out voices CER | "
-             "held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"{summary['vocab']}-word vocabulary); greedy decoding, and (lexicon) a beam search spelling vocabulary "
+             "words only; RTF on one CPU thread, batch 1.", "",
+             "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
+             "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| BiGRU teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
-             f"+0% | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | {rtf['teacher']:.4f} | 1.0× |"]
+             f"+0% | {lexicon(teacher)} | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
+             f"{rtf['teacher']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
         r = rtf[json.dumps(model, sort_keys=True)]
@@ -229,7 +238,9 @@ def format_table(summary: dict) -> str:
         cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
         wer = statistics.fmean(x["real_wer"] for x in rows)
         relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
-        cells = " | ".join([*cells[:2], relative, *cells[2:]])
+        with_lexicon = (_mean_std([x["real_wer_lexicon"] for x in rows]) if all("real_wer_lexicon" in x for x in rows)
+                        else "-")
+        cells = " | ".join([*cells[:2], relative, with_lexicon, *cells[2:]])
         delays = "/".join(str(x["delay"]) for x in rows)
         lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | {r:.4f} | "
                      f"{rtf['teacher'] / r:.1f}× |")

@@ -572,7 +572,8 @@ class CTC(Task):
     ``model(features=..., lengths=...)``); features are zero-padded per batch, labels with ``-100``, and
     ``batch["mask"]`` marks the real frames of each utterance (what every CTC term reads). Symbol ``i`` is
     ``alphabet[i - 1]`` (default: space, apostrophe, ``a``-``z``). Decoding: ``"greedy"`` (best path) or
-    ``"beam"`` (prefix beam search, ``beam`` prefixes). Metrics: CER (%, selects), WER (%) and the CTC loss
+    ``"beam"`` (prefix beam search, ``beam`` prefixes); given ``words`` (a closed vocabulary), the beam search
+    spells those words only (lexicon-constrained decoding). Metrics: CER (%, selects), WER (%) and the CTC loss
     per utterance.
     """
 
@@ -583,13 +584,25 @@ class CTC(Task):
     ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
-                 alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8):
+                 alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8, words=None):
         super().__init__(target, pad_token_id, tokenizer)
         if decode not in ("greedy", "beam"):
             raise TaskError(f"decode must be 'greedy' or 'beam', got {excerpt(decode)}")
         if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or not alphabet:
             raise TaskError(f"alphabet must be a string of distinct symbols, got {excerpt(alphabet)}")
         self.alphabet, self.decode, self.beam = alphabet, decode, beam
+        self.lexicon = None
+        if words is not None:
+            from distill.losses.ctc import Lexicon
+
+            if decode != "beam":
+                raise TaskError("words (a closed vocabulary) constrain the beam search: give decode='beam' with them")
+            if isinstance(words, str) or not all(isinstance(w, str) and w.strip() and " " not in w.strip()
+                                                 for w in words):
+                raise TaskError(f"words must be a list of single non-empty words, got {excerpt(words)}")
+            if " " not in alphabet:
+                raise TaskError("words need a space in the alphabet to separate them")
+            self.lexicon = Lexicon([self.encode(w.strip()) for w in words], separator=alphabet.index(" ") + 1)
 
     def encode(self, text: str) -> list[int]:
         """Symbol ids of ``text`` (``TaskError`` naming a character outside the alphabet)."""
@@ -633,7 +646,8 @@ class CTC(Task):
         """The decoded text of each utterance of ``(B, T, V)`` logits."""
         from distill.losses.ctc import beam_decode, greedy_decode
 
-        found = greedy_decode(logits, frames) if self.decode == "greedy" else beam_decode(logits, frames, self.beam)
+        found = (greedy_decode(logits, frames) if self.decode == "greedy" else
+                 beam_decode(logits, frames, self.beam, self.lexicon))
         return [self.text(s) for s in found]
 
     def add_labelled(self, sums, pred, labels, mask):

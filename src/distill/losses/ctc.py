@@ -141,19 +141,53 @@ def _logaddexp(a: float, b: float) -> float:
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
-def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1,
-                       prune: float = 1e-3) -> list[tuple[tuple[int, ...], float]]:
+class Lexicon:
+    """A closed vocabulary for :func:`prefix_beam_search`: each word as a sequence of symbol ids (``words``), and
+    the ``separator`` symbol between words (the space). Hypotheses then spell vocabulary words only."""
+
+    def __init__(self, words, separator: int):
+        self.words = {tuple(w) for w in words if len(w)}
+        if not self.words:
+            raise ValueError("a Lexicon needs at least one non-empty word")
+        if any(separator in w for w in self.words):
+            raise ValueError(f"a lexicon word holds the separator symbol {separator}")
+        self.separator = separator
+        self.prefixes = {w[:i] for w in self.words for i in range(len(w) + 1)}
+
+    def last_word(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        cut = len(prefix)
+        while cut and prefix[cut - 1] != self.separator:
+            cut -= 1
+        return prefix[cut:]
+
+    def allows(self, prefix: tuple[int, ...], symbol: int) -> bool:
+        """Whether ``prefix + (symbol,)`` can still become a sequence of vocabulary words."""
+        word = self.last_word(prefix)
+        if symbol == self.separator:
+            return word in self.words
+        return word + (symbol,) in self.prefixes
+
+    def complete(self, prefix: tuple[int, ...]) -> bool:
+        return bool(prefix) and self.last_word(prefix) in self.words
+
+
+def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, prune: float = 1e-3,
+                       lexicon: Lexicon | None = None) -> list[tuple[tuple[int, ...], float]]:
     r"""CTC prefix beam search (Hannun et al. 2014, *First-pass large vocabulary continuous speech recognition
     using bi-directional recurrent DNNs*, without a language model) over one utterance.
 
     Each prefix keeps two log-probabilities: of the frames so far ending in blank, :math:`p_b`, and ending
     in its last symbol, :math:`p_{nb}`; a symbol equal to the last one extends the prefix only after a blank.
-    Symbols below ``prune`` probability at a frame are not tried (blank always is).
+    Symbols below ``prune`` probability at a frame are not tried (blank always is). With a ``lexicon``, a
+    prefix is extended only while its words stay vocabulary words (or their beginnings), and the hypotheses
+    returned end on a whole word (lexicon-constrained decoding of a closed vocabulary; none does if the
+    beam lost them all, and then the unconstrained ends are returned).
 
     Args:
         log_probs: ``(T, V)`` log-posteriors of one utterance's real frames, blank = 0.
         beam: prefixes kept per frame.
         n_best: hypotheses returned.
+        lexicon: the words hypotheses may spell (:class:`Lexicon`); ``None``: any symbols.
 
     Returns:
         ``[(symbols, log p(symbols | x)), ...]``, the ``n_best`` most likely, best first.
@@ -188,6 +222,8 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1,
             if last is not None:  # the last symbol repeated without a blank: the prefix stays
                 add(prefix, ninf, pnb + row[last])
             for s in symbols:
+                if lexicon is not None and not lexicon.allows(prefix, s):
+                    continue
                 if s == last:  # a new copy of the last symbol needs a blank between
                     add(prefix + (s,), ninf, pb + row[s])
                 else:
@@ -195,14 +231,17 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1,
         ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam]
         beams = {k: (v[0], v[1]) for k, v in ranked}
     ranked = sorted(((k, _logaddexp(*v)) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
+    if lexicon is not None:
+        ranked = [kv for kv in ranked if lexicon.complete(kv[0])] or ranked
     return ranked[:n_best]
 
 
-def beam_decode(logits: torch.Tensor, frames: torch.Tensor | None = None, beam: int = 8) -> list[list[int]]:
+def beam_decode(logits: torch.Tensor, frames: torch.Tensor | None = None, beam: int = 8,
+                lexicon: Lexicon | None = None) -> list[list[int]]:
     """The best hypothesis of :func:`prefix_beam_search` per utterance of ``(B, T, V)`` logits."""
     log_probs = logits.float().log_softmax(-1)
     return [list(prefix_beam_search(log_probs[b, : (len(log_probs[b]) if frames is None else int(frames[b]))],
-                                    beam)[0][0]) for b in range(len(log_probs))]
+                                    beam, lexicon=lexicon)[0][0]) for b in range(len(log_probs))]
 
 
 @register_loss("ctc_sequence_kd", softmax=True)

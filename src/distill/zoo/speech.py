@@ -4,6 +4,7 @@ and recurrent CTC acoustic models.
 | data | source | install |
 |---|---|---|
 | synthetic words, digit strings, phrases | Debian ``espeak-ng`` (many voices, speeds, pitches; noise added) | ``apt-get install espeak-ng`` |
+| the same, from voices built from recordings of people | Debian ``flite`` (CMU's ``slt``, ``rms``, ``awb``, ``kal``) | ``apt-get install flite`` |
 | real human speech, 563 prompts | Debian ``asterisk-core-sounds-en-wav`` (8 kHz WAV) with the transcripts of ``asterisk-core-sounds-en`` | ``apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en`` |
 
 Features (:func:`log_mel`) read any sample rate: 25 ms Hann windows every 10 ms, a mel filterbank from 20 Hz to
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import wave
 from dataclasses import dataclass
@@ -48,6 +50,10 @@ DIGITS = "zero one two three four five six seven eight nine".split()
 BASES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
 TRAIN_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "croak")
 TEST_VARIANTS = ("m6", "m7", "f4", "f5")
+# flite's English voices and each one's natural mean pitch in Hz (measured on its own speech); ``awb`` is held out
+FLITE_PITCH = {"slt": 175.0, "rms": 100.0, "kal16": 105.0, "kal": 100.0, "awb": 130.0}
+TRAIN_FLITE, TEST_FLITE = ("slt", "rms", "kal16", "kal"), ("awb",)
+TELEPHONE_RATE = 8000
 N_MELS, HOP_MS, WIN_MS, STACK = 40, 10.0, 25.0, 2
 FEATURES = N_MELS * STACK
 
@@ -139,16 +145,51 @@ def espeak_path() -> str:
     return found
 
 
+def flite_path() -> str:
+    found = shutil.which("flite")
+    if found is None:
+        raise DataMissing("flite is not installed; install it with: sudo apt-get install flite")
+    return found
+
+
 def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> tuple[torch.Tensor, int]:
-    """``text`` spoken by espeak-ng (``voice`` such as ``"en-us+f2"``, ``speed`` in words per minute, ``pitch``
-    0-99): float samples and the sample rate."""
+    """``text`` spoken by espeak-ng (``voice`` such as ``"en-us+f2"``) or by flite (``"flite:slt"``, a voice of
+    :data:`FLITE_PITCH`) at ``speed`` words per minute and ``pitch`` 0-99 (flite: durations scaled by
+    ``160 / speed``, mean pitch by ``2 ** ((pitch - 50) / 100)``): float samples and the sample rate."""
     if not text.strip():
         raise SpeechError("speak needs some text")
+    if voice.startswith("flite:"):
+        return _flite(text, voice.removeprefix("flite:"), speed, pitch)
     out = subprocess.run([espeak_path(), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "--stdout", text],
                          capture_output=True, check=False)
     if out.returncode != 0 or not out.stdout:
         raise SpeechError(f"espeak-ng failed on voice {voice!r}: {out.stderr.decode(errors='replace').strip()}")
     return read_wav(out.stdout)
+
+
+def _flite(text: str, name: str, speed: int, pitch: int) -> tuple[torch.Tensor, int]:
+    if name not in FLITE_PITCH:
+        raise SpeechError(f"unknown flite voice {name!r}; voices: {', '.join(FLITE_PITCH)}")
+    f0 = FLITE_PITCH[name] * 2 ** ((pitch - 50) / 100)
+    with tempfile.TemporaryDirectory() as folder:  # flite writes a file, not standard output
+        path = Path(folder) / "out.wav"
+        out = subprocess.run([flite_path(), "-voice", name, "--setf", f"duration_stretch={160 / speed:.3f}",
+                              "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", str(path)],
+                             capture_output=True, check=False)
+        if out.returncode != 0 or not path.is_file():
+            raise SpeechError(f"flite failed on voice {name!r}: {out.stderr.decode(errors='replace').strip()}")
+        return read_wav(path)
+
+
+def resample(samples: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
+    """``samples`` at ``rate`` Hz resampled to ``new_rate`` Hz through the spectrum: every frequency above the new
+    Nyquist limit removed (an ideal low-pass), the rest kept exactly."""
+    if new_rate == rate:
+        return samples
+    n = round(len(samples) * new_rate / rate)
+    spectrum = torch.fft.rfft(samples.double())
+    keep = min(len(spectrum), n // 2 + 1)
+    return torch.fft.irfft(spectrum[:keep], n=n).float() * (n / len(samples))
 
 
 def add_noise(samples: torch.Tensor, snr_db: float, generator: torch.Generator) -> torch.Tensor:
@@ -257,14 +298,14 @@ class SpeechSet(torch.utils.data.Dataset):
 
 
 def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synthetic",
-               warp: tuple[float, float] = (1.0, 1.0)) -> SpeechSet:
-    """Each text spoken by one of ``voices`` (drawn in turn from a seeded shuffle) at a random speed (130-200
-    wpm) and pitch (25-75), 20-300 ms of silence either side, with white noise at 10-40 dB SNR and a random
-    gain, its features computed as if the sample rate were ``rate * w`` for ``w`` drawn from ``warp`` (every
-    frequency scaled by ``1 / w``, durations by ``w``; default: no warp. Measured once, a 2x96 GRU student on
-    2,000 utterances, 14 epochs: warp (0.85, 1.15) gave 66% CER on held-out voices and 89% on the real
-    recordings against 58% and 86% without, so it is off until a longer run says otherwise); deterministic in
-    ``seed``."""
+               warp: tuple[float, float] = (1.0, 1.0), telephone: bool = False) -> SpeechSet:
+    """Each text spoken by one of ``voices`` (drawn in turn from a seeded shuffle; see :func:`speak`) at a random
+    speed (130-200 wpm) and pitch (25-75), 20-300 ms of silence either side, ``telephone``: resampled to 8 kHz
+    like the Asterisk recordings, then a random gain and white noise at 10-40 dB SNR; its features computed as
+    if the sample rate were ``rate * w`` for ``w`` drawn from ``warp`` (every frequency scaled by ``1 / w``,
+    durations by ``w``; default: no warp. Measured once, a 2x96 GRU student on 2,000 utterances, 14 epochs:
+    warp (0.85, 1.15) gave 66% CER on held-out voices and 89% on the real recordings against 58% and 86%
+    without, so it is off until a longer run says otherwise); deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     feats, used, seconds = [], [], []
@@ -274,6 +315,8 @@ def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synt
         samples, rate = speak(text, voice, int(rng.integers(130, 201)), int(rng.integers(25, 76)))
         pad = [int(rng.uniform(0.02, 0.3) * rate) for _ in range(2)]  # silence before and after, as recordings have
         samples = torch.cat([samples.new_zeros(pad[0]), samples, samples.new_zeros(pad[1])])
+        if telephone:
+            samples, rate = resample(samples, rate, TELEPHONE_RATE), TELEPHONE_RATE
         samples = add_noise(samples * float(rng.uniform(0.3, 1.0)), float(rng.uniform(10, 40)), gen)
         # read as if sampled at rate * warp: time stretched and every frequency (pitch and formants) moved by
         # 1 / warp, Kaldi's speed perturbation by resampling: vocal tracts espeak's voices do not have
@@ -283,8 +326,12 @@ def synthesize(texts: list[str], voices: list[str], seed: int, name: str = "synt
     return SpeechSet.from_utterances(feats, texts, used, seconds, name)
 
 
-def voices(variants, bases=BASES) -> list[str]:
-    return [b + (f"+{v}" if v else "") for b in bases for v in variants]
+def voices(variants, bases=BASES, flite=()) -> list[str]:
+    """espeak-ng's ``bases`` x ``variants`` (``"en-us+f2"``), then each flite voice of ``flite`` (``"flite:slt"``)
+    repeated so that the flite voices say as many utterances together as the espeak ones."""
+    espeak = [b + (f"+{v}" if v else "") for b in bases for v in variants]
+    repeat = max(1, round(len(espeak) / len(flite))) if flite else 0
+    return espeak + [f"flite:{name}" for name in flite for _ in range(repeat)]
 
 
 @dataclass
@@ -300,27 +347,31 @@ class SpeechData:
 
 
 def load_speech(train_size: int = 24000, val_size: int = 1000, test_size: int = 1000, seed: int = 0,
-                bases=BASES, say=print) -> SpeechData:
+                bases=BASES, flite: bool = False, telephone: bool = False, say=print) -> SpeechData:
     """The synthetic splits (generated once and cached under ``distill.fileio.cache_dir()/speech``) and the
-    Asterisk test set. Training and validation use the voices of :data:`TRAIN_VARIANTS`, the synthetic test the
-    unseen :data:`TEST_VARIANTS`."""
-    from distill.fileio import settings_key
-    from distill.fileio import cache_dir
+    Asterisk test set. Training and validation use the espeak voices of :data:`TRAIN_VARIANTS` (and with
+    ``flite`` the flite voices :data:`TRAIN_FLITE`), the synthetic test the unseen :data:`TEST_VARIANTS` (and
+    :data:`TEST_FLITE`). ``telephone``: the synthetic audio resampled to 8 kHz (:func:`synthesize`)."""
+    from distill.fileio import cache_dir, settings_key
 
     vocab = vocabulary()
     settings = {"train": train_size, "val": val_size, "test": test_size, "seed": seed, "bases": list(bases),
-                "train_variants": TRAIN_VARIANTS, "test_variants": TEST_VARIANTS, "features": [N_MELS, HOP_MS, WIN_MS,
-                                                                                              STACK], "version": 2}
+                "train_variants": TRAIN_VARIANTS, "test_variants": TEST_VARIANTS,
+                "features": [N_MELS, HOP_MS, WIN_MS, STACK], "version": 2}
+    if flite or telephone:  # (the settings of the espeak-only data keep their cache)
+        settings |= {"flite": [TRAIN_FLITE, TEST_FLITE] if flite else [], "telephone": telephone}
     folder = cache_dir() / "speech" / settings_key(settings)
     sets = {}
-    for split, size, variants, offset in (("train", train_size, TRAIN_VARIANTS, 0), ("val", val_size, TRAIN_VARIANTS, 1),
-                                          ("test_voices", test_size, TEST_VARIANTS, 2)):
+    for split, size, variants, named, offset in (("train", train_size, TRAIN_VARIANTS, TRAIN_FLITE, 0),
+                                                 ("val", val_size, TRAIN_VARIANTS, TRAIN_FLITE, 1),
+                                                 ("test_voices", test_size, TEST_VARIANTS, TEST_FLITE, 2)):
         path = folder / f"{split}.npz"
         if not path.is_file():
             start = time.perf_counter()
-            say(f"speaking {size:,} {split} utterances with espeak-ng (cached in {folder})")
-            synthesize(training_texts(size, seed * 10 + offset, vocab), voices(variants, bases),
-                       seed * 10 + offset, split).save(path)
+            say(f"speaking {size:,} {split} utterances with espeak-ng{' and flite' if flite else ''} "
+                f"(cached in {folder})")
+            synthesize(training_texts(size, seed * 10 + offset, vocab), voices(variants, bases, named if flite else ()),
+                       seed * 10 + offset, split, telephone=telephone).save(path)
             say(f"  {time.perf_counter() - start:.0f} s")
         sets[split] = SpeechSet.load(path, split)
     path = folder / "test_real.npz"
