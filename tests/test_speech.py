@@ -115,12 +115,13 @@ def test_lexicon_constrained_search_equals_the_best_vocabulary_sequence():
         collapsed = tuple(s for s, _ in itertools.groupby(path) if s != 0)
         exact[collapsed] = exact.get(collapsed, 0.0) + math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
     words = {(2, 3), (4,)}
-    legal = {k: v for k, v in exact.items()
-             if k and all(tuple(w) in words for w in _split(k, 1))}
+    legal = {k: v for k, v in exact.items() if not k or all(tuple(w) in words for w in _split(k, 1))}
     best = max(legal, key=legal.get)
     (found, score), = prefix_beam_search(lp, beam=500, prune=1e-12, lexicon=lexicon)
     assert found == best and math.isclose(math.exp(score), legal[best], rel_tol=1e-5)
     assert max(exact, key=exact.get) not in legal  # the unconstrained best is no vocabulary sequence here
+    silence = torch.tensor([[0.9, 0.02, 0.02, 0.02, 0.04]] * 4).log()  # blank everywhere: no words, not "c"
+    assert prefix_beam_search(silence, lexicon=lexicon)[0][0] == ()
 
 
 def _split(symbols, separator):

@@ -168,7 +168,8 @@ class Lexicon:
         return word + (symbol,) in self.prefixes
 
     def complete(self, prefix: tuple[int, ...]) -> bool:
-        return bool(prefix) and self.last_word(prefix) in self.words
+        """Whether ``prefix`` is a whole sequence of vocabulary words (no words at all is one: silence)."""
+        return not prefix or self.last_word(prefix) in self.words
 
 
 def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, prune: float = 1e-3,
@@ -180,7 +181,7 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, 
     in its last symbol, :math:`p_{nb}`; a symbol equal to the last one extends the prefix only after a blank.
     Symbols below ``prune`` probability at a frame are not tried (blank always is). With a ``lexicon``, a
     prefix is extended only while its words stay vocabulary words (or their beginnings), and the hypotheses
-    returned end on a whole word (lexicon-constrained decoding of a closed vocabulary; none does if the
+    returned end on a whole word or are empty (lexicon-constrained decoding of a closed vocabulary; none does if the
     beam lost them all, and then the unconstrained ends are returned).
 
     Args:

