@@ -12,7 +12,8 @@ teacher is trained once and cached as usual. The studies live in ``OUT/optuna.db
 interrupted ``distill tune`` resumes where it stopped and a larger ``--trials`` adds trials. After the search,
 ``OUT/best-<label>.yaml`` is each method's recipe with its best settings, ``OUT/trials.md`` every trial, and
 with ``final_seeds`` the best settings of each method are run again over that many seeds and scored on the
-**test** split once (``OUT/final.md``): selection on validation, the test split read only at the end.
+**test** split once (``OUT/final.md``): selection on validation only. (Each trial is an ordinary run, so its
+own table in its run folder scores the test split too; the search never reads it.)
 """
 from __future__ import annotations
 
