@@ -160,9 +160,9 @@ class Lexicon:
             cut -= 1
         return prefix[cut:]
 
-    def allows(self, prefix: tuple[int, ...], symbol: int) -> bool:
-        """Whether ``prefix + (symbol,)`` can still become a sequence of vocabulary words."""
-        word = self.last_word(prefix)
+    def allows(self, word: tuple[int, ...], symbol: int) -> bool:
+        """Whether a prefix whose :meth:`last_word` is ``word`` can take ``symbol`` and still become a sequence
+        of vocabulary words."""
         if symbol == self.separator:
             return word in self.words
         return word + (symbol,) in self.prefixes
@@ -222,8 +222,9 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, 
             last = prefix[-1] if prefix else None
             if last is not None:  # the last symbol repeated without a blank: the prefix stays
                 add(prefix, ninf, pnb + row[last])
+            word = lexicon.last_word(prefix) if lexicon is not None else None  # once per prefix, not per symbol
             for s in symbols:
-                if lexicon is not None and not lexicon.allows(prefix, s):
+                if lexicon is not None and not lexicon.allows(word, s):
                     continue
                 if s == last:  # a new copy of the last symbol needs a blank between
                     add(prefix + (s,), ninf, pb + row[s])

@@ -26,7 +26,7 @@ import torch
 from distill.errors import DistillError
 from distill.fileio import atomic_write_text, cache_dir, settings_key
 from distill.zoo.datasets import DataMissing
-from distill.zoo.speech import espeak_path
+from distill.zoo.speech import program_path
 
 WORDS = Path("/usr/share/dict/american-english")
 PAD, BOS, EOS = 0, 1, 2
@@ -52,7 +52,7 @@ def phonemize(words: list[str], voice: str = "en-us", chunk: int = 2000) -> list
     bad = [w for w in words if not w or not all(c in LETTERS for c in w)]
     if bad:
         raise G2PError(f"phonemize takes lower-case alphabetic words, got {bad[0]!r}")
-    exe, out = espeak_path(), []
+    exe, out = program_path("espeak-ng"), []
 
     def run(text: str) -> list[str]:
         done = subprocess.run([exe, "-q", "-x", "--sep= ", "-v", voice], input=text, capture_output=True, text=True,

@@ -138,17 +138,11 @@ def features_of(samples: torch.Tensor, rate: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- espeak
-def espeak_path() -> str:
-    found = shutil.which("espeak-ng")
+def program_path(name: str) -> str:
+    """The path of the synthesiser ``name`` (``"espeak-ng"``, ``"flite"``: Debian packages of the same name)."""
+    found = shutil.which(name)
     if found is None:
-        raise DataMissing("espeak-ng is not installed; install it with: sudo apt-get install espeak-ng")
-    return found
-
-
-def flite_path() -> str:
-    found = shutil.which("flite")
-    if found is None:
-        raise DataMissing("flite is not installed; install it with: sudo apt-get install flite")
+        raise DataMissing(f"{name} is not installed; install it with: sudo apt-get install {name}")
     return found
 
 
@@ -160,7 +154,7 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) ->
         raise SpeechError("speak needs some text")
     if voice.startswith("flite:"):
         return _flite(text, voice.removeprefix("flite:"), speed, pitch)
-    out = subprocess.run([espeak_path(), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "--stdout", text],
+    out = subprocess.run([program_path("espeak-ng"), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "--stdout", text],
                          capture_output=True, check=False)
     if out.returncode != 0 or not out.stdout:
         raise SpeechError(f"espeak-ng failed on voice {voice!r}: {out.stderr.decode(errors='replace').strip()}")
@@ -173,7 +167,7 @@ def _flite(text: str, name: str, speed: int, pitch: int) -> tuple[torch.Tensor, 
     f0 = FLITE_PITCH[name] * 2 ** ((pitch - 50) / 100)
     with tempfile.TemporaryDirectory() as folder:  # flite writes a file, not standard output
         path = Path(folder) / "out.wav"
-        out = subprocess.run([flite_path(), "-voice", name, "--setf", f"duration_stretch={160 / speed:.3f}",
+        out = subprocess.run([program_path("flite"), "-voice", name, "--setf", f"duration_stretch={160 / speed:.3f}",
                               "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", str(path)],
                              capture_output=True, check=False)
         if out.returncode != 0 or not path.is_file():
