@@ -432,3 +432,18 @@ def test_token_batches_carry_their_lengths_padded_or_not():
     task = get_task("tokens", pad_token_id=0)
     assert task.collate([{"input_ids": [5, 6]}, {"input_ids": [7, 8]}])["lengths"].tolist() == [2, 2]
     assert task.collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])["lengths"].tolist() == [3, 1]
+
+
+def test_a_run_table_of_another_metric_keeps_the_latency_and_speed_up_columns():
+    from distill.experiment import format_table
+
+    rows = [{"role": "teacher", "label": "teacher", "model": "cnn", "params": 100, "test_mse": 0.5,
+             "seconds_per_batch": 0.004, "speedup": 1.0},
+            {"role": "student", "label": "scratch", "model": "mlp", "params": 10, "test_mse": 0.9,
+             "seconds_per_batch": 0.001, "speedup": 4.0},
+            {"role": "student", "label": "kd", "model": "mlp", "params": 10, "test_mse": 0.7,
+             "seconds_per_batch": 0.001, "speedup": 4.0}]
+    table = format_table({"latency_batch_size": 8, "metric": "mse", "rows": rows})
+    assert "| teacher (cnn) | 100 | - | 0.5 | - | 4.00 | 1.0x |" in table
+    assert "| kd (mlp) | 10 | - | 0.7 | - | 1.00 | 4.0x |" in table
+    assert "kd vs scratch: -0.2 test mse" in table

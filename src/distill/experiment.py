@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model
+from torch.utils.data import Subset
 
 from distill import distributed, sources
 from distill.cache import TeacherOutputs, weights_digest
@@ -171,7 +172,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         info["teacher_weights"] = digest  # the JSON key predates the name teacher_digest; old runs keep resuming
     if chain:
         info["chain"] = chain
-        if method.generations > 1:  # born-again networks: the generations' ensemble too
+        if method.generations > 1 and len(data.test):  # born-again networks: the generations' ensemble too
             info["ensemble_test_accuracy"] = ensemble_accuracy(models[len(method.via):] + [student], data.test)
     distributed.on_main(lambda: atomic_write_text(saved, json.dumps({**result["summary"], "info": info}, indent=2)))
     return student, info
@@ -315,14 +316,28 @@ def run_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
         lock.release()
 
 
+class _WithoutTest:
+    """A recipe's data with an empty test split; everything else (the class count too) as loaded."""
+
+    def __init__(self, data):
+        self.data, self.test = data, Subset(data.test, [])
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+
 def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool) -> dict:
     say(f"run directory: {run_dir}")
     started = time.perf_counter()
     data = load_data(recipe)
+    timed_on = data.test
+    if not recipe.evaluation.score_test:  # e.g. a tuning trial: nothing below reads the test split
+        timed_on, data = data.val, _WithoutTest(data)
+        say("the test split is not scored (evaluation.score_test: false)")
     check_model_specs(recipe, data)  # options a model cannot build or run: one line, before anything trains
     rows = []
-    sample = sources.first_inputs(data.test, recipe.evaluation.latency_batch_size, data.task)
-    macs_sample = sources.first_inputs(data.test, 8, data.task)
+    sample = sources.first_inputs(timed_on, recipe.evaluation.latency_batch_size, data.task)
+    macs_sample = sources.first_inputs(timed_on, 8, data.task)
     timing = dict(repeats=recipe.evaluation.latency_repeats)
     teachers = {}
     digests = {}  # id(teacher) -> hash of its weights, computed once per run
@@ -337,7 +352,7 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
     unrecorded = distributed.on_main(lambda: _teachers_unchanged(run_dir, rows)) if resume else True
     cams = None
-    if teacher is not None and recipe.evaluation.cam_agreement_images:
+    if teacher is not None and recipe.evaluation.cam_agreement_images and len(data.test):
         try:
             cams = CamReference("teacher", teacher, recipe.evaluation.cam_layer, data.test,
                                 recipe.evaluation.cam_agreement_images)
@@ -360,8 +375,10 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         for row in rows:
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
-               "latency_batch_size": min(recipe.evaluation.latency_batch_size, len(data.test)),
+               "latency_batch_size": min(recipe.evaluation.latency_batch_size, len(timed_on)),
                "metric": data.task.select, "wall_seconds": time.perf_counter() - started, "rows": rows}
+    if not recipe.evaluation.score_test:
+        summary["test_scored"] = False
     table = format_table(summary)
 
     def write() -> None:
@@ -388,7 +405,8 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     digest = teacher_digest(teacher, method, stages, digests)
     row = distributed.on_main(lambda: json.loads(saved.read_text()) if resume and saved.is_file() else None)
     if row is not None:
-        same_settings = row.get("key") == student_settings_key(recipe, method, stages)
+        same_settings = (row.get("key") == student_settings_key(recipe, method, stages)
+                         and row.get("test_scored", True) == recipe.evaluation.score_test)
         if same_settings and not _same_teacher(row, digest, unrecorded):
             say(f"student [{method.name}]: its row in {own} was measured with a teacher of other weights "
                  f"(the same settings, trained elsewhere); training it again")
@@ -406,7 +424,9 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
            "params": count_parameters(deployed), "macs": count_macs(deployed, macs_sample),
            **_scores(deployed, data), "seconds_per_batch": inference_time(deployed, sample, **timing), **info}
-    if deployed is not student:
+    if not recipe.evaluation.score_test:
+        row["test_scored"] = False
+    if deployed is not student and len(data.test):
         row["ensemble_test_accuracy"] = evaluate(student, data.test)["accuracy"]
     if cams is not None:
         _cam_agreement(row, cams, method.name, deployed, layer)
@@ -432,19 +452,23 @@ def _scores(model, data) -> dict:
     metric = "accuracy" if task.name == "classification" else task.select
     scores = {f"val_{metric}": val.get(metric, float("nan")), f"test_{metric}": test.get(metric, float("nan"))}
     if task.name == "classification":
-        return scores | {"test_errors": round((100 - test["accuracy"]) * len(data.test) / 100) if test else 0}
+        return scores | ({"test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)} if test else {})
     return scores | {"test_metrics": test}
 
 
 def format_table(summary: dict) -> str:
-    """A markdown table: parameters, test accuracy, inference time and speed-up of every model
-    (and, when measured, training seconds per epoch and Grad-CAM++ agreement with the teacher)."""
+    """A markdown table: parameters, test score, inference time and speed-up of every model (and, when
+    measured, training seconds per epoch and Grad-CAM++ agreement with the teacher). A run that did not
+    score the test split (``evaluation.score_test: false``) shows validation scores instead."""
     n = summary["latency_batch_size"]
     metric = summary.get("metric", "accuracy")
-    score = "test_accuracy" if metric == "accuracy" else f"test_{metric}"
+    split = "test" if summary.get("test_scored", True) else "val"
+    score = f"{split}_{metric}"
+    accuracy = metric == "accuracy"
     timed = any(row.get("epoch_seconds") for row in summary["rows"])
     cams = any("cam_agreement" in row for row in summary["rows"])
-    heading = "test acc (%) | test errors" if metric == "accuracy" else f"test {metric} | -"
+    shown = "validation" if split == "val" else "test"
+    heading = f"{shown} acc (%) | test errors" if accuracy else f"{shown} {metric} | -"
     lines = [f"| model | params | MACs / image | {heading} | CPU ms / batch of {n} "
              "| speed-up vs teacher |" + (" train s / epoch |" if timed else "")
              + (" Grad-CAM++ agreement |" if cams else ""),
@@ -453,9 +477,8 @@ def format_table(summary: dict) -> str:
         name = f"{row['label']} ({row['model']})"
         speed = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         macs = f"{row['macs']:,}" if "macs" in row else "-"
-        line = (f"| {name} | {row['params']:,} | {macs} | {row[score]:.4g} | {row.get('test_errors', '-')} | "
-                if metric != "accuracy" else
-                f"| {name} | {row['params']:,} | {macs} | {row['test_accuracy']:.2f} | {row['test_errors']} | "
+        value = f"{row[score]:.2f}" if accuracy else f"{row[score]:.4g}"
+        line = (f"| {name} | {row['params']:,} | {macs} | {value} | {row.get('test_errors', '-')} | "
                 f"{row['seconds_per_batch'] * 1000:.2f} | {speed} |")
         if timed:
             epochs = row.get("epoch_seconds")
@@ -465,18 +488,18 @@ def format_table(summary: dict) -> str:
         lines.append(line)
     for row in summary["rows"]:
         if row.get("chain"):
-            steps = " -> ".join(f"{c['model']} ({c['test_accuracy']:.2f})" for c in row["chain"])
+            steps = " -> ".join(f"{c['model']} ({c[score]:.2f})" for c in row["chain"])
             ensemble = (f"; ensemble of the generations {row['ensemble_test_accuracy']:.2f}"
                         if "ensemble_test_accuracy" in row else "")
-            lines.append(f"\n{row['label']}: teacher -> {steps} -> student ({row['test_accuracy']:.2f}){ensemble}")
+            lines.append(f"\n{row['label']}: teacher -> {steps} -> student ({row[score]:.2f}){ensemble}")
     scratch = next((r for r in summary["rows"] if r["label"] == "scratch"), None)
     if scratch is not None:
         for row in summary["rows"]:
             if row["role"] == "student" and row is not scratch:
                 delta = row[score] - scratch[score]
-                unit = "points of test accuracy" if metric == "accuracy" else f"test {metric}"
-                lines.append(f"\n{row['label']} vs scratch: {delta:+.4g} {unit}" if metric != "accuracy" else
-                             f"\n{row['label']} vs scratch: {delta:+.2f} {unit}")
+                unit = f"points of {shown} accuracy" if accuracy else f"{shown} {metric}"
+                lines.append(f"\n{row['label']} vs scratch: {delta:+.2f} {unit}" if accuracy else
+                             f"\n{row['label']} vs scratch: {delta:+.4g} {unit}")
     return "\n".join(lines)
 
 

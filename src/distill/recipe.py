@@ -413,6 +413,8 @@ class EvaluationSpec(_Strict):
     cam_agreement_images: int = Field(0, ge=0, le=100_000, description="test images on which each student's Grad-CAM++ maps "
                                                            "are compared with the teacher's (0: not measured)")
     cam_layer: str = Field("last_stage", description="the layer (tap) whose Grad-CAM++ maps are compared")
+    score_test: bool = Field(True, description="score every model on the test split; off, a run reads "
+                             "validation only (distill tune's trials: their tables cannot leak test scores)")
 
 
 class Recipe(_Strict):

@@ -57,7 +57,7 @@ def build_from_spec(spec: ModelSpec, data, field: str | None = None) -> torch.nn
 
 def check_model_specs(recipe: Recipe, data) -> None:
     """Build every model the recipe names (teachers, student, a method's own student, teacher assistants) and
-    run it once on two test inputs, before anything trains: options the model cannot build or run on this
+    run it once on two test (or validation) inputs, before anything trains: options the model cannot build or run on this
     data (too many pooling stages for 8x8 images, no stages, zero channels) are a one-line RecipeError naming
     the field. The random number generators are left as they were."""
     specs = [("teacher" if recipe.teacher is not None else f"teachers.{name}", spec)
@@ -68,7 +68,8 @@ def check_model_specs(recipe: Recipe, data) -> None:
         if method.student is not None:
             specs.append((f"methods.{i}.student", method.student))
     seen = set()
-    inputs = sources.first_inputs(data.test, 2, data_task(data)) if len(data.test) else None
+    split = data.test if len(data.test) else data.val  # the test split may be left unread (evaluation.score_test)
+    inputs = sources.first_inputs(split, 2, data_task(data)) if len(split) else None
     with _rng_kept(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. torch's "zero-element tensors": refused below, in one line
         for field, spec in specs:

@@ -12,8 +12,8 @@ teacher is trained once and cached as usual. The studies live in ``OUT/optuna.db
 interrupted ``distill tune`` resumes where it stopped and a larger ``--trials`` adds trials. After the search,
 ``OUT/best-<label>.yaml`` is each method's recipe with its best settings, ``OUT/trials.md`` every trial, and
 with ``final_seeds`` the best settings of each method are run again over that many seeds and scored on the
-**test** split once (``OUT/final.md``): selection on validation only. (Each trial is an ordinary run, so its
-own table in its run folder scores the test split too; the search never reads it.)
+**test** split once (``OUT/final.md``). Selection is on validation only, and the trials never read the
+test split at all: they run with ``evaluation.score_test: false``, so their own tables show validation scores.
 """
 from __future__ import annotations
 
@@ -72,8 +72,9 @@ def _suggest(trial, space: dict) -> dict:
     return out
 
 
-def _recipe_with(recipe, method, params: dict, seed: int | None = None):
-    """The recipe reduced to ``method`` with ``params`` (``train.*`` keys set the training section)."""
+def _recipe_with(recipe, method, params: dict, seed: int | None = None, score_test: bool = True):
+    """The recipe reduced to ``method`` with ``params`` (``train.*`` keys set the training section);
+    ``score_test=False`` for a trial, which must not read the test split."""
     train = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("train.")}
     extra = {k: v for k, v in params.items() if not k.startswith("train.")}
     import yaml
@@ -85,6 +86,8 @@ def _recipe_with(recipe, method, params: dict, seed: int | None = None):
     tree["train"] |= train
     if seed is not None:
         tree["seed"] = seed
+    if not score_test:
+        tree["evaluation"]["score_test"] = False
     return parse_recipe(tree)
 
 
@@ -138,7 +141,7 @@ def tune_recipe(recipe, out: str | Path, trials: int = 20, final_seeds: int = 0,
                         raise optuna.TrialPruned()
 
             with on_epoch(report):
-                summary = run_recipe(_recipe_with(recipe, method, params), run_dir)
+                summary = run_recipe(_recipe_with(recipe, method, params, score_test=False), run_dir)
             row = next(r for r in summary["rows"] if r.get("role") == "student")
             value = _score(row, metric)
             if value is None:
