@@ -98,6 +98,22 @@ def test_networks_shapes_taps_and_channel_errors():
         denoiser(torch.rand(2, 3, 12, 12))
     with pytest.raises(ValueError, match="depth >= 3"):
         RestorationNet(depth=2)
+    with pytest.raises(ValueError, match="init 'he' or 'torch'"):
+        RestorationNet(init="xavier")
+
+
+def test_he_initialisation_keeps_a_deep_trunk_s_features_alive():
+    # PyTorch's default shrinks a deep ReLU stack's activations; He's keeps their scale (why srnet uses it)
+    x = torch.rand(16, 1, 20, 20)
+    scale = {}
+    for init in ("torch", "he"):
+        torch.manual_seed(0)
+        net = RestorationNet(depth=10, channels=48, scale=2, init=init)
+        with torch.no_grad():
+            scale[init] = net.body(torch.relu(net.head(x))).pow(2).mean().sqrt().item()
+        assert torch.allclose(net(x), torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic"))
+    assert scale["he"] > 10 * scale["torch"]
+    assert build_model("srnet", (1, 20, 20)).head.bias.abs().sum() == 0  # srnet: He's, biases at zero
 
 
 # ------------------------------------------------------------------------------------------------ losses

@@ -28,7 +28,7 @@ from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, wr
 
 DATA = {"train_size": 40, "stride": 24, "eval_size": 64}
 MODELS = {"denoise": ("dncnn", {"depth": 10, "channels": 32}, {"depth": 6, "channels": 16}),
-          "sr": ("srnet", {"depth": 10, "channels": 48}, {"depth": 6, "channels": 24})}
+          "sr": ("srnet", {"depth": 10, "channels": 48, "init": "he"}, {"depth": 6, "channels": 24, "init": "he"})}
 TEACHER_TRAIN = {"lr": 1e-3, "epochs": 12, "batch_size": 32, "schedule": "cosine", "optimizer": "adam"}
 STUDENT_TRAIN = {"lr": 1e-3, "epochs": 8, "batch_size": 32, "schedule": "cosine", "optimizer": "adam"}
 # weights not tuned: each term near the L1 loss at the start (on the trained denoising teacher and a fresh student:
@@ -36,10 +36,10 @@ STUDENT_TRAIN = {"lr": 1e-3, "epochs": 8, "batch_size": 32, "schedule": "cosine"
 METHOD_ARMS = {"scratch": ("restore_scratch", {}), "output": ("restore_output", {"alpha": 0.5}),
                "feature": ("restore_feature", {"beta": 0.1}), "wavelet": ("restore_wavelet", {"gamma": 1.0}),
                "contrastive": ("restore_contrastive", {"lam": 0.1}), "combined": ("restore_combined", {})}
-# the student's (and teacher's) own loss on the clean images: L1 left the SR network at bicubic upsampling for all 12
-# teacher epochs (validation PSNR 37.07 dB, bicubic's 37.07), while MSE gained 1 dB in 150 steps on a 6x24 net; L1
-# trains the denoiser well. The 10x48 SR teacher then stayed at bicubic with MSE too (docs/restoration.md: not
-# settled). An option only where it is not L1, so the denoising rows' settings keys stay as they were made.
+# the student's (and teacher's) own loss on the clean images: L1 left the SR network at bicubic upsampling (validation
+# PSNR 37.07 dB, bicubic's 37.07; with He initialisation too), while MSE learns; L1 trains the denoiser well. The
+# 10x48 SR teacher needed He initialisation as well (srnet's default; with PyTorch's it stayed at bicubic with MSE).
+# An option only where it is not L1, so the denoising rows' settings keys stay as they were made.
 OWN = {"denoise": {}, "sr": {"own": "mse"}}
 # arm -> (task, method, options)
 ARMS = {f"{task}-{name}": (task, method, {**options, **OWN[task]})
