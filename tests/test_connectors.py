@@ -12,6 +12,7 @@ from distill.connectors import ConnectorError, build_connector
         ((8, 5, 16), (8, 5, 32), "linear"),
         ((8, 4, 14, 14), (8, 16, 7, 7), "auto"),
         ((8, 4, 7, 7), (8, 16, 7, 7), "conv3x3"),
+        ((8, 4, 14, 14), (8, 16, 7, 7), "conv1x1_nobn"),
         ((8, 16), (8, 16), "auto"),
     ],
 )
@@ -32,3 +33,15 @@ def test_impossible_connectors_are_refused():
         build_connector((8, 16), (8, 4), "mlp9")
     with pytest.raises(ConnectorError, match="last dimension"):
         build_connector((8, 5, 16), (8, 6, 32), "linear")
+
+
+def test_the_plain_1x1_connector_keeps_the_students_scale():
+    # batch norm rescales the student's features to unit variance; the plain connector is a linear map of them
+    plain, normed = build_connector((8, 4, 5, 5), (8, 6, 5, 5), "conv1x1_nobn"), build_connector(
+        (8, 4, 5, 5), (8, 6, 5, 5), "conv1x1")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    x = torch.randn(8, 4, 5, 5)
+    with torch.no_grad():
+        bias = plain.conv.bias[:, None, None]
+        assert torch.allclose(plain(0.1 * x) - bias, 0.1 * (plain(x) - bias), atol=1e-6)
+        assert torch.allclose(normed(0.1 * x), normed(x), atol=2e-2)  # (training mode: batch statistics)

@@ -6,7 +6,11 @@ Built by probing one batch: given the two shapes, :func:`build_connector` picks
 * ``linear`` for ``(N, D_s) -> (N, D_t)`` (also ``(N, L, D_s) -> (N, L, D_t)``),
 * ``conv1x1`` for ``(N, C_s, H, W) -> (N, C_t, H', W')``: a 1x1 convolution with
   batch norm, followed by bilinear interpolation when the spatial size differs,
-* ``conv3x3`` likewise with a 3x3 kernel (FitNets' convolutional regressor).
+* ``conv3x3`` likewise with a 3x3 kernel (FitNets' convolutional regressor),
+* ``conv1x1_nobn``: a 1x1 convolution with a bias and no batch norm (the regressor of the restoration KD
+  papers). Batch norm makes the student's features scale-free for the loss: where the teacher's features are
+  small beside the connector's unit-variance output (a super-resolution trunk), the hint is lowest when the
+  student's features die, and Adam drives them there before the image loss can act.
 
 Connectors are trained with the student and saved with it.
 """
@@ -18,7 +22,7 @@ from torch import nn
 
 from distill.errors import DistillError
 
-KINDS = ("auto", "identity", "linear", "conv1x1", "conv3x3")
+KINDS = ("auto", "identity", "linear", "conv1x1", "conv3x3", "conv1x1_nobn")
 
 
 class ConnectorError(DistillError):
@@ -26,10 +30,11 @@ class ConnectorError(DistillError):
 
 
 class ConvConnector(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], kernel_size: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], kernel_size: int = 1,
+                 norm: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not norm)
+        self.bn = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
         self.size = tuple(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,4 +67,4 @@ def build_connector(student_shape, teacher_shape, kind: str = "auto") -> nn.Modu
         return nn.Linear(s[-1], t[-1])
     if len(s) != 4 or len(t) != 4:
         raise ConnectorError(f"a {kind} connector needs (N, C, H, W) shapes; got {s} -> {t}")
-    return ConvConnector(s[1], t[1], t[2:], kernel_size=1 if kind == "conv1x1" else 3)
+    return ConvConnector(s[1], t[1], t[2:], kernel_size=3 if kind == "conv3x3" else 1, norm=kind != "conv1x1_nobn")

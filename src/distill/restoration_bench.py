@@ -43,12 +43,15 @@ METHOD_ARMS = {"scratch": ("restore_scratch", {}), "output": ("restore_output", 
 OWN = {"denoise": {}, "sr": {"own": "mse"}}
 # SR's own loss (MSE) is far smaller than the denoiser's L1, so the same rule gives SR weights of its own (on the
 # trained SR teacher and a fresh student: MSE 5.6e-4, image_kd 7.7e-3, wavelet_kd 7.6e-3, hint 1.01, csd 2.0); with
-# the denoising weights the hint and the contrastive term outweighed the MSE 180x and 360x (docs/restoration.md)
-TASK_WEIGHTS = {"denoise": {}, "sr": {"feature": {"beta": 5e-4}, "wavelet": {"gamma": 0.07},
-                                      "contrastive": {"lam": 3e-4},
-                                      "combined": {"beta": 5e-4, "gamma": 0.07, "lam": 3e-4}}}
+# the denoising weights the hint and the contrastive term outweighed the MSE 180x and 360x. And SR's hint goes
+# through a connector without batch norm: through conv1x1's, the student's trunk features died (the hint is lowest
+# there when the teacher's features are small) and the student stayed at bicubic (docs/restoration.md)
+TASK_OPTIONS = {"denoise": {}, "sr": {"feature": {"beta": 5e-4, "connector": "conv1x1_nobn"},
+                                      "wavelet": {"gamma": 0.07}, "contrastive": {"lam": 3e-4},
+                                      "combined": {"beta": 5e-4, "gamma": 0.07, "lam": 3e-4,
+                                                   "connector": "conv1x1_nobn"}}}
 # arm -> (task, method, options)
-ARMS = {f"{task}-{name}": (task, method, {**options, **OWN[task], **TASK_WEIGHTS[task].get(name, {})})
+ARMS = {f"{task}-{name}": (task, method, {**options, **OWN[task], **TASK_OPTIONS[task].get(name, {})})
         for task in MODELS for name, (method, options) in METHOD_ARMS.items()}
 QUICK = {"limit": {"train": 192, "val": 16, "test": 24}, "teacher_epochs": 2, "student_epochs": 1}
 
