@@ -8,7 +8,8 @@ each *arm*, each with several seeds:
 |---|---|
 | ``scratch`` | the text alone (cross-entropy) |
 | ``fkl`` / ``rkl`` / ``jsd`` | per-token forward KL / reverse KL / generalized JSD (β = 0.5) to the live teacher on the text |
-| ``fkl-offline`` | forward KL to the teacher's top-``k`` logits stored once on disk for the whole student training set (memory-mapped, ragged per token) |
+| ``fkl-offline`` | forward KL to the teacher's top-``k`` logits stored once on disk for the whole student training set (memory-mapped, ragged per token), ``k`` = 32 |
+| ``fkl-offline-256`` | the same with ``k`` = 256: how much of the gap to the live teacher the top-``k`` truncation explains |
 | ``gkd`` | on-policy GKD: half the batches are the student's own continuations, JSD (β = 0.5) to the teacher |
 | ``minillm`` | forward KL for half the epochs, then MiniLLM's reverse-KL policy gradient on its own samples |
 | ``seqkd`` | cross-entropy on the teacher's sampled continuations (the transfer set, generated once and kept) |
@@ -49,6 +50,7 @@ ARMS = {
     "rkl": ("token_kd", {"beta": 1.0}),
     "jsd": ("token_kd", {"beta": 0.5}),
     "fkl-offline": ("token_kd", {"beta": 0.0, "top_k": TOP_K}),
+    "fkl-offline-256": ("token_kd", {"beta": 0.0, "top_k": 256}),
     "gkd": ("gkd", {"lam": 0.5, "beta": 0.5, **GENERATION}),
     "minillm": ("minillm", {"warmup": 0.5, "teacher_mix": 0.2, **GENERATION}),
     # the teacher rewrites each training sequence after its prompt: as many tokens as the text it replaces
@@ -188,24 +190,23 @@ class Setup:
         once(info_file, self.folder / f".{stem}.lock", build, self.say, "the transfer set")
         return sequences.load(file), json.loads(info_file.read_text())
 
-    def offline_signal(self) -> tuple[Path, dict]:
-        """The teacher's top-k logits over the student training set, stored once on disk (what
+    def offline_signal(self, k: int = TOP_K) -> tuple[Path, dict]:
+        """The teacher's top-``k`` logits over the student training set, stored once on disk (what
         ``cache_teacher`` with ``teacher_top_k`` reads); returns its folder and ``{"seconds", "bytes"}``."""
         from distill.cache import CachedTeacher, TeacherOutputs
         from distill.teacher import LiveTeacher
 
-        cache, info_file = self.folder / f"teacher-top{TOP_K}", self.folder / f"teacher-top{TOP_K}.json"
+        cache, info_file = self.folder / f"teacher-top{k}", self.folder / f"teacher-top{k}.json"
 
         def build():
-            self.say(f"storing the teacher's top-{TOP_K} logits over {self.train.tokens():,} training tokens in "
-                     f"{cache}")
+            self.say(f"storing the teacher's top-{k} logits over {self.train.tokens():,} training tokens in {cache}")
             start = time.perf_counter()
             CachedTeacher(LiveTeacher(self.teacher, ["logits"]), self.train, batch_size=64,
-                          outputs=TeacherOutputs(cache, TOP_K), collate_fn=self.task.collate)
+                          outputs=TeacherOutputs(cache, k), collate_fn=self.task.collate)
             info_file.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1),
                                              "bytes": sum(f.stat().st_size for f in cache.iterdir())}))
 
-        once(info_file, self.folder / f".top{TOP_K}.lock", build, self.say, "the offline teacher signal")
+        once(info_file, self.folder / f".top{k}.lock", build, self.say, "the offline teacher signal")
         return cache, json.loads(info_file.read_text())
 
 
@@ -250,9 +251,9 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
         transfer, info = setup.transfer_set()
         options = {**options, "transfer": transfer}
         row["transfer_set_seconds"], row["transfer_set_bytes"] = info["seconds"], info["bytes"]
-    if arm == "fkl-offline":
-        cache, info = setup.offline_signal()
-        extra = {"cache_teacher": True, "teacher_cache_dir": str(cache), "teacher_top_k": TOP_K}
+    if "top_k" in options:  # the offline signal: the teacher's top-k logits on disk, not the live teacher
+        cache, info = setup.offline_signal(options["top_k"])
+        extra = {"cache_teacher": True, "teacher_cache_dir": str(cache), "teacher_top_k": options["top_k"]}
         row["offline_build_seconds"], row["offline_bytes"] = info["seconds"], info["bytes"]
     stages = as_stages(METHODS[method](**options))
     student = gpt_lm(len(setup.tokenizer), **setup.settings["student"], context=setup.settings["block"], seed=seed)
