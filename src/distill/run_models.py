@@ -57,9 +57,9 @@ def build_from_spec(spec: ModelSpec, data, field: str | None = None) -> torch.nn
 
 def check_model_specs(recipe: Recipe, data) -> None:
     """Build every model the recipe names (teachers, student, a method's own student, teacher assistants) and
-    run it once on two test (or validation) inputs, before anything trains: options the model cannot build or run on this
-    data (too many pooling stages for 8x8 images, no stages, zero channels) are a one-line RecipeError naming
-    the field. The random number generators are left as they were."""
+    run it once on two test (or validation) inputs, before anything trains: options the model cannot build or
+    run on this data (too many pooling stages for 8x8 images, no stages, zero channels) are a one-line
+    RecipeError naming the field. The random number generators are left as they were."""
     specs = [("teacher" if recipe.teacher is not None else f"teachers.{name}", spec)
              for name, spec in recipe.teacher_specs.items()]
     specs.append(("student", recipe.student))

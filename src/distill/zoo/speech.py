@@ -154,8 +154,8 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) ->
         raise SpeechError("speak needs some text")
     if voice.startswith("flite:"):
         return _flite(text, voice.removeprefix("flite:"), speed, pitch)
-    out = subprocess.run([program_path("espeak-ng"), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "--stdout", text],
-                         capture_output=True, check=False)
+    out = subprocess.run([program_path("espeak-ng"), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)),
+                          "--stdout", text], capture_output=True, check=False)
     if out.returncode != 0 or not out.stdout:
         raise SpeechError(f"espeak-ng failed on voice {voice!r}: {out.stderr.decode(errors='replace').strip()}")
     return read_wav(out.stdout)
