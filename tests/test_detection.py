@@ -319,3 +319,32 @@ def test_detections_are_drawn_beside_the_ground_truth(tmp_path):
 
     path = draw_detections(tmp_path, bar_scenes(2), tiny(0).eval(), arms=("scratch",), images=2)
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_weight_sweep_scores_validation_only_scales_the_weight_and_resumes(tmp_path, monkeypatch):
+    from distill import detection_bench as bench
+
+    class Scenes:  # the test split must never be read by the sweep
+        settings, train, val = {"train": 1}, object(), object()
+
+        @property
+        def test(self):
+            raise AssertionError("the sweep read the test scenes")
+
+    calls = []
+
+    def fake_fit(arm, seed, data, teacher, quick, scale=1.0):
+        calls.append((arm, scale))
+        weight = bench.ARMS[arm][1].get("weight", 1.0) * scale
+        return None, [{"val/map": 10 * weight, "val/map50": 20 * weight}], 1.0
+
+    monkeypatch.setattr("distill.zoo.scenes.load_scenes", lambda **_: Scenes())
+    monkeypatch.setattr(bench, "cached_teacher", lambda *a, **k: (None, {"settings": {"t": 1}}))
+    monkeypatch.setattr(bench, "fit_arm", fake_fit)
+    results = bench.run_weight_sweep(only=["scratch", "pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
+    assert calls == [("scratch", 1.0), ("pkd", 0.5), ("pkd", 2.0)]
+    assert results["pkd"] == {0.5: [10.0], 2.0: [40.0]}  # pkd's weight is 2
+    table = (tmp_path / "table.md").read_text()
+    assert "validation mAP 10.0" in table and "| pkd | 2.0 | 10.0 | **40.0** |" in table
+    bench.run_weight_sweep(only=["pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
+    assert len(calls) == 3  # stored rows are reused

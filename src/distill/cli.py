@@ -108,6 +108,8 @@ def cmd_list(args) -> int:
               "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
         print(f"  {'dense':14s} dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD "
               "(denoising, x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)")
+        print(f"  {'detection-weights':14s} the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the "
+              "validation scenes: how the dense benchmark's weights were chosen")
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
@@ -170,7 +172,8 @@ ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_ben
                   "llm": ("distill.llm_bench", "run_llm_benchmark"),
                   "speech": ("distill.speech_bench", "run_speech_benchmark"),
                   "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark"),
-                  "dense": ("distill.dense_bench", "run_dense_benchmark")}
+                  "dense": ("distill.dense_bench", "run_dense_benchmark"),
+                  "detection-weights": ("distill.detection_bench", "run_weight_sweep")}
 
 
 def cmd_bench(args) -> int:
@@ -199,7 +202,8 @@ def cmd_bench(args) -> int:
         if args.set or args.only_seed is not None or args.pair:
             raise RecipeError(f"the {args.name} benchmark takes --seeds, --quick, --arm, --train-only and --out")
         run = getattr(importlib.import_module(module), function)
-        run(seeds=args.seeds or 3, quick=args.quick, only=args.arm, train_only=args.train_only,
+        seeds = {"seeds": args.seeds} if args.seeds else {}  # else the benchmark's own default
+        run(**seeds, quick=args.quick, only=args.arm, train_only=args.train_only,
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.arm or args.train_only:

@@ -112,19 +112,27 @@ def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
                          "quick": quick, "teacher": teacher_key})
 
 
-def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path | None) -> dict:
-    from safetensors.torch import save_file
-
-    from distill.evaluation import count_parameters
+def fit_arm(arm: str, seed: int, data, teacher, quick: bool, scale: float = 1.0):
+    """One student trained by ``arm`` with its ``weight`` times ``scale``: ``(student, history, seconds)``."""
     from distill.methods import METHODS
 
     method, options = ARMS[arm]
+    if scale != 1.0:
+        options = {**options, "weight": options.get("weight", 1.0) * scale}
     student = build(STUDENT["model"], seed)
     settings = {**TRAIN, "epochs": QUICK["student_epochs"] if quick else STUDENT["epochs"]}
     start = time.perf_counter()
     history = _train(student, teacher if method != "detection" else None, METHODS[method](**options), data.train,
                      data.val, settings, seed)
-    seconds = time.perf_counter() - start
+    return student, history, time.perf_counter() - start
+
+
+def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path | None) -> dict:
+    from safetensors.torch import save_file
+
+    from distill.evaluation import count_parameters
+
+    student, history, seconds = fit_arm(arm, seed, data, teacher, quick)
     if weights is not None:
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_file(student.state_dict(), weights)
@@ -132,12 +140,8 @@ def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path | Non
             "params": count_parameters(student), "train_seconds": round(seconds, 1)}
 
 
-def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
-                            out_dir: str | Path = "bench-results/dense/detection", train_only: bool = False,
-                            say=print) -> dict:
-    """Run (or resume) the benchmark; writes ``results.json``, ``table.md`` and ``detections.png`` in
-    ``out_dir``. ``train_only``: train the missing rows and stop before the speed measurements and the table."""
-    from distill.evaluation import count_macs, count_parameters
+def _set_up(only: list[str] | None, quick: bool, say):
+    """The arms asked for (unknown ones refused), the scenes, the cached teacher, its info and settings key."""
     from distill.zoo.scenes import load_scenes
 
     arms = only or list(ARMS)
@@ -147,6 +151,17 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=say)
     teacher, info = cached_teacher(data, settings_key(data.settings), quick, say)
     teacher_key = settings_key(info["settings"])
+    return arms, data, teacher, info, teacher_key
+
+
+def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                            out_dir: str | Path = "bench-results/dense/detection", train_only: bool = False,
+                            say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json``, ``table.md`` and ``detections.png`` in
+    ``out_dir``. ``train_only``: train the missing rows and stop before the speed measurements and the table."""
+    from distill.evaluation import count_macs, count_parameters
+
+    arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
     teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}")
@@ -172,6 +187,55 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     if figure is not None:
         say(f"detections drawn in {figure}")
     return summary
+
+
+WEIGHT_SCALES = (0.1, 0.3, 1.0, 3.0)
+
+
+def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None = None,
+                     out_dir: str | Path = "bench-results/dense/detection-weights", train_only: bool = False,
+                     say=print, scales: tuple[float, ...] = WEIGHT_SCALES) -> dict:
+    """``distill bench detection-weights``: each distillation arm's ``weight`` times each of ``scales`` (and
+    ``scratch`` once), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
+    scenes are never scored. The evidence for the weights in :data:`ARMS`. Each (arm, scale, seed) is a file
+    ``out_dir/ARM/xSCALE-seed-K.json`` (resumable); writes ``table.md`` unless ``train_only``."""
+    from distill.bench import mean_std
+    from distill.fileio import bench_row
+
+    arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
+    out, results = Path(out_dir), {}
+    for arm in arms:
+        for scale in (1.0,) if arm == "scratch" else scales:
+            for seed in range(seeds):
+                def make():
+                    _, history, seconds = fit_arm(arm, seed, data, teacher, quick, scale)
+                    return {"arm": arm, "scale": scale, "seed": seed, "val_map": history[-1]["val/map"],
+                            "val_map50": history[-1]["val/map50"], "train_seconds": round(seconds, 1)}
+
+                row, _ = bench_row(out / arm / f"x{scale:g}-seed-{seed}.json",
+                                   settings_key({"arm": arm_key(arm, quick, teacher_key), "scale": scale}), make)
+                say(f"{arm} x{scale:g} seed {seed}: val mAP {row['val_map']:.1f}")
+                results.setdefault(arm, {}).setdefault(scale, []).append(row["val_map"])
+    if train_only:
+        return results
+    lines = []
+    if "scratch" in results:
+        lines += [f"scratch (the detector's own loss alone): validation mAP {mean_std(results['scratch'][1.0])[0]:.1f}",
+                  ""]
+    lines += ["| arm | weight × 1 | " + " | ".join(f"× {s:g}" for s in scales) + " |",
+              "|---|---:|" + "---:|" * len(scales)]
+    for arm, by_scale in results.items():
+        if arm == "scratch":
+            continue
+        means = {s: mean_std(by_scale[s])[0] for s in scales if by_scale.get(s)}
+        best = max(means, key=means.get)
+        cells = ["–" if s not in means else f"**{means[s]:.1f}**" if s == best else f"{means[s]:.1f}" for s in scales]
+        lines.append(f"| {arm} | {ARMS[arm][1].get('weight', 1.0)} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    write_bench_results(out, {"val_map": {a: {str(k): v for k, v in r.items()} for a, r in results.items()},
+                              "scales": scales, "seeds": seeds, "arms": ARMS}, table)
+    say(table)
+    return results
 
 
 def format_table(summary: dict) -> str:
