@@ -251,6 +251,12 @@ def test_task_collates_variable_boxes_and_refuses_bad_items():
         task.collate([{**item, "classes": torch.tensor([0, 1, 1, 0, 1])}])
     with pytest.raises(TaskError, match="'image'"):
         task.collate([{"input": item["image"]}])
+    with pytest.raises(TaskError, match="'image'"):
+        task.collate([{"image": item["image"], "boxes": item["boxes"]}])  # boxes without classes
+    unlabelled = task.collate([{"image": data[i]["image"]} for i in range(2)])  # a transfer set
+    assert unlabelled["input"].shape == (2, 1, 64, 64) and "label" not in unlabelled
+    with pytest.raises(TaskError, match="mixes items with and without targets"):
+        task.collate([item, {"image": item["image"]}])
     with pytest.raises(TaskError, match=r"\(C, H, W\)"):
         task.collate([{**item, "image": item["image"][0]}])
     empty = task.collate([{**item, "boxes": torch.zeros(0, 4), "classes": torch.zeros(0)}])
@@ -348,3 +354,20 @@ def test_weight_sweep_scores_validation_only_scales_the_weight_and_resumes(tmp_p
     assert "validation mAP 10.0" in table and "| pkd | 2.0 | 10.0 | **40.0** |" in table
     bench.run_weight_sweep(only=["pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
     assert len(calls) == 3  # stored rows are reused
+
+
+def test_transfer_arm_distils_on_unlabelled_scenes_first(monkeypatch):
+    from distill import detection_bench as bench
+    from distill.zoo.scenes import UnlabelledScenes
+
+    unlabelled = UnlabelledScenes(bar_scenes(16, seed=2))
+    assert set(unlabelled[0]) == {"image"}
+    labelled, val = bar_scenes(16, seed=0), bar_scenes(8, seed=1)
+    monkeypatch.setattr(bench, "build", lambda name, seed: tiny(seed))
+    monkeypatch.setattr(bench, "transfer_scenes", lambda quick: unlabelled)
+    data = type("Data", (), {"train": labelled, "val": val})
+    student, history, _ = bench.fit_arm("transfer", 0, data, tiny(5, width=12).eval(), quick=True)
+    epochs = [r for r in history if r.get("event") == "epoch"]
+    # stage 1 reads only the teacher's responses (no label term), stage 2 only the labels
+    assert {"train/heatmap_kd", "train/ld"} <= set(epochs[0]) and "train/detection" not in epochs[0]
+    assert "train/detection" in epochs[-1] and "train/heatmap_kd" not in epochs[-1]

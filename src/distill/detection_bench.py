@@ -13,10 +13,13 @@ procedural textures; fixed train / validation / test scenes, test objects from t
 | ``ld`` | KL of the box-edge distributions at the objects (Zheng et al. 2022) |
 | ``gid`` | neck + heatmap + box distillation over general instances: where teacher and student disagree, with
   or without an annotation, and the ground truth (Dai et al. 2021) |
+| ``transfer`` | first, 2 epochs on 6,000 new **unlabelled** scenes: heatmap KD + LD at every location (no labels
+  read); then the detector's own loss alone on the labelled scenes |
+| ``scratch-long`` | none, 10 epochs: as many image steps as ``transfer``'s two stages (the control for it) |
 
 The teacher is trained once and cached; its outputs on the training scenes are cached per run
-(``cache_teacher``: the heatmap, box distributions and neck of 3,000 scenes, about 1 GB in memory); each (arm, seed) result is a file under the output folder, so an
-interrupted benchmark resumes; the seed-0 student of each arm is kept beside its row for the figure.
+(``cache_teacher``: the heatmap, box distributions and neck of 3,000 scenes, about 1 GB in memory); each
+(arm, seed) result is a file under the output folder, so an interrupted benchmark resumes; the seed-0 student of each arm is kept beside its row for the figure.
 Speed: milliseconds per 96 x 96 image on one CPU thread, batch 1 and batch 32 (median of repeats).
 """
 from __future__ import annotations
@@ -42,7 +45,15 @@ ARMS = {
     "pkd": ("det_pkd", {"weight": 2.0}),
     "ld": ("det_ld", {"weight": 0.25, "temperature": 10.0}),
     "gid": ("det_gid", {"weight": 1.0, "feature_weight": 0.05, "response_weight": 1.0, "box_weight": 0.25}),
+    # the teacher's responses on unlabelled scenes first (TRANSFER), then the detector's own loss on the labels
+    "transfer": ("detection", {"transfer": True}),
+    # scratch with as many image steps as transfer's two stages (6,000 x 2 + 3,000 x 6 = 3,000 x 10)
+    "scratch-long": ("detection", {"epochs": 10}),
 }
+# the transfer arm's first stage: new scenes of the training objects (another generator seed), boxes withheld,
+# taught the teacher's heatmaps (binary KL) and box distributions (LD at every location); no labels are read
+TRANSFER = {"scenes": 6000, "seed": 1, "epochs": 2, "terms": {"heatmap_kd": {"weight": 1.0},
+                                                             "ld": {"weight": 0.25, "temperature": 10.0}}}
 QUICK = {"data": {"train_size": 300, "val_size": 60, "test_size": 100}, "teacher_epochs": 4, "student_epochs": 2}
 
 
@@ -109,21 +120,38 @@ def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
     from distill.zoo import detection
 
     return settings_key({"arm": ARMS[arm], "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
-                         "quick": quick, "teacher": teacher_key})
+                         "quick": quick, "teacher": teacher_key,
+                         **({"transfer": TRANSFER} if ARMS[arm][1].get("transfer") else {})})
+
+
+def transfer_scenes(quick: bool):
+    """:data:`TRANSFER`'s unlabelled scenes (cached like the benchmark's own; one validation and test scene are
+    generated beside them and not used)."""
+    from distill.zoo.scenes import UnlabelledScenes, load_scenes
+
+    count = QUICK["data"]["train_size"] if quick else TRANSFER["scenes"]
+    return UnlabelledScenes(load_scenes(count, 1, 1, seed=TRANSFER["seed"], say=lambda *_: None).train)
 
 
 def fit_arm(arm: str, seed: int, data, teacher, quick: bool, scale: float = 1.0):
     """One student trained by ``arm`` with its ``weight`` times ``scale``: ``(student, history, seconds)``."""
     from distill.methods import METHODS
+    from distill.terms import Term
 
     method, options = ARMS[arm]
+    options = dict(options)
+    transfer = options.pop("transfer", False)
+    epochs = options.pop("epochs", QUICK["student_epochs"] if quick else STUDENT["epochs"])
     if scale != 1.0:
         options = {**options, "weight": options.get("weight", 1.0) * scale}
     student = build(STUDENT["model"], seed)
-    settings = {**TRAIN, "epochs": QUICK["student_epochs"] if quick else STUDENT["epochs"]}
-    start = time.perf_counter()
-    history = _train(student, teacher if method != "detection" else None, METHODS[method](**options), data.train,
-                     data.val, settings, seed)
+    start, history = time.perf_counter(), []
+    if transfer:
+        terms = [Term(name, **params) for name, params in TRANSFER["terms"].items()]
+        history += _train(student, teacher, terms, transfer_scenes(quick), data.val,
+                          {**TRAIN, "epochs": 1 if quick else TRANSFER["epochs"]}, seed)
+    history += _train(student, teacher if method != "detection" else None, METHODS[method](**options), data.train,
+                      data.val, {**TRAIN, "epochs": epochs}, seed)
     return student, history, time.perf_counter() - start
 
 
@@ -195,8 +223,8 @@ WEIGHT_SCALES = (0.1, 0.3, 1.0, 3.0)
 def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None = None,
                      out_dir: str | Path = "bench-results/dense/detection-weights", train_only: bool = False,
                      say=print, scales: tuple[float, ...] = WEIGHT_SCALES) -> dict:
-    """``distill bench detection-weights``: each distillation arm's ``weight`` times each of ``scales`` (and
-    ``scratch`` once), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
+    """``distill bench detection-weights``: each distillation arm's ``weight`` times each of ``scales`` (``scratch``
+    once; the other arms without a distillation weight are left out of the table), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
     scenes are never scored. The evidence for the weights in :data:`ARMS`. Each (arm, scale, seed) is a file
     ``out_dir/ARM/xSCALE-seed-K.json`` (resumable); writes ``table.md`` unless ``train_only``."""
     from distill.bench import mean_std
@@ -205,7 +233,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
     arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
     out, results = Path(out_dir), {}
     for arm in arms:
-        for scale in (1.0,) if arm == "scratch" else scales:
+        for scale in (1.0,) if ARMS[arm][0] == "detection" else scales:  # no distillation weight to scale
             for seed in range(seeds):
                 def make():
                     _, history, seconds = fit_arm(arm, seed, data, teacher, quick, scale)
@@ -225,7 +253,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
     lines += ["| arm | weight × 1 | " + " | ".join(f"× {s:g}" for s in scales) + " |",
               "|---|---:|" + "---:|" * len(scales)]
     for arm, by_scale in results.items():
-        if arm == "scratch":
+        if ARMS[arm][0] == "detection":
             continue
         means = {s: mean_std(by_scale[s])[0] for s in scales if by_scale.get(s)}
         best = max(means, key=means.get)

@@ -821,8 +821,9 @@ class Detection(Task):
     """Boxes and classes per image, for the anchor-free detectors of :mod:`distill.zoo.detection`.
 
     Items: ``{"image": (C, H, W), "boxes": (n, 4) xyxy pixels, "classes": (n,)}`` (an image may hold no
-    object). The batch is ``{"input": (B, C, H, W), "label": [{"boxes", "classes"}, ...], "index"}``: targets do
-    not stack, so they stay one dict per image. The model returns ``{"logits": (B, C, H/s, W/s) centre
+    object), or ``{"image"}`` alone for an unlabelled set (a transfer set that only distillation terms read).
+    The batch is ``{"input": (B, C, H, W), "label": [{"boxes", "classes"}, ...], "index"}``: targets do not
+    stack, so they stay one dict per image. The model returns ``{"logits": (B, C, H/s, W/s) centre
     heatmap logits, "box": (B, 4, K, H/s, W/s) edge-distance distribution logits}`` at ``stride`` s; the
     student's own loss is :func:`distill.losses.detection.detection_loss`. Metrics: COCO mAP@[.5:.95]
     (``map``, selects) and mAP@.5 (``map50``) by ``pycocotools``' COCOeval over the whole set (boxes decoded
@@ -843,9 +844,14 @@ class Detection(Task):
         self.stride, self.top_k = stride, top_k
 
     def split_item(self, raw):
-        if not isinstance(raw, Mapping) or "image" not in raw or "boxes" not in raw or "classes" not in raw:
-            raise TaskError(f"detection items are dicts with 'image' (C, H, W), 'boxes' (n, 4) and 'classes' (n,), "
-                            f"got {describe(raw)}")
+        if not isinstance(raw, Mapping) or "image" not in raw or ("boxes" in raw) != ("classes" in raw):
+            raise TaskError(f"detection items are dicts with 'image' (C, H, W), 'boxes' (n, 4) and 'classes' (n,) "
+                            f"(or 'image' alone: unlabelled), got {describe(raw)}")
+        if "boxes" not in raw:  # an unlabelled scene (a transfer set): only distillation terms read it
+            image = _tensor(raw["image"], "image", True)
+            if image.dim() != 3:
+                raise TaskError(f"a detection image is (C, H, W), got shape {tuple(image.shape)}")
+            return {"input": image}
         boxes = _tensor(raw["boxes"], "boxes", True).float().reshape(-1, 4) if len(raw["boxes"]) else \
             torch.zeros(0, 4)
         classes = _tensor(raw["classes"], "classes", False).long().reshape(-1)

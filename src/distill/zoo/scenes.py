@@ -69,6 +69,20 @@ class SceneSet(Dataset):
         return {"image": image, **self.target(i)}
 
 
+class UnlabelledScenes(Dataset):
+    """The images of a :class:`SceneSet` as items ``{"image"}``, boxes withheld: a transfer set that only
+    distillation terms read."""
+
+    def __init__(self, scenes: SceneSet):
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.scenes[i]["image"]}
+
+
 @dataclass
 class Scenes:
     train: SceneSet
