@@ -339,19 +339,19 @@ def test_weight_sweep_scores_validation_only_scales_the_weight_and_resumes(tmp_p
 
     calls = []
 
-    def fake_fit(arm, seed, data, teacher, quick, scale=1.0):
-        calls.append((arm, scale))
-        weight = bench.ARMS[arm][1].get("weight", 1.0) * scale
+    def fake_fit(arm, seed, data, teacher, quick, weight=None):
+        calls.append((arm, weight))
+        weight = 1.0 if weight is None else weight
         return None, [{"val/map": 10 * weight, "val/map50": 20 * weight}], 1.0
 
     monkeypatch.setattr("distill.zoo.scenes.load_scenes", lambda **_: Scenes())
     monkeypatch.setattr(bench, "cached_teacher", lambda *a, **k: (None, {"settings": {"t": 1}}))
     monkeypatch.setattr(bench, "fit_arm", fake_fit)
     results = bench.run_weight_sweep(only=["scratch", "pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
-    assert calls == [("scratch", 1.0), ("pkd", 0.5), ("pkd", 2.0)]
-    assert results["pkd"] == {0.5: [10.0], 2.0: [40.0]}  # pkd's weight is 2
+    assert calls == [("scratch", None), ("pkd", 1.0), ("pkd", 4.0)]  # pkd's weight before the sweep is 2
+    assert results["pkd"] == {0.5: [10.0], 2.0: [40.0]}
     table = (tmp_path / "table.md").read_text()
-    assert "validation mAP 10.0" in table and "| pkd | 2.0 | 10.0 | **40.0** |" in table
+    assert "validation mAP 10.0" in table and "| pkd | 2 | 10.0 | **40.0** |" in table
     bench.run_weight_sweep(only=["pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
     assert len(calls) == 3  # stored rows are reused
 

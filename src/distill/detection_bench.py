@@ -36,15 +36,17 @@ TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.
          "weight_decay": 1e-4, "clip_grad_norm": 10.0, "eval_every": 2}
 TEACHER = {"model": "centerdet_teacher", "epochs": 20}
 STUDENT = {"model": "centerdet_student", "epochs": 6}
-# arm -> (method, options)
+# arm -> (method, options). The distillation weights are the validation sweep's best (distill bench
+# detection-weights: x0.1 / 0.3 / 1 / 3 of weights first set so each term starts near the detector's own loss;
+# docs/detection.md); every arm was best at x0.1 or x0.3.
 ARMS = {
     "scratch": ("detection", {}),
-    "heatmap-kd": ("det_heatmap_kd", {"weight": 1.0, "temperature": 1.0}),
-    "fine-grained": ("det_fine_grained", {"weight": 0.05}),
-    "fgd": ("det_fgd", {"weight": 1.0}),
-    "pkd": ("det_pkd", {"weight": 2.0}),
-    "ld": ("det_ld", {"weight": 0.25, "temperature": 10.0}),
-    "gid": ("det_gid", {"weight": 1.0, "feature_weight": 0.05, "response_weight": 1.0, "box_weight": 0.25}),
+    "heatmap-kd": ("det_heatmap_kd", {"weight": 0.1, "temperature": 1.0}),
+    "fine-grained": ("det_fine_grained", {"weight": 0.005}),
+    "fgd": ("det_fgd", {"weight": 0.3}),
+    "pkd": ("det_pkd", {"weight": 0.2}),
+    "ld": ("det_ld", {"weight": 0.025, "temperature": 10.0}),
+    "gid": ("det_gid", {"weight": 0.3, "feature_weight": 0.05, "response_weight": 1.0, "box_weight": 0.25}),
     # the teacher's responses on unlabelled scenes first (TRANSFER), then the detector's own loss on the labels
     "transfer": ("detection", {"transfer": True}),
     # scratch with as many image steps as transfer's two stages (6,000 x 2 + 3,000 x 6 = 3,000 x 10)
@@ -54,6 +56,8 @@ ARMS = {
 # taught the teacher's heatmaps (binary KL) and box distributions (LD at every location); no labels are read
 TRANSFER = {"scenes": 6000, "seed": 1, "epochs": 2, "terms": {"heatmap_kd": {"weight": 1.0},
                                                              "ld": {"weight": 0.25, "temperature": 10.0}}}
+# the weights the sweep scales (each term near the detector's own loss at the start; the arms' first weights)
+SWEEP_BASE = {"heatmap-kd": 1.0, "fine-grained": 0.05, "fgd": 1.0, "pkd": 2.0, "ld": 0.25, "gid": 1.0}
 QUICK = {"data": {"train_size": 300, "val_size": 60, "test_size": 100}, "teacher_epochs": 4, "student_epochs": 2}
 
 
@@ -116,12 +120,14 @@ def milliseconds(model, batch: int, repeats: int = 10) -> float:
         torch.set_num_threads(old)
 
 
-def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
+def arm_key(arm: str, quick: bool, teacher_key: str, spec: tuple | None = None) -> str:
+    """The settings key of ``arm``'s rows (``spec``: its ``(method, options)`` when not :data:`ARMS`'s)."""
     from distill.zoo import detection
 
-    return settings_key({"arm": ARMS[arm], "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
+    spec = spec or ARMS[arm]
+    return settings_key({"arm": spec, "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
                          "quick": quick, "teacher": teacher_key,
-                         **({"transfer": TRANSFER} if ARMS[arm][1].get("transfer") else {})})
+                         **({"transfer": TRANSFER} if spec[1].get("transfer") else {})})
 
 
 def transfer_scenes(quick: bool):
@@ -133,8 +139,9 @@ def transfer_scenes(quick: bool):
     return UnlabelledScenes(load_scenes(count, 1, 1, seed=TRANSFER["seed"], say=lambda *_: None).train)
 
 
-def fit_arm(arm: str, seed: int, data, teacher, quick: bool, scale: float = 1.0):
-    """One student trained by ``arm`` with its ``weight`` times ``scale``: ``(student, history, seconds)``."""
+def fit_arm(arm: str, seed: int, data, teacher, quick: bool, weight: float | None = None):
+    """One student trained by ``arm`` (with this distillation ``weight`` when given): ``(student, history,
+    seconds)``."""
     from distill.methods import METHODS
     from distill.terms import Term
 
@@ -142,8 +149,8 @@ def fit_arm(arm: str, seed: int, data, teacher, quick: bool, scale: float = 1.0)
     options = dict(options)
     transfer = options.pop("transfer", False)
     epochs = options.pop("epochs", QUICK["student_epochs"] if quick else STUDENT["epochs"])
-    if scale != 1.0:
-        options = {**options, "weight": options.get("weight", 1.0) * scale}
+    if weight is not None:
+        options["weight"] = weight
     student = build(STUDENT["model"], seed)
     start, history = time.perf_counter(), []
     if transfer:
@@ -221,27 +228,32 @@ WEIGHT_SCALES = (0.1, 0.3, 1.0, 3.0)
 
 
 def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None = None,
-                     out_dir: str | Path = "bench-results/dense/detection-weights", train_only: bool = False,
+                     out_dir: str | Path = "bench-results/detection-weights", train_only: bool = False,
                      say=print, scales: tuple[float, ...] = WEIGHT_SCALES) -> dict:
-    """``distill bench detection-weights``: each distillation arm's ``weight`` times each of ``scales`` (``scratch``
-    once; the other arms without a distillation weight are left out of the table), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
+    """``distill bench detection-weights``: each distillation arm's weight in :data:`SWEEP_BASE` times each of
+    ``scales`` (``scratch`` once; the other arms without a distillation weight are left out of the table), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
     scenes are never scored. The evidence for the weights in :data:`ARMS`. Each (arm, scale, seed) is a file
     ``out_dir/ARM/xSCALE-seed-K.json`` (resumable); writes ``table.md`` unless ``train_only``."""
     from distill.bench import mean_std
     from distill.fileio import bench_row
 
-    arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
+    arms, data, teacher, info, teacher_key = _set_up(only or ["scratch", *SWEEP_BASE], quick, say)
     out, results = Path(out_dir), {}
     for arm in arms:
-        for scale in (1.0,) if ARMS[arm][0] == "detection" else scales:  # no distillation weight to scale
+        method, options = ARMS[arm]
+        base = SWEEP_BASE.get(arm)
+        for scale in (1.0,) if base is None else scales:  # scratch: no distillation weight to scale
+            weight = None if base is None else base * scale
+            spec = (method, options if base is None else {**options, "weight": base})
             for seed in range(seeds):
                 def make():
-                    _, history, seconds = fit_arm(arm, seed, data, teacher, quick, scale)
-                    return {"arm": arm, "scale": scale, "seed": seed, "val_map": history[-1]["val/map"],
-                            "val_map50": history[-1]["val/map50"], "train_seconds": round(seconds, 1)}
+                    _, history, seconds = fit_arm(arm, seed, data, teacher, quick, weight)
+                    return {"arm": arm, "scale": scale, "weight": weight, "seed": seed,
+                            "val_map": history[-1]["val/map"], "val_map50": history[-1]["val/map50"],
+                            "train_seconds": round(seconds, 1)}
 
                 row, _ = bench_row(out / arm / f"x{scale:g}-seed-{seed}.json",
-                                   settings_key({"arm": arm_key(arm, quick, teacher_key), "scale": scale}), make)
+                                   settings_key({"arm": arm_key(arm, quick, teacher_key, spec), "scale": scale}), make)
                 say(f"{arm} x{scale:g} seed {seed}: val mAP {row['val_map']:.1f}")
                 results.setdefault(arm, {}).setdefault(scale, []).append(row["val_map"])
     if train_only:
@@ -253,12 +265,12 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
     lines += ["| arm | weight × 1 | " + " | ".join(f"× {s:g}" for s in scales) + " |",
               "|---|---:|" + "---:|" * len(scales)]
     for arm, by_scale in results.items():
-        if ARMS[arm][0] == "detection":
+        if arm not in SWEEP_BASE:
             continue
         means = {s: mean_std(by_scale[s])[0] for s in scales if by_scale.get(s)}
         best = max(means, key=means.get)
         cells = ["–" if s not in means else f"**{means[s]:.1f}**" if s == best else f"{means[s]:.1f}" for s in scales]
-        lines.append(f"| {arm} | {ARMS[arm][1].get('weight', 1.0)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | {SWEEP_BASE[arm]:g} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     write_bench_results(out, {"val_map": {a: {str(k): v for k, v in r.items()} for a, r in results.items()},
                               "scales": scales, "seeds": seeds, "arms": ARMS}, table)
