@@ -197,9 +197,13 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     from distill.evaluation import count_macs, count_parameters
 
     arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
+    # its mAP on scenes it was trained on: how much of the labels its outputs there already are
+    seen = scores(teacher, torch.utils.data.Subset(data.train, range(min(1000, len(data.train)))))
     teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
+                   "train_map": seen["map"], "train_map50": seen["map50"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
-    say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}")
+    say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}; on 1,000 of its training "
+        f"scenes {teacher_row['train_map']:.1f} / {teacher_row['train_map50']:.1f}")
     out = Path(out_dir)
     results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
                          lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
