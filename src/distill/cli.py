@@ -108,7 +108,7 @@ def cmd_list(args) -> int:
               "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
         print(f"  {'dense':14s} dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD "
               "(denoising, x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)")
-        print(f"  {'detection-weights':14s} the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the "
+        print(f"  {'detection-weights'}  the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the "
               "validation scenes: how the dense benchmark's weights were chosen")
     if what in (None, "schemes"):
         _list_schemes()
