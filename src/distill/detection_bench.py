@@ -235,8 +235,9 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
                      out_dir: str | Path = "bench-results/detection-weights", train_only: bool = False,
                      say=print, scales: tuple[float, ...] = WEIGHT_SCALES) -> dict:
     """``distill bench detection-weights``: each distillation arm's weight in :data:`SWEEP_BASE` times each of
-    ``scales`` (``scratch`` once; the other arms without a distillation weight are left out of the table), seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test
-    scenes are never scored. The evidence for the weights in :data:`ARMS`. Each (arm, scale, seed) is a file
+    ``scales`` (``scratch`` once; the other arms without a distillation weight are left out of the table),
+    seed 0 (``seeds`` > 1: more seeds), scored by the last epoch's **validation** mAP; the test scenes are never
+    scored. The evidence for the weights in :data:`ARMS`. Each (arm, scale, seed) is a file
     ``out_dir/ARM/xSCALE-seed-K.json`` (resumable); writes ``table.md`` unless ``train_only``."""
     from distill.bench import mean_std
     from distill.fileio import bench_row
@@ -266,7 +267,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
     if "scratch" in results:
         lines += [f"scratch (the detector's own loss alone): validation mAP {mean_std(results['scratch'][1.0])[0]:.1f}",
                   ""]
-    lines += ["| arm | weight × 1 | " + " | ".join(f"× {s:g}" for s in scales) + " |",
+    lines += ["| arm | first weight | " + " | ".join(f"× {s:g}" for s in scales) + " |",
               "|---|---:|" + "---:|" * len(scales)]
     for arm, by_scale in results.items():
         if arm not in SWEEP_BASE:
