@@ -31,7 +31,7 @@ start = time.time()
 bench.train(student, tokenizer, teacher, arm, data, 0, False)
 english, spanish = data.pairs["val"]
 reference = sentence_embeddings(teacher, english, data.tokenizer)
-found = retrieval_metrics(sentence_embeddings(student, english, tokenizer), sentence_embeddings(student, spanish, tokenizer),
-                          reference)
+found = retrieval_metrics(sentence_embeddings(student, english, tokenizer),
+                          sentence_embeddings(student, spanish, tokenizer), reference)
 print(json.dumps({"arm": arm, "lr": lr, "pairs": pairs, "epochs": epochs, "seconds": round(time.time() - start),
                   **{k: round(v, 4) for k, v in found.items()}}))

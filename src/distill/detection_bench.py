@@ -19,7 +19,8 @@ procedural textures; fixed train / validation / test scenes, test objects from t
 
 The teacher is trained once and cached; its outputs on the training scenes are cached per run
 (``cache_teacher``: the heatmap, box distributions and neck of 3,000 scenes, about 1 GB in memory); each
-(arm, seed) result is a file under the output folder, so an interrupted benchmark resumes; the seed-0 student of each arm is kept beside its row for the figure.
+(arm, seed) result is a file under the output folder, so an interrupted benchmark resumes; the seed-0 student
+of each arm is kept beside its row for the figure.
 Speed: milliseconds per 96 x 96 image on one CPU thread, batch 1 and batch 32 (median of repeats).
 """
 from __future__ import annotations
@@ -278,7 +279,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
         lines.append(f"| {arm} | {SWEEP_BASE[arm]:g} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     write_bench_results(out, {"val_map": {a: {str(k): v for k, v in r.items()} for a, r in results.items()},
-                              "scales": scales, "seeds": seeds, "arms": ARMS}, table)
+                              "scales": scales, "seeds": seeds, "first_weights": SWEEP_BASE}, table)
     say(table)
     return results
 

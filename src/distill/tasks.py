@@ -847,17 +847,14 @@ class Detection(Task):
         if not isinstance(raw, Mapping) or "image" not in raw or ("boxes" in raw) != ("classes" in raw):
             raise TaskError(f"detection items are dicts with 'image' (C, H, W), 'boxes' (n, 4) and 'classes' (n,) "
                             f"(or 'image' alone: unlabelled), got {describe(raw)}")
+        image = _tensor(raw["image"], "image", True)
+        if image.dim() != 3:
+            raise TaskError(f"a detection image is (C, H, W), got shape {tuple(image.shape)}")
         if "boxes" not in raw:  # an unlabelled scene (a transfer set): only distillation terms read it
-            image = _tensor(raw["image"], "image", True)
-            if image.dim() != 3:
-                raise TaskError(f"a detection image is (C, H, W), got shape {tuple(image.shape)}")
             return {"input": image}
         boxes = _tensor(raw["boxes"], "boxes", True).float().reshape(-1, 4) if len(raw["boxes"]) else \
             torch.zeros(0, 4)
         classes = _tensor(raw["classes"], "classes", False).long().reshape(-1)
-        image = _tensor(raw["image"], "image", True)
-        if image.dim() != 3:
-            raise TaskError(f"a detection image is (C, H, W), got shape {tuple(image.shape)}")
         if len(classes) != len(boxes):
             raise TaskError(f"{len(boxes)} boxes but {len(classes)} classes in one detection item")
         height, width = image.shape[-2:]
