@@ -10,8 +10,8 @@ English and Spanish, on the KJV / Reina-Valera verses of the training books, by
 |---|---|
 | ``teacher`` | the teacher itself, untrained on Spanish: the "before" row |
 | ``ml-L6`` | a copy of the teacher (as in the paper) |
-| ``ml-L6-vocab`` | the copy with MiniLM's vocabulary extended by Spanish WordPieces (:mod:`distill.zoo.vocab`) |
 | ``ml-L3``, ``ml-L2`` | the teacher's embeddings and every 2nd / 3rd layer (DistilBERT's layer copy) |
+| ``ml-L2-vocab`` | ``ml-L2`` with MiniLM's vocabulary extended by Spanish WordPieces (:mod:`distill.zoo.vocab`) |
 
 **Compression** (English only): layer-dropped students taught the teacher's vectors on unlabelled English
 sentences (Rotten Tomatoes' corpus and Jane Austen, never the Bible, whose test books are scored here).
@@ -53,9 +53,10 @@ OUTPUT_DIM = 128
 ARMS = {
     "teacher": ("teacher", 6, None, {}),
     "ml-L6": ("teacher", 6, "parallel", {"lr": TEACHER_COPY_LR}),
-    "ml-L6-vocab": ("teacher", 6, "parallel", {"vocab": VOCAB, "lr": TEACHER_COPY_LR}),
     "ml-L3": ("copy", 3, "parallel", {}),
     "ml-L2": ("copy", 2, "parallel", {}),
+    # the vocabulary remedy on the cheapest bilingual student: the same run as ml-L2 but for the tokenizer
+    "ml-L2-vocab": ("copy", 2, "parallel", {"vocab": VOCAB}),
     "copy-L3": ("copy", 3, None, {}),
     "en-L3": ("copy", 3, "english", {}),
     "en-L2": ("copy", 2, "english", {}),
