@@ -172,6 +172,22 @@ def test_lr_schedule_and_clipping(digits):
     assert d.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # end of cosine
 
 
+def test_max_norm_projects_each_units_incoming_weights(digits):
+    from distill.engine.loop import apply_max_norm
+
+    layer = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, -2.0]]))  # row norms 5, 1, 2
+    apply_max_norm(layer, 2.0)
+    expected = torch.tensor([[1.2, 1.6], [0.6, 0.8], [0.0, -2.0]])  # only the first row is outside the ball
+    assert torch.allclose(layer.weight, expected, atol=1e-5)
+    seed_everything(0)
+    student = build_model("mlp", digits.input_shape, hidden=[16])
+    Distiller(student, epochs=1, batch_size=64, lr=0.5, optimizer="sgd", max_norm=0.3, progress=False).fit(digits.train)
+    for module in (student.features[1], student.classifier):
+        assert float(module.weight.detach().norm(dim=1).max()) <= 0.3 + 1e-5  # ~0.58 at initialisation
+
+
 def test_cached_teacher_matches_the_live_teacher(digits, teacher):
     from distill.cache import CachedTeacher
     from distill.teacher import LiveTeacher

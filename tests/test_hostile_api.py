@@ -153,6 +153,7 @@ def settings(r: random.Random) -> dict:
         "optimizer": ["sgd", "adam", "adamw"], "momentum": [0.0, 0.5], "nesterov": [True, False],
         "weight_decay": [0.0, 0.1], "schedule": ["constant", "cosine", "linear", "step"], "warmup_epochs": [0, 0.5],
         "milestones": [[], [0.5]], "gamma": [0.1], "grad_accum": [1, 2, 3], "clip_grad_norm": [None, 1.0, 1],
+        "max_norm": [None, 0.5, 3],
         "mixed_precision": ["no", "bf16"], "channels_last": [False, True], "seed": [0, 1, 2**32 - 1],
         "log_every": [1, 50], "keep_checkpoints": [1, 2], "progress": [False], "nonfinite": ["stop", "skip"],
         "eval_every": [1, 2],

@@ -95,7 +95,7 @@ MAX_SEED = 2**32 - 1  # NumPy's seeds
 # far beyond any run on this kind of hardware, and below anything that overflows or allocates without end.
 TRAIN_LIMITS = {"epochs": 100_000, "batch_size": 1_000_000, "eval_batch_size": 1_000_000, "eval_every": 100_000,
                 "lr": 1e6, "weight_decay": 1e6, "warmup_epochs": 100_000, "gamma": 1e6, "grad_accum": 100_000,
-                "clip_grad_norm": 1e12, "log_every": 10**9, "keep_checkpoints": 1000, "checkpoint_every": 10**9,
+                "clip_grad_norm": 1e12, "max_norm": 1e12, "log_every": 10**9, "keep_checkpoints": 1000, "checkpoint_every": 10**9,
                 "num_workers": 256, "teacher_top_k": 10**7}
 
 

@@ -55,6 +55,9 @@ class TrainConfig(BaseModel, metaclass=_OneLineErrors):
     gamma: float = Field(0.1, gt=0)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     clip_grad_norm: StrictFloat | None = Field(None, gt=0)
+    max_norm: StrictFloat | None = Field(None, gt=0, description="after each optimiser step, rescale every unit's "
+                                         "incoming weights (a row of each Linear weight) to an L2 norm of at most "
+                                         "this (Srivastava et al. 2014's max-norm constraint for dropout nets)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast the student's forward "
                                                            "(bf16 on CPU and GPU, fp16 on GPU); losses stay float32")
     compile: StrictBool | Literal["fullgraph"] = Field(False, description="torch.compile the student (with its "

@@ -650,6 +650,8 @@ class Distiller:
             # parameters without a gradient (other groups') are left alone
             stepped.step()
             stepped.zero_grad(set_to_none=True)
+            if cfg.max_norm:
+                apply_max_norm(model, cfg.max_norm)
         return parts, total
 
     def _num_items(self, batches: list[dict]):
@@ -856,6 +858,16 @@ def _live_teachers(teacher) -> list[LiveTeacher]:
     if isinstance(teacher, TeacherEnsemble):
         return list(teacher.teachers.values())
     return []
+
+
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, max_norm: float) -> None:
+    """The max-norm constraint (Srivastava et al. 2014, §5.1): each unit's incoming weight vector ``w`` (a row
+    of every ``nn.Linear`` weight) is projected onto the ball ``||w||_2 <= max_norm``; rows inside it are left
+    as they are."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(torch.renorm(module.weight, 2, 0, max_norm))
 
 
 def _windows(batches, size: int):
