@@ -263,6 +263,16 @@ def test_speech_set_round_trips_through_npz(tmp_path):
     assert torch.equal(back.features, data.features) and back.texts == ["no"] and back.voices == ["en-us"]
 
 
+def test_speech_sets_concatenate_in_order_with_repeats():
+    a = speech.SpeechSet.from_utterances([torch.ones(3, 2), 2 * torch.ones(1, 2)], ["a", "b c"], ["x", "x"], [0.1, 0.2])
+    b = speech.SpeechSet.from_utterances([5 * torch.ones(2, 2)], ["d"], ["y"], [0.3])
+    both = speech.SpeechSet.concat([a, b, a], "both")
+    assert len(both) == 5 and both.texts == ["a", "b c", "d", "a", "b c"] and both.lengths == [3, 1, 2, 3, 1]
+    for i, (src, j) in enumerate([(a, 0), (a, 1), (b, 0), (a, 0), (a, 1)]):
+        assert torch.equal(both[i]["features"], src[j]["features"]) and torch.equal(both[i]["label"], src[j]["label"])
+    assert both.voices[2] == "y" and both.seconds[2] == 0.3 and both.name == "both"
+
+
 @needs_flite
 def test_flite_voices_speak_at_the_speed_and_pitch_asked_and_a_telephone_copy_is_8_khz():
     slow, rate = speech.speak("seven", "flite:slt", speed=130, pitch=50)
@@ -295,6 +305,18 @@ def test_asterisk_prompts_inside_the_vocabulary():
     assert "seven" in vocab and 200 < len(prompts) < len(speech.asterisk_transcripts())
     assert all(set(text.split()) <= set(vocab) for _, text in prompts)
     assert ("digits/7", "seven") in prompts
+
+
+@needs_asterisk
+def test_adaptation_recordings_are_never_test_prompts():
+    vocab = speech.vocabulary()
+    train, val = speech.asterisk_adaptation(vocab)
+    test = {text for _, text in speech.asterisk_prompts(vocab)}
+    assert len(train) > 3 * len(val) > 100
+    for split in (train, val):  # each has a word outside the vocabulary, so none is a test prompt
+        assert all(not set(t.split()) <= set(vocab) for t in split.texts) and not set(split.texts) & test
+        assert max(split.seconds) <= 20.0
+    assert not set(train.texts) & set(val.texts)  # the same sentence recorded twice stays on one side
 
 
 def test_missing_data_names_the_install_command(monkeypatch):

@@ -32,6 +32,9 @@ from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, wr
 
 # espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800, "flite": True, "telephone": True}
+# the Asterisk recordings outside the test set (distill.zoo.speech.asterisk_adaptation) join the training split
+# this many times over (0: synthetic speech only); their validation fifth is then the validation split
+ADAPT_REPEAT = 8
 TEACHER = {"model": {"hidden": 160, "layers": 3, "bidirectional": True, "spec_augment": True},
            "train": {"lr": 2e-3, "epochs": 10, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
@@ -68,8 +71,8 @@ def _teacher_settings(quick: bool) -> dict:
     return {"model": model, "train": train}
 
 
-def cached_teacher(data, data_key: str, quick: bool, say=print):
-    """The bidirectional GRU teacher trained with CTC on the synthetic training split, kept as safetensors."""
+def cached_teacher(train, val, data_key: str, quick: bool, say=print):
+    """The bidirectional GRU teacher trained with CTC on ``train``, kept as safetensors."""
     from distill.methods import METHODS
     from distill.zoo.speech import RecurrentCTC
 
@@ -79,8 +82,8 @@ def cached_teacher(data, data_key: str, quick: bool, say=print):
     model = RecurrentCTC(**settings["model"])
     return cached_model(folder, model, lambda: {
         "settings": settings,
-        "history": _train(model, None, METHODS["ctc"](), data.train, data.val, settings["train"], seed=0)},
-        f"training the bidirectional GRU teacher on {len(data.train):,} utterances", say)
+        "history": _train(model, None, METHODS["ctc"](), train, val, settings["train"], seed=0)},
+        f"training the bidirectional GRU teacher on {len(train):,} utterances", say)
 
 
 def scores(model, data) -> dict:
@@ -151,7 +154,7 @@ def build_student(arm: str, seed: int):
     return RecurrentCTC(**{**STUDENT["model"], **ARMS[arm][0]})
 
 
-def run_arm(arm: str, seed: int, data, teacher, quick: bool, teacher_logits) -> dict:
+def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher_logits) -> dict:
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
 
@@ -159,8 +162,8 @@ def run_arm(arm: str, seed: int, data, teacher, quick: bool, teacher_logits) -> 
     student = build_student(arm, seed)
     settings = {**STUDENT["train"], **({"epochs": QUICK["student_epochs"]} if quick else {})}
     start = time.perf_counter()
-    history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), data.train,
-                     data.val, settings, seed)
+    history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), train, val,
+                     settings, seed)
     seconds = time.perf_counter() - start
     return {"arm": arm, "seed": seed, **scores(student, data), "val_cer": history[-1]["val/cer"],
             "params": count_parameters(student), "train_seconds": round(seconds, 1),
@@ -172,7 +175,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
     train the missing rows and stop before the real-time factors and the table."""
     from distill.evaluation import count_parameters
-    from distill.zoo.speech import BASES, load_speech
+    from distill.zoo.speech import BASES, SpeechSet, asterisk_adaptation, load_speech
 
     arms = only or list(ARMS)
     unknown = sorted(set(arms) - set(ARMS))
@@ -181,10 +184,18 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     data_settings = {**DATA, **(QUICK["data"] if quick else {})}
     bases = QUICK["bases"] if quick else BASES
     data = load_speech(**data_settings, bases=bases, say=say)
-    data_key = settings_key({**data_settings, "bases": list(bases)})
+    repeat = min(ADAPT_REPEAT, 1) if quick else ADAPT_REPEAT
+    adapt = {"adapt_repeat": repeat} if repeat else {}  # (absent when off: the older keys stay)
+    data_key = settings_key({**data_settings, "bases": list(bases), **adapt})
     say(f"real recordings: {len(data.test_real)} of the {data.real_total} Asterisk prompts have all their words in "
         f"the {len(data.vocab)}-word vocabulary")
-    teacher, info = cached_teacher(data, data_key, quick, say)
+    train, val = data.train, data.val
+    if repeat:
+        adapt_train, val = asterisk_adaptation(data.vocab)
+        train = SpeechSet.concat([data.train] + [adapt_train] * repeat, "synthetic+asterisk")
+        say(f"adaptation: {len(adapt_train)} other Asterisk recordings ({sum(adapt_train.seconds) / 60:.0f} min) "
+            f"x {repeat} in training, {len(val)} as the validation split")
+    teacher, info = cached_teacher(train, val, data_key, quick, say)
     teacher_key = settings_key(info["settings"])
     teacher_row = {**scores(teacher, data), "val_cer": info["history"][-1]["val/cer"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
@@ -192,7 +203,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     teacher_logits = logits_on(teacher, data.test_real)
     out = Path(out_dir)
     results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
-                         lambda arm, seed: run_arm(arm, seed, data, teacher, quick, teacher_logits),
+                         lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits),
                          lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
@@ -202,7 +213,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
         rtf.setdefault(shape, real_time_factor(build_student(arm, 0), data.test_real))
     summary = {"teacher": teacher_row, "rows": results, "rtf": rtf, "seeds": seeds, "quick": quick,
                "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
-               "train_utterances": len(data.train),
+               "train_utterances": len(train), "adapt_repeat": repeat,
                "settings": {"data": data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
     table = format_table(summary)
     write_bench_results(out, summary, table)

@@ -284,6 +284,18 @@ class SpeechSet(torch.utils.data.Dataset):
         tmp.rename(path)
 
     @classmethod
+    def concat(cls, sets: list[SpeechSet], name: str | None = None) -> SpeechSet:
+        """One set of the utterances of ``sets``, in order (a set may appear several times: repeated)."""
+        frames = torch.tensor([0] + [int(s.offsets[-1]) for s in sets[:-1]]).cumsum(0)
+        symbols = torch.tensor([0] + [int(s.target_offsets[-1]) for s in sets[:-1]]).cumsum(0)
+        offsets = torch.cat([sets[0].offsets[:1]] + [s.offsets[1:] + f for s, f in zip(sets, frames)])
+        target_offsets = torch.cat([sets[0].target_offsets[:1]] +
+                                   [s.target_offsets[1:] + f for s, f in zip(sets, symbols)])
+        return cls(torch.cat([s.features for s in sets]), offsets, torch.cat([s.targets for s in sets]),
+                   target_offsets, [t for s in sets for t in s.texts], [v for s in sets for v in s.voices],
+                   [x for s in sets for x in s.seconds], name or sets[0].name)
+
+    @classmethod
     def load(cls, path: Path, name="speech") -> SpeechSet:
         with np.load(path, allow_pickle=False) as z:
             return cls(torch.from_numpy(z["features"]), torch.from_numpy(z["offsets"]), torch.from_numpy(z["targets"]),
@@ -398,6 +410,30 @@ def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
         texts.append(text)
         seconds.append(len(samples) / rate)
     return SpeechSet.from_utterances(feats, texts, ["asterisk"] * len(texts), seconds, "asterisk")
+
+
+def asterisk_adaptation(vocab: list[str] | None = None, max_seconds: float = 20.0) -> tuple[SpeechSet, SpeechSet]:
+    """The real recordings that are **not** in the test set (some word outside ``vocab``), at most ``max_seconds``
+    long: the test's speaker and telephone channel saying other prompts (``"please enter your password followed
+    by the pound key"``), for adapting a model to her. ``(train, val)``: every fifth distinct transcript (in
+    sorted order) for validation, so no sentence is in both. No test prompt is in either: the test set is exactly
+    the prompts whose words all lie in ``vocab``."""
+    test = {name for name, _ in asterisk_prompts(vocab)}
+    transcripts = asterisk_transcripts()
+    others = sorted(name for name in transcripts if name not in test)
+    held_out = set(sorted({transcripts[name] for name in others})[4::5])
+    parts = {"train": ([], [], []), "val": ([], [], [])}
+    for name in others:
+        samples, rate = read_wav(ASTERISK_WAV / f"{name}.wav")
+        if len(samples) > max_seconds * rate:
+            continue
+        feats, texts, seconds = parts["val" if transcripts[name] in held_out else "train"]
+        feats.append(features_of(samples, rate))
+        texts.append(transcripts[name])
+        seconds.append(len(samples) / rate)
+    train, val = (SpeechSet.from_utterances(f, t, ["asterisk"] * len(t), s, f"asterisk-adapt/{split}")
+                  for split, (f, t, s) in parts.items())
+    return train, val
 
 
 # ------------------------------------------------------------------------------------------------ models
