@@ -99,7 +99,41 @@ def test_beam_of_one_is_greedy_and_batching_changes_nothing():
     ones = beam_decode(model, source, beam=1, max_len=6)
     assert [h[0][0] for h in ones] == greedy(model, source, 6)
     fives = beam_decode(model, source, beam=5, max_len=6)
-    assert fives[2] == beam_decode(model, source[2:3], beam=5, max_len=6)[0]
+    alone = beam_decode(model, source[2:3], beam=5, max_len=6)[0]
+    assert [h[0] for h in fives[2]] == [h[0] for h in alone]
+    assert [h[1] for h in fives[2]] == pytest.approx([h[1] for h in alone], abs=1e-6)  # float noise of batching
+
+
+@torch.no_grad()
+def test_incremental_decoding_equals_the_whole_prefix_and_decodes_the_same():
+    model = tiny(d=32, layers=2, seed=4).eval()
+    g = torch.Generator().manual_seed(1)
+    source = torch.randint(3, 12, (5, 6), generator=g)
+    source[1, 4:] = 0  # a padded source
+    prefix = torch.cat([torch.ones(5, 1, dtype=torch.long), torch.randint(3, 12, (5, 7), generator=g)], 1)
+    memory, padding = model.encode(source)
+    full = model.decode(memory, padding, prefix)
+    cache = model.start_decoding(memory, padding)
+    steps = torch.stack([model.decode_step(cache, prefix[:, t]) for t in range(prefix.shape[1])], 1)
+    assert torch.allclose(steps, full, atol=1e-5)
+
+    class Whole(torch.nn.Module):  # the same model without incremental decoding: the prefix re-run every step
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.max_len = inner, inner.max_len
+
+        def encode(self, ids):
+            return self.inner.encode(ids)
+
+        def decode(self, *args):
+            return self.inner.decode(*args)
+
+    whole = Whole(model)
+    assert greedy(model, source, 8) == greedy(whole, source, 8)
+    fast, slow = beam_decode(model, source, beam=4, max_len=8), beam_decode(whole, source, beam=4, max_len=8)
+    for a, b in zip(fast, slow):
+        assert [h[0] for h in a] == [h[0] for h in b]
+        assert [h[1] for h in a] == pytest.approx([h[1] for h in b], abs=1e-5)
 
 
 def test_masked_token_kd_is_zero_when_teacher_equals_student():

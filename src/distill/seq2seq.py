@@ -44,20 +44,46 @@ def _check_positive(name: str, value) -> int:
 
 def next_token_log_probs(model, input_ids: torch.Tensor) -> Callable:
     """``f(prefixes (N, t), rows (N,)) -> (N, V)`` log-probabilities of the next target token of source rows
-    ``rows`` of ``input_ids`` after ``prefixes`` (``<pad>`` and ``<s>`` never come next)."""
+    ``rows`` of ``input_ids`` after ``prefixes`` (``<pad>`` and ``<s>`` never come next).
+
+    A model with incremental decoding (``start_decoding`` / ``decode_step``, e.g.
+    :class:`~distill.zoo.seq2seq.Seq2SeqTransformer`) keeps its keys and values between calls: when ``prefixes``
+    extend the previous call's by one token (after ``f.reorder(parents)`` where a beam search reorders its
+    rows) only the new token is computed; any other call starts again from the whole prefix."""
     memory, padding = model.encode(input_ids)
+    incremental = hasattr(model, "decode_step")
+    state: dict = {"cache": None}
 
     def log_probs(prefixes, rows):
-        logits = model.decode(memory[rows], padding[rows], prefixes)[:, -1].float()
+        if not incremental:
+            logits = model.decode(memory[rows], padding[rows], prefixes)[:, -1]
+        else:
+            cache, seen = state["cache"], state.get("seen")
+            if (cache is None or seen.shape[1] + 1 != prefixes.shape[1] or not torch.equal(seen, prefixes[:, :-1])
+                    or not torch.equal(state["rows"], rows)):
+                cache = model.start_decoding(memory[rows], padding[rows])
+                for t in range(prefixes.shape[1] - 1):
+                    model.decode_step(cache, prefixes[:, t])
+            logits = model.decode_step(cache, prefixes[:, -1])
+            state.update(cache=cache, seen=prefixes, rows=rows)
+        logits = logits.float()
         logits[:, [PAD, BOS]] = float("-inf")
         return torch.log_softmax(logits, -1)
 
+    def reorder(parents: torch.Tensor) -> None:
+        if state["cache"] is not None:
+            rows = state["rows"][parents]
+            # a beam's hypotheses share their source: its keys and values move only if the rows' sources do
+            state["cache"].select(parents, source=not torch.equal(rows, state["rows"]))
+            state.update(seen=state["seen"][parents], rows=rows)
+
+    log_probs.reorder = reorder
     return log_probs
 
 
 def seq2seq_step(input_ids: torch.Tensor):
-    """A decoding ``step`` for :func:`distill.generation.sample`: its cache is the prefix so far (the decoder
-    is re-run over it; targets here are short)."""
+    """A decoding ``step`` for :func:`distill.generation.sample`: its cache is the prefix so far (the model's
+    incremental decoding, when it has one, keeps the keys and values: see :func:`next_token_log_probs`)."""
     state = {}
 
     def step(model, ids, past, seen):
@@ -112,14 +138,20 @@ def beam_search(log_probs: Callable, batch_size: int, beam: int = 5, max_len: in
         source, token = idx // V, idx % V
         ends = (token == eos) | (t == max_len)
         norm = float(t) ** length_penalty
-        for b, j in (ends & torch.isfinite(top)).nonzero().tolist():
-            seq = prefix[b * K + source[b, j], 1:].tolist() + ([] if token[b, j] == eos else [int(token[b, j])])
-            finished[b].append((seq, float(top[b, j]) / norm))
+        hits = (ends & torch.isfinite(top)).nonzero().tolist()
+        if hits:  # (read on the host once per step, not once per hypothesis)
+            top_l, source_l, token_l, prefix_l = top.tolist(), source.tolist(), token.tolist(), prefix[:, 1:].tolist()
+            for b, j in hits:
+                end = token_l[b][j]
+                seq = prefix_l[b * K + source_l[b][j]] + ([] if end == eos else [end])
+                finished[b].append((seq, top_l[b][j] / norm))
         # the K best continuing candidates (at most K of the 2K end, one per live hypothesis)
         order = torch.argsort(ends.int(), dim=1, stable=True)[:, :K]
         live_score = top.gather(1, order).masked_fill(ends.gather(1, order), float("-inf"))
         parents = (torch.arange(B)[:, None] * K + source.gather(1, order)).reshape(-1)
         prefix = torch.cat([prefix[parents], token.gather(1, order).reshape(-1, 1)], 1)
+        if hasattr(log_probs, "reorder"):  # a decoder that keeps state per row follows its rows
+            log_probs.reorder(parents)
         score = live_score
         for b in range(B):
             finished[b].sort(key=lambda h: -h[1])

@@ -82,11 +82,13 @@ def _model(data, shape: dict, seed: int):
     return Seq2SeqTransformer(len(data.letters), len(data.phonemes), **shape)
 
 
-def _train(model, teacher, stages, train, val, settings: dict, epochs: int, seed: int) -> list[dict]:
+def _train(model, teacher, stages, train, val, settings: dict, epochs: int, seed: int,
+           cache: bool = False) -> list[dict]:
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages
 
-    cfg = TrainConfig(**settings["train"], epochs=epochs, seed=seed, eval_batch_size=256, progress=False)
+    cfg = TrainConfig(**settings["train"], epochs=epochs, seed=seed, eval_batch_size=256, progress=False,
+                      cache_teacher=cache)
     return fit_stages(model, teacher, as_stages(stages), train, val, config=cfg, task=_task(),
                       say=lambda *_: None)["history"]
 
@@ -166,8 +168,11 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
         options = {**options, "transfer": setup.transfer(method == "seq_inter")}
     student = _model(setup.data, setup.settings["student"]["model"], seed)
     start = time.perf_counter()
+    # word-level KD reads the teacher on the references, the same every epoch: its outputs are computed once
+    # (the word + sequence arm's targets come from a transform, so its teacher runs live)
     history = _train(student, setup.teacher if method != "scratch" else None, METHODS[method](**options),
-                     setup.train, setup.val, setup.settings, setup.settings["student"]["epochs"], seed)
+                     setup.train, setup.val, setup.settings, setup.settings["student"]["epochs"], seed,
+                     cache=method == "word_kd")
     return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_perplexity": history[-1]["val/perplexity"],
             "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
 

@@ -9,6 +9,7 @@ the decoders of :mod:`distill.seq2seq` (greedy, beam search) call. Sizes: :data:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
@@ -66,6 +67,72 @@ class Seq2SeqTransformer(nn.Module):
                 decoder_attention_mask=None) -> torch.Tensor:
         """Teacher-forced logits ``(B, L, V)``; padding is read from id 0, so the attention masks are not needed."""
         return self.decode(*self.encode(input_ids), decoder_input_ids)
+
+    # Incremental decoding: the same layers computed one target position at a time, each attention's keys and
+    # values kept (the source's once, the prefix's growing), so a step costs one position, not the whole prefix.
+
+    def start_decoding(self, memory: torch.Tensor, padding: torch.Tensor) -> DecoderCache:
+        """An empty prefix over ``memory`` ``(N, S, D)`` for :meth:`decode_step` (the source's keys and values
+        computed here, once)."""
+        source = [(_heads(layer.multihead_attn, memory, 1), _heads(layer.multihead_attn, memory, 2))
+                  for layer in self.decoder.layers]
+        return DecoderCache(source, ~padding[:, None, None, :])
+
+    def decode_step(self, cache: DecoderCache, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` ``(N,)`` to the prefix in ``cache``; the logits ``(N, V)`` of the token after it —
+        equal to the last position of :meth:`decode` on the whole prefix (the layers in eval mode)."""
+        position = cache.length
+        if position >= self.max_len:
+            raise DistillError(f"sequence of {position + 1} tokens is longer than the model's max_len {self.max_len}")
+        x = (self.target_embed(tokens) + self.target_pos.weight[position])[:, None]
+        for i, layer in enumerate(self.decoder.layers):  # nn.TransformerDecoderLayer, norm_first
+            h = layer.norm1(x)
+            cache.append(i, _heads(layer.self_attn, h, 1), _heads(layer.self_attn, h, 2))
+            x = x + _attend(layer.self_attn, _heads(layer.self_attn, h, 0), *cache.prefix[i])
+            x = x + _attend(layer.multihead_attn, _heads(layer.multihead_attn, layer.norm2(x), 0), *cache.source[i],
+                            cache.source_mask)
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        cache.length += 1
+        return self.head(self.decoder.norm(x))[:, 0]
+
+
+class DecoderCache:
+    """A batch of decoding prefixes for :meth:`Seq2SeqTransformer.decode_step`: per decoder layer the source's
+    and the prefix's attention keys and values ``(N, heads, length, head_dim)``. :meth:`select` keeps (and
+    reorders, repeats) rows, as beam search does."""
+
+    def __init__(self, source: list, source_mask: torch.Tensor):
+        self.source, self.source_mask = source, source_mask
+        self.prefix: list = [None] * len(source)
+        self.length = 0
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        if self.prefix[layer] is None:
+            self.prefix[layer] = (key, value)
+        else:
+            k, v = self.prefix[layer]
+            self.prefix[layer] = (torch.cat([k, key], 2), torch.cat([v, value], 2))
+
+    def select(self, rows: torch.Tensor, source: bool = True) -> None:
+        """Keep ``rows`` (``source=False``: the source's part stays as it is, when each row keeps its source)."""
+        if source:
+            self.source = [(k[rows], v[rows]) for k, v in self.source]
+            self.source_mask = self.source_mask[rows]
+        self.prefix = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.prefix]
+
+
+def _heads(attention: nn.MultiheadAttention, x: torch.Tensor, part: int) -> torch.Tensor:
+    """The query (``part`` 0), key (1) or value (2) projection of ``x`` ``(N, L, D)`` by ``attention``'s
+    weights, split into heads: ``(N, heads, L, head_dim)``."""
+    d = attention.embed_dim
+    y = F.linear(x, attention.in_proj_weight[part * d:(part + 1) * d], attention.in_proj_bias[part * d:(part + 1) * d])
+    return y.view(len(x), x.shape[1], attention.num_heads, d // attention.num_heads).transpose(1, 2)
+
+
+def _attend(attention: nn.MultiheadAttention, q, k, v, mask=None) -> torch.Tensor:
+    """``attention``'s output for projected ``q``, ``k``, ``v`` (``mask``: True where a key may be attended)."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attention.out_proj(out.transpose(1, 2).reshape(len(q), q.shape[2], -1))
 
 
 @register_model("seq2seq", "Transformer encoder-decoder for grapheme-to-phoneme (or any seq2seq data); options: "
