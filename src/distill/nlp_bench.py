@@ -64,13 +64,14 @@ QUICK = {"train_size": 256, "val_size": 128, "test_size": 128, "transfer_extra":
          "teacher_layers": 2, "prepare_sentences": 256}
 
 
-def _train(model, teacher, terms_or_stages, train, val, settings, seed, collate=None, cache=False):
+def _train(model, teacher, terms_or_stages, train, val, settings, seed, collate=None, cache=False, cache_dir=None):
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages
     from distill.tasks import get_task
 
     task = get_task("classification", pad_token_id=0)
-    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=256, progress=False, cache_teacher=cache)
+    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=256, progress=False, cache_teacher=cache,
+                      teacher_cache_dir=cache_dir)
     return fit_stages(model, teacher, as_stages(terms_or_stages), train, val, config=cfg, task=task,
                       say=lambda *_: None)["history"]
 
@@ -160,8 +161,13 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
     t_layers = teacher.config.num_hidden_layers
     start = time.perf_counter()
     if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
+        # the teacher's logits on the transfer set are the same for every such run: kept on disk, made once
+        from distill.cache import weights_digest
+        from distill.fileio import cache_dir
+
+        logits = cache_dir() / "teacher-outputs" / f"nlp-transfer-{weights_digest(teacher)}-{len(transfer)}"
         _train(student, teacher, METHODS["kd"](alpha=1.0, temperature=2.0), transfer, data.val,
-               {**settings, "epochs": TRANSFER_EPOCHS}, seed, cache=True)
+               {**settings, "epochs": TRANSFER_EPOCHS}, seed, cache=True, cache_dir=str(logits))
         if init == "mlm":
             _train(student, None, METHODS["scratch"](), data.train, data.val, {**settings, "epochs": 1}, seed)
     else:
