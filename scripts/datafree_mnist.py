@@ -2,6 +2,7 @@
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/datafree_mnist.py teacher OUT
     PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/datafree_mnist.py dafl|dfad OUT STEPS [key=value ...]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/datafree_mnist.py deep_inversion OUT IMAGES [steps=.. epochs=..]
 
 The teacher: LeNet-5, Adam 1e-3, batch 256, 9 epochs (as DAFL's teacher-train.py). A student run
 trains LeNet-5-half on a SyntheticSet only, evaluating on the validation split every ``eval_every`` steps,
@@ -44,6 +45,56 @@ if sys.argv[1] == "teacher":
     save_model(teacher, str(teacher_file))
     print(json.dumps({"val": evaluate(teacher, data.val)["accuracy"], "test": evaluate(teacher, data.test)["accuracy"],
                       "minutes": (time.time() - start) / 60}))
+    sys.exit()
+
+if sys.argv[1] == "deep_inversion":
+    # DeepInversion (Yin et al. 2020) needs batch norms: LeNet-5 with one after each convolution, trained as the
+    # plain teacher; IMAGES images synthesised once, then LeNet-5-half taught by KD on them alone
+    from distill.data import ArrayDataset  # noqa: E402
+    from distill.datafree import deep_inversion  # noqa: E402
+
+    opts = dict(kv.split("=", 1) for kv in sys.argv[4:])
+    images_wanted, seed = int(sys.argv[3]), int(opts.pop("seed", 0))
+    epochs, temperature = int(opts.pop("epochs", 50)), float(opts.pop("temperature", 4.0))
+    name = opts.pop("name", f"deep-inversion-{images_wanted}")
+    params = {k: (int(v) if k in ("steps", "batch_size") else float(v)) for k, v in opts.items()}
+    bn_file = out / "lenet5-bn-teacher.safetensors"
+    teacher = build_model("lenet5", data.input_shape, batch_norm=True)
+    if bn_file.is_file():
+        load_model(teacher, str(bn_file))
+    else:
+        seed_everything(0)
+        Distiller(teacher, None, None, epochs=9, optimizer="adam", lr=1e-3, batch_size=256, schedule="constant",
+                  progress=False).fit(data.train, data.val)
+        save_model(teacher, str(bn_file))
+    teacher.eval()
+    log = (out / f"{name}.jsonl").open("w")
+    head = {"name": name, "images": images_wanted, "deep_inversion": params, "epochs": epochs,
+            "temperature": temperature, "teacher_val": evaluate(teacher, data.val)["accuracy"],
+            "teacher_test": evaluate(teacher, data.test)["accuracy"]}
+    print(json.dumps(head), file=log, flush=True)
+    print(json.dumps(head), flush=True)
+    start = time.time()
+    images, targets = deep_inversion(teacher, images_wanted, data.input_shape, 10, seed=seed, **params)
+    made = round((time.time() - start) / 60, 2)
+    seed_everything(seed)
+    student = build_model("lenet5_half", data.input_shape)
+    d = Distiller(student, teacher, [Term("kd", temperature=temperature)], epochs=1, batch_size=256,
+                  optimizer="adam", lr=1e-3, schedule="constant", progress=False)
+    pool = ArrayDataset(images, None, "deep-inversion")
+    for epoch in range(1, epochs + 1):
+        d.fit(pool, resume=False)
+        if epoch % 10 == 0 or epoch == epochs:
+            row = {"epoch": epoch, "synthesis_minutes": made, "minutes": round((time.time() - start) / 60, 2),
+                   "val": evaluate(student, data.val)["accuracy"]}
+            print(json.dumps(row), file=log, flush=True)
+            print(json.dumps(row), flush=True)
+    row = {"final_epochs": epochs, "minutes": round((time.time() - start) / 60, 2), "val": row["val"],
+           "test": evaluate(student, data.test)["accuracy"],
+           "teacher_classes": torch.bincount(teacher(images).argmax(1), minlength=10).tolist()}
+    print(json.dumps(row), file=log, flush=True)
+    print(json.dumps(row), flush=True)
+    _plot_samples(images[:64], out / f"{name}-samples.png", f"{name}: {len(images)} images")
     sys.exit()
 
 objective, steps = sys.argv[1], int(sys.argv[3])

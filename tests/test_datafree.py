@@ -244,3 +244,8 @@ def test_lenet5_and_its_half_are_the_papers_sizes_with_the_dafl_feature_as_embed
         assert build_model(name, (1, 32, 32))(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="at least 28x28"):
         build_model("lenet5", (1, 8, 8))
+    bn = build_model("lenet5", (1, 28, 28), batch_norm=True)  # for DeepInversion: two batch norms, 44 more
+    assert count_parameters(bn) == 61706 + 2 * (6 + 16) and sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 2
+    values = TapRecorder(bn, ["stage1", "stage2"]).collect(bn(torch.randn(3, 1, 28, 28)))
+    assert values["stage1"].shape == (3, 6, 14, 14) and values["stage2"].shape == (3, 16, 5, 5)  # the pooled maps

@@ -120,7 +120,7 @@ def build_student(arm: str, data: Data, teacher) -> tuple[object, object]:
         model = copy.deepcopy(teacher.model)
     else:
         model = bert_student(layers, teacher.config.hidden_size, head="encoder", like=teacher.config)
-        copy_teacher_layers(model, teacher.model)
+        copy_teacher_layers(model, teacher.model, options.get("copy"))  # default: DistilBERT's every other layer
     tokenizer = data.tokenizer
     if "vocab" in options:
         learnt = learn_wordpieces(tokenizer, data.pairs["train"][1], options["vocab"]["vocab_size"])

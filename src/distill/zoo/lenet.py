@@ -7,6 +7,9 @@ convolution pads by 2 instead, which gives the same feature-map sizes (28 -> 14 
 same parameter count. conv 6@5x5 -> ReLU -> max-pool 2 -> conv 16@5x5 -> ReLU -> max-pool 2 -> fc 120 ->
 ReLU -> fc 84 -> ReLU -> fc 10 (the fc 120 on the 16x5x5 map is the papers' conv 120@5x5).
 
+``lenet5(batch_norm=True)`` puts a batch norm after each convolution: DeepInversion (Yin et al. 2020) matches
+the statistics those layers keep, and plain LeNet-5 has none.
+
 Taps: ``stage1``, ``stage2`` (the two pooled conv maps), ``last_stage``, and ``embedding``: the 120
 features (60 for the half) that DAFL's activation term reads, the input of the two-layer classifier.
 """
@@ -21,7 +24,7 @@ from distill.zoo.models import register_model, stage_aliases
 class LeNet5(nn.Module):
     """LeNet-5 on ``(C, H, W)`` images with ``H``, ``W`` >= 28 and ``width`` times its channels and units."""
 
-    def __init__(self, in_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0):
+    def __init__(self, in_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0, batch_norm: bool = False):
         super().__init__()
         c, h, w = in_shape
         if h < 28 or w < 28:
@@ -29,21 +32,22 @@ class LeNet5(nn.Module):
         c1, c2, f1, f2 = (max(1, round(n * width)) for n in (6, 16, 120, 84))
         pad = 2 if (h, w) == (28, 28) else 0  # 28x28 padded = the papers' 32x32 unpadded
         side = lambda n: ((n + 2 * pad - 4) // 2 - 4) // 2  # noqa: E731  (two conv-5 + pool-2)
-        self.features = nn.Sequential(
-            nn.Conv2d(c, c1, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * side(h) * side(w), f1), nn.ReLU(),
-        )
+        norm = (lambda n: [nn.BatchNorm2d(n)]) if batch_norm else (lambda n: [])  # noqa: E731
+        conv1 = [nn.Conv2d(c, c1, 5, padding=pad), *norm(c1), nn.ReLU(), nn.MaxPool2d(2)]
+        conv2 = [nn.Conv2d(c1, c2, 5), *norm(c2), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*conv1, *conv2, nn.Flatten(), nn.Linear(c2 * side(h) * side(w), f1), nn.ReLU())
         self.classifier = nn.Sequential(nn.Linear(f1, f2), nn.ReLU(), nn.Linear(f2, num_classes))
-        self.tap_aliases = stage_aliases(["features.2", "features.5"], "classifier")
+        pools = [len(conv1) - 1, len(conv1) + len(conv2) - 1]
+        self.tap_aliases = stage_aliases([f"features.{i}" for i in pools], "classifier")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-@register_model("lenet5", "LeNet-5 (6-16 conv, 120-84 fc), the DAFL / DFAD MNIST teacher")
-def lenet5(in_shape, num_classes):
-    return LeNet5(in_shape, num_classes, 1.0)
+@register_model("lenet5", "LeNet-5 (6-16 conv, 120-84 fc), the DAFL / DFAD MNIST teacher (batch_norm: after each "
+                "convolution, which DeepInversion needs)")
+def lenet5(in_shape, num_classes, batch_norm: bool = False):
+    return LeNet5(in_shape, num_classes, 1.0, batch_norm)
 
 
 @register_model("lenet5_half", "LeNet-5-half (3-8 conv, 60-42 fc), the DAFL / DFAD MNIST student")
