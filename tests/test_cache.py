@@ -37,6 +37,22 @@ def test_disk_cache_round_trip_equals_the_live_teacher_exactly(digits, teacher, 
     assert calls == [] and torch.equal(again(batch)["logits"], b["logits"])
 
 
+def test_filling_the_store_leaves_the_random_stream_alone(digits, teacher, tmp_path):
+    """A run that fills the store on disk and a later one that finds it there train the same student bit for bit
+    (the fill's loader must not draw from the global generator that dropout and the model's init read)."""
+    def run():
+        torch.manual_seed(0)
+        student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Dropout(0.5),
+                                      torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        Distiller(student, teacher, [Term("kd")], epochs=1, batch_size=256, progress=False, cache_teacher=True,
+                  teacher_cache_dir=str(tmp_path / "c"), seed=0).fit(digits.train)
+        return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+    filled = run()
+    assert (tmp_path / "c" / "meta.json").is_file()
+    assert torch.equal(run(), filled)
+
+
 def test_disk_cache_refuses_another_teacher(digits, teacher, tmp_path):
     CachedTeacher(LiveTeacher(teacher, ["logits"]), digits.train, outputs=TeacherOutputs(tmp_path / "c"))
     other = build_model("mlp", digits.input_shape, hidden=[4])

@@ -300,7 +300,10 @@ class CachedTeacher:
         missing = [tap for tap in self.taps if tap not in self.outputs]
         if missing:
             teacher.to(device)
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+            # its own generator: iterating a loader draws a seed, which must not move the global stream (a run
+            # that fills the store and one that finds it on disk then train alike)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                                generator=torch.Generator())
 
             def batches():
                 for batch in tqdm(loader, desc="caching teacher outputs", leave=False, disable=not progress):

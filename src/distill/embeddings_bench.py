@@ -163,7 +163,9 @@ def reduced_teacher(teacher, data: Data, dim: int):
 
 
 def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: bool) -> list[dict]:
+    from distill.cache import weights_digest
     from distill.engine import TrainConfig
+    from distill.fileio import cache_dir
     from distill.stages import as_stages, fit_stages
     from distill.tasks import get_task
     from distill.zoo.sentence import SentenceEncoder
@@ -171,7 +173,6 @@ def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: b
     kind = ARMS[arm][2]
     settings = {**TRAIN, **{k: v for k, v in ARMS[arm][3].items() if k in TRAIN},
                 **({"epochs": QUICK["epochs"]} if quick else {})}
-    config = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=True)
     teacher_tok = data.tokenizer if tokenizer is not data.tokenizer else None
     if kind == "parallel":
         task = get_task("parallel_embedding", pad_token_id=tokenizer.pad_token_id)
@@ -182,6 +183,12 @@ def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: b
         train_set, val_set = (data.english_texts(n, tokenizer) for n in ("train", "val"))
         dim = ARMS[arm][3].get("dim")
         source_teacher = reduced_teacher(teacher, data, dim) if dim else teacher
+    # the teacher's vectors of a training set are the same for every seed and every student reading it: kept on
+    # disk, made once (the store checks the teacher's weights and the first inputs, and refuses a mismatch)
+    store = (cache_dir() / "teacher-outputs" /
+             f"embeddings-{kind}-{weights_digest(source_teacher)}-{len(train_set)}{'-own-vocab' if teacher_tok else ''}")
+    config = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=True,
+                         teacher_cache_dir=str(store))
     return fit_stages(student, source_teacher, as_stages(task.default_terms()), train_set, val_set, config=config,
                       task=task, say=lambda *_: None)["history"]
 
