@@ -249,3 +249,24 @@ def test_lenet5_and_its_half_are_the_papers_sizes_with_the_dafl_feature_as_embed
         isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 2
     values = TapRecorder(bn, ["stage1", "stage2"]).collect(bn(torch.randn(3, 1, 28, 28)))
     assert values["stage1"].shape == (3, 6, 14, 14) and values["stage2"].shape == (3, 16, 5, 5)  # the pooled maps
+
+
+def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):
+    """The benchmark on tiny settings: both teachers trained and cached, every arm's row with its fields, the
+    table, and a second call that reuses every stored row."""
+    from distill.datafree_bench import ARMS, run_datafree_benchmark
+
+    said = []
+    summary = run_datafree_benchmark(seeds=1, quick=True, out_dir=tmp_path / "out", say=said.append)
+    assert summary["teachers"]["plain"]["val"] > 30  # three tiny epochs already learn digits (chance: 10%)
+    rows = {r["arm"]: r for r in summary["rows"]}
+    assert list(rows) == list(ARMS)
+    assert rows["dafl"]["steps"] == 4 and rows["dafl"]["generator_steps"] >= 4 and len(rows["dafl"]["curve"]) == 2
+    assert sum(rows["deep-inversion"]["teacher_classes"]) == 32 and rows["deep-inversion"]["images"] == 32
+    assert (tmp_path / "out" / "dfad" / "samples-seed-0.png").is_file()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| dafl | 4 |" in table and "98.20" in table
+    said.clear()
+    again = run_datafree_benchmark(seeds=1, quick=True, out_dir=tmp_path / "out", say=said.append)
+    assert again["rows"] == summary["rows"] and not any(s.startswith("training the") for s in said)
+    assert sum("stored" in s for s in said) == len(ARMS)

@@ -108,6 +108,8 @@ def cmd_list(args) -> int:
               "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
         print(f"  {'dense':14s} dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD "
               "(denoising, x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)")
+        print(f"  {'datafree':14s} data-free KD on MNIST, LeNet-5 -> LeNet-5-half: DAFL, DFAD and DeepInversion "
+              "beside the student taught on real images (distill bench datafree --arm ARM)")
         print(f"  {'detection-weights'}  the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the "
               "validation scenes: how the dense benchmark's weights were chosen")
     if what in (None, "schemes"):
@@ -173,7 +175,8 @@ ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_ben
                   "speech": ("distill.speech_bench", "run_speech_benchmark"),
                   "seq2seq": ("distill.seq2seq_bench", "run_seq2seq_benchmark"),
                   "dense": ("distill.dense_bench", "run_dense_benchmark"),
-                  "detection-weights": ("distill.detection_bench", "run_weight_sweep")}
+                  "detection-weights": ("distill.detection_bench", "run_weight_sweep"),
+                  "datafree": ("distill.datafree_bench", "run_datafree_benchmark")}
 
 
 def cmd_bench(args) -> int:
@@ -207,8 +210,8 @@ def cmd_bench(args) -> int:
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.arm or args.train_only:
-        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq and dense benchmarks "
-                          "(distill bench nlp --arm kd; also seq2seq)")
+        raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq, dense and datafree "
+                          "benchmarks (distill bench nlp --arm kd; also seq2seq)")
     if args.recipe:
         raise RecipeError("--recipe is for the speed benchmark (distill bench speed --recipe my.yaml)")
     run_benchmark(args.name, seeds=args.seeds, quick=args.quick, overrides=args.set or [], out_dir=args.out,
@@ -329,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed benchmark: also time this recipe's teacher and student (repeatable)")
     bench.add_argument("--repeats", type=int, default=3, help="speed benchmark: runs per mode (default: 3)")
     bench.add_argument("--arm", action="append", metavar="ARM",
-                       help="nlp / embeddings / llm / speech / seq2seq / dense benchmark: only this arm (kd, pd "
-                       "... / ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ... / scratch, fgd ...; "
-                       "repeatable)")
+                       help="nlp / embeddings / llm / speech / seq2seq / dense / datafree benchmark: only this arm (kd, "
+                       "pd ... / ml-L3 ... / fkl, gkd ... / ctc, seq-kd ... / scratch, word-kd ... / scratch, fgd ... / "
+                       "dafl, dfad ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.set_defaults(func=cmd_bench)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
 
 DATA = {"train_size": 3000, "val_size": 300, "test_size": 1000}
 TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.3, "optimizer": "adamw",
@@ -180,10 +180,7 @@ def _set_up(only: list[str] | None, quick: bool, say):
     """The arms asked for (unknown ones refused), the scenes, the cached teacher, its info and settings key."""
     from distill.zoo.scenes import load_scenes
 
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=say)
     teacher, info = cached_teacher(data, settings_key(data.settings), quick, say)
     teacher_key = settings_key(info["settings"])

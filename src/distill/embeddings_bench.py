@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.fileio import bench_row, settings_key, write_bench_results
+from distill.fileio import bench_row, chosen_arms, settings_key, write_bench_results
 
 # Learning rates chosen on the validation books (docs/embeddings.md, "Schedule"): on 4,000 training pairs, the
 # 3-layer copy reached en->es 11 / 27 / 36% after one pass at 1e-4 / 5e-4 / 2e-3 and collapsed at 5e-3; 62 / 63%
@@ -262,10 +262,7 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
                              say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
     the missing rows only, no speed column and no table (for several processes at once, ``--threads 1`` each)."""
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     out = Path(out_dir)
     data = Data(quick)
     teacher = teacher_encoder().eval()

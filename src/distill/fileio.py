@@ -42,6 +42,14 @@ def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tu
     return row, True
 
 
+def chosen_arms(only: list[str] | None, arms) -> list[str]:
+    """The arms a benchmark runs: ``only`` (checked against ``arms``), or every arm of ``arms``."""
+    unknown = sorted(set(only or []) - set(arms))
+    if unknown:
+        raise DistillError(f"unknown arms {unknown}; arms: {', '.join(arms)}")
+    return list(only or arms)
+
+
 def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str], str],
                make: Callable[[str, int], dict], describe: Callable[[dict], str], say: Callable = print) -> list[dict]:
     """Every (arm, seed) row of a benchmark, each kept in ``out_dir/ARM/seed-K.json`` by :func:`bench_row` with

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_row, settings_key, write_bench_results
+from distill.fileio import bench_row, chosen_arms, settings_key, write_bench_results
 
 BLOCK_SIZE, VOCAB_SIZE = 128, 4096
 TEACHER_SHAPE = {"layers": 4, "hidden": 256, "heads": 4}
@@ -275,10 +275,7 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                       out_dir: str | Path = "bench-results/llm", train_only: bool = False, say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``."""
     out = Path(out_dir)
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     setup = Setup(quick, say)
     teacher_row = {**score(setup.teacher, setup), "train_seconds": setup.teacher_info["seconds"]}
     say(f"teacher: test perplexity {teacher_row['test_perplexity']:.2f}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
 
 DATA = {"train_size": 40, "stride": 24, "eval_size": 64}
 MODELS = {"denoise": ("dncnn", {"depth": 10, "channels": 32}, {"depth": 6, "channels": 16}),
@@ -190,10 +190,7 @@ def run_restoration_benchmark(seeds: int = 3, quick: bool = False, only: list[st
     ``train_only``: train the missing rows and stop before the speed measurements, the table and the figure."""
     from distill.evaluation import count_parameters
 
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     out, results, teachers = Path(out_dir), [], {}
     for task in dict.fromkeys(ARMS[a][0] for a in arms):
         data = load(task, quick)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from distill.errors import DistillError
-from distill.fileio import atomic_write_text, bench_row, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import (atomic_write_text, bench_row, cache_dir, cached_model,
+                           chosen_arms, settings_key, write_bench_results)
 
 DATA = {"size": 30000, "val_size": 1500, "test_size": 1500}
 TRAIN = {"lr": 1e-3, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 0.5, "optimizer": "adamw",
@@ -199,10 +199,7 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``."""
     from distill.evaluation import count_parameters
 
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise DistillError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     setup = Setup(quick, say)
     teacher = {**scores(setup.teacher, setup.test), "params": count_parameters(setup.teacher),
                "train_seconds": setup.teacher_info["seconds"]}

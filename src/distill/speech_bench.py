@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, settings_key, write_bench_results
+from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
 
 # espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800, "flite": True, "telephone": True}
@@ -177,10 +177,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     from distill.evaluation import count_parameters
     from distill.zoo.speech import BASES, SpeechSet, asterisk_adaptation, load_speech
 
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(only, ARMS)
     data_settings = {**DATA, **(QUICK["data"] if quick else {})}
     bases = QUICK["bases"] if quick else BASES
     data = load_speech(**data_settings, bases=bases, say=say)

@@ -1,0 +1,195 @@
+"""``distill bench datafree``: data-free distillation on MNIST, LeNet-5 -> LeNet-5-half, the pair of the DAFL
+(Chen et al. 2019) and DFAD (Fang et al. 2019) papers, and DeepInversion (Yin et al. 2020) with a batch-norm
+LeNet-5, each over seeds, beside the student taught on the real images.
+
+Arms (``ARMS``; the settings and how they were chosen: docs/schemes.md, "data-free"):
+
+* ``scratch``: LeNet-5-half on the real training images, labels only (what real data gives);
+* ``kd-real``: LeNet-5-half taught by the teacher's soft targets alone on the real training images: the same
+  loss as the data-free arms with the real inputs, their ceiling;
+* ``dafl``, ``dfad``: the student trained only on a generator's images (:class:`~distill.datafree.SyntheticSet`),
+  evaluated on the validation split every ``eval_every`` student steps;
+* ``deep-inversion``: ``images`` images synthesised once from the batch-norm teacher
+  (:func:`~distill.datafree.deep_inversion`), then the student taught by KD on them alone.
+
+The teachers (LeNet-5 and LeNet-5 with batch norms; Adam 1e-3, batch 256, 9 epochs, as DAFL's teacher script)
+are trained once with seed 0 and cached; a row's seed sets the student's initialisation, the generator and its
+noise. Test accuracy is read once per row, at the end; nothing is chosen on it. A row keeps its validation curve,
+minutes, student and generator steps, and the teacher's classes on the last generated batch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from distill.bench import group_rows, mean_std
+from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
+
+TEACHER = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "schedule": "constant"}
+# The papers' student optimisers: DAFL Adam 2e-3; DFAD SGD 0.01, momentum 0.9, weight decay 1e-4. Batch 256 (the
+# papers: 512), generators of width 16 (the authors' 64 costs ~16x more per image on a CPU, where the generator, not
+# the LeNets, takes the time).
+ARMS = {
+    "scratch": {"kind": "real", "terms": [("ce", {})]},
+    "kd-real": {"kind": "real", "terms": [("kd", {"temperature": 4.0})]},
+    "dafl": {"kind": "generator", "objective": "dafl", "steps": 1000, "eval_every": 200, "width": 16,
+             "student": {"optimizer": "adam", "lr": 2e-3}, "set": {}},
+    "dfad": {"kind": "generator", "objective": "dfad", "steps": 1000, "eval_every": 250, "width": 16,
+             "student": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4}, "set": {}},
+    "deep-inversion": {"kind": "inversion", "images": 2560, "epochs": 50, "temperature": 4.0,
+                       "inversion": {"steps": 1000, "lr": 0.05, "bn_weight": 10.0, "tv_weight": 1e-3,
+                                     "l2_weight": 0.0}},
+}
+REAL = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "schedule": "constant"}
+BATCH = 256
+# DAFL's MNIST table (Chen et al. 2019, LeNet-5 -> LeNet-5-half): teacher 98.91, the student on real data 98.65,
+# KD on real data 98.91, DAFL 98.20
+PAPERS = {"scratch": "98.65", "kd-real": "98.91", "dafl": "98.20"}
+QUICK = {"train_size": 2048, "val_size": 512, "test_size": 512, "teacher_epochs": 3, "real_epochs": 1, "steps": 4,
+         "eval_every": 2, "images": 32, "inversion_steps": 3, "epochs": 2}
+
+
+def load_data(quick: bool):
+    from distill.zoo import load_dataset
+
+    if quick:
+        return load_dataset("mnist", QUICK["val_size"], train_size=QUICK["train_size"], test_size=QUICK["test_size"])
+    return load_dataset("mnist", 5000)
+
+
+def teacher(data, batch_norm: bool, quick: bool, say=print):
+    """LeNet-5 (``batch_norm``: one after each convolution) trained on the real images with :data:`TEACHER`,
+    seed 0, cached. Returns ``(model in eval mode, record with its validation and test accuracy)``."""
+    from distill import Distiller, evaluate, seed_everything
+    from distill.zoo import build_model
+
+    settings = {**TEACHER, **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
+    name = f"lenet5{'-bn' if batch_norm else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
+    model = build_model("lenet5", data.input_shape, batch_norm=batch_norm)
+
+    def train() -> dict:
+        seed_everything(0)
+        Distiller(model, None, None, **settings, progress=False).fit(data.train, data.val)
+        return {"settings": settings, "val": evaluate(model, data.val)["accuracy"],
+                "test": evaluate(model, data.test)["accuracy"]}
+
+    return cached_model(cache_dir() / "teachers" / name, model, train, f"training the {name} teacher", say)
+
+
+def _classes(model, images: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        return torch.bincount(model(images).argmax(1), minlength=10).tolist()
+
+
+def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: dict | None = None,
+            samples: Path | None = None) -> dict:
+    """Train and score one student of ``arm`` (``settings``: the arm's settings, by default ``ARMS[arm]``);
+    ``samples``: where to draw the images it learnt from."""
+    from distill import Distiller, Term, evaluate, seed_everything
+    from distill.data import ArrayDataset
+    from distill.datafree import SyntheticSet, deep_inversion
+    from distill.report import _plot_samples
+    from distill.zoo import build_model
+
+    spec = settings or ARMS[arm]
+    kind, start = spec["kind"], time.perf_counter()
+    seed_everything(seed)
+    student = build_model("lenet5_half", data.input_shape)
+    curve, extra = [], {}
+    if kind == "real":
+        real = {**REAL, **({"epochs": QUICK["real_epochs"]} if quick else {})}
+        Distiller(student, teachers["plain"], [Term(name, **opts) for name, opts in spec["terms"]], **real,
+                  seed=seed, progress=False).fit(data.train)
+    elif kind == "generator":
+        steps, every = (QUICK["steps"], QUICK["eval_every"]) if quick else (spec["steps"], spec["eval_every"])
+        inputs = data.val.inputs
+        generator = build_model("generator", data.input_shape, width=spec["width"], mean=float(inputs.mean()),
+                                std=float(inputs.std()))
+        synthetic = SyntheticSet(teachers["plain"], spec["objective"], generator, student, size=BATCH * every,
+                                 seed=seed, **spec["set"])
+        terms = [Term("kd", temperature=1.0)] if spec["objective"] == "dafl" else [Term("logit_l1")]
+        d = Distiller(student, teachers["plain"], terms, epochs=1, batch_size=BATCH, schedule="constant",
+                      progress=False, seed=seed, **spec["student"])
+        done = 0
+        while done < steps:
+            d.fit(synthetic, resume=False)
+            done += every
+            curve.append({"steps": done, "generator_steps": synthetic.generator_steps,
+                          "minutes": round((time.perf_counter() - start) / 60, 2),
+                          "val": evaluate(student, data.val)["accuracy"],
+                          "teacher_classes": _classes(teachers["plain"], synthetic.batch)})
+        images = synthetic.batch
+        extra = {"steps": done, "generator_steps": synthetic.generator_steps}
+    else:
+        inversion = dict(spec["inversion"], **({"steps": QUICK["inversion_steps"]} if quick else {}))
+        count = QUICK["images"] if quick else spec["images"]
+        images, _ = deep_inversion(teachers["bn"], count, data.input_shape, data.num_classes, seed=seed, **inversion)
+        made = time.perf_counter() - start
+        seed_everything(seed)
+        epochs = QUICK["epochs"] if quick else spec["epochs"]
+        Distiller(student, teachers["bn"], [Term("kd", temperature=spec["temperature"])], epochs=epochs,
+                  batch_size=BATCH, optimizer="adam", lr=1e-3, schedule="constant", progress=False,
+                  seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
+        extra = {"images": count, "synthesis_minutes": round(made / 60, 2)}
+    if kind != "real":
+        extra["teacher_classes"] = _classes(teachers["bn" if kind == "inversion" else "plain"], images)
+        if samples is not None:
+            samples.parent.mkdir(parents=True, exist_ok=True)
+            _plot_samples(images[:64].clamp(0, 1), samples, f"{arm}, seed {seed}: images the student learnt from")
+    return {"arm": arm, "seed": seed, "val": evaluate(student, data.val)["accuracy"],
+            "test": evaluate(student, data.test)["accuracy"], "train_seconds": round(time.perf_counter() - start, 1),
+            **extra, "curve": curve}
+
+
+def arm_key(arm: str, quick: bool, teacher_records: dict) -> str:
+    spec = ARMS[arm]
+    which = "bn" if spec["kind"] == "inversion" else "plain"
+    return settings_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
+                         "teacher": teacher_records[which]["settings"], "quick": quick})
+
+
+def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                           out_dir: str | Path = "bench-results/datafree", train_only: bool = False,
+                           say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``."""
+    arms = chosen_arms(only, ARMS)
+    data = load_data(quick)
+    teachers, records = {}, {}
+    for which in ("plain", "bn"):
+        teachers[which], records[which] = teacher(data, which == "bn", quick, say)
+        say(f"teacher ({which}): validation {records[which]['val']:.2f}%, test {records[which]['test']:.2f}%")
+    out = Path(out_dir)
+    rows = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, records),
+                      lambda arm, seed: run_arm(arm, seed, data, teachers, quick,
+                                                samples=out / arm / f"samples-seed-{seed}.png"),
+                      lambda row: f"val {row['val']:.2f}%  test {row['test']:.2f}%", say)
+    summary = {"teachers": records, "rows": rows, "seeds": seeds, "quick": quick,
+               "settings": {"teacher": TEACHER, "real": REAL, "batch": BATCH, "arms": ARMS}}
+    if train_only:
+        return summary
+    table = format_table(summary)
+    write_bench_results(out, summary, table)
+    say(table)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    def cell(values, digits=2):
+        mean, std = mean_std(values)
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines = ["| model | student steps | generator steps | minutes per run | val accuracy (%) | test accuracy (%) | "
+             "seeds | paper (test %) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for which, record in summary["teachers"].items():
+        name = "teacher LeNet-5" + (" with batch norms (DeepInversion's)" if which == "bn" else "")
+        lines.append(f"| {name} | - | - | {record.get('seconds', 0) / 60:.1f} | {record['val']:.2f} | "
+                     f"{record['test']:.2f} | 1 | {'98.91' if which == 'plain' else '-'} |")
+    for arm, rows in group_rows(summary["rows"]).items():
+        steps = rows[0].get("steps", "-")
+        gen = rows[0].get("generator_steps", "-")
+        lines.append(f"| {arm} | {steps} | {gen} | {cell([r['train_seconds'] / 60 for r in rows], 1)} | "
+                     f"{cell([r['val'] for r in rows])} | {cell([r['test'] for r in rows])} | {len(rows)} | "
+                     f"{PAPERS.get(arm, '-')} |")
+    return "\n".join(lines)
