@@ -169,10 +169,7 @@ def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] 
                "settings": {"teacher": TEACHER, "real": REAL, "batch": BATCH, "arms": ARMS}}
     if train_only:
         return summary
-    table = format_table(summary)
-    write_bench_results(out, summary, table)
-    say(table)
-    return summary
+    return write_bench_results(out, summary, format_table(summary), say)
 
 
 def format_table(summary: dict) -> str:

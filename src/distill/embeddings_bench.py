@@ -288,10 +288,7 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
     summary = {"rows": rows, "speed": speeds, "seeds": seeds, "quick": quick,
                "settings": {"train": TRAIN, "english_sentences": ENGLISH_SENTENCES,
                             "english_verses": ENGLISH_VERSES, "vocab": VOCAB, "arms": ARMS}}
-    table = format_table(summary)
-    write_bench_results(out, summary, table)
-    say(table)
-    return summary
+    return write_bench_results(out, summary, format_table(summary), say)
 
 
 def _cell(rows: list[dict], key: str) -> str:

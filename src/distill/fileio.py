@@ -64,12 +64,16 @@ def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str]
     return rows
 
 
-def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str) -> None:
-    """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``."""
+def write_bench_results(out_dir: str | os.PathLike, summary: dict, table: str, say: Callable | None = None) -> dict:
+    """A benchmark's ``results.json`` (``summary``) and ``table.md`` (``table``) in ``out_dir``; the table is said
+    with ``say`` when given. Returns ``summary``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=str))
     atomic_write_text(out / "table.md", table + "\n")
+    if say is not None:
+        say(table)
+    return summary
 
 
 def _tmp(path: Path) -> Path:

@@ -295,10 +295,7 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                "train_tokens": setup.train.tokens(), "arms": ARMS}
     if train_only:
         return summary
-    table = format_table(summary)
-    write_bench_results(out, summary, table)
-    say(table)
-    return summary
+    return write_bench_results(out, summary, format_table(summary), say)
 
 
 def _mean_std(values, digits: int = 2) -> str:

@@ -253,10 +253,7 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
         times[shape] = latency(bert_student(*SHAPES[shape]).eval(), data)
     summary = {"teacher": teacher_row, "rows": results, "latency": times, "seeds": seeds, "quick": quick,
                "settings": {"teacher": TEACHER, "student": STUDENT, "prepare": PREPARE, "arms": ARMS}}
-    table = format_table(summary)
-    write_bench_results(out, summary, table)
-    say(table)
-    return summary
+    return write_bench_results(out, summary, format_table(summary), say)
 
 
 def format_table(summary: dict) -> str:

@@ -215,8 +215,7 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
     summary = {"teacher": teacher, "rows": rows, "seeds": seeds, "quick": quick, "settings": setup.settings,
                "arms": ARMS, "words": {s: len(getattr(setup.data, s)) for s in ("train", "val", "test")}}
     if not train_only:
-        write_bench_results(out, summary, table := format_table(summary))
-        say(table)
+        write_bench_results(out, summary, format_table(summary), say)
     return summary
 
 

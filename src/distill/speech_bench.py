@@ -212,10 +212,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
                "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
                "train_utterances": len(train), "adapt_repeat": repeat,
                "settings": {"data": data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
-    table = format_table(summary)
-    write_bench_results(out, summary, table)
-    say(table)
-    return summary
+    return write_bench_results(out, summary, format_table(summary), say)
 
 
 def _mean_std(values: list[float]) -> str:
