@@ -112,6 +112,32 @@ def test_a_teacher_checkpoint_is_used_instead_of_training(tmp_path, cache_dir):
         run_recipe(recipe, tmp_path / "run2")
 
 
+def test_a_teacher_can_train_on_more_of_the_training_split_than_its_students(tmp_path, cache_dir, monkeypatch):
+    """teacher.train_size: 'all' trains the teacher on the whole training split while the students keep
+    data.train_size (a subset of it); the teacher cache keys the teacher's own size."""
+    import distill.run_models as run_models
+    from distill.experiment import run_recipe
+    from distill.run_models import teacher_key
+
+    seen = []
+    real_fit = run_models.Distiller.fit
+
+    def spy(self, train, val=None, **kwargs):
+        seen.append(len(train))
+        return real_fit(self, train, val, **kwargs)
+
+    monkeypatch.setattr(run_models.Distiller, "fit", spy)
+    base = ["train.epochs=1", "teacher.train.epochs=1", "data.train_size=300", "methods=[{method: scratch}]"]
+    run_recipe(load_recipe("digits", [*base, "teacher.train_size=all"]), tmp_path / "run")
+    whole = len(run_models.load_data(load_recipe("digits")).train)
+    assert seen == [whole, 300] and whole > 300  # the teacher, then the student
+    assert teacher_key(load_recipe("digits", [*base, "teacher.train_size=all"])) != teacher_key(load_recipe("digits", base))
+    assert teacher_key(load_recipe("digits", base)) == teacher_key(load_recipe("digits", [*base, "teacher.train_size=null"]))
+    for bad in ("0", "-5", "some", "true"):
+        with pytest.raises(RecipeError, match="teacher.train_size"):
+            load_recipe("digits", [f"teacher.train_size={bad}"])
+
+
 def test_teacher_cache_key_ignores_settings_that_do_not_change_training():
     from distill.run_models import teacher_key as _teacher_key
 

@@ -18,12 +18,12 @@ import reprlib
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from annotated_types import Le
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, create_model,
+                      field_validator, model_validator)
 
 from distill.datafree import OBJECTIVES, SyntheticSet, deep_inversion
 from distill.engine import TrainConfig
@@ -276,6 +276,16 @@ class TeacherSpec(ModelSpec):
     cache: bool = Field(True, description="reuse a teacher trained by an earlier run with the same settings")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed for training the teacher (default: the "
                              "recipe's seed); fix it to distil one teacher into students of several seeds")
+    train_size: StrictInt | Literal["all"] | None = Field(
+        None, description="training samples the teacher trains on (default: data.train_size, the students'); 'all': "
+        "the whole training split, for a teacher that saw more data than its students' subset (which it contains)")
+
+    @field_validator("train_size")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"train_size must be a positive count or 'all', got {excerpt(v)}")
+        return v
 
 
 class TermSpec(BaseModel):

@@ -252,7 +252,10 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
     if not train:
         raise TeacherNotTrained(f"{run_dir}: the teacher is not trained yet (no teacher/student.safetensors, "
                                 f"checkpoint or cached teacher); finish the run first (distill run --resume {run_dir})")
-    say(f"{field}: training {spec.model} for {spec.train.epochs} epochs")
+    if spec.train_size is not None:  # the teacher's own (larger) share of the training split
+        size = None if spec.train_size == "all" else spec.train_size
+        data = load_data(recipe.model_copy(update={"data": recipe.data.model_copy(update={"train_size": size})}))
+    say(f"{field}: training {spec.model} for {spec.train.epochs} epochs on {len(data.train):,} samples")
     config = spec.train.model_copy(update={"seed": teacher_seed(recipe, name)})
     started = time.perf_counter()
     task = data_task(data)

@@ -46,6 +46,8 @@ PAIRS: dict[str, list[str]] = {
     # the default demo's pair and settings (its CNN teacher, the MLP 784-256-10, AdamW, batch 128); an epoch is
     # half a second, so eight: the fastest of seven steady epochs (with two, whole runs of one mode spread by 15%)
     "demo": ["data.train_size=20000", "train.epochs=8"],
+    # the demo exactly as `distill run` trains it (whole training split, its validation split), for its epoch times
+    "demo-whole": ["data.train_size=null", "data.val_size=5000", "train.epochs=4"],
     # the vision benchmark's ResNet pair with its student's optimiser, batch (SGD, batch 64) and channels-last
     # layout, in float32: bf16 is fast only on CPUs with bf16 units (AVX512-BF16), and these machines vary
     "resnet32x4-resnet8x4": ["teacher.model=resnet32x4", "teacher.options={}", "student.model=resnet8x4",
