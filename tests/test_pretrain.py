@@ -77,7 +77,7 @@ def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
     from distill.cli import main
 
     assert main(["bench", "digits", "--arm", "kd"]) == 2
-    assert "--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq and dense benchmarks" in capsys.readouterr().err
+    assert "--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq, dense and datafree" in capsys.readouterr().err
     assert main(["bench", "nlp", "--set", "train.lr=1"]) == 2
     assert "the nlp benchmark takes" in capsys.readouterr().err
     assert main(["bench", "llm", "--pair", "L2-H384"]) == 2
