@@ -10,6 +10,7 @@ beta on a quadratic of curvature lambda is stable only while lr * lambda < 2 (1 
 ``lr*sharp`` is that product.
 """
 import json
+import math
 import sys
 
 import torch
@@ -42,7 +43,7 @@ def loss_fn(model, idx, alpha):
 
 
 def sharpness(model, alpha, iters=20):
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     grads = torch.autograd.grad(loss_fn(model, probe, alpha), params, create_graph=True)
     v = [torch.randn_like(p) for p in params]
     value = 0.0
@@ -74,7 +75,7 @@ for alpha, lr in [(0.0, 0.1), (0.5, 0.1), (0.9, 0.1), (0.9, 0.05), (0.9, 0.02), 
             print(json.dumps({"alpha": alpha, "lr": lr, "step": step, "loss": round(loss, 4),
                               "val": round(accuracy(student), 2), "sharpness": round(sharp, 2),
                               "lr*sharp": round(lr * sharp, 2)}), flush=True)
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 break
         optimizer.zero_grad()
         loss_fn(student, idx, alpha).backward()

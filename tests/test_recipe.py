@@ -133,6 +133,9 @@ def test_a_teacher_can_train_on_more_of_the_training_split_than_its_students(tmp
     assert seen == [whole, 300] and whole > 300  # the teacher, then the student
     assert teacher_key(load_recipe("digits", [*base, "teacher.train_size=all"])) != teacher_key(load_recipe("digits", base))
     assert teacher_key(load_recipe("digits", base)) == teacher_key(load_recipe("digits", [*base, "teacher.train_size=null"]))
+    # a teacher with its own size is the same teacher whatever subset its students see
+    assert teacher_key(load_recipe("digits", [*base, "teacher.train_size=all"])) == teacher_key(
+        load_recipe("digits", [*base, "teacher.train_size=all", "data.train_size=500"]))
     for bad in ("0", "-5", "some", "true"):
         with pytest.raises(RecipeError, match="teacher.train_size"):
             load_recipe("digits", [f"teacher.train_size={bad}"])

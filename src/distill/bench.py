@@ -278,13 +278,19 @@ def _up_to_date(summary: dict, recipe) -> bool:
     return trained == current
 
 
-def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
-              seeds: int) -> dict:
+def pair_tree(bench: Benchmark, pair: str, quick: bool) -> dict:
+    """The recipe tree one pair of ``bench`` runs: the recipe with the pair's (and quick) overrides, without the
+    methods the pair skips."""
     # pair and quick overrides address methods by their position in the recipe, before skipped ones are dropped
     tree = apply_overrides(read_recipe_tree(bench.recipe), bench.pairs.get(pair, []) + (bench.quick if quick else []))
     skipped = set(bench.skip.get(pair, []))
     tree["methods"] = [m for m in tree["methods"] if (m.get("label") or m.get("method")) not in skipped]
-    tree = apply_overrides(tree, list(overrides or []) + [f"seed={seed}"])
+    return tree
+
+
+def _run_seed(bench: Benchmark, pair: str, seed: int, quick: bool, overrides, run_dir: Path, name: str,
+              seeds: int) -> dict:
+    tree = apply_overrides(pair_tree(bench, pair, quick), list(overrides or []) + [f"seed={seed}"])
     recipe = parse_recipe(tree)
     done = run_dir / "summary.json"
     # under several processes rank 0 looks at the files and every process follows its answer

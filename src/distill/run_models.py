@@ -201,8 +201,11 @@ def teacher_key(recipe: Recipe, name: str = "teacher") -> str:
                               exclude={"cache": True, "checkpoint": True, "seed": True,
                                        "train": NOT_TRAINING | {"teacher_top_k"}})
     spec["augment"] = (teacher.augment or recipe.data.augment).model_dump(exclude_defaults=True)  # its data
+    # the data it trained on: the students' subset unless it has its own (teacher.train_size, then in spec)
+    own_size = {"train_size"} if teacher.train_size is not None else set()
     payload = {"teacher": spec, "data": recipe.data.model_dump(mode="json", exclude_defaults=True,
-                                                              exclude={"augment", "test_size", "student_labels"}),
+                                                              exclude={"augment", "test_size", "student_labels",
+                                                                       *own_size}),
                "seed": teacher_seed(recipe, name), "format": 2, **task_key(recipe)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
