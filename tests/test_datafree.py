@@ -109,6 +109,22 @@ def test_deep_inversion_images_teach_a_student(digits, teacher):
         deep_inversion(build_model("mlp", digits.input_shape, hidden=[4]), 4, digits.input_shape, 10)
 
 
+def test_deep_inversion_jitter_shows_the_teacher_shifted_images(digits, teacher):
+    seen = []
+    hook = teacher.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    try:  # lr 0: the images stay the initial noise, so every step's input is a shift of the returned images
+        x, _ = deep_inversion(teacher, 8, digits.input_shape, 10, steps=6, lr=0.0, jitter=2)
+    finally:
+        hook.remove()
+    shifts = []
+    for batch in seen:
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(torch.roll(x, (dy, dx), dims=(-2, -1)), batch.clamp(0, 1))]
+        assert found, "the teacher saw something other than a shift of at most 2 pixels"
+        shifts.append(found[0])
+    assert len(shifts) == 6 and any(s != (0, 0) for s in shifts)
+
+
 def test_a_resumed_data_free_run_continues_the_same_generator(digits, teacher, tmp_path):
     import shutil
 

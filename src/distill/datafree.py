@@ -210,7 +210,7 @@ def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes: int, steps: int = 500,
                    batch_size: int = 128, lr: float = 0.1, bn_weight: float = 1.0, tv_weight: float = 1e-3,
                    l2_weight: float = 1e-5, student: nn.Module | None = None, competition_weight: float = 0.0,
-                   seed: int = 0, say=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   jitter: int = 0, seed: int = 0, say=None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""DeepInversion (Yin et al. 2020): synthesise ``num_images`` inputs from the teacher alone.
 
     Each batch of images starts as noise with target classes drawn uniformly and is optimised
@@ -223,7 +223,9 @@ def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes
     :math:`\mathcal{R}_{feature}` matches every batch-norm layer's batch statistics to its
     running ones (:func:`~distill.losses.datafree.bn_statistics_loss`); with a ``student`` and
     ``competition_weight`` (Adaptive DeepInversion) the images are also pushed to where teacher
-    and student disagree. Images are kept in ``[0, 1]``. Returns ``(images, targets)``.
+    and student disagree. ``jitter``: each step the networks see the batch shifted (cyclically) by up to
+    that many pixels along each axis, the paper's random jitter, so an image must work wherever it
+    sits. Images are kept in ``[0, 1]``. Returns ``(images, targets)``.
     """
     bns = _bn_layers(teacher)
     if not bns:
@@ -249,11 +251,15 @@ def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes
             for _ in range(steps):
                 stats.clear()
                 with torch.enable_grad():
-                    logits = logits_of(teacher(x))
+                    seen = x
+                    if jitter:
+                        dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=rng).tolist()
+                        seen = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+                    logits = logits_of(teacher(seen))
                     loss = (F.cross_entropy(logits, y) + bn_weight * bn_statistics_loss(stats, running)
                             + tv_weight * total_variation(x) + l2_weight * x.pow(2).sum(dim=(1, 2, 3)).mean())
                     if student is not None and competition_weight:
-                        loss = loss + competition_weight * (1 - js_divergence(logits, logits_of(student(x))))
+                        loss = loss + competition_weight * (1 - js_divergence(logits, logits_of(student(seen))))
                 x.grad, = torch.autograd.grad(loss, [x])  # the images only: a competing student keeps its .grad
                 optimizer.step()
                 with torch.no_grad():

@@ -88,7 +88,7 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
     """Train and score one student of ``arm`` (``settings``: the arm's settings, by default ``ARMS[arm]``);
     ``samples``: where to draw the images it learnt from."""
     from distill import Distiller, Term, evaluate, seed_everything
-    from distill.data import ArrayDataset
+    from distill.data import ArrayDataset, RandomShift
     from distill.datafree import SyntheticSet, deep_inversion
     from distill.report import _plot_samples
     from distill.zoo import build_model
@@ -129,9 +129,10 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
         made = time.perf_counter() - start
         seed_everything(seed)
         epochs = QUICK["epochs"] if quick else spec["epochs"]
+        shift = RandomShift(spec["shift"]) if spec.get("shift") else None  # the teacher labels the shifted images
         Distiller(student, teachers["bn"], [Term("kd", temperature=spec["temperature"])], epochs=epochs,
                   batch_size=BATCH, optimizer="adam", lr=1e-3, schedule="constant", progress=False,
-                  seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
+                  augment=shift, seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
         extra = {"images": count, "synthesis_minutes": round(made / 60, 2)}
     if kind != "real":
         extra["teacher_classes"] = _classes(teachers["bn" if kind == "inversion" else "plain"], images)
