@@ -5,7 +5,7 @@ chosen, on the validation split (docs/schemes.md, data-free section).
 
 ARM is an arm of distill.datafree_bench.ARMS (dafl, dfad, deep-inversion, ...); each key=value replaces one of
 its settings, dotted for nested ones: steps=3000, eval_every=500, width=64, set.lr=0.02, set.kd_weight=1,
-student.lr=1e-3, images=5120, epochs=100, inversion.bn_weight=1, inversion.lr=0.1 ... The row (validation curve,
+student.lr=1e-3, images=5120, epochs=100, teacher=resnet8, inversion.bn_weight=1, inversion.lr=0.1 ... The row (validation curve,
 final validation and test accuracy, minutes, steps, the teacher's classes) goes to OUT/NAME.json, the images the
 student learnt from to OUT/NAME.png. The teachers are the benchmark's, from the cache.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from distill.datafree_bench import ARMS, load_data, run_arm, teacher  # noqa: E402
+from distill.datafree_bench import ARMS, TEACHERS, load_data, run_arm, teacher  # noqa: E402
 
 arm, out = sys.argv[1], Path(sys.argv[2])
 options = dict(kv.split("=", 1) for kv in sys.argv[3:])
@@ -34,7 +34,7 @@ for key, text in options.items():
     except (ValueError, SyntaxError):
         place[last] = text
 data = load_data(quick=False)
-teachers = {which: teacher(data, which == "bn", quick=False)[0] for which in ("plain", "bn")}
+teachers = {which: teacher(data, which, quick=False)[0] for which in TEACHERS}
 out.mkdir(parents=True, exist_ok=True)
 row = run_arm(arm, seed, data, teachers, quick=False, settings=spec, samples=out / f"{name}.png")
 row = {"name": name, "settings": spec, **row}

@@ -268,7 +268,7 @@ def test_lenet5_and_its_half_are_the_papers_sizes_with_the_dafl_feature_as_embed
 
 
 def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):
-    """The benchmark on tiny settings: both teachers trained and cached, every arm's row with its fields, the
+    """The benchmark on tiny settings: every teacher trained and cached, every arm's row with its fields, the
     table, and a second call that reuses every stored row."""
     from distill.datafree_bench import ARMS, run_datafree_benchmark
 
@@ -279,9 +279,11 @@ def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):
     assert list(rows) == list(ARMS)
     assert rows["dafl"]["steps"] == 4 and rows["dafl"]["generator_steps"] >= 4 and len(rows["dafl"]["curve"]) == 2
     assert sum(rows["deep-inversion"]["teacher_classes"]) == 32 and rows["deep-inversion"]["images"] == 32
+    assert set(summary["teachers"]) == {"plain", "bn", "resnet8"}  # the ResNet-8 one inverted by its arm
+    assert sum(rows["deep-inversion-resnet8"]["teacher_classes"]) == 32
     assert (tmp_path / "out" / "dfad" / "samples-seed-0.png").is_file()
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| dafl | 4 |" in table and "98.20" in table
+    assert "| dafl | 4 |" in table and "98.20" in table and "| teacher ResNet-8 |" in table
     said.clear()
     again = run_datafree_benchmark(seeds=1, quick=True, out_dir=tmp_path / "out", say=said.append)
     assert again["rows"] == summary["rows"] and not any(s.startswith("training the") for s in said)

@@ -34,13 +34,16 @@ TEACHER = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "sch
 ARMS = {
     "scratch": {"kind": "real", "terms": [("ce", {})]},
     "kd-real": {"kind": "real", "terms": [("kd", {"temperature": 4.0})]},
-    "dafl": {"kind": "generator", "objective": "dafl", "steps": 1000, "eval_every": 200, "width": 16,
+    "dafl": {"kind": "generator", "objective": "dafl", "steps": 3000, "eval_every": 500, "width": 16,
              "student": {"optimizer": "adam", "lr": 2e-3}, "set": {}},
     "dfad": {"kind": "generator", "objective": "dfad", "steps": 1000, "eval_every": 250, "width": 16,
              "student": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4}, "set": {}},
     "deep-inversion": {"kind": "inversion", "images": 2560, "epochs": 50, "temperature": 4.0,
                        "inversion": {"steps": 1000, "lr": 0.05, "bn_weight": 10.0, "tv_weight": 1e-3,
                                      "l2_weight": 0.0}},
+    "deep-inversion-resnet8": {"kind": "inversion", "teacher": "resnet8", "images": 2560, "epochs": 50,
+                               "temperature": 4.0, "inversion": {"steps": 500, "lr": 0.05, "bn_weight": 10.0,
+                                                                 "tv_weight": 1e-3, "l2_weight": 0.0}},
 }
 REAL = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "schedule": "constant"}
 BATCH = 256
@@ -59,15 +62,23 @@ def load_data(quick: bool):
     return load_dataset("mnist", 5000)
 
 
-def teacher(data, batch_norm: bool, quick: bool, say=print):
-    """LeNet-5 (``batch_norm``: one after each convolution) trained on the real images with :data:`TEACHER`,
-    seed 0, cached. Returns ``(model in eval mode, record with its validation and test accuracy)``."""
+# The teachers, by name: LeNet-5 (the papers' MNIST teacher), LeNet-5 with a batch norm after each convolution
+# (DeepInversion's prior needs batch-norm statistics; LeNet-5 has only these two), and ResNet-8, whose seven batch
+# norms give the prior the depth of the paper's ResNets
+TEACHERS = {"plain": ("lenet5", {}, "LeNet-5"), "bn": ("lenet5", {"batch_norm": True}, "LeNet-5 with batch norms"),
+            "resnet8": ("resnet8", {}, "ResNet-8")}
+
+
+def teacher(data, which: str, quick: bool, say=print):
+    """The ``which`` teacher of :data:`TEACHERS` trained on the real images with :data:`TEACHER`, seed 0, cached.
+    Returns ``(model in eval mode, record with its validation and test accuracy)``."""
     from distill import Distiller, evaluate, seed_everything
     from distill.zoo import build_model
 
+    model_name, options, _ = TEACHERS[which]
     settings = {**TEACHER, **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
-    name = f"lenet5{'-bn' if batch_norm else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
-    model = build_model("lenet5", data.input_shape, batch_norm=batch_norm)
+    name = f"{model_name}{'-bn' if which == 'bn' else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
+    model = build_model(model_name, data.input_shape, **options)
 
     def train() -> dict:
         seed_everything(0)
@@ -125,17 +136,18 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
     else:
         inversion = dict(spec["inversion"], **({"steps": QUICK["inversion_steps"]} if quick else {}))
         count = QUICK["images"] if quick else spec["images"]
-        images, _ = deep_inversion(teachers["bn"], count, data.input_shape, data.num_classes, seed=seed, **inversion)
+        inverted = teachers[spec.get("teacher", "bn")]
+        images, _ = deep_inversion(inverted, count, data.input_shape, data.num_classes, seed=seed, **inversion)
         made = time.perf_counter() - start
         seed_everything(seed)
         epochs = QUICK["epochs"] if quick else spec["epochs"]
         shift = RandomShift(spec["shift"]) if spec.get("shift") else None  # the teacher labels the shifted images
-        Distiller(student, teachers["bn"], [Term("kd", temperature=spec["temperature"])], epochs=epochs,
+        Distiller(student, inverted, [Term("kd", temperature=spec["temperature"])], epochs=epochs,
                   batch_size=BATCH, optimizer="adam", lr=1e-3, schedule="constant", progress=False,
                   augment=shift, seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
         extra = {"images": count, "synthesis_minutes": round(made / 60, 2)}
     if kind != "real":
-        extra["teacher_classes"] = _classes(teachers["bn" if kind == "inversion" else "plain"], images)
+        extra["teacher_classes"] = _classes(teachers[_teacher_of(spec)], images)
         if samples is not None:
             samples.parent.mkdir(parents=True, exist_ok=True)
             _plot_samples(images[:64].clamp(0, 1), samples, f"{arm}, seed {seed}: images the student learnt from")
@@ -144,9 +156,13 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
             **extra, "curve": curve}
 
 
+def _teacher_of(spec: dict) -> str:
+    return spec.get("teacher", "bn") if spec["kind"] == "inversion" else "plain"
+
+
 def arm_key(arm: str, quick: bool, teacher_records: dict) -> str:
     spec = ARMS[arm]
-    which = "bn" if spec["kind"] == "inversion" else "plain"
+    which = _teacher_of(spec)
     return settings_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
                          "teacher": teacher_records[which]["settings"], "quick": quick})
 
@@ -158,8 +174,8 @@ def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] 
     arms = chosen_arms(only, ARMS)
     data = load_data(quick)
     teachers, records = {}, {}
-    for which in ("plain", "bn"):
-        teachers[which], records[which] = teacher(data, which == "bn", quick, say)
+    for which in dict.fromkeys(_teacher_of(ARMS[arm]) for arm in ("scratch", *arms)):  # the ones these arms use
+        teachers[which], records[which] = teacher(data, which, quick, say)
         say(f"teacher ({which}): validation {records[which]['val']:.2f}%, test {records[which]['test']:.2f}%")
     out = Path(out_dir)
     rows = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, records),
@@ -181,7 +197,7 @@ def format_table(summary: dict) -> str:
     lines = ["| model | student steps | generator steps | minutes per run | val accuracy (%) | test accuracy (%) | "
              "seeds | paper (test %) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for which, record in summary["teachers"].items():
-        name = "teacher LeNet-5" + (" with batch norms (DeepInversion's)" if which == "bn" else "")
+        name = f"teacher {TEACHERS[which][2]}"
         lines.append(f"| {name} | - | - | {record.get('seconds', 0) / 60:.1f} | {record['val']:.2f} | "
                      f"{record['test']:.2f} | 1 | {'98.91' if which == 'plain' else '-'} |")
     for arm, rows in group_rows(summary["rows"]).items():
