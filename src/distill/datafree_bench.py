@@ -10,9 +10,11 @@ Arms (``ARMS``; the settings and how they were chosen: docs/schemes.md, "data-fr
 * ``dafl``, ``dfad``: the student trained only on a generator's images (:class:`~distill.datafree.SyntheticSet`),
   evaluated on the validation split every ``eval_every`` student steps;
 * ``deep-inversion``: ``images`` images synthesised once from the batch-norm teacher
-  (:func:`~distill.datafree.deep_inversion`), then the student taught by KD on them alone.
+  (:func:`~distill.datafree.deep_inversion`), then the student taught by KD on them alone;
+  ``deep-inversion-resnet8`` the same from a ResNet-8 teacher (a deeper batch-norm prior).
 
-The teachers (LeNet-5 and LeNet-5 with batch norms; Adam 1e-3, batch 256, 9 epochs, as DAFL's teacher script)
+The teachers (:data:`TEACHERS`: LeNet-5, LeNet-5 with batch norms, ResNet-8; Adam 1e-3, batch 256, 9 epochs, as
+DAFL's teacher script)
 are trained once with seed 0 and cached; a row's seed sets the student's initialisation, the generator and its
 noise. Test accuracy is read once per row, at the end; nothing is chosen on it. A row keeps its validation curve,
 minutes, student and generator steps, and the teacher's classes on the last generated batch.
