@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-from distill.datafree_bench import ARMS, TEACHERS, load_data, run_arm, teacher  # noqa: E402
+from distill.datafree_bench import ARMS, load_data, run_arm, teacher, teacher_of  # noqa: E402
 
 arm, out = sys.argv[1], Path(sys.argv[2])
 options = dict(kv.split("=", 1) for kv in sys.argv[3:])
@@ -34,7 +34,8 @@ for key, text in options.items():
     except (ValueError, SyntaxError):
         place[last] = text
 data = load_data(quick=False)
-teachers = {which: teacher(data, which, quick=False)[0] for which in TEACHERS}
+which = teacher_of(spec)  # only the teacher this arm learns from (training an uncached one costs minutes)
+teachers = {which: teacher(data, which, quick=False)[0]}
 out.mkdir(parents=True, exist_ok=True)
 row = run_arm(arm, seed, data, teachers, quick=False, settings=spec, samples=out / f"{name}.png")
 row = {"name": name, "settings": spec, **row}

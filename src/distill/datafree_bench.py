@@ -138,7 +138,7 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
     else:
         inversion = dict(spec["inversion"], **({"steps": QUICK["inversion_steps"]} if quick else {}))
         count = QUICK["images"] if quick else spec["images"]
-        inverted = teachers[spec.get("teacher", "bn")]
+        inverted = teachers[teacher_of(spec)]
         images, _ = deep_inversion(inverted, count, data.input_shape, data.num_classes, seed=seed, **inversion)
         made = time.perf_counter() - start
         seed_everything(seed)
@@ -149,7 +149,7 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
                   augment=shift, seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
         extra = {"images": count, "synthesis_minutes": round(made / 60, 2)}
     if kind != "real":
-        extra["teacher_classes"] = _classes(teachers[_teacher_of(spec)], images)
+        extra["teacher_classes"] = _classes(teachers[teacher_of(spec)], images)
         if samples is not None:
             samples.parent.mkdir(parents=True, exist_ok=True)
             _plot_samples(images[:64].clamp(0, 1), samples, f"{arm}, seed {seed}: images the student learnt from")
@@ -158,13 +158,14 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
             **extra, "curve": curve}
 
 
-def _teacher_of(spec: dict) -> str:
+def teacher_of(spec: dict) -> str:
+    """The name in :data:`TEACHERS` of the teacher an arm's ``spec`` learns from."""
     return spec.get("teacher", "bn") if spec["kind"] == "inversion" else "plain"
 
 
 def arm_key(arm: str, quick: bool, teacher_records: dict) -> str:
     spec = ARMS[arm]
-    which = _teacher_of(spec)
+    which = teacher_of(spec)
     return settings_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
                          "teacher": teacher_records[which]["settings"], "quick": quick})
 
@@ -176,7 +177,8 @@ def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] 
     arms = chosen_arms(only, ARMS)
     data = load_data(quick)
     teachers, records = {}, {}
-    for which in dict.fromkeys(_teacher_of(ARMS[arm]) for arm in ("scratch", *arms)):  # the ones these arms use
+    # the papers' LeNet-5 always (its row carries the paper's number), then the teachers the chosen arms use
+    for which in dict.fromkeys(["plain", *(teacher_of(ARMS[arm]) for arm in arms)]):
         teachers[which], records[which] = teacher(data, which, quick, say)
         say(f"teacher ({which}): validation {records[which]['val']:.2f}%, test {records[which]['test']:.2f}%")
     out = Path(out_dir)
