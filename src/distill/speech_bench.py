@@ -25,10 +25,12 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
+from distill.fileio import (atomic_write_text, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
+                            write_bench_results)
 
 # espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800, "flite": True, "telephone": True}
@@ -170,14 +172,13 @@ def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher
             "delay": spike_delay(logits_on(student, data.test_real), teacher_logits)}
 
 
-def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
-                         out_dir: str | Path = "bench-results/speech", train_only: bool = False, say=print) -> dict:
-    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
-    train the missing rows and stop before the real-time factors and the table."""
+def prepare(quick: bool = False, say=print) -> SimpleNamespace:
+    """What every arm shares: ``data`` (synthetic speech and the real recordings), the ``train`` / ``val`` splits
+    (with the adaptation recordings), the ``teacher`` (trained once, cached; ``info`` its settings and history),
+    its scores ``teacher_row``, and the ``data_settings`` and ``adapt_repeat`` they were made with."""
     from distill.evaluation import count_parameters
     from distill.zoo.speech import BASES, SpeechSet, asterisk_adaptation, load_speech
 
-    arms = chosen_arms(only, ARMS)
     data_settings = {**DATA, **(QUICK["data"] if quick else {})}
     bases = QUICK["bases"] if quick else BASES
     data = load_speech(**data_settings, bases=bases, say=say)
@@ -193,12 +194,27 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
         say(f"adaptation: {len(adapt_train)} other Asterisk recordings ({sum(adapt_train.seconds) / 60:.0f} min) "
             f"x {repeat} in training, {len(val)} as the validation split")
     teacher, info = cached_teacher(train, val, data_key, quick, say)
-    teacher_key = settings_key(info["settings"])
     teacher_row = {**scores(teacher, data), "val_cer": info["history"][-1]["val/cer"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
-    teacher_logits = logits_on(teacher, data.test_real)
+    return SimpleNamespace(data=data, train=train, val=val, teacher=teacher, info=info, teacher_row=teacher_row,
+                           data_settings=data_settings, adapt_repeat=repeat)
+
+
+def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
+                         out_dir: str | Path = "bench-results/speech", train_only: bool = False, say=print) -> dict:
+    """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
+    train the missing rows and stop before the real-time factors and the table."""
+    arms = chosen_arms(only, ARMS)
+    setup = prepare(quick, say)
+    data, train, val, teacher, info, teacher_row = (setup.data, setup.train, setup.val, setup.teacher, setup.info,
+                                                    setup.teacher_row)
+    teacher_key = settings_key(info["settings"])
     out = Path(out_dir)
+    # the teacher's scores kept beside the rows (a new machine retrains it; the table reads them from here too)
+    (out / "teacher").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "teacher" / "seed-0.json", json.dumps({**teacher_row, "key": teacher_key}, indent=1))
+    teacher_logits = logits_on(teacher, data.test_real)
     results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
                          lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits),
                          lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say)
@@ -210,8 +226,8 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
         rtf.setdefault(shape, real_time_factor(build_student(arm, 0), data.test_real))
     summary = {"teacher": teacher_row, "rows": results, "rtf": rtf, "seeds": seeds, "quick": quick,
                "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
-               "train_utterances": len(train), "adapt_repeat": repeat,
-               "settings": {"data": data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
+               "train_utterances": len(train), "adapt_repeat": setup.adapt_repeat,
+               "settings": {"data": setup.data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
     return write_bench_results(out, summary, format_table(summary), say)
 
 
