@@ -1,0 +1,39 @@
+"""Student sizes for ``distill bench speech`` scanned on the validation split (docs/speech.md, "Results").
+
+    PYTHONPATH=src python scripts/speech_student_scan.py HIDDEN LAYERS [METHOD] [EPOCHS]
+
+Trains one streaming (unidirectional) GRU student of HIDDEN units x LAYERS with METHOD (``ctc``, the default, or
+``frame-kd-shift`` / ``seq-kd``: the benchmark's options for that arm) from the benchmark's cached teacher, seed
+0, one thread, and prints one JSON line: CER and WER on the **validation** split (the speaker's held-out
+prompts; the real test recordings are never scored here), parameters, the real-time factor on the validation
+audio, and the teacher's on the same audio (so the speed-up is read on the same machine in the same run).
+"""
+import json
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(1)
+from distill import speech_bench as bench  # noqa: E402
+from distill.evaluation import count_parameters, evaluate  # noqa: E402
+from distill.methods import METHODS  # noqa: E402
+from distill.zoo.speech import RecurrentCTC  # noqa: E402
+
+hidden, layers = int(sys.argv[1]), int(sys.argv[2])
+arm = sys.argv[3] if len(sys.argv) > 3 else "ctc"
+epochs = int(sys.argv[4]) if len(sys.argv) > 4 else bench.STUDENT["train"]["epochs"]
+setup = bench.prepare(say=lambda *_: None)
+_, method, options = bench.ARMS[arm]
+torch.manual_seed(0)
+student = RecurrentCTC(**{**bench.STUDENT["model"], "hidden": hidden, "layers": layers})
+start = time.perf_counter()
+history = bench._train(student, setup.teacher if method != "ctc" else None, METHODS[method](**options), setup.train,
+                       setup.val, {**bench.STUDENT["train"], "epochs": epochs}, seed=0)
+seconds = time.perf_counter() - start
+val = evaluate(student, setup.val, batch_size=128, task="ctc")
+student_rtf, teacher_rtf = (bench.real_time_factor(m, setup.val) for m in (student, setup.teacher))
+print(json.dumps({"hidden": hidden, "layers": layers, "arm": arm, "epochs": epochs, "params": count_parameters(student),
+                  "val": {k: round(v, 2) for k, v in val.items()}, "val_cer_by_epoch": [h["val/cer"] for h in history],
+                  "rtf": round(student_rtf, 4), "teacher_rtf": round(teacher_rtf, 4),
+                  "speed_up": round(teacher_rtf / student_rtf, 2), "train_seconds": round(seconds, 1)}))
