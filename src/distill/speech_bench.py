@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
-from distill.fileio import (atomic_write_text, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
+from distill.fileio import (bench_row, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
                             write_bench_results)
 
 # espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
@@ -211,9 +211,8 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
                                                     setup.teacher_row)
     teacher_key = settings_key(info["settings"])
     out = Path(out_dir)
-    # the teacher's scores kept beside the rows (a new machine retrains it; the table reads them from here too)
-    (out / "teacher").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "teacher" / "seed-0.json", json.dumps({**teacher_row, "key": teacher_key}, indent=1))
+    # the teacher's scores kept beside the students' rows, as a row of its own (a new machine retrains the teacher)
+    bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_row)
     teacher_logits = logits_on(teacher, data.test_real)
     results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
                          lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits),
