@@ -381,6 +381,41 @@ def test_padding_does_not_change_a_bidirectional_models_output():
     assert torch.allclose(alone, both[:, :5], atol=1e-6)
 
 
+def test_a_lower_frame_rate_model_keeps_one_output_per_frame_streams_and_ignores_padding():
+    torch.manual_seed(0)
+    model = speech.RecurrentCTC(features=4, hidden=8, layers=2, frames_per_step=2).eval()
+    x = torch.randn(2, 7, 4)
+    with torch.no_grad():
+        out = model(x, torch.tensor([7, 5]))
+        assert out.shape == (2, 7, len(speech.ALPHABET) + 1)
+        # the second utterance alone gives its 5 frames whatever the batch padded it with
+        assert torch.allclose(model(x[1:, :5], torch.tensor([5]))[0], out[1, :5], atol=1e-6)
+        # streaming with one frame of look-ahead: frames 0-3 never read frames 4-6
+        later = torch.cat([x[:, :4], torch.randn(2, 3, 4)], dim=1)
+        assert torch.equal(model(later)[:, :4], model(x)[:, :4])
+        assert not torch.allclose(model(later)[:, 4], model(x)[:, 4])
+    with pytest.raises(speech.SpeechError, match="frames_per_step"):
+        speech.RecurrentCTC(frames_per_step=0)
+
+
+def test_a_row_convolution_looks_ahead_exactly_its_frames_and_starts_as_the_identity():
+    torch.manual_seed(0)
+    plain = speech.RecurrentCTC(features=4, hidden=8, layers=1).eval()
+    ahead = speech.RecurrentCTC(features=4, hidden=8, layers=1, lookahead=2).eval()
+    assert ahead.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["row_conv.weight"]
+    x = torch.randn(2, 9, 4)
+    with torch.no_grad():
+        assert torch.allclose(ahead(x), plain(x), atol=1e-6)  # identity at initialisation
+        torch.nn.init.normal_(ahead.row_conv.weight)
+        out = ahead(x, torch.tensor([9, 6]))
+        assert torch.allclose(ahead(x[1:, :6], torch.tensor([6]))[0], out[1, :6], atol=1e-6)
+        later = torch.cat([x[:, :5], torch.randn(2, 4, 4)], dim=1)
+        assert torch.equal(ahead(later)[:, :3], ahead(x)[:, :3])  # frame 2 reads frames 2, 3, 4 only
+        assert not torch.allclose(ahead(later)[:, 3], ahead(x)[:, 3])
+    with pytest.raises(speech.SpeechError, match="lookahead"):
+        speech.RecurrentCTC(lookahead=-1)
+
+
 def test_speech_benchmark_refuses_unknown_arms_and_flags(capsys):
     from distill.cli import main
     from distill.speech_bench import run_speech_benchmark

@@ -11,6 +11,8 @@ recordings whose words are in the vocabulary for the test that counts.
 | ``frame-kd-shift`` | unidirectional GRU | the same, the student's frame ``t + SHIFT`` to the teacher's ``t`` |
 | ``seq-kd`` | unidirectional GRU | CTC + CTC on the teacher's 4-best hypotheses, weighted |
 | ``bi-ctc`` | small bidirectional GRU (not streaming) | CTC on the transcripts |
+| ``ctc-128``, ``frame-kd-shift-128`` | a wider unidirectional GRU, 12 epochs | as ``ctc``, ``frame-kd-shift`` |
+| ``ctc-128-ahead`` | the same with a row convolution over 4 future frames (80 ms) | as ``ctc`` |
 
 The teacher is trained once and cached; its outputs on the training set are cached per run
 (``cache_teacher``). Each (arm, seed) result is a file under the output folder, so an interrupted benchmark
@@ -52,7 +54,13 @@ ARMS = {
     "frame-kd-shift": ({}, "ctc_frame_kd", {"alpha": 0.5, "shift": SHIFT}),
     "seq-kd": ({}, "ctc_sequence_kd", {"alpha": 0.5, "n_best": 4, "beam": 4}),
     "bi-ctc": ({"hidden": 64, "bidirectional": True}, "ctc", {}),
+    "ctc-128": ({"hidden": 128}, "ctc", {}),
+    "frame-kd-shift-128": ({"hidden": 128}, "ctc_frame_kd", {"alpha": 0.5, "shift": SHIFT}),
+    "ctc-128-ahead": ({"hidden": 128, "lookahead": 4}, "ctc", {}),
 }
+# arms whose training differs from STUDENT["train"]: the 2x128 students train 12 epochs (validation CER 29.2
+# against 37.5 after 6, seed 0: scripts/speech_student_scan.py 128 2 ctc 12)
+ARM_TRAIN = {"ctc-128": {"epochs": 12}, "frame-kd-shift-128": {"epochs": 12}, "ctc-128-ahead": {"epochs": 12}}
 QUICK = {"data": {"train_size": 240, "val_size": 60, "test_size": 60}, "bases": ["en-us", "en"],
          "teacher": {"hidden": 64, "layers": 2}, "teacher_epochs": 3, "student_epochs": 1}
 
@@ -146,7 +154,8 @@ def real_time_factor(model, split, limit: int = 100) -> float:
 
 
 def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
-    return settings_key({"arm": ARMS[arm], "student": STUDENT, "quick": quick, "teacher": teacher_key})
+    train = {"train": ARM_TRAIN[arm]} if arm in ARM_TRAIN else {}  # (absent for the others: their keys stay)
+    return settings_key({"arm": ARMS[arm], "student": STUDENT, "quick": quick, "teacher": teacher_key, **train})
 
 
 def build_student(arm: str, seed: int):
@@ -162,7 +171,7 @@ def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher
 
     _, method, options = ARMS[arm]
     student = build_student(arm, seed)
-    settings = {**STUDENT["train"], **({"epochs": QUICK["student_epochs"]} if quick else {})}
+    settings = {**STUDENT["train"], **ARM_TRAIN.get(arm, {}), **({"epochs": QUICK["student_epochs"]} if quick else {})}
     start = time.perf_counter()
     history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), train, val,
                      settings, seed)
@@ -226,7 +235,8 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     summary = {"teacher": teacher_row, "rows": results, "rtf": rtf, "seeds": seeds, "quick": quick,
                "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
                "train_utterances": len(train), "adapt_repeat": setup.adapt_repeat,
-               "settings": {"data": setup.data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS}}
+               "settings": {"data": setup.data_settings, "teacher": info["settings"], "student": STUDENT, "arms": ARMS,
+                            "arm_train": ARM_TRAIN}}
     return write_bench_results(out, summary, format_table(summary), say)
 
 

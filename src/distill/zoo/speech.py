@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.tasks import CTC
@@ -464,30 +465,63 @@ class RecurrentCTC(nn.Module):
     a linear layer to the ``vocab`` outputs (blank = 0). ``forward(features (B, T, F), lengths (B,))`` returns
     frame logits ``(B, T, vocab)``; padding frames never reach a real frame (the GRUs run on packed sequences).
     A unidirectional model is streaming: frame ``t``'s output reads frames ``<= t`` only. ``spec_augment``:
-    :class:`SpecAugment` masks on the input features in training (``False``: none)."""
+    :class:`SpecAugment` masks on the input features in training (``False``: none).
+
+    ``frames_per_step`` = k > 1 runs the GRUs at a lower frame rate (Pundak & Sainath 2016, *Lower Frame Rate
+    Neural Network Acoustic Models*): each step reads k frames side by side and emits k frames of logits, so the
+    output keeps one row per input frame (frame-level KD and the CTC mask are unchanged) while the recurrence,
+    the costly sequential part, takes k times fewer steps. A streaming model then looks ahead up to k - 1
+    frames.
+
+    ``lookahead`` = τ > 0 adds Amodei et al. 2016's row (look-ahead) convolution after the GRUs (*Deep Speech 2*,
+    §3.5): each unit of frame t becomes a learnt per-unit mix of that unit over frames t .. t + τ,
+    :math:`r_{t,i} = \sum_{j=0}^{\tau} W_{i,j} h_{t+j,i}`, so a streaming model sees τ future frames
+    (τ × 20 ms of latency) at the cost of a depthwise convolution."""
 
     def __init__(self, features: int = FEATURES, vocab: int = len(ALPHABET) + 1, hidden: int = 128, layers: int = 2,
-                 bidirectional: bool = False, dropout: float = 0.1, spec_augment: bool = False):
+                 bidirectional: bool = False, dropout: float = 0.1, spec_augment: bool = False,
+                 frames_per_step: int = 1, lookahead: int = 0):
         super().__init__()
+        if not isinstance(frames_per_step, int) or frames_per_step < 1:
+            raise SpeechError(f"frames_per_step is a whole number of frames >= 1, got {frames_per_step!r}")
+        if not isinstance(lookahead, int) or lookahead < 0:
+            raise SpeechError(f"lookahead is a whole number of future frames >= 0, got {lookahead!r}")
+        self.frames_per_step = k = frames_per_step
         self.augment = SpecAugment() if spec_augment else nn.Identity()
-        self.inp = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.inp = nn.Sequential(nn.Linear(features * k, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.rnn = nn.GRU(hidden, hidden, layers, batch_first=True, bidirectional=bidirectional,
                           dropout=dropout if layers > 1 else 0.0)
+        width = hidden * (2 if bidirectional else 1)
+        self.lookahead = lookahead
+        # the row convolution starts as the identity (weight 1 on frame t), so τ > 0 begins as the τ = 0 model
+        self.row_conv = nn.Conv1d(width, width, lookahead + 1, groups=width, bias=False) if lookahead else None
+        if self.row_conv is not None:
+            with torch.no_grad():
+                self.row_conv.weight.zero_()[:, :, 0] = 1.0
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden * (2 if bidirectional else 1), vocab)
+        self.out = nn.Linear(width, vocab * k)
         self.tap_aliases = {"embedding": "out:input"}
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if features.dim() != 3:
             raise SpeechError(f"RecurrentCTC takes features (batch, frames, F), got shape {tuple(features.shape)}")
-        x = self.inp(self.augment(features))
+        k, (batch, frames, _) = self.frames_per_step, features.shape
+        x = self.augment(features)
+        if k > 1:  # (B, T, F) -> (B, ceil(T / k), k * F); frames past each utterance's end read as zeros
+            if lengths is not None:
+                real = torch.arange(frames, device=x.device) < torch.as_tensor(lengths, device=x.device)[:, None]
+                x = x * real[..., None]
+            x = F.pad(x, (0, 0, 0, -frames % k)).reshape(batch, -(-frames // k), -1)
+        x = self.inp(x)
         if lengths is None:
             y, _ = self.rnn(x)
         else:
-            packed = pack_padded_sequence(x, torch.as_tensor(lengths).cpu().clamp_min(1), batch_first=True,
-                                          enforce_sorted=False)
+            steps = (torch.as_tensor(lengths).cpu() + k - 1) // k
+            packed = pack_padded_sequence(x, steps.clamp_min(1), batch_first=True, enforce_sorted=False)
             y, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
-        return self.out(self.drop(y))
+        if self.row_conv is not None:  # steps past an utterance's end are zeros (pad_packed_sequence)
+            y = self.row_conv(F.pad(y.transpose(1, 2), (0, self.lookahead))).transpose(1, 2)
+        return self.out(self.drop(y)).reshape(batch, -1, self.out.out_features // k)[:, :frames]
 
 
 def _builder(bidirectional: bool):
