@@ -219,23 +219,42 @@ def test_benchmark_is_registered_and_its_table_reads_rows():
 
 
 @pytest.mark.parametrize("on_teacher", [False, True])
-def test_parallel_student_learns_the_copy_task(copy_teacher, on_teacher):
-    from distill.seq2seq import ctc_greedy, train_parallel
+def test_parallel_student_learns_the_copy_task_through_the_engine(copy_teacher, on_teacher):
+    from distill.seq2seq import ctc_greedy, parallel_items, parallel_task
     from distill.zoo.seq2seq import ParallelCTC
 
     torch.manual_seed(0)
     student = ParallelCTC(12, 12, d_model=32, heads=2, layers=2, dropout=0.0)
-    items = copy_items(384)
+    items, held_out = copy_items(384), copy_items(64, seed=9)
     targets = None
     if on_teacher:
         transfer = BeamTargets()
         transfer.attach(None, copy_teacher)
         targets = transfer.fill(items, get_task("tokens", shift=False, pad_token_id=0).collate).store
-    losses = train_parallel(student, items, targets, epochs=15, lr=3e-3)
-    assert losses[-1] < losses[0] / 2
-    assert g2p_scores(student, copy_items(64, seed=9))["word_acc"] > 60
+    task = parallel_task(12, student.upsample)
+    history = fit_stages(student, None, as_stages(METHODS["ctc"]()), parallel_items(items, targets),
+                         parallel_items(held_out), task=task, say=lambda *_: None,
+                         config=TrainConfig(epochs=15, batch_size=64, lr=3e-3, progress=False, seed=0))["history"]
+    assert history[-1]["train/loss"] < history[0]["train/loss"] / 2
+    scored = g2p_scores(student, held_out)
+    assert scored["word_acc"] > 60
+    # the task's CER is the phoneme error rate and its WER 100 - word accuracy (one symbol, one character)
+    assert history[-1]["val/cer"] == pytest.approx(scored["per"])
+    assert history[-1]["val/wer"] == pytest.approx(100 - scored["word_acc"])
     source = torch.tensor([[3, 3, 4, 0]])
     assert all(s != 0 for s in ctc_greedy(student, source)[0])
+
+
+def test_the_ctc_task_counts_a_token_sources_frames():
+    from distill.seq2seq import parallel_items, parallel_task
+
+    task = parallel_task(12, frames_per_token=2)
+    batch = task.collate(parallel_items([pair_item([3, 4, 5], [6]), pair_item([7], [8, 9])]))
+    assert batch["lengths"].tolist() == [6, 2]
+    assert batch["mask"].shape == (2, 6) and batch["mask"].sum(1).tolist() == [6, 2]
+    assert batch["label"].tolist() == [[6, -100], [8, 9]]
+    with pytest.raises(DistillError, match="frames_per_token"):
+        get_task("ctc", frames_per_token=0)
 
 
 def test_sampling_stops_once_every_row_has_ended():

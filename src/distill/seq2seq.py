@@ -16,8 +16,9 @@ Distillation*, EMNLP).
   (the paper uses BLEU; phoneme strings are scored by their edit distance), ties to the higher-scored.
 * :func:`g2p_scores`: phoneme error rate, word accuracy and words per second of a decoding.
 * A non-autoregressive student (:class:`distill.zoo.seq2seq.ParallelCTC`, the FastSpeech line's parallel
-  output made length-free with CTC): :func:`train_parallel` trains it on the references or on the teacher's
-  beam outputs (a :class:`BeamTargets` store), :func:`ctc_greedy` decodes it in one pass.
+  output made length-free with CTC) trains through the engine with the ``ctc`` task
+  (:func:`parallel_task`) on :func:`parallel_items`: the references, or the teacher's beam outputs (a
+  :class:`BeamTargets` store); :func:`ctc_greedy` decodes it in one pass.
 """
 from __future__ import annotations
 
@@ -296,32 +297,20 @@ def ctc_greedy(model, input_ids: torch.Tensor) -> list[list[int]]:
     return out
 
 
-def train_parallel(model, items: list[dict], targets: dict[int, list[int]] | None = None, epochs: int = 10,
-                   lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> list[float]:
-    """Train a :class:`~distill.zoo.seq2seq.ParallelCTC` with the CTC loss on the references or (``targets``, by
-    item index: e.g. :attr:`BeamTargets.store`) on the teacher's outputs — sequence-level KD for a parallel
-    student. Returns the mean loss of each epoch."""
-    collate_source = lambda part: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
-        [it["input_ids"] for it in part], batch_first=True, padding_value=PAD)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order, total = torch.randperm(len(items), generator=generator).tolist(), 0.0
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            part = [items[i] for i in rows]
-            wanted = [targets[i] if targets is not None else items[i]["label"][:-1].tolist() for i in rows]
-            source = collate_source(part)
-            log_probs = model(source).log_softmax(-1).transpose(0, 1)
-            loss = torch.nn.functional.ctc_loss(
-                log_probs, torch.tensor([x for w in wanted for x in w], dtype=torch.long),
-                (source != PAD).sum(1) * model.upsample, torch.tensor([len(w) for w in wanted]),
-                blank=PAD, zero_infinity=True)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-        losses.append(total / len(items))
-    return losses
+def parallel_items(items: list[dict], targets: dict[int, list[int]] | None = None) -> list[dict]:
+    """``ctc``-task items for a parallel student from seq2seq items (``input_ids``, ``label`` = target +
+    ``</s>``): the source and, as the label, the reference without ``</s>`` or (``targets``, by item index: e.g.
+    :attr:`BeamTargets.store`) the teacher's output — sequence-level KD for a parallel student."""
+    return [{"input_ids": it["input_ids"],
+             "label": torch.tensor(targets[i], dtype=torch.long) if targets is not None else it["label"][:-1]}
+            for i, it in enumerate(items)]
+
+
+def parallel_task(vocab: int, frames_per_token: int):
+    """The ``ctc`` task for a parallel student over ``vocab`` output ids (0 the blank, also the padding id) that
+    emits ``frames_per_token`` frames per source token. Each symbol is spelt as one character of its own, so
+    the task's CER is the symbol (phoneme) error rate and its WER is 100 - word accuracy."""
+    from distill.tasks import get_task
+
+    alphabet = "".join(chr(0x4E00 + i) for i in range(1, vocab))  # distinct single characters, no space
+    return get_task("ctc", alphabet=alphabet, pad_token_id=PAD, frames_per_token=frames_per_token)

@@ -83,13 +83,13 @@ def _model(data, shape: dict, seed: int):
 
 
 def _train(model, teacher, stages, train, val, settings: dict, epochs: int, seed: int,
-           cache: bool = False) -> list[dict]:
+           cache: bool = False, task=None) -> list[dict]:
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages
 
     cfg = TrainConfig(**settings["train"], epochs=epochs, seed=seed, eval_batch_size=256, progress=False,
                       cache_teacher=cache)
-    return fit_stages(model, teacher, as_stages(stages), train, val, config=cfg, task=_task(),
+    return fit_stages(model, teacher, as_stages(stages), train, val, config=cfg, task=task or _task(),
                       say=lambda *_: None)["history"]
 
 
@@ -180,16 +180,19 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
 def run_parallel(arm: str, seed: int, setup: Setup, on_teacher: bool) -> dict:
     """The non-autoregressive student trained with CTC on the references or on the teacher's best beam outputs."""
     from distill.evaluation import count_parameters
-    from distill.seq2seq import train_parallel
+    from distill.methods import METHODS
+    from distill.seq2seq import parallel_items, parallel_task
     from distill.zoo.seq2seq import ParallelCTC
 
     torch.manual_seed(seed)
     student = ParallelCTC(len(setup.data.letters), len(setup.data.phonemes), **setup.settings["parallel"])
     targets = setup.transfer(False).store if on_teacher else None
     start = time.perf_counter()
-    train_parallel(student, setup.train, targets, setup.settings["student"]["epochs"], setup.settings["train"]["lr"],
-                   setup.settings["train"]["batch_size"], seed)
-    return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_perplexity": None,
+    # the same engine, schedule and epochs as the autoregressive students; validation on the references
+    history = _train(student, None, METHODS["ctc"](), parallel_items(setup.train, targets), parallel_items(setup.val),
+                     setup.settings, setup.settings["student"]["epochs"], seed,
+                     task=parallel_task(len(setup.data.phonemes), student.upsample))
+    return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_per": history[-1]["val/cer"],
             "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
 
 

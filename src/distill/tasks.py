@@ -575,6 +575,10 @@ class CTC(Task):
     ``"beam"`` (prefix beam search, ``beam`` prefixes); given ``words`` (a closed vocabulary), the beam search
     spells those words only (lexicon-constrained decoding). Metrics: CER (%, selects), WER (%) and the CTC loss
     per utterance.
+
+    Token sources (a non-autoregressive text model such as :class:`distill.zoo.seq2seq.ParallelCTC`): items
+    ``{"input_ids": source ids, "label": symbol ids}``; the model emits ``frames_per_token`` frames per source
+    token, so each row's real frames are its tokens (padded with ``pad_token_id``) times ``frames_per_token``.
     """
 
     name = "ctc"
@@ -584,8 +588,12 @@ class CTC(Task):
     ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
-                 alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8, words=None):
+                 alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8, words=None,
+                 frames_per_token: int = 1):
         super().__init__(target, pad_token_id, tokenizer)
+        if not isinstance(frames_per_token, int) or isinstance(frames_per_token, bool) or frames_per_token < 1:
+            raise TaskError(f"frames_per_token is a whole number >= 1, got {excerpt(frames_per_token)}")
+        self.frames_per_token = frames_per_token
         if decode not in ("greedy", "beam"):
             raise TaskError(f"decode must be 'greedy' or 'beam', got {excerpt(decode)}")
         if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or not alphabet:
@@ -618,8 +626,11 @@ class CTC(Task):
     def prepare(self, batch):
         batch = super().prepare(batch)
         inputs = batch["input"]
+        if isinstance(inputs, Mapping) and "features" not in inputs and "input_ids" in inputs:
+            return self._prepare_tokens(batch, inputs)
         if not isinstance(inputs, Mapping) or "features" not in inputs:
-            raise TaskError(f"ctc items are dicts with 'features' (frames, F) and 'lengths', got {describe(inputs)}")
+            raise TaskError(f"ctc items are dicts with 'features' (frames, F) and 'lengths', or with 'input_ids' "
+                            f"(a token source), got {describe(inputs)}")
         features = inputs["features"]
         if features.dim() != 3:
             raise TaskError(f"ctc features must be (frames, F) per item, got a batch of shape {tuple(features.shape)}")
@@ -629,6 +640,20 @@ class CTC(Task):
             batch["input"] = inputs = {**inputs, "lengths": lengths}
         batch["lengths"] = lengths = torch.as_tensor(lengths).long()
         batch["mask"] = torch.arange(features.shape[1])[None, :] < lengths[:, None]
+        return self._check_label_shape(batch)
+
+    def _prepare_tokens(self, batch, inputs):
+        ids = inputs["input_ids"]
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise TaskError(f"ctc input_ids are (batch, tokens), got {describe(ids)}")
+        tokens = inputs.get("attention_mask")
+        tokens = tokens.long().sum(1) if tokens is not None else torch.full((len(ids),), ids.shape[1])
+        batch["lengths"] = frames = tokens * self.frames_per_token
+        batch["mask"] = torch.arange(ids.shape[1] * self.frames_per_token)[None, :] < frames[:, None]
+        return self._check_label_shape(batch)
+
+    @staticmethod
+    def _check_label_shape(batch):
         labels = batch.get("label")
         if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() != 2):
             raise TaskError(f"ctc labels are symbol ids of shape (batch, symbols), got {describe(labels)}")

@@ -461,7 +461,7 @@ class SpecAugment(nn.Module):
 
 
 class RecurrentCTC(nn.Module):
-    """A recurrent CTC acoustic model: a linear input layer with ReLU, ``layers`` GRUs (bidirectional or not),
+    r"""A recurrent CTC acoustic model: a linear input layer with ReLU, ``layers`` GRUs (bidirectional or not),
     a linear layer to the ``vocab`` outputs (blank = 0). ``forward(features (B, T, F), lengths (B,))`` returns
     frame logits ``(B, T, vocab)``; padding frames never reach a real frame (the GRUs run on packed sequences).
     A unidirectional model is streaming: frame ``t``'s output reads frames ``<= t`` only. ``spec_augment``:
