@@ -258,13 +258,15 @@ def format_table(summary: dict) -> str:
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
              "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| BiGRU teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
+             f"| BiGRU teacher {TEACHER['model']['layers']}×{TEACHER['model']['hidden']} | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
              f"+0% | {lexicon(teacher)} | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
              f"{rtf['teacher']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
         r = rtf[json.dumps(model, sort_keys=True)]
-        name = "BiGRU student" if model.get("bidirectional") else "streaming GRU"
+        shape = {**STUDENT["model"], **model}
+        name = (f"{'BiGRU' if shape['bidirectional'] else 'streaming GRU'} {shape['layers']}×{shape['hidden']}"
+                + (f", look-ahead {shape['lookahead']}" if shape.get("lookahead") else ""))
         cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
         wer = statistics.fmean(x["real_wer"] for x in rows)
         relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
