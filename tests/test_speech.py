@@ -233,7 +233,7 @@ def test_ctc_task_errors_name_the_problem():
     with pytest.raises(TaskError, match="outside the CTC alphabet"):
         task.encode("hello!")
     with pytest.raises(TaskError, match="'features'"):
-        task.collate([{"input_ids": [1, 2], "label": [1]}])
+        task.collate([{"pixels": [1, 2], "label": [1]}])  # neither features nor input_ids
     with pytest.raises(TaskError, match="the blank"):
         task.collate([{"features": torch.randn(4, 2), "lengths": 4, "label": torch.tensor([0, 1])}])
     with pytest.raises(TaskError, match="decode"):
