@@ -4,7 +4,8 @@
 
 Trains one streaming (unidirectional) GRU student of HIDDEN units x LAYERS with METHOD (``ctc``, the default, or
 ``frame-kd-shift`` / ``seq-kd``: the benchmark's options for that arm) from the benchmark's cached teacher, seed
-0, one thread (OPTION=N: more RecurrentCTC options, ``frames_per_step=2`` or ``lookahead=4``), and prints one JSON line: CER and WER on the **validation** split (the speaker's held-out
+0, one thread (OPTION=N: more RecurrentCTC options, ``frames_per_step=2`` or ``lookahead=4``), and prints one
+JSON line: CER and WER on the **validation** split (the speaker's held-out
 prompts; the real test recordings are never scored here), parameters, the real-time factor on the validation
 audio, and the teacher's on the same audio (so the speed-up is read on the same machine in the same run).
 """
@@ -20,7 +21,7 @@ from distill.evaluation import count_parameters, evaluate  # noqa: E402
 from distill.methods import METHODS  # noqa: E402
 from distill.zoo.speech import RecurrentCTC  # noqa: E402
 
-options = dict((key, int(value)) for key, value in (a.split("=") for a in sys.argv[1:] if "=" in a))
+model_options = dict((key, int(value)) for key, value in (a.split("=") for a in sys.argv[1:] if "=" in a))
 positional = [a for a in sys.argv[1:] if "=" not in a]
 hidden, layers = int(positional[0]), int(positional[1])
 arm = positional[2] if len(positional) > 2 else "ctc"
@@ -28,14 +29,14 @@ epochs = int(positional[3]) if len(positional) > 3 else bench.STUDENT["train"]["
 setup = bench.prepare(say=lambda *_: None)
 _, method, options = bench.ARMS[arm]
 torch.manual_seed(0)
-student = RecurrentCTC(**{**bench.STUDENT["model"], "hidden": hidden, "layers": layers, **options})
+student = RecurrentCTC(**{**bench.STUDENT["model"], "hidden": hidden, "layers": layers, **model_options})
 start = time.perf_counter()
 history = bench._train(student, setup.teacher if method != "ctc" else None, METHODS[method](**options), setup.train,
                        setup.val, {**bench.STUDENT["train"], "epochs": epochs}, seed=0)
 seconds = time.perf_counter() - start
 val = evaluate(student, setup.val, batch_size=128, task="ctc")
 student_rtf, teacher_rtf = (bench.real_time_factor(m, setup.val) for m in (student, setup.teacher))
-print(json.dumps({"hidden": hidden, "layers": layers, **options, "arm": arm, "epochs": epochs,
+print(json.dumps({"hidden": hidden, "layers": layers, **model_options, "arm": arm, "epochs": epochs,
                   "params": count_parameters(student),
                   "val": {k: round(v, 2) for k, v in val.items()}, "val_cer_by_epoch": [h["val/cer"] for h in history],
                   "rtf": round(student_rtf, 4), "teacher_rtf": round(teacher_rtf, 4),

@@ -60,7 +60,7 @@ ARMS = {
 }
 # arms whose training differs from STUDENT["train"]: the 2x128 students train 12 epochs (validation CER 29.2
 # against 37.5 after 6, seed 0: scripts/speech_student_scan.py 128 2 ctc 12)
-ARM_TRAIN = {"ctc-128": {"epochs": 12}, "frame-kd-shift-128": {"epochs": 12}, "ctc-128-ahead": {"epochs": 12}}
+ARM_TRAIN = dict.fromkeys(("ctc-128", "frame-kd-shift-128", "ctc-128-ahead"), {"epochs": 12})
 QUICK = {"data": {"train_size": 240, "val_size": 60, "test_size": 60}, "bases": ["en-us", "en"],
          "teacher": {"hidden": 64, "layers": 2}, "teacher_epochs": 3, "student_epochs": 1}
 
@@ -247,6 +247,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _model_name(shape: dict) -> str:
+    """``BiGRU 3×160``, ``streaming GRU 2×128, look-ahead 4``: a RecurrentCTC's options as the table names it."""
+    name = f"{'BiGRU' if shape.get('bidirectional') else 'streaming GRU'} {shape['layers']}×{shape['hidden']}"
+    return name + (f", look-ahead {shape['lookahead']}" if shape.get("lookahead") else "")
+
+
 def format_table(summary: dict) -> str:
     from distill.bench import group_rows
 
@@ -258,15 +264,14 @@ def format_table(summary: dict) -> str:
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
              "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             f"| BiGRU teacher {TEACHER['model']['layers']}×{TEACHER['model']['hidden']} | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | "
+             f"| {_model_name(TEACHER['model'])} teacher | ctc | {teacher['params']:,} | {teacher['real_cer']:.1f} | "
+             f"{teacher['real_wer']:.1f} | "
              f"+0% | {lexicon(teacher)} | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
              f"{rtf['teacher']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
         r = rtf[json.dumps(model, sort_keys=True)]
-        shape = {**STUDENT["model"], **model}
-        name = (f"{'BiGRU' if shape['bidirectional'] else 'streaming GRU'} {shape['layers']}×{shape['hidden']}"
-                + (f", look-ahead {shape['lookahead']}" if shape.get("lookahead") else ""))
+        name = _model_name({**STUDENT["model"], **model})
         cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
         wer = statistics.fmean(x["real_wer"] for x in rows)
         relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
