@@ -105,8 +105,29 @@ def test_deep_inversion_images_teach_a_student(digits, teacher):
     Distiller(student, teacher, [Term("kd")], epochs=10, lr=1e-2, batch_size=64, progress=False,
               cache_teacher=True).fit(ArrayDataset(x, None))
     assert evaluate(student, digits.test)["accuracy"] > 35  # chance is 10%; the teacher 97%
-    with pytest.raises(ValueError, match="no BatchNorm2d"):
+    with pytest.raises(ValueError, match="no BatchNorm1d or BatchNorm2d"):
         deep_inversion(build_model("mlp", digits.input_shape, hidden=[4]), 4, digits.input_shape, 10)
+
+
+def test_deep_inversion_matches_the_statistics_of_fully_connected_batch_norms():
+    torch.manual_seed(0)
+    hidden = torch.nn.Linear(16, 6)
+    bn = torch.nn.BatchNorm1d(6)
+    net = torch.nn.Sequential(torch.nn.Flatten(), hidden, bn, torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    with torch.no_grad():  # the statistics of dark images, which the starting noise around 0.5 does not have
+        h = hidden(0.3 * torch.rand(256, 16))
+        bn.running_mean.copy_(h.mean(0))
+        bn.running_var.copy_(h.var(0, unbiased=False))
+
+    def distance(images):
+        with torch.no_grad():
+            h = hidden(images.flatten(1))
+        return bn_statistics_loss([(h.mean(0), h.var(0, unbiased=False))], [(bn.running_mean, bn.running_var)]).item()
+
+    start, _ = deep_inversion(net, 64, (1, 4, 4), 3, steps=0, tv_weight=0.0, l2_weight=0.0)
+    fitted, _ = deep_inversion(net, 64, (1, 4, 4), 3, steps=200, lr=0.05, bn_weight=10.0, tv_weight=0.0,
+                               l2_weight=0.0)
+    assert distance(fitted) < 0.3 * distance(start)
 
 
 def test_deep_inversion_jitter_shows_the_teacher_shifted_images(digits, teacher):
@@ -265,6 +286,11 @@ def test_lenet5_and_its_half_are_the_papers_sizes_with_the_dafl_feature_as_embed
         isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 2
     values = TapRecorder(bn, ["stage1", "stage2"]).collect(bn(torch.randn(3, 1, 28, 28)))
     assert values["stage1"].shape == (3, 6, 14, 14) and values["stage2"].shape == (3, 16, 5, 5)  # the pooled maps
+    full = build_model("lenet5", (1, 28, 28), batch_norm=True, fc_batch_norm=True)  # and after fc 120, fc 84
+    assert count_parameters(full) == count_parameters(bn) + 2 * (120 + 84) and sum(
+        isinstance(m, torch.nn.BatchNorm1d) for m in full.modules()) == 2
+    values = TapRecorder(full, ["embedding", "logits"]).collect(full.eval()(torch.randn(3, 1, 28, 28)))
+    assert values["embedding"].shape == (3, 120) and values["logits"].shape == (3, 10)
 
 
 def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):

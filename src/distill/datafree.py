@@ -203,8 +203,9 @@ def input_statistics(images: torch.Tensor) -> dict[str, list[float]]:
     return {"mean": x.mean(1).tolist(), "std": x.std(1).tolist()}
 
 
-def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms with running statistics: of convolutions (2d) and of fully connected layers (1d)."""
+    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None]
 
 
 def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes: int, steps: int = 500,
@@ -220,7 +221,8 @@ def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes
         \mathrm{CE}(f_T(\hat x), y) + w_{bn}\mathcal{R}_{feature} + w_{tv}\mathcal{R}_{TV} + w_{\ell_2}\|\hat x\|^2
         \;[\, + w_{comp}\,(1 - \mathrm{JS}(f_T(\hat x), f_S(\hat x))) \,]
 
-    :math:`\mathcal{R}_{feature}` matches every batch-norm layer's batch statistics to its
+    :math:`\mathcal{R}_{feature}` matches every batch-norm layer's batch statistics (``BatchNorm2d``: per
+    channel over the batch and the positions; ``BatchNorm1d``: per unit over the batch) to its
     running ones (:func:`~distill.losses.datafree.bn_statistics_loss`); with a ``student`` and
     ``competition_weight`` (Adaptive DeepInversion) the images are also pushed to where teacher
     and student disagree. ``jitter``: each step the networks see the batch shifted (cyclically) by up to
@@ -229,14 +231,16 @@ def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes
     """
     bns = _bn_layers(teacher)
     if not bns:
-        raise ValueError("DeepInversion matches batch-norm statistics, but the teacher has no BatchNorm2d layer")
+        raise ValueError("DeepInversion matches batch-norm statistics, but the teacher has no BatchNorm1d or "
+                         "BatchNorm2d layer")
     freeze(teacher)
     device = next(teacher.parameters()).device
     stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def record(module, inputs, output):
         x = inputs[0]
-        stats.append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)))
+        dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels (units)
+        stats.append((x.mean(dims), x.var(dims, unbiased=False)))
 
     hooks = [bn.register_forward_hook(record) for bn in bns]
     running = [(bn.running_mean, bn.running_var) for bn in bns]

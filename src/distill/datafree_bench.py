@@ -68,6 +68,8 @@ def load_data(quick: bool):
 # (DeepInversion's prior needs batch-norm statistics; LeNet-5 has only these two), and ResNet-8, whose seven batch
 # norms give the prior the depth of the paper's ResNets
 TEACHERS = {"plain": ("lenet5", {}, "LeNet-5"), "bn": ("lenet5", {"batch_norm": True}, "LeNet-5 with batch norms"),
+            "bn-fc": ("lenet5", {"batch_norm": True, "fc_batch_norm": True},
+                      "LeNet-5 with batch norms after every hidden layer"),
             "resnet8": ("resnet8", {}, "ResNet-8")}
 
 
@@ -79,7 +81,7 @@ def teacher(data, which: str, quick: bool, say=print):
 
     model_name, options, _ = TEACHERS[which]
     settings = {**TEACHER, **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
-    name = f"{model_name}{'-bn' if which == 'bn' else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
+    name = f"{model_name}{'-' + which if which.startswith('bn') else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
     model = build_model(model_name, data.input_shape, **options)
 
     def train() -> dict:

@@ -8,7 +8,8 @@ same parameter count. conv 6@5x5 -> ReLU -> max-pool 2 -> conv 16@5x5 -> ReLU ->
 ReLU -> fc 84 -> ReLU -> fc 10 (the fc 120 on the 16x5x5 map is the papers' conv 120@5x5).
 
 ``lenet5(batch_norm=True)`` puts a batch norm after each convolution: DeepInversion (Yin et al. 2020) matches
-the statistics those layers keep, and plain LeNet-5 has none.
+the statistics those layers keep, and plain LeNet-5 has none. ``fc_batch_norm=True`` adds one after each hidden
+fully connected layer as well (120 and 84 units), two more sets of statistics for DeepInversion to match.
 
 Taps: ``stage1``, ``stage2`` (the two pooled conv maps), ``last_stage``, and ``embedding``: the 120
 features (60 for the half) that DAFL's activation term reads, the input of the two-layer classifier.
@@ -24,7 +25,8 @@ from distill.zoo.models import register_model, stage_aliases
 class LeNet5(nn.Module):
     """LeNet-5 on ``(C, H, W)`` images with ``H``, ``W`` >= 28 and ``width`` times its channels and units."""
 
-    def __init__(self, in_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0, batch_norm: bool = False):
+    def __init__(self, in_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0, batch_norm: bool = False,
+                 fc_batch_norm: bool = False):
         super().__init__()
         c, h, w = in_shape
         if h < 28 or w < 28:
@@ -35,8 +37,10 @@ class LeNet5(nn.Module):
         norm = (lambda n: [nn.BatchNorm2d(n)]) if batch_norm else (lambda n: [])  # noqa: E731
         conv1 = [nn.Conv2d(c, c1, 5, padding=pad), *norm(c1), nn.ReLU(), nn.MaxPool2d(2)]
         conv2 = [nn.Conv2d(c1, c2, 5), *norm(c2), nn.ReLU(), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*conv1, *conv2, nn.Flatten(), nn.Linear(c2 * side(h) * side(w), f1), nn.ReLU())
-        self.classifier = nn.Sequential(nn.Linear(f1, f2), nn.ReLU(), nn.Linear(f2, num_classes))
+        fc_norm = (lambda n: [nn.BatchNorm1d(n)]) if fc_batch_norm else (lambda n: [])  # noqa: E731
+        self.features = nn.Sequential(*conv1, *conv2, nn.Flatten(), nn.Linear(c2 * side(h) * side(w), f1),
+                                      *fc_norm(f1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Linear(f1, f2), *fc_norm(f2), nn.ReLU(), nn.Linear(f2, num_classes))
         pools = [len(conv1) - 1, len(conv1) + len(conv2) - 1]
         self.tap_aliases = stage_aliases([f"features.{i}" for i in pools], "classifier")
 
@@ -45,9 +49,9 @@ class LeNet5(nn.Module):
 
 
 @register_model("lenet5", "LeNet-5 (6-16 conv, 120-84 fc), the DAFL / DFAD MNIST teacher (batch_norm: after each "
-                "convolution, which DeepInversion needs)")
-def lenet5(in_shape, num_classes, batch_norm: bool = False):
-    return LeNet5(in_shape, num_classes, 1.0, batch_norm)
+                "convolution, which DeepInversion needs; fc_batch_norm: after the hidden fc layers too)")
+def lenet5(in_shape, num_classes, batch_norm: bool = False, fc_batch_norm: bool = False):
+    return LeNet5(in_shape, num_classes, 1.0, batch_norm, fc_batch_norm)
 
 
 @register_model("lenet5_half", "LeNet-5-half (3-8 conv, 60-42 fc), the DAFL / DFAD MNIST student")
