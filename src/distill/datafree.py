@@ -205,7 +205,8 @@ def input_statistics(images: torch.Tensor) -> dict[str, list[float]]:
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The batch norms with running statistics: of convolutions (2d) and of fully connected layers (1d)."""
-    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None]
+    return [m for m in model.modules()
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None]
 
 
 def deep_inversion(teacher: nn.Module, num_images: int, input_shape, num_classes: int, steps: int = 500,

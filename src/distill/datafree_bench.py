@@ -81,7 +81,8 @@ def teacher(data, which: str, quick: bool, say=print):
 
     model_name, options, _ = TEACHERS[which]
     settings = {**TEACHER, **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
-    name = f"{model_name}{'-' + which if which.startswith('bn') else ''}-mnist-{settings_key({'train': settings, 'quick': quick})}"
+    variant = "" if which in ("plain", model_name) else f"-{which}"  # lenet5, lenet5-bn, lenet5-bn-fc, resnet8
+    name = f"{model_name}{variant}-mnist-{settings_key({'train': settings, 'quick': quick})}"
     model = build_model(model_name, data.input_shape, **options)
 
     def train() -> dict:
