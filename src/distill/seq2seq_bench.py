@@ -157,7 +157,29 @@ def scores(model, items) -> dict:
             "beam_wps": beam["words_per_second"]}
 
 
-def run_arm(arm: str, seed: int, setup: Setup) -> dict:
+def build_student(arm: str, setup: Setup, seed: int = 0):
+    """The untrained student of ``arm`` (autoregressive or parallel), seeded."""
+    from distill.zoo.seq2seq import ParallelCTC
+
+    if ARMS[arm][0] != "parallel":
+        return _model(setup.data, setup.settings["student"]["model"], seed)
+    torch.manual_seed(seed)
+    return ParallelCTC(len(setup.data.letters), len(setup.data.phonemes), **setup.settings["parallel"])
+
+
+def run_arm(arm: str, seed: int, setup: Setup, weights: Path | None = None) -> dict:
+    """Train one (arm, seed) student and score it; its weights are saved to ``weights`` (safetensors) so the
+    table can time it later with nothing else running."""
+    from safetensors.torch import save_file
+
+    row, student = _run_arm(arm, seed, setup)
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        save_file(student.state_dict(), weights)
+    return row
+
+
+def _run_arm(arm: str, seed: int, setup: Setup):
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
 
@@ -166,7 +188,7 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
         return run_parallel(arm, seed, setup, options.get("teacher", False))
     if method in ("seq_level_kd", "seq_inter", "word_seq_kd"):
         options = {**options, "transfer": setup.transfer(method == "seq_inter")}
-    student = _model(setup.data, setup.settings["student"]["model"], seed)
+    student = build_student(arm, setup, seed)
     start = time.perf_counter()
     # word-level KD reads the teacher on the references, the same every epoch: its outputs are computed once
     # (the word + sequence arm's targets come from a transform, so its teacher runs live)
@@ -174,7 +196,7 @@ def run_arm(arm: str, seed: int, setup: Setup) -> dict:
                      setup.train, setup.val, setup.settings, setup.settings["student"]["epochs"], seed,
                      cache=method == "word_kd")
     return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_perplexity": history[-1]["val/perplexity"],
-            "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
+            "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}, student
 
 
 def run_parallel(arm: str, seed: int, setup: Setup, on_teacher: bool) -> dict:
@@ -182,10 +204,8 @@ def run_parallel(arm: str, seed: int, setup: Setup, on_teacher: bool) -> dict:
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
     from distill.seq2seq import parallel_items, parallel_task
-    from distill.zoo.seq2seq import ParallelCTC
 
-    torch.manual_seed(seed)
-    student = ParallelCTC(len(setup.data.letters), len(setup.data.phonemes), **setup.settings["parallel"])
+    student = build_student(arm, setup, seed)
     targets = setup.transfer(False).store if on_teacher else None
     start = time.perf_counter()
     # the same engine, schedule and epochs as the autoregressive students; validation on the references
@@ -193,7 +213,7 @@ def run_parallel(arm: str, seed: int, setup: Setup, on_teacher: bool) -> dict:
                      setup.settings, setup.settings["student"]["epochs"], seed,
                      task=parallel_task(len(setup.data.phonemes), student.upsample))
     return {"arm": arm, "seed": seed, **scores(student, setup.test), "val_per": history[-1]["val/cer"],
-            "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}
+            "params": count_parameters(student), "train_seconds": round(time.perf_counter() - start, 1)}, student
 
 
 def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -211,15 +231,44 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
     for arm in arms:
         for seed in range(seeds):
             key = settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
-            row, made = bench_row(out / arm / f"seed-{seed}.json", key, lambda: run_arm(arm, seed, setup))
+            weights = _weights(key, arm, seed)
+            row, made = bench_row(out / arm / f"seed-{seed}.json", key, lambda: run_arm(arm, seed, setup, weights))
             say(f"{arm} seed {seed}: PER {row['greedy_per']:.2f}% greedy, {row['beam_per']:.2f}% beam"
                 f" ({row['train_seconds']:.0f} s{'' if made else ', stored'})")
             rows.append(row)
     summary = {"teacher": teacher, "rows": rows, "seeds": seeds, "quick": quick, "settings": setup.settings,
                "arms": ARMS, "words": {s: len(getattr(setup.data, s)) for s in ("train", "val", "test")}}
     if not train_only:
+        summary["speed_alone"] = time_alone(arms, seeds, setup, say)
         write_bench_results(out, summary, format_table(summary), say)
     return summary
+
+
+def _weights(key: str, arm: str, seed: int) -> Path:
+    """Where the (arm, seed) student's weights are kept: in the cache, not the repository (1.6 MB each)."""
+    return cache_dir() / "students" / f"g2p-{key}" / f"{arm}-seed-{seed}.safetensors"
+
+
+def time_alone(arms: list[str], seeds: int, setup: Setup, say=print) -> dict:
+    """Words per second of each arm's saved students (one thread), timed one after another when the table is made
+    so that no training runs beside them; arms with no saved weights keep the figures measured in their rows."""
+    from safetensors.torch import load_file
+
+    speeds = {}
+    for arm in arms:
+        key = settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
+        found = [seed for seed in range(seeds) if _weights(key, arm, seed).is_file()]
+        timed = []
+        for seed in found:
+            student = build_student(arm, setup, seed)
+            student.load_state_dict(load_file(_weights(key, arm, seed)))
+            timed.append(scores(student, setup.test))
+        if timed:
+            speeds[arm] = {k: sum(t[k] for t in timed) / len(timed) for k in ("greedy_wps", "beam_wps")}
+            speeds[arm]["seeds"] = found
+            say(f"{arm}: {speeds[arm]['greedy_wps']:.0f} words/s greedy, {speeds[arm]['beam_wps']:.0f} beam "
+                f"(seeds {found}, timed alone)")
+    return speeds
 
 
 def format_table(summary: dict) -> str:
@@ -238,9 +287,19 @@ def format_table(summary: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| teacher | scratch | {t['params']:,} | {t['greedy_per']:.2f} | {t['beam_per']:.2f} | "
              f"{t['greedy_acc']:.2f} | {t['beam_acc']:.2f} | 1 | {t['greedy_wps']:.0f} | {t['beam_wps']:.0f} |"]
+    alone, in_rows = summary.get("speed_alone", {}), []
     for arm, rows in group_rows(summary["rows"]).items():
         cells = " | ".join(cell([r[k] for r in rows]) for k in ("greedy_per", "beam_per", "greedy_acc", "beam_acc"))
-        speed = " | ".join(f"{sum(r[k] for r in rows) / len(rows):.0f}" for k in ("greedy_wps", "beam_wps"))
+        if arm in alone:
+            speed = " | ".join(f"{alone[arm][k]:.0f}" for k in ("greedy_wps", "beam_wps"))
+        else:
+            in_rows.append(arm)
+            speed = " | ".join(f"{sum(r[k] for r in rows) / len(rows):.0f}*" for k in ("greedy_wps", "beam_wps"))
         model = "parallel student" if ARMS[arm][0] == "parallel" else "student"
         lines.append(f"| {model} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {speed} |")
+    lines += ["", "Words per second: the teacher and the students' saved weights timed one after another when the table "
+              "was made (nothing else running)."]
+    if in_rows:
+        lines.append(f"\\* {', '.join(in_rows)}: no saved weights; the speed measured in the rows, during training, "
+                     "possibly beside other jobs.")
     return "\n".join(lines)
