@@ -1,6 +1,7 @@
 """Data-free distillation: generators, DeepInversion, and the guarantee that no real training image is used."""
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -314,3 +315,31 @@ def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):
     again = run_datafree_benchmark(seeds=1, quick=True, out_dir=tmp_path / "out", say=said.append)
     assert again["rows"] == summary["rows"] and not any(s.startswith("training the") for s in said)
     assert sum("stored" in s for s in said) == len(ARMS)
+
+
+def test_inverted_images_are_cached_by_teacher_weights_and_settings(cache_dir, monkeypatch):
+    """DeepInversion's images are made once per (teacher weights, count, seed, settings); a second call reads
+    them back unchanged without synthesising, and other weights or settings make new ones."""
+    import distill.datafree as datafree
+    from distill.datafree_bench import inverted_images
+    from distill.zoo import build_model
+
+    data = SimpleNamespace(input_shape=(1, 28, 28), num_classes=10)
+    torch.manual_seed(0)
+    teacher = build_model("lenet5", data.input_shape, batch_norm=True).eval()
+    settings = {"steps": 2, "lr": 0.05, "bn_weight": 10.0, "tv_weight": 1e-3, "l2_weight": 0.0}
+    images, seconds = inverted_images(teacher, 4, data, 0, settings)
+    assert images.shape == (4, 1, 28, 28) and seconds > 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("synthesised again")
+
+    monkeypatch.setattr(datafree, "deep_inversion", refuse)
+    again, same_seconds = inverted_images(teacher, 4, data, 0, settings)
+    assert torch.equal(again, images) and same_seconds == seconds
+    with pytest.raises(AssertionError, match="synthesised again"):
+        inverted_images(teacher, 4, data, 1, settings)  # another seed
+    with torch.no_grad():
+        next(teacher.parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="synthesised again"):
+        inverted_images(teacher, 4, data, 0, settings)  # other weights

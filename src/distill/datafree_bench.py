@@ -10,8 +10,9 @@ Arms (``ARMS``; the settings and how they were chosen: docs/schemes.md, "data-fr
 * ``dafl``, ``dfad``: the student trained only on a generator's images (:class:`~distill.datafree.SyntheticSet`),
   evaluated on the validation split every ``eval_every`` student steps;
 * ``deep-inversion``: ``images`` images synthesised once from the batch-norm teacher
-  (:func:`~distill.datafree.deep_inversion`), then the student taught by KD on them alone;
-  ``deep-inversion-resnet8`` the same from a ResNet-8 teacher (a deeper batch-norm prior).
+  (:func:`~distill.datafree.deep_inversion`; kept in the cache, so runs that change only the student's training
+  reuse them), then the student taught by KD on them alone (optionally on shifted, ``shift``, and mixed,
+  ``mixup``, views the teacher labels); ``deep-inversion-resnet8`` the same from a ResNet-8 teacher (a deeper batch-norm prior).
 
 The teachers (:data:`TEACHERS`: LeNet-5, LeNet-5 with batch norms, ResNet-8; Adam 1e-3, batch 256, 9 epochs, as
 DAFL's teacher script)
@@ -21,13 +22,15 @@ minutes, student and generator steps, and the teacher's classes on the last gene
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from distill.bench import group_rows, mean_std
-from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
+from distill.fileio import (atomic_write_dir, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
+                           write_bench_results)
 
 TEACHER = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "schedule": "constant"}
 # The papers' student optimisers: DAFL Adam 2e-3; DFAD SGD 0.01, momentum 0.9, weight decay 1e-4. Batch 256 (the
@@ -104,8 +107,8 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
     """Train and score one student of ``arm`` (``settings``: the arm's settings, by default ``ARMS[arm]``);
     ``samples``: where to draw the images it learnt from."""
     from distill import Distiller, Term, evaluate, seed_everything
-    from distill.data import ArrayDataset, RandomShift
-    from distill.datafree import SyntheticSet, deep_inversion
+    from distill.data import ArrayDataset, Compose, MixUp, RandomShift
+    from distill.datafree import SyntheticSet
     from distill.report import _plot_samples
     from distill.zoo import build_model
 
@@ -142,14 +145,16 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
         inversion = dict(spec["inversion"], **({"steps": QUICK["inversion_steps"]} if quick else {}))
         count = QUICK["images"] if quick else spec["images"]
         inverted = teachers[teacher_of(spec)]
-        images, _ = deep_inversion(inverted, count, data.input_shape, data.num_classes, seed=seed, **inversion)
-        made = time.perf_counter() - start
+        images, made = inverted_images(inverted, count, data, seed, inversion)
         seed_everything(seed)
         epochs = QUICK["epochs"] if quick else spec["epochs"]
-        shift = RandomShift(spec["shift"]) if spec.get("shift") else None  # the teacher labels the shifted images
+        # the teacher labels the shifted / mixed images the student sees
+        views = ([RandomShift(spec["shift"])] if spec.get("shift") else []) + \
+            ([MixUp(spec["mixup"])] if spec.get("mixup") else [])
         Distiller(student, inverted, [Term("kd", temperature=spec["temperature"])], epochs=epochs,
                   batch_size=BATCH, optimizer="adam", lr=1e-3, schedule="constant", progress=False,
-                  augment=shift, seed=seed).fit(ArrayDataset(images, None, "deep-inversion"))
+                  augment=Compose(*views) if views else None, seed=seed).fit(
+                      ArrayDataset(images, None, "deep-inversion"))
         extra = {"images": count, "synthesis_minutes": round(made / 60, 2)}
     if kind != "real":
         extra["teacher_classes"] = _classes(teachers[teacher_of(spec)], images)
@@ -159,6 +164,29 @@ def run_arm(arm: str, seed: int, data, teachers: dict, quick: bool, settings: di
     return {"arm": arm, "seed": seed, "val": evaluate(student, data.val)["accuracy"],
             "test": evaluate(student, data.test)["accuracy"], "train_seconds": round(time.perf_counter() - start, 1),
             **extra, "curve": curve}
+
+
+def inverted_images(teacher, count: int, data, seed: int, inversion: dict) -> tuple[torch.Tensor, float]:
+    """DeepInversion's ``count`` images of ``teacher`` (seeded), kept in the cache under the teacher's weights and
+    the settings, so that runs changing only the student's training reuse them. Returns ``(images, seconds the
+    synthesis took when it ran)``."""
+    from distill.cache import weights_digest
+    from distill.datafree import deep_inversion
+
+    key = settings_key({"teacher": weights_digest(teacher), "count": count, "seed": seed, **inversion})
+    folder = cache_dir() / "inversions" / key
+    if (folder / "images.pt").is_file():
+        return torch.load(folder / "images.pt"), json.loads((folder / "info.json").read_text())["seconds"]
+    start = time.perf_counter()
+    images, _ = deep_inversion(teacher, count, data.input_shape, data.num_classes, seed=seed, **inversion)
+    seconds = time.perf_counter() - start
+
+    def write(tmp: Path) -> None:
+        torch.save(images, tmp / "images.pt")
+        (tmp / "info.json").write_text(json.dumps({"count": count, "seed": seed, **inversion, "seconds": seconds}))
+
+    atomic_write_dir(folder, write)
+    return images, seconds
 
 
 def teacher_of(spec: dict) -> str:
