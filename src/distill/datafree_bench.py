@@ -43,9 +43,12 @@ ARMS = {
              "student": {"optimizer": "adam", "lr": 2e-3}, "set": {}},
     "dfad": {"kind": "generator", "objective": "dfad", "steps": 1000, "eval_every": 250, "width": 16,
              "student": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4}, "set": {}},
-    "deep-inversion": {"kind": "inversion", "images": 2560, "epochs": 50, "temperature": 4.0,
-                       "inversion": {"steps": 1000, "lr": 0.05, "bn_weight": 10.0, "tv_weight": 1e-3,
-                                     "l2_weight": 0.0}},
+    # 10,240 images x 500 steps, then "patient and consistent" KD (Beyer et al. 2022): 150 epochs on shifted and
+    # mixed views the teacher labels (seed 0 validation: 83.40 % with plain KD for 50 epochs, 90.60 % with the
+    # views, 94.58 % with them for 150 epochs)
+    "deep-inversion": {"kind": "inversion", "images": 10240, "epochs": 150, "temperature": 4.0, "shift": 2,
+                       "mixup": 1.0, "inversion": {"steps": 500, "lr": 0.05, "bn_weight": 10.0, "tv_weight": 1e-3,
+                                                   "l2_weight": 0.0}},
     "deep-inversion-resnet8": {"kind": "inversion", "teacher": "resnet8", "images": 2560, "epochs": 50,
                                "temperature": 4.0, "inversion": {"steps": 500, "lr": 0.05, "bn_weight": 10.0,
                                                                  "tv_weight": 1e-3, "l2_weight": 0.0}},
