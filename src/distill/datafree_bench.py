@@ -12,7 +12,8 @@ Arms (``ARMS``; the settings and how they were chosen: docs/schemes.md, "data-fr
 * ``deep-inversion``: ``images`` images synthesised once from the batch-norm teacher
   (:func:`~distill.datafree.deep_inversion`; kept in the cache, so runs that change only the student's training
   reuse them), then the student taught by KD on them alone (optionally on shifted, ``shift``, and mixed,
-  ``mixup``, views the teacher labels); ``deep-inversion-resnet8`` the same from a ResNet-8 teacher (a deeper batch-norm prior).
+  ``mixup``, views the teacher labels); ``deep-inversion-resnet8`` the same from a ResNet-8 teacher (a deeper
+  batch-norm prior).
 
 The teachers (:data:`TEACHERS`: LeNet-5, LeNet-5 with batch norms, ResNet-8; Adam 1e-3, batch 256, 9 epochs, as
 DAFL's teacher script)

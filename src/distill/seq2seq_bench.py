@@ -230,7 +230,7 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
     out, rows = Path(out_dir), []
     for arm in arms:
         for seed in range(seeds):
-            key = settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
+            key = _arm_key(arm, setup)
             weights = _weights(key, arm, seed)
             row, made = bench_row(out / arm / f"seed-{seed}.json", key, lambda: run_arm(arm, seed, setup, weights))
             say(f"{arm} seed {seed}: PER {row['greedy_per']:.2f}% greedy, {row['beam_per']:.2f}% beam"
@@ -242,6 +242,11 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
         summary["speed_alone"] = time_alone(arms, seeds, setup, say)
         write_bench_results(out, summary, format_table(summary), say)
     return summary
+
+
+def _arm_key(arm: str, setup: Setup) -> str:
+    """What names an arm's stored rows and saved students: its method, the teacher and every setting."""
+    return settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
 
 
 def _weights(key: str, arm: str, seed: int) -> Path:
@@ -256,7 +261,7 @@ def time_alone(arms: list[str], seeds: int, setup: Setup, say=print) -> dict:
 
     speeds = {}
     for arm in arms:
-        key = settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
+        key = _arm_key(arm, setup)
         found = [seed for seed in range(seeds) if _weights(key, arm, seed).is_file()]
         timed = []
         for seed in found:
@@ -297,8 +302,8 @@ def format_table(summary: dict) -> str:
             speed = " | ".join(f"{sum(r[k] for r in rows) / len(rows):.0f}*" for k in ("greedy_wps", "beam_wps"))
         model = "parallel student" if ARMS[arm][0] == "parallel" else "student"
         lines.append(f"| {model} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {speed} |")
-    lines += ["", "Words per second: the teacher and the students' saved weights timed one after another when the table "
-              "was made (nothing else running)."]
+    lines += ["", "Words per second: the teacher and the students' saved weights timed one after another when the "
+              "table was made (nothing else running)."]
     if in_rows:
         lines.append(f"\\* {', '.join(in_rows)}: no saved weights; the speed measured in the rows, during training, "
                      "possibly beside other jobs.")
