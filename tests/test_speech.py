@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses.ctc import (Lexicon, beam_decode, ctc_frame_kd, ctc_loss, ctc_sequence_kd, greedy_decode,
-                                prefix_beam_search)
+from distill.losses.ctc import (Lexicon, beam_decode, ctc_align, ctc_frame_kd, ctc_loss, ctc_sequence_kd,
+                                greedy_decode, prefix_beam_search)
 from distill.methods import METHODS
 from distill.tasks import TaskError, edit_distance, get_task
 from distill.zoo import speech
@@ -102,6 +102,31 @@ def test_prefix_beam_search_sums_every_alignment():
     assert len(found) == len(exact)
     for symbols, score in found:
         assert math.isclose(math.exp(score), exact[symbols], rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("target", [[1, 2], [1, 1], [2, 1, 2]])
+def test_forced_alignment_is_the_best_path_of_the_target(target):
+    torch.manual_seed(len(target))
+    logits = torch.randn(6, 3) * 2
+    lp = logits.log_softmax(-1)
+    paths = [p for p in itertools.product(range(3), repeat=6)
+             if [s for s, _ in itertools.groupby(p) if s != 0] == target]
+    best = max(paths, key=lambda p: sum(float(lp[t, s]) for t, s in enumerate(p)))
+    # the spans of the best path by hand: run j of non-blank frames is target symbol j
+    runs = [[t for t, _ in group] for key, group in itertools.groupby(enumerate(best), lambda x: x[1]) if key != 0]
+    assert ctc_align(logits, target).tolist() == [[run[0], run[-1]] for run in runs]
+
+
+def test_forced_alignment_follows_a_sure_posterior_and_refuses_what_cannot_fit():
+    p = torch.full((7, 3), 0.05)
+    for t, s in enumerate([0, 1, 1, 0, 0, 2, 0]):
+        p[t, s] = 0.9
+    assert ctc_align(p.log(), [1, 2]).tolist() == [[1, 2], [5, 5]]
+    # two frames: "a a" needs a blank between the two a's
+    with pytest.raises(ValueError, match="cannot hold"):
+        ctc_align(torch.zeros(2, 3), [1, 1])
+    with pytest.raises(ValueError, match="symbol ids"):
+        ctc_align(torch.zeros(4, 3), [0, 1])
 
 
 def test_lexicon_constrained_search_equals_the_best_vocabulary_sequence():
@@ -317,6 +342,20 @@ def test_adaptation_recordings_are_never_test_prompts():
         assert all(not set(t.split()) <= set(vocab) for t in split.texts) and not set(split.texts) & test
         assert max(split.seconds) <= 20.0
     assert not set(train.texts) & set(val.texts)  # the same sentence recorded twice stays on one side
+
+
+@needs_asterisk
+def test_word_pieces_cut_each_recording_into_its_words_end_to_end():
+    _, val = speech.adaptation_prompts(speech.vocabulary())
+    prompts = [p for p in val if 2 <= len(p[1].split()) <= 6][:2]
+    torch.manual_seed(0)
+    model = speech.RecurrentCTC(hidden=16, layers=1, bidirectional=True)  # any aligner makes contiguous pieces
+    pieces = speech.word_pieces(prompts, model)
+    assert pieces.texts == [w for _, text in prompts for w in text.split()]
+    audio = [speech.read_wav(speech.ASTERISK_WAV / f"{name}.wav") for name, _ in prompts]
+    whole = sum(len(samples) / rate for samples, rate in audio)
+    assert math.isclose(sum(pieces.seconds), whole, rel_tol=1e-6)
+    assert all(len(pieces[i]["label"]) == len(w) for i, w in enumerate(pieces.texts))
 
 
 def test_missing_data_names_the_install_command(monkeypatch):

@@ -11,6 +11,7 @@ an *arm* — an initialisation and a way of training on the task:
 | ``pt-ft`` | masked-LM pre-training | labels only ("pre-training + fine-tuning") |
 | ``pd`` | masked-LM pre-training | soft targets on the transfer set, then labels (Turc et al.'s "pre-trained distillation") |
 | ``copy-kd`` | the teacher's embeddings and every other layer | labels + soft targets (the layer-copy ablation) |
+| ``copy-distil`` | the same layer copy | soft targets only, on the transfer set (Turc et al.'s "distillation") |
 | ``distilbert`` | layer copy + general distillation (triple loss) | labels + soft targets |
 | ``tinybert`` | general distillation (intermediate layers) | intermediate layers, then the prediction layer |
 | ``pkd``, ``rail_kd``, ``cilda``, ``mixkd`` | layer copy | the method with labels and soft targets |
@@ -49,6 +50,7 @@ ARMS = {
     "pt-ft": ("mlm", "scratch", {}),
     "pd": ("mlm", "transfer", {}),
     "copy-kd": ("teacher-layers", "kd", {"alpha": 0.5, "temperature": 2.0}),
+    "copy-distil": ("teacher-layers", "transfer", {}),
     "distilbert": ("distilbert", "kd", {"alpha": 0.5, "temperature": 2.0}),
     "tinybert": ("tinybert", "tinybert", {}),
     "pkd": ("teacher-layers", "pkd", {}),

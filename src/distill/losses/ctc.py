@@ -133,6 +133,51 @@ def greedy_decode(logits: torch.Tensor, frames: torch.Tensor | None = None) -> l
     return out
 
 
+def ctc_align(logits: torch.Tensor, target: list[int] | torch.Tensor) -> torch.Tensor:
+    r"""Forced alignment (Viterbi): the single most likely frame path that collapses to ``target``,
+
+    .. math:: \hat\pi = \arg\max_{\pi \in \mathcal{B}^{-1}(y)} \prod_t p_t(\pi_t \mid x),
+
+    found by dynamic programming over the 2S+1 states of the target with a blank before, between and after its
+    symbols (a state is entered from itself, the one before, or two before when that skips a blank between two
+    different symbols).
+
+    ``logits``: ``(T, V)`` of one utterance (blank = 0); ``target``: its ``S`` symbol ids ``1 .. V-1``.
+    Returns ``(S, 2)`` long: the first and last frame each target symbol occupies on that path. Raises
+    ``ValueError`` when ``T`` frames cannot hold the target (a repeated symbol needs a blank between)."""
+    if logits.dim() != 2:
+        raise ValueError(f"ctc_align takes one utterance's (frames, vocabulary) logits, got {tuple(logits.shape)}")
+    target = torch.as_tensor(target, dtype=torch.long).cpu()
+    if len(target) == 0 or bool((target <= BLANK).any()) or bool((target >= logits.shape[-1]).any()):
+        raise ValueError(f"the target must be 1 or more symbol ids from 1 to {logits.shape[-1] - 1}")
+    needed = len(target) + int((target[1:] == target[:-1]).sum())
+    if logits.shape[0] < needed:
+        raise ValueError(f"{logits.shape[0]} frames cannot hold a target needing {needed}")
+    log_probs = logits.detach().float().log_softmax(-1).cpu()
+    states = torch.full((2 * len(target) + 1,), BLANK, dtype=torch.long)
+    states[1::2] = target
+    skip = torch.zeros(len(states), dtype=torch.bool)  # may come from two states before
+    skip[3::2] = target[1:] != target[:-1]
+    score = torch.full((len(states),), -math.inf)
+    score[:2] = log_probs[0, states[:2]]
+    came = torch.zeros(log_probs.shape[0], len(states), dtype=torch.long)  # 0, 1 or 2 states back
+    for t in range(1, log_probs.shape[0]):
+        one = torch.cat([score.new_full((1,), -math.inf), score[:-1]])
+        two = torch.cat([score.new_full((2,), -math.inf), score[:-2]]).masked_fill(~skip, -math.inf)
+        best, came[t] = torch.stack([score, one, two]).max(0)
+        score = best + log_probs[t, states]
+    state = len(states) - 1 if score[-1] >= score[-2] else len(states) - 2
+    spans = torch.full((len(target), 2), -1, dtype=torch.long)
+    for t in range(log_probs.shape[0] - 1, -1, -1):
+        if state % 2:
+            j = state // 2
+            spans[j, 0] = t
+            if spans[j, 1] < 0:
+                spans[j, 1] = t
+        state -= int(came[t, state])
+    return spans
+
+
 def _logaddexp(a: float, b: float) -> float:
     if a == -math.inf:
         return b

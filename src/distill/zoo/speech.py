@@ -421,17 +421,60 @@ def asterisk_set(vocab: list[str] | None = None) -> SpeechSet:
     return _recordings(asterisk_prompts(vocab), "asterisk")
 
 
-def asterisk_adaptation(vocab: list[str] | None = None, max_seconds: float = 20.0) -> tuple[SpeechSet, SpeechSet]:
-    """The real recordings that are **not** in the test set (some word outside ``vocab``), at most ``max_seconds``
-    long: the test's speaker and telephone channel saying other prompts (``"please enter your password followed
-    by the pound key"``), for adapting a model to her. ``(train, val)``: every fifth distinct transcript (in
-    sorted order) for validation, so no sentence is in both. No test prompt is in either: the test set is exactly
-    the prompts whose words all lie in ``vocab``."""
+def adaptation_prompts(vocab: list[str] | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The ``(name, transcript)`` of the real recordings that are **not** in the test set (some word outside
+    ``vocab``), split ``(train, val)``: every fifth distinct transcript (in sorted order) for validation, so no
+    sentence is in both. No test prompt is in either: the test set is exactly the prompts whose words all lie in
+    ``vocab``."""
     test = {name for name, _ in asterisk_prompts(vocab)}
     others = sorted((name, text) for name, text in asterisk_transcripts().items() if name not in test)
     held_out = set(sorted({text for _, text in others})[4::5])
-    return (_recordings([p for p in others if p[1] not in held_out], "asterisk-adapt/train", max_seconds),
-            _recordings([p for p in others if p[1] in held_out], "asterisk-adapt/val", max_seconds))
+    return [p for p in others if p[1] not in held_out], [p for p in others if p[1] in held_out]
+
+
+def asterisk_adaptation(vocab: list[str] | None = None, max_seconds: float = 20.0) -> tuple[SpeechSet, SpeechSet]:
+    """The recordings of :func:`adaptation_prompts`, at most ``max_seconds`` long: the test's speaker and
+    telephone channel saying other prompts (``"please enter your password followed by the pound key"``), for
+    adapting a model to her. ``(train, val)``."""
+    train, val = adaptation_prompts(vocab)
+    return (_recordings(train, "asterisk-adapt/train", max_seconds),
+            _recordings(val, "asterisk-adapt/val", max_seconds))
+
+
+def word_pieces(prompts: list[tuple[str, str]], model: nn.Module, max_seconds: float = 20.0,
+                name: str = "asterisk-words") -> SpeechSet:
+    """The recordings of ``prompts`` (``(file name, transcript)``, those up to ``max_seconds``) cut into one
+    utterance per word: ``model`` (a CTC model over this module's features) is force-aligned to the transcript
+    (:func:`~distill.losses.ctc.ctc_align`), and each cut falls halfway between the last frame of one word's
+    letters and the first frame of the next's. The audio is cut, not the features, so every piece is
+    normalised on its own as a recording of one word is. Short real speech for training and validation when the
+    recordings at hand are sentences and the test is isolated words."""
+    from distill.losses.ctc import ctc_align
+
+    model.eval()
+    feats, texts, seconds = [], [], []
+    for prompt, text in prompts:
+        samples, rate = read_wav(ASTERISK_WAV / f"{prompt}.wav")
+        if len(samples) > max_seconds * rate:
+            continue
+        with torch.inference_mode():
+            logits = model(features=features_of(samples, rate)[None])[0]
+        symbols = encode(text)
+        spans = ctc_align(logits, symbols).tolist()
+        space = encode(" ")[0]
+        starts = [0] + [i + 1 for i, s in enumerate(symbols) if s == space]
+        ends = [i - 1 for i, s in enumerate(symbols) if s == space] + [len(symbols) - 1]
+        frame = STACK * round(rate * HOP_MS / 1000)  # samples per model frame
+        cuts = [0] + [round((spans[e][1] + 1 + spans[s][0]) / 2 * frame)
+                      for e, s in zip(ends[:-1], starts[1:])] + [len(samples)]
+        for word, a, b in zip(text.split(), cuts[:-1], cuts[1:]):
+            piece = samples[a:b]
+            if len(piece) < round(rate * (WIN_MS + STACK * HOP_MS) / 1000):
+                continue  # too short for a single model frame
+            feats.append(features_of(piece, rate))
+            texts.append(word)
+            seconds.append(len(piece) / rate)
+    return SpeechSet.from_utterances(feats, texts, ["asterisk"] * len(texts), seconds, name)
 
 
 # ------------------------------------------------------------------------------------------------ models
