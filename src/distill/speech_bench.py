@@ -298,9 +298,8 @@ def format_table(summary: dict) -> str:
              "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {_model_name(summary['settings']['teacher']['model'])} teacher | ctc | {teacher['params']:,} | "
-             f"{teacher['real_cer']:.1f} | "
-             f"{teacher['real_wer']:.1f} | "
-             f"+0% | {lexicon(teacher)} | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
+             f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {lexicon(teacher)} | "
+             f"{teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
              f"{rtf['teacher']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
