@@ -209,7 +209,8 @@ def prepare(quick: bool = False, say=print) -> SimpleNamespace:
     data = load_speech(**data_settings, bases=bases, say=say)
     repeat = min(ADAPT_REPEAT, 1) if quick else ADAPT_REPEAT
     adapt = {"adapt_repeat": repeat} if repeat else {}  # (absent when off: the older keys stay)
-    data_key = settings_key({**data_settings, "bases": list(bases), **adapt})
+    data_named = {**data_settings, "bases": list(bases), **adapt}
+    data_key = settings_key(data_named)
     say(f"real recordings: {len(data.test_real)} of the {data.real_total} Asterisk prompts have all their words in "
         f"the {len(data.vocab)}-word vocabulary")
     train, val = data.train, data.val
@@ -228,7 +229,7 @@ def prepare(quick: bool = False, say=print) -> SimpleNamespace:
         val = SpeechSet.concat([val, val_words], "asterisk-adapt/val+words")
         say(f"her recordings cut into words: {len(train_words)} pieces x {words} in training, {len(val_words)} "
             f"in validation")
-        data_key = settings_key({**data_settings, "bases": list(bases), **adapt, "adapt_words": words})
+        data_key = settings_key({**data_named, "adapt_words": words})
         aligner_seconds = info["seconds"]
         teacher, info = cached_teacher(train, val, data_key, quick, say, start=teacher)
         info = {**info, "aligner_seconds": aligner_seconds}

@@ -452,6 +452,7 @@ def word_pieces(prompts: list[tuple[str, str]], model: nn.Module, max_seconds: f
     from distill.losses.ctc import ctc_align
 
     model.eval()
+    space = encode(" ")[0]
     feats, texts, seconds = [], [], []
     for prompt, text in prompts:
         samples, rate = read_wav(ASTERISK_WAV / f"{prompt}.wav")
@@ -461,7 +462,6 @@ def word_pieces(prompts: list[tuple[str, str]], model: nn.Module, max_seconds: f
             logits = model(features=features_of(samples, rate)[None])[0]
         symbols = encode(text)
         spans = ctc_align(logits, symbols).tolist()
-        space = encode(" ")[0]
         starts = [0] + [i + 1 for i, s in enumerate(symbols) if s == space]
         ends = [i - 1 for i, s in enumerate(symbols) if s == space] + [len(symbols) - 1]
         frame = STACK * round(rate * HOP_MS / 1000)  # samples per model frame
