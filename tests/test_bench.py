@@ -238,3 +238,28 @@ def test_every_bundled_benchmark_makes_valid_recipes_for_each_pair(name):
         recipe = recipes["cnn-mlp", False]
         assert [m.method for m in recipe.methods] == ["scratch", "kd", "dkd", "crd", "fitnets", "dist"]
         assert recipe.teacher.seed == 0 and recipe.data.train_size is None and recipe.train.epochs == 30
+
+
+def test_arm_benchmarks_key_a_row_by_the_teachers_weights_only_where_the_teacher_takes_part():
+    from types import SimpleNamespace
+
+    from distill import detection_bench, llm_bench, nlp_bench, restoration_bench, seq2seq_bench
+    from distill.fileio import row_key, settings_key
+
+    assert row_key({"a": 1}) == settings_key({"a": 1}) != row_key({"a": 1}, "w1") != row_key({"a": 1}, "w2")
+
+    def taught(arms, key):  # the arms whose key changes when only the teacher's weights do
+        return {arm for arm in arms if key(arm, "w1") != key(arm, "w2")}
+
+    def seq2seq_key(arm, weights):
+        return seq2seq_bench._arm_key(arm, SimpleNamespace(teacher_key="t", settings={}, teacher_weights=weights))
+
+    assert taught(seq2seq_bench.ARMS, seq2seq_key) == set(seq2seq_bench.ARMS) - {"scratch", "nar"}
+    # every llm row holds the teacher's NLL of the student's samples
+    assert taught(llm_bench.ARMS, lambda arm, w: llm_bench.arm_key(arm, True, w)) == set(llm_bench.ARMS)
+    assert taught(nlp_bench.ARMS, lambda arm, w: nlp_bench.arm_key(arm, True, w)) == set(nlp_bench.ARMS) - {
+        "scratch", "pt-ft"}
+    assert taught(detection_bench.ARMS, lambda arm, w: detection_bench.arm_key(arm, True, ("t", w))) == set(
+        detection_bench.ARMS) - {"scratch", "scratch-long"}
+    assert taught(restoration_bench.ARMS, lambda arm, w: restoration_bench.arm_key(arm, True, ("t", w))) == {
+        arm for arm in restoration_bench.ARMS if not arm.endswith("-scratch")}

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
+from distill.cache import weights_digest
+from distill.fileio import (bench_rows, cache_dir, cached_model, chosen_arms, row_key, settings_key,
+                           write_bench_results)
 
 DATA = {"train_size": 3000, "val_size": 300, "test_size": 1000}
 TRAIN = {"lr": 3e-3, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.3, "optimizer": "adamw",
@@ -121,14 +123,17 @@ def milliseconds(model, batch: int, repeats: int = 10) -> float:
         torch.set_num_threads(old)
 
 
-def arm_key(arm: str, quick: bool, teacher_key: str, spec: tuple | None = None) -> str:
-    """The settings key of ``arm``'s rows (``spec``: its ``(method, options)`` when not :data:`ARMS`'s)."""
+def arm_key(arm: str, quick: bool, teacher: tuple[str, str], spec: tuple | None = None) -> str:
+    """The key of ``arm``'s rows (``spec``: its ``(method, options)`` when not :data:`ARMS`'s): the settings, the
+    teacher's settings key and, for an arm the teacher takes part in, its weights (``teacher``: both;
+    :func:`distill.fileio.row_key`)."""
     from distill.zoo import detection
 
     spec = spec or ARMS[arm]
-    return settings_key({"arm": spec, "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
-                         "quick": quick, "teacher": teacher_key,
-                         **({"transfer": TRANSFER} if spec[1].get("transfer") else {})})
+    taught = spec[0] != "detection" or spec[1].get("transfer", False)
+    return row_key({"arm": spec, "student": STUDENT, "shape": detection.STUDENT, "train": TRAIN,
+                    "quick": quick, "teacher": teacher[0],
+                    **({"transfer": TRANSFER} if spec[1].get("transfer") else {})}, teacher[1] if taught else None)
 
 
 def transfer_scenes(quick: bool):
@@ -177,14 +182,15 @@ def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path | Non
 
 
 def _set_up(only: list[str] | None, quick: bool, say):
-    """The arms asked for (unknown ones refused), the scenes, the cached teacher, its info and settings key."""
+    """The arms asked for (unknown ones refused), the scenes, the cached teacher, its info, and its settings key
+    and weights digest."""
     from distill.zoo.scenes import load_scenes
 
     arms = chosen_arms(only, ARMS)
     data = load_scenes(**{**DATA, **(QUICK["data"] if quick else {})}, say=say)
     teacher, info = cached_teacher(data, settings_key(data.settings), quick, say)
-    teacher_key = settings_key(info["settings"])
-    return arms, data, teacher, info, teacher_key
+    teacher_id = (settings_key(info["settings"]), weights_digest(teacher))
+    return arms, data, teacher, info, teacher_id
 
 
 def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -194,7 +200,7 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     ``out_dir``. ``train_only``: train the missing rows and stop before the speed measurements and the table."""
     from distill.evaluation import count_macs, count_parameters
 
-    arms, data, teacher, info, teacher_key = _set_up(only, quick, say)
+    arms, data, teacher, info, teacher_id = _set_up(only, quick, say)
     # its mAP on scenes it was trained on: how much of the labels its outputs there already are
     seen = scores(teacher, torch.utils.data.Subset(data.train, range(min(1000, len(data.train)))))
     teacher_row = {**scores(teacher, data.test), "val_map": info["history"][-1]["val/map"],
@@ -203,7 +209,7 @@ def run_detection_benchmark(seeds: int = 3, quick: bool = False, only: list[str]
     say(f"teacher: test mAP {teacher_row['map']:.1f}, mAP@.5 {teacher_row['map50']:.1f}; on 1,000 of its training "
         f"scenes {teacher_row['train_map']:.1f} / {teacher_row['train_map50']:.1f}")
     out = Path(out_dir)
-    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
+    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_id),
                          lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
                                                    out / arm / "seed-0.safetensors" if seed == 0 else None),
                          lambda row: f"test mAP {row['map']:.1f}  mAP@.5 {row['map50']:.1f}", say)
@@ -240,7 +246,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
     from distill.bench import mean_std
     from distill.fileio import bench_row
 
-    arms, data, teacher, info, teacher_key = _set_up(only or ["scratch", *SWEEP_BASE], quick, say)
+    arms, data, teacher, info, teacher_id = _set_up(only or ["scratch", *SWEEP_BASE], quick, say)
     out, results = Path(out_dir), {}
     for arm in arms:
         method, options = ARMS[arm]
@@ -256,7 +262,7 @@ def run_weight_sweep(seeds: int = 1, quick: bool = False, only: list[str] | None
                             "train_seconds": round(seconds, 1)}
 
                 row, _ = bench_row(out / arm / f"x{scale:g}-seed-{seed}.json",
-                                   settings_key({"arm": arm_key(arm, quick, teacher_key, spec), "scale": scale}), make)
+                                   settings_key({"arm": arm_key(arm, quick, teacher_id, spec), "scale": scale}), make)
                 say(f"{arm} x{scale:g} seed {seed}: val mAP {row['val_map']:.1f}")
                 results.setdefault(arm, {}).setdefault(scale, []).append(row["val_map"])
     if train_only:

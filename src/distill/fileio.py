@@ -28,6 +28,14 @@ def settings_key(settings, length: int = 12) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def row_key(settings: dict, teacher_weights: str | None = None) -> str:
+    """The key of a benchmark's stored rows: ``settings`` and, for rows that depend on a trained teacher, the
+    digest of the teacher's weights (:func:`distill.cache.weights_digest`). A teacher trained again by the same
+    settings on another machine is another model (CPU kernels differ in the order they sum), and the rows of
+    two teachers must not share a table; rows no teacher took part in keep their key when it is retrained."""
+    return settings_key({**settings, **({"teacher_weights": teacher_weights} if teacher_weights else {})})
+
+
 def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tuple[dict, bool]:
     """One benchmark row kept in its own file: the stored row when it was made with settings ``key``, else
     ``make()`` (with ``key`` added) written to ``path``. Returns ``(row, made)``; an interrupted benchmark

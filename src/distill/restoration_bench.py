@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from distill.fileio import bench_rows, cache_dir, cached_model, chosen_arms, settings_key, write_bench_results
+from distill.cache import weights_digest
+from distill.fileio import (bench_rows, cache_dir, cached_model, chosen_arms, row_key, settings_key,
+                           write_bench_results)
 
 DATA = {"train_size": 40, "stride": 24, "eval_size": 64}
 MODELS = {"denoise": ("dncnn", {"depth": 10, "channels": 32}, {"depth": 6, "channels": 16}),
@@ -159,9 +161,12 @@ def macs_per_pixel(model) -> float:
     return count_macs(model, torch.rand(1, 1, side, side)) / 64 ** 2
 
 
-def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
-    return settings_key({"arm": ARMS[arm], "student": MODELS[ARMS[arm][0]][2], "train": STUDENT_TRAIN,
-                         "quick": quick, "teacher": teacher_key})
+def arm_key(arm: str, quick: bool, teacher: tuple[str, str]) -> str:
+    """The key of ``arm``'s rows: the settings, the teacher's settings key and, for an arm the teacher takes part
+    in, its weights (``teacher``: both; :func:`distill.fileio.row_key`)."""
+    taught = ARMS[arm][1] != "restore_scratch"
+    return row_key({"arm": ARMS[arm], "student": MODELS[ARMS[arm][0]][2], "train": STUDENT_TRAIN,
+                    "quick": quick, "teacher": teacher[0]}, teacher[1] if taught else None)
 
 
 def run_arm(arm: str, seed: int, data, teacher, quick: bool, weights: Path) -> dict:
@@ -196,14 +201,14 @@ def run_restoration_benchmark(seeds: int = 3, quick: bool = False, only: list[st
         data = load(task, quick)
         say(f"{task}: {len(data.train):,} training patches, {len(data.val)} validation and {len(data.test)} test tiles")
         teacher, info = cached_teacher(task, data, quick, say)
-        teacher_key = settings_key(info["settings"])
+        teacher_id = (settings_key(info["settings"]), weights_digest(teacher))
         teachers[task] = {**scores(teacher, data.test), "val_psnr": info["history"][-1]["val/psnr"],
                           "params": count_parameters(teacher), "train_seconds": info["seconds"],
                           "input": input_scores(data.test)}
         say(f"{task} teacher: test PSNR {teachers[task]['psnr']:.2f} dB, SSIM {teachers[task]['ssim']:.4f} (input "
             f"{teachers[task]['input']['psnr']:.2f} dB)")
         results += bench_rows(out, [a for a in arms if ARMS[a][0] == task], seeds,
-                              lambda arm: arm_key(arm, quick, teacher_key),
+                              lambda arm: arm_key(arm, quick, teacher_id),
                               lambda arm, seed: run_arm(arm, seed, data, teacher, quick,
                                                         out / arm / f"seed-{seed}.safetensors"),
                               lambda row: f"test PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}", say)

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
+from distill.cache import weights_digest
 from distill.fileio import (atomic_write_text, bench_row, cache_dir, cached_model,
-                           chosen_arms, settings_key, write_bench_results)
+                           chosen_arms, row_key, settings_key, write_bench_results)
 
 DATA = {"size": 30000, "val_size": 1500, "test_size": 1500}
 TRAIN = {"lr": 1e-3, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 0.5, "optimizer": "adamw",
@@ -104,6 +105,7 @@ class Setup:
         self.train, self.val, self.test = (self.data.items(s) for s in ("train", "val", "test"))
         self.teacher_key = settings_key({k: self.settings[k] for k in ("data", "train", "teacher")} | {"version": 1})
         self.teacher, self.teacher_info = self._teacher()
+        self.teacher_weights = weights_digest(self.teacher)
         self.beams = self._beams()
 
     def _teacher(self):
@@ -245,8 +247,12 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
 
 
 def _arm_key(arm: str, setup: Setup) -> str:
-    """What names an arm's stored rows and saved students: its method, the teacher and every setting."""
-    return settings_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings})
+    """What names an arm's stored rows and saved students: its method, the teacher's settings, every setting and,
+    for an arm the teacher takes part in, the teacher's weights (:func:`distill.fileio.row_key`)."""
+    method, options = ARMS[arm]
+    taught = method != "scratch" and (method != "parallel" or options.get("teacher", False))
+    return row_key({"arm": ARMS[arm], "teacher": setup.teacher_key, **setup.settings},
+                   setup.teacher_weights if taught else None)
 
 
 def _weights(key: str, arm: str, seed: int) -> Path:
