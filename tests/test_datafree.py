@@ -317,6 +317,22 @@ def test_datafree_benchmark_quick_rows_table_and_resume(tmp_path, cache_dir):
     assert sum("stored" in s for s in said) == len(ARMS)
 
 
+def test_the_benchmark_teacher_does_not_depend_on_what_ran_before_it(cache_dir):
+    """A fresh process's generator starts from a random seed: the teacher is seeded before it is built, so the
+    same settings train the same weights whatever drew random numbers first."""
+    import shutil
+
+    from distill.cache import weights_digest
+    from distill.datafree_bench import load_data, teacher
+
+    data, digests = load_data(True), []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        digests.append(weights_digest(teacher(data, "plain", True, say=lambda *_: None)[0]))
+        shutil.rmtree(cache_dir / "teachers")
+    assert digests[0] == digests[1]
+
+
 def test_inverted_images_are_cached_by_teacher_weights_and_settings(cache_dir, monkeypatch):
     """DeepInversion's images are made once per (teacher weights, count, seed, settings); a second call reads
     them back unchanged without synthesising, and other weights or settings make new ones."""

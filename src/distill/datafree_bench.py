@@ -91,10 +91,10 @@ def teacher(data, which: str, quick: bool, say=print):
     settings = {**TEACHER, **({"epochs": QUICK["teacher_epochs"]} if quick else {})}
     variant = "" if which in ("plain", model_name) else f"-{which}"  # lenet5, lenet5-bn, lenet5-bn-fc, resnet8
     name = f"{model_name}{variant}-mnist-{settings_key({'train': settings, 'quick': quick})}"
+    seed_everything(0)  # before its initialisation: a fresh process's generator starts from a random seed
     model = build_model(model_name, data.input_shape, **options)
 
     def train() -> dict:
-        seed_everything(0)
         Distiller(model, None, None, **settings, progress=False).fit(data.train, data.val)
         return {"settings": settings, "val": evaluate(model, data.val)["accuracy"],
                 "test": evaluate(model, data.test)["accuracy"]}
