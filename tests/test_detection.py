@@ -345,7 +345,8 @@ def test_weight_sweep_scores_validation_only_scales_the_weight_and_resumes(tmp_p
         return None, [{"val/map": 10 * weight, "val/map50": 20 * weight}], 1.0
 
     monkeypatch.setattr("distill.zoo.scenes.load_scenes", lambda **_: Scenes())
-    monkeypatch.setattr(bench, "cached_teacher", lambda *a, **k: (None, {"settings": {"t": 1}}))
+    teacher = torch.nn.Linear(1, 1)  # the same weights each call: the stored rows name them
+    monkeypatch.setattr(bench, "cached_teacher", lambda *a, **k: (teacher, {"settings": {"t": 1}}))
     monkeypatch.setattr(bench, "fit_arm", fake_fit)
     results = bench.run_weight_sweep(only=["scratch", "pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
     assert calls == [("scratch", None), ("pkd", 1.0), ("pkd", 4.0)]  # pkd's weight before the sweep is 2
@@ -354,6 +355,10 @@ def test_weight_sweep_scores_validation_only_scales_the_weight_and_resumes(tmp_p
     assert "validation mAP 10.0" in table and "| pkd | 2 | 10.0 | **40.0** |" in table
     bench.run_weight_sweep(only=["pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
     assert len(calls) == 3  # stored rows are reused
+    with torch.no_grad():
+        teacher.weight.add_(1.0)  # a teacher retrained to other weights: its rows are made again
+    bench.run_weight_sweep(only=["pkd"], out_dir=tmp_path, scales=(0.5, 2.0), say=lambda *_: None)
+    assert calls[3:] == [("pkd", 1.0), ("pkd", 4.0)]
 
 
 def test_transfer_arm_distils_on_unlabelled_scenes_first(monkeypatch):
