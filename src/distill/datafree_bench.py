@@ -31,8 +31,8 @@ import torch
 
 from distill.bench import group_rows, mean_std
 from distill.cache import weights_digest
-from distill.fileio import (atomic_write_dir, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
-                           write_bench_results)
+from distill.fileio import (atomic_write_dir, bench_rows, cache_dir, cached_model, chosen_arms, row_key,
+                           settings_key, write_bench_results)
 
 TEACHER = {"epochs": 9, "optimizer": "adam", "lr": 1e-3, "batch_size": 256, "schedule": "constant"}
 # The papers' student optimisers: DAFL Adam 2e-3; DFAD SGD 0.01, momentum 0.9, weight decay 1e-4. Batch 256 (the
@@ -202,13 +202,13 @@ def teacher_of(spec: dict) -> str:
 
 def arm_key(arm: str, quick: bool, teacher_records: dict) -> str:
     """The settings one arm's rows were made with; for an arm that learns from a teacher, also that teacher's
-    weights (a teacher retrained by the same recipe on another machine is not bit-for-bit the same)."""
+    weights (:func:`distill.fileio.row_key`)."""
     spec = ARMS[arm]
     which = teacher_of(spec)
     taught = spec["kind"] != "real" or any(name != "ce" for name, _ in spec["terms"])
-    return settings_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
-                         "teacher": teacher_records[which]["settings"], "quick": quick,
-                         **({"teacher_weights": teacher_records[which]["weights"]} if taught else {})})
+    return row_key({"arm": spec, "batch": BATCH, "real": REAL if spec["kind"] == "real" else None,
+                    "teacher": teacher_records[which]["settings"], "quick": quick},
+                   teacher_records[which]["weights"] if taught else None)
 
 
 def run_datafree_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,

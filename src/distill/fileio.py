@@ -31,7 +31,7 @@ def settings_key(settings, length: int = 12) -> str:
 def row_key(settings: dict, teacher_weights: str | None = None) -> str:
     """The key of a benchmark's stored rows: ``settings`` and, for rows that depend on a trained teacher, the
     digest of the teacher's weights (:func:`distill.cache.weights_digest`). A teacher trained again by the same
-    settings on another machine is another model (CPU kernels differ in the order they sum), and the rows of
+    settings on another machine can be another model (seen with the Hinton and nlp teachers), and the rows of
     two teachers must not share a table; rows no teacher took part in keep their key when it is retrained."""
     return settings_key({**settings, **({"teacher_weights": teacher_weights} if teacher_weights else {})})
 
