@@ -26,16 +26,20 @@ def test_sparse_masked_lm_scores_exactly_the_predicted_positions():
 
 
 def test_bench_arms_name_registered_methods_and_known_initialisations():
-    from distill.nlp_bench import ARMS, format_table
+    from distill.nlp_bench import ARMS, DEFAULT_ARMS, SHAPES, format_table
 
+    assert set(DEFAULT_ARMS) == set(SHAPES) and all(set(arms) <= set(ARMS) for arms in DEFAULT_ARMS.values())
     assert all(method in METHODS or method == "transfer" for _, method, _ in ARMS.values())
     assert {init for init, _, _ in ARMS.values()} <= {"random", "teacher-layers", "mlm", "distilbert", "tinybert"}
     rows = [{"arm": "kd", "shape": "L2-H384", "seed": s, "test_accuracy": a, "params": 10} for s, a in
             enumerate((80.0, 82.0, 84.0))]
     table = format_table({"teacher": {"params": 20, "test_accuracy": 85.0}, "rows": rows,
                           "latency": {"teacher": {"batch1": 0.012, "batch32": 0.006},
-                                      "L2-H384": {"batch1": 0.004, "batch32": 0.001}}})
-    assert "| L2-H384 | kd | 10 | 82.00 ± 2.00 | 3 | 96.5% | 4.00 | 1.00 | 3.0× / 6.0× |" in table
+                                      "L2-H384": {"batch1": 0.004, "batch32": 0.001,
+                                                  "speedup": {"batch1": 3.04, "batch32": 6.0},
+                                                  "speedup_range": {"batch1": [2.91, 3.2], "batch32": [5.5, 6.1]}}}})
+    assert ("| L2-H384 | kd | 10 | 82.00 ± 2.00 | 3 | 96.5% | 4.00 | 1.00 | 3.0× (2.9–3.2) / 6.0× (5.5–6.1) |"
+            in table)
 
 
 @needs_rt
@@ -82,3 +86,37 @@ def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
     assert "the nlp benchmark takes" in capsys.readouterr().err
     assert main(["bench", "llm", "--pair", "L2-H384"]) == 2
     assert "the llm benchmark takes" in capsys.readouterr().err
+
+
+def test_latency_times_the_models_in_interleaved_rounds():
+    import time
+    from types import SimpleNamespace
+
+    from distill.nlp_bench import latency
+
+    class Sleeper(torch.nn.Module):
+        def __init__(self, seconds, name, calls):
+            super().__init__()
+            self.seconds, self.name, self.calls = seconds, name, calls
+
+        def forward(self, input_ids, attention_mask=None, **_):
+            self.calls.append(self.name)
+            time.sleep(self.seconds)
+            return input_ids.float()
+
+    class Test(list):
+        @property
+        def input_ids(self):
+            return [item["input_ids"] for item in self]
+
+    test = Test({"input_ids": torch.arange(1, 3 + i % 7), "labels": i % 2} for i in range(40))
+    calls = []
+    models = {"teacher": Sleeper(0.004, "teacher", calls), "student": Sleeper(0.001, "student", calls)}
+    times = latency(models, SimpleNamespace(test=test), rounds=3, repeats=2)
+    per_model_and_batch = 2 + 2  # warm-up and timed calls
+    assert calls == (["teacher"] * 2 * per_model_and_batch + ["student"] * 2 * per_model_and_batch) * 3
+    assert times["teacher"]["speedup"] == {"batch1": 1.0, "batch32": 1.0}
+    for b, size in (("batch1", 1), ("batch32", 32)):
+        assert 0.004 / size <= times["teacher"][b] < 0.05 / size
+        low, high = times["student"]["speedup_range"][b]
+        assert 1.5 < low <= times["student"]["speedup"][b] <= high

@@ -21,6 +21,7 @@ every file, and the others wait for it wherever they read one (the run directory
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def cmd_list(args) -> int:
             print(f"  {name:14s} {bench.description}")
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
         print(f"  {'nlp':14s} language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT "
-              "students, every arm (distill bench nlp --arm ARM)")
+              "students (every arm for 2 layers, five for 3; distill bench nlp --arm ARM --pair L3-H384)")
         print(f"  {'embeddings':14s} MiniLM sentence vectors made English-Spanish and compressed by distillation "
               "(distill bench embeddings --arm ARM)")
         print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "
@@ -438,7 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         if "torch.distributed" in sys.modules:  # under torchrun / accelerate launch: leave the group cleanly
             from distill.distributed import shutdown
 
-            shutdown()
+            if shutdown():
+                # and skip the interpreter's teardown: even after the group is destroyed, a worker aborted
+                # in C++ thread destructors at exit ("terminate called without an active exception"; seen twice
+                # in full test runs) after all its work was done and written
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
         return code
     except _user_errors() as err:
         _leave_group()

