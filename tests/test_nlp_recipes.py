@@ -155,3 +155,47 @@ def test_tiny_run_of_every_language_method_from_the_command_line(tmp_path):
         if method["method"] in ("pkd", "tinybert", "rail_kd", "cilda"):
             assert (method["student_layers"], method["teacher_layers"]) == (2, 4)
     assert (run_dir / "students" / "tinybert" / "student.safetensors").is_file()
+
+
+def test_text_augment_trains_on_the_texts_and_their_rewrites_made_once(tmp_path, cache_dir, monkeypatch):
+    import transformers
+
+    import distill.augment as augment
+    import distill.mlm as mlm
+    from distill.experiment import run_recipe
+    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+    from distill.zoo.text import load_rotten_tomatoes
+
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=128)
+    monkeypatch.setattr(mlm, "cached_minilm_mlm", lambda: transformers.BertForMaskedLM(config).eval())
+    tree = apply_overrides(read_recipe_tree("nlp"), TINY + ["train.cache_teacher=true"])
+    tree["methods"] = [{"method": "kd", "alpha": 1.0, "label": "replace",
+                        "text_augment": {"kind": "word-replace", "per_text": 2}},
+                       {"method": "kd", "alpha": 1.0, "label": "refill",
+                        "text_augment": {"kind": "refill", "per_text": 1, "prob": 0.3}}]
+    summary = run_recipe(parse_recipe(tree), tmp_path / "run")
+    assert [row["label"] for row in summary["rows"]] == ["teacher", "replace", "refill"]
+    made = {p.name.rsplit("-", 1)[0]: json.loads(p.read_text())
+            for p in (cache_dir / "augmented").iterdir()}
+    snippets = load_rotten_tomatoes(train_size=32).train.texts
+    assert len(made["word-replace"]) == 2 * 32 and len(made["refill"]) == 32
+    assert sum(a != b for a, b in zip(made["refill"], snippets)) == 32  # each rewritten
+    # the students' epoch is the snippets and their rewrites: 96 and 64 texts, batches of 32
+    logs = {label: json.loads((tmp_path / "run" / "students" / label / "summary.json").read_text())
+            for label in ("replace", "refill")}
+    assert logs["replace"]["final"]["step"] == 3 and logs["refill"]["final"]["step"] == 2, logs
+
+    # made once: a second run reads the rewrites from the cache
+    monkeypatch.setattr(augment, "mlm_augment", lambda *a, **k: pytest.fail("augmented again"))
+    monkeypatch.setitem(augment.TEXT_AUGMENTATIONS, "word-replace", (augment.mlm_augment, "replace_prob"))
+    run_recipe(parse_recipe(tree), tmp_path / "run2")
+
+
+def test_text_augment_is_refused_for_images_and_for_terms_that_need_labels():
+    assert "text_augment rewrites texts, but data 'digits' is images" in _refusal(
+        {"data": {"dataset": "digits", "text_augment": {"kind": "refill"}}, "teacher": {"model": "mlp"},
+         "student": {"model": "mlp"}, "methods": [{"method": "kd", "alpha": 1.0}]})
+    message = _refusal(["data.text_augment={kind: word-replace}"])
+    assert "method 'scratch': its student sees no labels (text_augment), but its term 'ce' needs them" in message
+    assert "kind" in _refusal(["data.text_augment={kind: synonyms}"])

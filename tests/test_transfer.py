@@ -52,7 +52,7 @@ def test_mixup_and_jitter_kd_learn(digits, teacher):
 
 def test_a_recipe_trains_students_on_a_transfer_set(tmp_path, cache_dir):
     from distill.experiment import run_recipe
-    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+    from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
 
     tree = apply_overrides(read_recipe_tree("digits"), ["data.student_labels=false", "teacher.train.epochs=3",
                                                        "train.epochs=4"])
@@ -60,13 +60,14 @@ def test_a_recipe_trains_students_on_a_transfer_set(tmp_path, cache_dir):
     summary = run_recipe(parse_recipe(tree), tmp_path / "run")
     assert all(row["test_accuracy"] > 60 for row in summary["rows"][1:])
     tree["methods"] = [{"method": "scratch"}]
-    with pytest.raises(DistillError, match="needs labels"):
-        run_recipe(parse_recipe(tree), tmp_path / "run2")
+    with pytest.raises(RecipeError, match="'scratch': its student sees no labels .student_labels: false., but its "
+                                           "term 'ce' needs them"):
+        parse_recipe(tree)  # found before anything trains
 
 
 def test_methods_choose_their_own_transfer_set_and_augmentation(tmp_path, cache_dir):
     from distill.experiment import run_recipe
-    from distill.recipe import apply_overrides, parse_recipe, read_recipe_tree
+    from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
 
     tree = apply_overrides(read_recipe_tree("digits"), ["teacher.train.epochs=3", "train.epochs=3",
                                                        "train.cache_teacher=true"])
@@ -78,5 +79,5 @@ def test_methods_choose_their_own_transfer_set_and_augmentation(tmp_path, cache_
     rows = {row["label"]: row for row in summary["rows"]}
     assert all(rows[k]["test_accuracy"] > 60 for k in ("kd", "transfer", "mixup", "jitter"))
     tree["methods"] = [{"method": "scratch", "student_labels": False}]
-    with pytest.raises(DistillError, match="needs labels"):
-        run_recipe(parse_recipe(tree), tmp_path / "run2")
+    with pytest.raises(RecipeError, match="sees no labels"):
+        parse_recipe(tree)

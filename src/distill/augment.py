@@ -65,6 +65,7 @@ replacements lean to frequent words, e.g.
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 import torch.nn.functional as F
@@ -330,3 +331,44 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
                 changes.append((start, end, word))
             results[(i, j)] = _splice(text, changes)
         return [results[(i, j)] for i in range(len(texts)) for j in range(n_per_text)]
+
+
+# what a recipe's ``text_augment.kind`` names, and the keyword of each function's probability
+TEXT_AUGMENTATIONS = {"word-replace": (mlm_augment, "replace_prob"), "refill": (masked_refill, "mask_prob")}
+
+
+def augmented_texts(texts, kind: str, per_text: int, prob: float | None = None, seed: int = 0, mlm_model=None,
+                    tokenizer=None, say=print) -> list[str]:
+    """``per_text`` rewrites of each of ``texts`` by ``kind`` (``"word-replace"``: :func:`mlm_augment`,
+    ``"refill"``: :func:`masked_refill`; ``prob`` their ``replace_prob`` / ``mask_prob``, None for the default),
+    text-major. The masked LM is the MiniLM teacher's trained head (:func:`distill.mlm.cached_minilm_mlm`) with
+    its tokenizer unless ``mlm_model`` and ``tokenizer`` are given. Made once and kept in the cache folder
+    (``augmented/``), named by the texts, the settings and the masked LM's weights."""
+    import json
+
+    from distill.cache import weights_digest
+    from distill.fileio import atomic_write_text, cache_dir, settings_key
+
+    if kind not in TEXT_AUGMENTATIONS:
+        raise AugmentError(f"unknown text augmentation {excerpt(kind, 40)}; choose from "
+                           f"{', '.join(TEXT_AUGMENTATIONS)}")
+    texts = _check_texts(texts)
+    if mlm_model is None:
+        from distill.mlm import cached_minilm_mlm
+        from distill.zoo.text import minilm_tokenizer
+
+        mlm_model, tokenizer = cached_minilm_mlm(), minilm_tokenizer()
+    fn, prob_name = TEXT_AUGMENTATIONS[kind]
+    options = {"n_per_text": per_text, "seed": seed, **({prob_name: prob} if prob is not None else {})}
+    key = settings_key({"kind": kind, **options, "texts": settings_key(texts, 32),
+                        "mlm": weights_digest(mlm_model)}, 16)
+    path = cache_dir() / "augmented" / f"{kind}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    made = fn(texts, mlm_model, tokenizer, **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(made))
+    say(f"{kind}: {len(made):,} new sentences from {len(texts):,} in {time.perf_counter() - start:.0f} s "
+        f"(kept in {path.parent})")
+    return made

