@@ -33,13 +33,16 @@ def test_bench_arms_name_registered_methods_and_known_initialisations():
     assert {init for init, _, _ in ARMS.values()} <= {"random", "teacher-layers", "mlm", "distilbert", "tinybert"}
     rows = [{"arm": "kd", "shape": "L2-H384", "seed": s, "test_accuracy": a, "params": 10} for s, a in
             enumerate((80.0, 82.0, 84.0))]
-    table = format_table({"teacher": {"params": 20, "test_accuracy": 85.0}, "rows": rows,
-                          "latency": {"teacher": {"batch1": 0.012, "batch32": 0.006},
-                                      "L2-H384": {"batch1": 0.004, "batch32": 0.001,
-                                                  "speedup": {"batch1": 3.04, "batch32": 6.0},
-                                                  "speedup_range": {"batch1": [2.91, 3.2], "batch32": [5.5, 6.1]}}}})
+    summary = {"teacher": {"params": 20, "test_accuracy": 85.0}, "rows": rows,
+               "latency": {"teacher": {"batch1": 0.012, "batch32": 0.006},
+                           "L2-H384": {"batch1": 0.004, "batch32": 0.001, "speedup": {"batch1": 3.04, "batch32": 6.0},
+                                       "speedup_range": {"batch1": [2.91, 3.2], "batch32": [5.5, 6.1]}}}}
+    table = format_table(summary)
     assert ("| L2-H384 | kd | 10 | 82.00 ± 2.00 | 3 | 96.5% | 4.00 | 1.00 | 3.0× (2.9–3.2) / 6.0× (5.5–6.1) |"
             in table)
+    assert "Not trained" not in table
+    summary["missing"] = ["pd L2-H384 seed 2"]
+    assert format_table(summary).endswith("\n\nNot trained yet: pd L2-H384 seed 2.")
 
 
 @needs_rt
@@ -86,6 +89,22 @@ def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
     assert "the nlp benchmark takes" in capsys.readouterr().err
     assert main(["bench", "llm", "--pair", "L2-H384"]) == 2
     assert "the llm benchmark takes" in capsys.readouterr().err
+    assert main(["bench", "llm", "--stored"]) == 2
+    assert "the llm benchmark takes" in capsys.readouterr().err
+    assert main(["bench", "digits", "--stored"]) == 2
+    assert "--stored is for the nlp benchmark" in capsys.readouterr().err
+    assert main(["bench", "nlp", "--stored", "--train-only"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_stored_rows_are_read_only_with_their_key(tmp_path):
+    from distill.fileio import bench_row, stored_row
+
+    path = tmp_path / "kd" / "seed-0.json"
+    assert stored_row(path, "k1") is None
+    row, made = bench_row(path, "k1", lambda: {"test_accuracy": 80.0})
+    assert made and stored_row(path, "k1") == row == {"test_accuracy": 80.0, "key": "k1"}
+    assert stored_row(path, "k2") is None  # made with other settings: not this row
 
 
 def test_latency_times_the_models_in_interleaved_rounds():

@@ -194,22 +194,27 @@ def cmd_bench(args) -> int:
         from distill.nlp_bench import run_nlp_benchmark
 
         if args.set or args.only_seed is not None:
-            raise RecipeError("the nlp benchmark takes --seeds, --quick, --arm, --pair (student shapes) and --out")
+            raise RecipeError("the nlp benchmark takes --seeds, --quick, --arm, --pair (student shapes), --train-only, "
+                              "--stored and --out")
+        if args.stored and args.train_only:
+            raise RecipeError("--stored trains nothing and --train-only makes no table: give one of them")
         run_nlp_benchmark(seeds=args.seeds or 3, quick=args.quick, only=args.arm, shapes=args.pair,
                           out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"),
-                          train_only=args.train_only)
+                          train_only=args.train_only, stored=args.stored)
         return 0
     if args.name in ARM_BENCHMARKS:  # benchmarks of arms x seeds, each with --arm, --train-only, --quick
         import importlib
 
         module, function = ARM_BENCHMARKS[args.name]
-        if args.set or args.only_seed is not None or args.pair:
+        if args.set or args.only_seed is not None or args.pair or args.stored:
             raise RecipeError(f"the {args.name} benchmark takes --seeds, --quick, --arm, --train-only and --out")
         run = getattr(importlib.import_module(module), function)
         seeds = {"seeds": args.seeds} if args.seeds else {}  # else the benchmark's own default
         run(**seeds, quick=args.quick, only=args.arm, train_only=args.train_only,
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
+    if args.stored:
+        raise RecipeError("--stored is for the nlp benchmark (distill bench nlp --stored)")
     if args.arm or args.train_only:
         raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq, dense and datafree "
                           "benchmarks (distill bench nlp --arm kd; also seq2seq)")
@@ -338,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "dafl, dfad ...; repeatable)")
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
+    bench.add_argument("--stored", action="store_true",
+                       help="nlp benchmark: train nothing; the table from the rows already stored, naming the missing")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

@@ -36,14 +36,21 @@ def row_key(settings: dict, teacher_weights: str | None = None) -> str:
     return settings_key({**settings, **({"teacher_weights": teacher_weights} if teacher_weights else {})})
 
 
+def stored_row(path: str | os.PathLike, key: str) -> dict | None:
+    """The benchmark row kept at ``path`` when it was made with settings ``key``, else None."""
+    path = Path(path)
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    return stored if stored.get("key") == key else None
+
+
 def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tuple[dict, bool]:
     """One benchmark row kept in its own file: the stored row when it was made with settings ``key``, else
     ``make()`` (with ``key`` added) written to ``path``. Returns ``(row, made)``; an interrupted benchmark
     resumes at the first row not written."""
-    path = Path(path)
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    if stored.get("key") == key:
+    stored = stored_row(path, key)
+    if stored is not None:
         return stored, False
+    path = Path(path)
     row = {**make(), "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row, indent=1))

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from distill.cache import weights_digest
-from distill.fileio import bench_row, row_key, settings_key, write_bench_results
+from distill.fileio import bench_row, row_key, settings_key, stored_row, write_bench_results
 from distill.pretrain import KINDS
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
@@ -274,10 +274,11 @@ def latency(models: dict, data, threads: int = 1, rounds: int = 15, repeats: int
 
 def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
                       shapes: list[str] | None = None, out_dir: str | Path = "bench-results/nlp",
-                      train_only: bool = False, say=print) -> dict:
+                      train_only: bool = False, stored: bool = False, say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
     train the missing rows and stop before the latency and the table (for several benchmark processes at
-    once, each with ``--threads 1``; time nothing beside another job)."""
+    once, each with ``--threads 1``; time nothing beside another job). ``stored``: train nothing; the table
+    has the rows already stored and names the ones missing."""
     from distill.evaluation import count_parameters, evaluate
     from distill.tasks import get_task
     from distill.zoo.text import load_rotten_tomatoes
@@ -300,11 +301,15 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                    "params": count_parameters(teacher), "train_seconds": info["seconds"]}
     say(f"teacher: test {teacher_row['test_accuracy']:.2f}%, validation {teacher_row['val_accuracy']:.2f}%")
     transfer = None
-    results = []
+    results, missing = [], []
     for arm, shape in runs:
+        paths = [out / arm / shape / f"seed-{seed}.json" for seed in range(seeds)]
+        if stored and not any(path.is_file() for path in paths):  # (the key could need a preparation made)
+            missing += [f"{arm} {shape} seed {seed}" for seed in range(seeds)]
+            continue
         augmented = settings_key(augmented_set(arm, data).texts, 16) if arm in AUGMENTED else None
         key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick), augmented)
-        for seed in range(seeds):
+        for seed, path in enumerate(paths):
             def make():
                 nonlocal transfer
                 if ARMS[arm][1] == "transfer" and transfer is None:
@@ -312,7 +317,10 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                 say(f"{arm} {shape} seed {seed} ...")
                 return run_arm(arm, shape, seed, data, teacher, quick, transfer)
 
-            row, made = bench_row(out / arm / shape / f"seed-{seed}.json", key, make)
+            row, made = (stored_row(path, key), False) if stored else bench_row(path, key, make)
+            if row is None:
+                missing.append(f"{arm} {shape} seed {seed}")
+                continue
             if made:
                 say(f"  test {row['test_accuracy']:.2f}%  val {row['val_accuracy']:.2f}%  "
                     f"({row['train_seconds']:.0f} s)")
@@ -322,7 +330,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
     from distill.zoo.bert import bert_student
 
     times = latency({"teacher": teacher, **{shape: bert_student(*SHAPES[shape]).eval() for shape in shapes}}, data)
-    summary = {"teacher": teacher_row, "rows": results, "latency": times, "seeds": seeds, "quick": quick,
+    summary = {"teacher": teacher_row, "rows": results, "missing": missing, "latency": times, "seeds": seeds,
+               "quick": quick,
                "settings": {"teacher": TEACHER, "student": STUDENT, "prepare": PREPARE, "arms": ARMS}}
     return write_bench_results(out, summary, format_table(summary), say)
 
@@ -353,4 +362,6 @@ def format_table(summary: dict) -> str:
         mean, std = statistics.fmean(acc), (statistics.stdev(acc) if len(acc) > 1 else 0.0)
         lines.append(f"| {shape} | {arm} | {rows[0]['params']:,} | {mean:.2f} ± {std:.2f} | {len(rows)} | "
                      f"{100 * mean / teacher['test_accuracy']:.1f}% | {ms(shape)} | {speedup(shape)} |")
+    if summary.get("missing"):
+        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
     return "\n".join(lines)
