@@ -98,7 +98,7 @@ def cmd_list(args) -> int:
             print(f"  {name:14s} {bench.description}")
         print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
         print(f"  {'nlp':14s} language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT "
-              "students (every arm for 2 layers, five for 3; distill bench nlp --arm ARM --pair L3-H384)")
+              "students (every arm for 2 layers, four for 3; distill bench nlp --arm ARM --pair L3-H384)")
         print(f"  {'embeddings':14s} MiniLM sentence vectors made English-Spanish and compressed by distillation "
               "(distill bench embeddings --arm ARM)")
         print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "

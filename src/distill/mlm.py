@@ -219,8 +219,8 @@ def unigram_baseline(train_items, test_items, vocab_size: int) -> dict[str, floa
 def cached_minilm_mlm(cache_dir=None, return_metrics: bool = False, progress: bool = False, **settings):
     """all-MiniLM-L6-v2 as a ``BertForMaskedLM`` with a trained head: trained once with ``settings`` (any of
     :data:`DEFAULTS`) and kept as ``head-<key>.safetensors`` (only the head's tensors) with its metrics in
-    ``head-<key>.json`` under ``cache_dir`` (``minilm-mlm`` in the cache folder, ``$DISTILL_CACHE`` or ``~/.cache/distill``); later calls load
-    ``load_minilm("mlm")`` and the saved head. ``return_metrics=True`` returns ``(model, metrics)``:
+    ``head-<key>.json`` under ``cache_dir`` (default ``minilm-mlm`` in ``$DISTILL_CACHE`` or ``~/.cache/distill``);
+    later calls load ``load_minilm("mlm")`` and the saved head. ``return_metrics=True`` returns ``(model, metrics)``:
     held-out test top-1 / top-5 / perplexity of the head and of the unigram baseline."""
     from safetensors.torch import load_file, save_file
 
