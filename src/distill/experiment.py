@@ -238,7 +238,7 @@ def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     (``augment``, ``student_labels``), or made without real images (``data_free``)."""
     augment = augment_from_spec(method.augment if method.augment is not None else recipe.data.augment)
     labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
-    text_augment = method.text_augment or recipe.data.text_augment
+    text_augment = recipe.data.text_augment if method.text_augment is None else method.text_augment
     if text_augment is not None:  # the texts and their rewrites, unlabelled; made once (by rank 0), then read
         from distill.augment import augmented_texts
         from distill.zoo.text import TokenizedTexts

@@ -512,7 +512,7 @@ class Recipe(_Strict):
                                      "without '/', '\\' or '.'")
         kind = data_inputs(self.data.dataset)
         for m in self.methods:
-            text_augment = m.text_augment or self.data.text_augment
+            text_augment = self.data.text_augment if m.text_augment is None else m.text_augment
             if text_augment is not None and kind == "images":
                 raise ValueError(f"method {excerpt(m.name, 40)}: text_augment rewrites texts, but data "
                                  f"{excerpt(self.data.dataset, 40)} is images")
