@@ -236,9 +236,9 @@ def _fit(recipe: Recipe, method, stages, model, teacher, data, own: Path, resume
 def _student_data(recipe: Recipe, method, student, teacher, data, own: Path):
     """The training set and augmentation of ``method``'s student: the recipe's, the method's own
     (``augment``, ``student_labels``), or made without real images (``data_free``)."""
-    augment = augment_from_spec(method.augment if method.augment is not None else recipe.data.augment)
-    labels = recipe.data.student_labels if method.student_labels is None else method.student_labels
-    text_augment = recipe.data.text_augment if method.text_augment is None else method.text_augment
+    augment = augment_from_spec(recipe.student_data(method, "augment"))
+    labels = recipe.student_data(method, "student_labels")
+    text_augment = recipe.student_data(method, "text_augment")
     if text_augment is not None:  # the texts and their rewrites, unlabelled; made once (by rank 0), then read
         from distill.augment import augmented_texts
         from distill.zoo.text import TokenizedTexts

@@ -201,7 +201,8 @@ def arm_key(arm: str, quick: bool, teacher_weights: str, prepared: str | None = 
 
 
 def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfer=None) -> dict:
-    """Train one student of ``shape`` by ``arm`` with ``seed``; its test and validation accuracy."""
+    """Train one student of ``shape`` by ``arm`` with ``seed``; its test and validation accuracy. ``transfer``:
+    the transfer set of a ``transfer`` arm (:func:`transfer_set`), or an augmented arm's (:func:`augmented_set`)."""
     from distill.evaluation import count_parameters, evaluate
     from distill.methods import METHODS
     from distill.tasks import get_task
@@ -214,7 +215,7 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
     start = time.perf_counter()
     train = data.train
     if arm in AUGMENTED:
-        train, settings = augmented_set(arm, data), {**settings, "epochs": AUGMENTED_EPOCHS}
+        train, settings = transfer, {**settings, "epochs": AUGMENTED_EPOCHS}
     if method == "transfer":  # soft targets alone on the transfer set, then (pd) the labels
         # the teacher's logits on the transfer set are the same for every such run: kept on disk, made once
         from distill.fileio import cache_dir
@@ -307,15 +308,16 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
         if stored and not any(path.is_file() for path in paths):  # (the key could need a preparation made)
             missing += [f"{arm} {shape} seed {seed}" for seed in range(seeds)]
             continue
-        augmented = settings_key(augmented_set(arm, data).texts, 16) if arm in AUGMENTED else None
-        key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick), augmented)
+        augmented = augmented_set(arm, data) if arm in AUGMENTED else None
+        key = arm_key(arm, quick, teacher_weights, prepared_weights(ARMS[arm][0], shape, quick),
+                      None if augmented is None else settings_key(augmented.texts, 16))
         for seed, path in enumerate(paths):
             def make():
                 nonlocal transfer
                 if ARMS[arm][1] == "transfer" and transfer is None:
                     transfer = transfer_set(data, quick)
                 say(f"{arm} {shape} seed {seed} ...")
-                return run_arm(arm, shape, seed, data, teacher, quick, transfer)
+                return run_arm(arm, shape, seed, data, teacher, quick, transfer if augmented is None else augmented)
 
             row, made = (stored_row(path, key), False) if stored else bench_row(path, key, make)
             if row is None:

@@ -512,12 +512,11 @@ class Recipe(_Strict):
                                      "without '/', '\\' or '.'")
         kind = data_inputs(self.data.dataset)
         for m in self.methods:
-            text_augment = self.data.text_augment if m.text_augment is None else m.text_augment
+            text_augment = self.student_data(m, "text_augment")
             if text_augment is not None and kind == "images":
                 raise ValueError(f"method {excerpt(m.name, 40)}: text_augment rewrites texts, but data "
                                  f"{excerpt(self.data.dataset, 40)} is images")
-            labelled = (self.data.student_labels if m.student_labels is None else m.student_labels) \
-                and text_augment is None
+            labelled = self.student_data(m, "student_labels") and text_augment is None
             uses = [t.name for stage in as_stages(m.build()) for t in stage.terms if t.labels]
             if uses and not labelled:
                 raise ValueError(f"method {excerpt(m.name, 40)}: its student sees no labels ("
@@ -550,6 +549,11 @@ class Recipe(_Strict):
                                      f"the recipe has several teachers: pick one with 'teacher: NAME' or read "
                                      f"'NAME/TAP' (NAME one of {clip(', '.join(self.teachers), 80)})")
         return self
+
+    def student_data(self, method: MethodSpec, name: str):
+        """``method``'s own ``augment`` / ``student_labels`` / ``text_augment``, else the recipe's ``data`` one."""
+        own = getattr(method, name)
+        return getattr(self.data, name) if own is None else own
 
     @property
     def teacher_specs(self) -> dict[str, TeacherSpec]:
