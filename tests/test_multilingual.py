@@ -388,6 +388,17 @@ def test_embeddings_bench_table_and_arms():
     assert {kind for _, _, kind, _ in ARMS.values()} <= {None, "parallel", "english"}
     rows = [{"arm": "ml-L3", "seed": s, "params": 10, "test_en_es_top1": a, "test_en_fidelity": f}
             for s, (a, f) in enumerate([(80.0, 0.95), (82.0, 0.96), (84.0, 0.97)])]
-    table = format_table({"rows": rows, "speed": {"teacher": 10.0, "ml-L3": 25.0}})
-    assert "| ml-L3 | 10 | 3 | 82.0 ± 2.0 | – | – | – | 0.960 ± 0.010 | – | 25.0 | 2.50× |" in table
+    rows.append({"arm": "ml-L6", "seed": 0, "params": 20, "test_en_es_top1": 90.0, "test_en_fidelity": 0.9})
+
+    def timed(seconds, speedup):
+        return {"batch1": seconds / 4, "batch32": seconds, "speedup": {"batch1": speedup, "batch32": speedup + 0.5},
+                "speedup_range": {"batch1": [speedup - 0.1, speedup + 0.1], "batch32": [speedup, speedup + 1]}}
+
+    table = format_table({"rows": rows, "latency": {"teacher": timed(0.1, 1.0), "ml-L3": timed(0.04, 2.0)},
+                          "missing": ["ml-L6 seed 1"]})
+    assert ("| ml-L3 | 10 | 3 | 82.0 ± 2.0 | – | – | – | 0.960 ± 0.010 | – | 25 | 2.00× (1.90–2.10) / 2.50× "
+            "(2.00–3.00) |") in table
+    # an arm of the teacher's own shape is not timed again: it has the teacher's speed
+    assert "| ml-L6 | 20 | 1 | 90.0 | – | – | – | 0.900 | – | 10 | 1.00× (0.90–1.10) / 1.50× (1.00–2.00) |" in table
+    assert table.endswith("Not trained yet: ml-L6 seed 1.")
     assert main(["bench", "embeddings", "--pair", "x"]) == 2

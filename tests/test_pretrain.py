@@ -92,9 +92,13 @@ def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
     assert main(["bench", "llm", "--stored"]) == 2
     assert "the llm benchmark takes" in capsys.readouterr().err
     assert main(["bench", "digits", "--stored"]) == 2
-    assert "--stored is for the nlp benchmark" in capsys.readouterr().err
-    assert main(["bench", "nlp", "--stored", "--train-only"]) == 2
-    assert "give one of them" in capsys.readouterr().err
+    assert "--stored is for the nlp, embeddings benchmarks" in capsys.readouterr().err
+    for name in ("nlp", "embeddings"):
+        assert main(["bench", name, "--stored", "--train-only"]) == 2
+        assert "give one of them" in capsys.readouterr().err
+    assert main(["bench", "embeddings", "--stored", "--pair", "x"]) == 2
+    assert "the embeddings benchmark takes --seeds, --quick, --arm, --train-only, --stored and --out" in \
+        capsys.readouterr().err
 
 
 def test_stored_rows_are_read_only_with_their_key(tmp_path):
@@ -105,6 +109,7 @@ def test_stored_rows_are_read_only_with_their_key(tmp_path):
     row, made = bench_row(path, "k1", lambda: {"test_accuracy": 80.0})
     assert made and stored_row(path, "k1") == row == {"test_accuracy": 80.0, "key": "k1"}
     assert stored_row(path, "k2") is None  # made with other settings: not this row
+    assert bench_row(path, "k2", lambda: 1 / 0, train=False) == (None, False)  # a table of stored rows: none made
 
 
 def test_latency_times_the_models_in_interleaved_rounds():

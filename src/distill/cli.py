@@ -178,6 +178,7 @@ ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_ben
                   "dense": ("distill.dense_bench", "run_dense_benchmark"),
                   "detection-weights": ("distill.detection_bench", "run_weight_sweep"),
                   "datafree": ("distill.datafree_bench", "run_datafree_benchmark")}
+STORED_BENCHMARKS = ("embeddings",)  # (and nlp) can make their table from the stored rows alone: --stored
 
 
 def cmd_bench(args) -> int:
@@ -190,14 +191,14 @@ def cmd_bench(args) -> int:
         run_speed_benchmark(pairs=args.pair, recipes=args.recipe, repeats=args.repeats,
                             out_dir=args.out or "bench-results/speed")
         return 0
+    if args.stored and args.train_only:
+        raise RecipeError("--stored trains nothing and --train-only makes no table: give one of them")
     if args.name == "nlp":
         from distill.nlp_bench import run_nlp_benchmark
 
         if args.set or args.only_seed is not None:
             raise RecipeError("the nlp benchmark takes --seeds, --quick, --arm, --pair (student shapes), --train-only, "
                               "--stored and --out")
-        if args.stored and args.train_only:
-            raise RecipeError("--stored trains nothing and --train-only makes no table: give one of them")
         run_nlp_benchmark(seeds=args.seeds or 3, quick=args.quick, only=args.arm, shapes=args.pair,
                           out_dir=args.out or ("bench-results/nlp-quick" if args.quick else "bench-results/nlp"),
                           train_only=args.train_only, stored=args.stored)
@@ -206,15 +207,19 @@ def cmd_bench(args) -> int:
         import importlib
 
         module, function = ARM_BENCHMARKS[args.name]
-        if args.set or args.only_seed is not None or args.pair or args.stored:
-            raise RecipeError(f"the {args.name} benchmark takes --seeds, --quick, --arm, --train-only and --out")
+        takes_stored = args.name in STORED_BENCHMARKS
+        if args.set or args.only_seed is not None or args.pair or (args.stored and not takes_stored):
+            raise RecipeError(f"the {args.name} benchmark takes --seeds, --quick, --arm, --train-only"
+                              f"{', --stored' if takes_stored else ''} and --out")
         run = getattr(importlib.import_module(module), function)
         seeds = {"seeds": args.seeds} if args.seeds else {}  # else the benchmark's own default
-        run(**seeds, quick=args.quick, only=args.arm, train_only=args.train_only,
+        stored = {"stored": True} if args.stored else {}
+        run(**seeds, **stored, quick=args.quick, only=args.arm, train_only=args.train_only,
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.stored:
-        raise RecipeError("--stored is for the nlp benchmark (distill bench nlp --stored)")
+        raise RecipeError(f"--stored is for the {', '.join(['nlp', *STORED_BENCHMARKS])} benchmarks "
+                          "(distill bench nlp --stored)")
     if args.arm or args.train_only:
         raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq, dense and datafree "
                           "benchmarks (distill bench nlp --arm kd; also seq2seq)")
@@ -344,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.add_argument("--stored", action="store_true",
-                       help="nlp benchmark: train nothing; the table from the rows already stored, naming the missing")
+                       help="nlp and embeddings benchmarks: train nothing; the table from the rows already stored, "
+                            "naming the missing")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")

@@ -27,7 +27,8 @@ Columns: translation retrieval top-1 (%) among all held-out pairs, en->es and es
 (1,166 verses) and on Django's interface strings (out of domain); English fidelity (the mean cosine of the
 student's English vectors to the teacher's, test books); ``self top-1`` (the % of test-book English verses
 whose teacher vector is the nearest to their student vector); parameters; sentences per second on one CPU
-thread (batch 32 of test verses). Selection on the validation books only; every (arm, seed) result is a file
+thread (batch 32 of test verses) and the speed-up over the teacher at batch 1 and 32, the models timed in
+interleaved rounds (:func:`speeds`). Selection on the validation books only; every (arm, seed) result is a file
 under the output folder, so the benchmark resumes and ``--arm`` runs a part.
 """
 from __future__ import annotations
@@ -218,19 +219,21 @@ def measure(student, tokenizer, data: Data, reference: dict) -> dict:
     return out
 
 
-def speed(encoder, tokenizer, texts: list[str], repeats: int = 10) -> float:
-    """Sentences per second of ``encoder`` on one thread: the median time of a batch of the first 32 texts."""
-    from distill.evaluation import inference_time
+def speeds(encoders: dict, texts: list[str], rounds: int = 15) -> dict:
+    """Seconds per sentence of ``encoders`` (name -> ``(encoder, tokenizer)``; the first is the reference) on one
+    CPU thread, at batch 1 (a median-length text of ``texts``) and batch 32 (the first 32, padded), timed in
+    interleaved rounds by :func:`distill.evaluation.interleaved_latency` (which says what the numbers are)."""
+    from distill.evaluation import interleaved_latency
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        batch = tokenizer(texts[:32], padding=True, truncation=True, max_length=256, return_tensors="pt")
-        encoder.eval()
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        return 32 / inference_time(encoder, inputs, repeats)
-    finally:
-        torch.set_num_threads(old)
+    middle = sorted(texts, key=len)[len(texts) // 2]
+
+    def batch(tokenizer, part):
+        found = tokenizer(part, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        return len(part), {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
+
+    return interleaved_latency({name: (encoder.eval(), {"batch1": batch(tokenizer, [middle]),
+                                                         "batch32": batch(tokenizer, texts[:32])})
+                                for name, (encoder, tokenizer) in encoders.items()}, rounds=rounds)
 
 
 def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bool, say=print) -> dict:
@@ -259,33 +262,34 @@ def arm_key(arm: str, quick: bool) -> str:
 
 def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
                              out_dir: str | Path = "bench-results/embeddings", train_only: bool = False,
-                             say=print) -> dict:
+                             stored: bool = False, say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
-    the missing rows only, no speed column and no table (for several processes at once, ``--threads 1`` each)."""
+    the missing rows only, no speed column and no table (for several processes at once, ``--threads 1`` each).
+    ``stored``: train nothing; the table has the rows already stored and names the ones missing."""
     arms = chosen_arms(only, ARMS)
     out = Path(out_dir)
     data = Data(quick)
     teacher = teacher_encoder().eval()
     reference = teacher_vectors(teacher, data)
-    rows = []
+    rows, missing = [], []
     for arm in arms:
         for seed in range(seeds if ARMS[arm][2] else 1):  # an untrained arm is the same for every seed
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick),
-                                  lambda: run_arm(arm, seed, data, teacher, reference, quick, say))
+            path, key = out / arm / f"seed-{seed}.json", arm_key(arm, quick)
+            row, made = bench_row(path, key, lambda: run_arm(arm, seed, data, teacher, reference, quick, say),
+                                  train=not stored)
+            if row is None:
+                missing.append(f"{arm} seed {seed}")
+                continue
             if made:
                 say("  " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith(("test_", "django_"))))
             rows.append(row)
     if train_only:
         return {"rows": rows}
-    texts = data.pairs["test"][0]
-    speeds = {"teacher": speed(teacher, data.tokenizer, texts)}
-    for arm in arms:
-        if ARMS[arm][0] != "teacher" or "vocab" in ARMS[arm][3]:
-            student, tokenizer = build_student(arm, data, teacher)
-            speeds[arm] = speed(student, tokenizer, texts)
-        else:
-            speeds[arm] = speeds["teacher"]
-    summary = {"rows": rows, "speed": speeds, "seeds": seeds, "quick": quick,
+    # arms of the teacher's own shape and vocabulary share its speed; each other arm's (untrained) student is timed
+    timed = [arm for arm in arms if ARMS[arm][0] != "teacher" or "vocab" in ARMS[arm][3]]
+    times = speeds({"teacher": (teacher, data.tokenizer), **{arm: build_student(arm, data, teacher) for arm in timed}},
+                   data.pairs["test"][0], rounds=3 if quick else 15)
+    summary = {"rows": rows, "missing": missing, "latency": times, "seeds": seeds, "quick": quick,
                "settings": {"train": TRAIN, "english_sentences": ENGLISH_SENTENCES,
                             "english_verses": ENGLISH_VERSES, "vocab": VOCAB, "arms": ARMS}}
     return write_bench_results(out, summary, format_table(summary), say)
@@ -306,12 +310,17 @@ def format_table(summary: dict) -> str:
     columns = [("test en→es", "test_en_es_top1"), ("test es→en", "test_es_en_top1"),
                ("Django en→es", "django_en_es_top1"), ("Django es→en", "django_es_en_top1"),
                ("English fidelity", "test_en_fidelity"), ("self top-1", "self_top1")]
-    lines = ["| arm | params | seeds | " + " | ".join(c for c, _ in columns) + " | sentences / s | speed-up |",
+    times = summary["latency"]
+    lines = ["| arm | params | seeds | " + " | ".join(c for c, _ in columns) +
+             " | sentences / s, batch 32 | speed-up, batch 1 / 32 (lowest–highest round) |",
              "|---|---:|---:|" + "---:|" * len(columns) + "---:|---:|"]
-    base = summary["speed"]["teacher"]
     for arm, rows in group_rows(summary["rows"]).items():
-        rate = summary["speed"].get(arm)
+        timed = times.get(arm) or times["teacher"]  # (an arm of the teacher's shape: the teacher's time)
+        speedup = " / ".join(f"{timed['speedup'][b]:.2f}× ({timed['speedup_range'][b][0]:.2f}–"
+                             f"{timed['speedup_range'][b][1]:.2f})" for b in ("batch1", "batch32"))
         lines.append(f"| {arm} | {rows[0]['params']:,} | {len(rows)} | " +
                      " | ".join(_cell(rows, key) for _, key in columns) +
-                     (f" | {rate:.1f} | {rate / base:.2f}× |" if rate else " | – | – |"))
+                     f" | {1 / timed['batch32']:.0f} | {speedup} |")
+    if summary.get("missing"):
+        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
     return "\n".join(lines)

@@ -143,6 +143,35 @@ def inference_time(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, wa
     return statistics.median(times)
 
 
+def interleaved_latency(runs: dict, threads: int = 1, rounds: int = 15, repeats: int = 10) -> dict:
+    """Seconds per sample of several models timed side by side, for honest speed-ups on a noisy machine.
+
+    ``runs`` maps a name to ``(model, batches)``, ``batches`` mapping a batch name to ``(samples, inputs)``
+    (every model gets the same batch names; the first model is the reference). The models are timed in
+    interleaved rounds on ``threads`` CPU threads (in each round every model runs each batch ``repeats``
+    times), so a slow spell of the machine falls on all of them alike. Returns, per name and batch, the median
+    over rounds of each round's median time over ``samples``; ``speedup``: the median over rounds of the
+    reference's time over the model's in that round; ``speedup_range``: the lowest and highest round."""
+    per_round = {name: {b: [] for b in batches} for name, (_, batches) in runs.items()}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(rounds):
+            for name, (model, batches) in runs.items():
+                for b, (size, inputs) in batches.items():
+                    per_round[name][b].append(inference_time(model, inputs, repeats, warmup=2) / size)
+    finally:
+        torch.set_num_threads(old)
+    reference = per_round[next(iter(runs))]
+    out = {}
+    for name, times in per_round.items():
+        ratios = {b: [r / t for r, t in zip(reference[b], times[b])] for b in times}
+        out[name] = {**{b: statistics.median(times[b]) for b in times},
+                     "speedup": {b: statistics.median(ratios[b]) for b in times},
+                     "speedup_range": {b: [min(ratios[b]), max(ratios[b])] for b in times}}
+    return out
+
+
 def _batch_size(inputs) -> int:
     """Samples in a batch of inputs: a tensor's first axis, or that of a dict's first tensor (HF inputs)."""
     if isinstance(inputs, Mapping):

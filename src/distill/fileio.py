@@ -43,12 +43,13 @@ def stored_row(path: str | os.PathLike, key: str) -> dict | None:
     return stored if stored.get("key") == key else None
 
 
-def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict]) -> tuple[dict, bool]:
+def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict], train: bool = True
+              ) -> tuple[dict | None, bool]:
     """One benchmark row kept in its own file: the stored row when it was made with settings ``key``, else
-    ``make()`` (with ``key`` added) written to ``path``. Returns ``(row, made)``; an interrupted benchmark
-    resumes at the first row not written."""
+    ``make()`` (with ``key`` added) written to ``path`` (or None when not ``train``: a table of the stored rows
+    only). Returns ``(row, made)``; an interrupted benchmark resumes at the first row not written."""
     stored = stored_row(path, key)
-    if stored is not None:
+    if stored is not None or not train:
         return stored, False
     path = Path(path)
     row = {**make(), "key": key}

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from distill.cache import weights_digest
-from distill.fileio import bench_row, row_key, settings_key, stored_row, write_bench_results
+from distill.fileio import bench_row, row_key, settings_key, write_bench_results
 from distill.pretrain import KINDS
 
 TEACHER = {"lr": 1e-4, "epochs": 3, "batch_size": 32, "schedule": "linear", "warmup_epochs": 0.3,
@@ -240,37 +240,16 @@ def run_arm(arm: str, shape: str, seed: int, data, teacher, quick: bool, transfe
 
 def latency(models: dict, data, threads: int = 1, rounds: int = 15, repeats: int = 10) -> dict:
     """Seconds per sentence of each of ``models`` (name -> model; the first is the reference) at batch 1 (a
-    median-length test snippet) and batch 32 (the first 32 test snippets, padded), on ``threads`` CPU threads.
-
-    The models are timed in interleaved rounds (in each round every model runs ``repeats`` times per batch
-    size), so a slow spell of the machine falls on all of them alike. A model's time is the median over rounds
-    of each round's median; ``speedup`` is the median over rounds of the reference's time over the model's in
-    that round, and ``speedup_range`` the lowest and highest round."""
-    from distill.evaluation import inference_time
+    median-length test snippet) and batch 32 (the first 32 test snippets, padded), timed in interleaved rounds
+    by :func:`distill.evaluation.interleaved_latency` (which says what the numbers are)."""
+    from distill.evaluation import interleaved_latency
     from distill.tasks import get_task
 
     task = get_task("classification", pad_token_id=0)
     lengths = sorted(range(len(data.test)), key=lambda i: len(data.test.input_ids[i]))
     batches = {"batch1": (1, task.collate([data.test[lengths[len(lengths) // 2]]])["input"]),
                "batch32": (32, task.collate([data.test[i] for i in range(32)])["input"])}
-    per_round = {name: {b: [] for b in batches} for name in models}
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(rounds):
-            for name, model in models.items():
-                for b, (size, inputs) in batches.items():
-                    per_round[name][b].append(inference_time(model, inputs, repeats, warmup=2) / size)
-    finally:
-        torch.set_num_threads(old)
-    reference = per_round[next(iter(models))]
-    out = {}
-    for name, times in per_round.items():
-        ratios = {b: [r / t for r, t in zip(reference[b], times[b])] for b in batches}
-        out[name] = {**{b: statistics.median(times[b]) for b in batches},
-                     "speedup": {b: statistics.median(ratios[b]) for b in batches},
-                     "speedup_range": {b: [min(ratios[b]), max(ratios[b])] for b in batches}}
-    return out
+    return interleaved_latency({name: (model, batches) for name, model in models.items()}, threads, rounds, repeats)
 
 
 def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -319,7 +298,7 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                 say(f"{arm} {shape} seed {seed} ...")
                 return run_arm(arm, shape, seed, data, teacher, quick, transfer if augmented is None else augmented)
 
-            row, made = (stored_row(path, key), False) if stored else bench_row(path, key, make)
+            row, made = bench_row(path, key, make, train=not stored)
             if row is None:
                 missing.append(f"{arm} {shape} seed {seed}")
                 continue
