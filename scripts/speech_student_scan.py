@@ -40,11 +40,12 @@ seconds = time.perf_counter() - start
 val = evaluate(student, setup.val, batch_size=128, task="ctc")
 words = {name: evaluate(m, val_words, batch_size=128, task="ctc") for name, m in (("student", student),
                                                                                   ("teacher", setup.teacher))}
-student_rtf, teacher_rtf = (bench.real_time_factor(m, setup.val) for m in (student, setup.teacher))
+timed = bench.real_time_factors({"teacher": setup.teacher, "student": student}, setup.val)
+student_rtf, teacher_rtf = timed["student"]["rtf"], timed["teacher"]["rtf"]
 print(json.dumps({"hidden": hidden, "layers": layers, **model_options, "arm": arm,
                   "epochs": epochs, "params": count_parameters(student),
                   "val": {k: round(v, 2) for k, v in val.items()}, "val_cer_by_epoch": [h["val/cer"] for h in history],
                   "val_words": {name: {k: round(v, 2) for k, v in w.items()} for name, w in words.items()},
                   "val_words_count": len(val_words),
                   "rtf": round(student_rtf, 4), "teacher_rtf": round(teacher_rtf, 4),
-                  "speed_up": round(teacher_rtf / student_rtf, 2), "train_seconds": round(seconds, 1)}))
+                  "speed_up": round(timed["student"]["speedup"]["rtf"], 2), "train_seconds": round(seconds, 1)}))

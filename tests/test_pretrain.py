@@ -92,8 +92,8 @@ def test_bench_flags_of_the_nlp_benchmark_are_refused_elsewhere(capsys):
     assert main(["bench", "llm", "--stored"]) == 2
     assert "the llm benchmark takes" in capsys.readouterr().err
     assert main(["bench", "digits", "--stored"]) == 2
-    assert "--stored is for the nlp, embeddings benchmarks" in capsys.readouterr().err
-    for name in ("nlp", "embeddings"):
+    assert "--stored is for the nlp, embeddings and speech benchmarks" in capsys.readouterr().err
+    for name in ("nlp", "embeddings", "speech"):
         assert main(["bench", name, "--stored", "--train-only"]) == 2
         assert "give one of them" in capsys.readouterr().err
     assert main(["bench", "embeddings", "--stored", "--pair", "x"]) == 2

@@ -493,18 +493,21 @@ def test_spike_delay_finds_how_far_a_student_lags():
 def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
     from distill.speech_bench import format_table
 
+    def timed(rtf, speedup):
+        return {"rtf": rtf, "speedup": {"rtf": speedup}, "speedup_range": {"rtf": [speedup - 0.5, speedup + 0.5]}}
+
     row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000,
            "real_wer_lexicon": 30.0}
     summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
                "settings": {"teacher": {"model": {"hidden": 160, "layers": 3, "bidirectional": True}}},
-               "rtf": {"teacher": 0.01, json.dumps({}, sort_keys=True): 0.002,
-                       json.dumps({"hidden": 128, "lookahead": 4}, sort_keys=True): 0.0025},
+               "rtf": {"teacher": timed(0.01, 1.0), json.dumps({}, sort_keys=True): timed(0.002, 5.0),
+                       json.dumps({"hidden": 128, "lookahead": 4}, sort_keys=True): timed(0.0025, 4.0)},
                "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]
                + [{**row, "arm": "ctc-128-ahead", "seed": 0, "delay": 0}]}
     table = format_table(summary)
     assert "| streaming GRU 2×96 | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 30.0 ± 0.0 | 10.0 ± 0.0 |" in table
-    assert "| streaming GRU 2×128, look-ahead 4 | ctc-128-ahead |" in table and "| 0.0025 | 4.0× |" in table
-    assert "| 30.0 | 10.0 |" in table and "5.0×" in table  # the teacher's lexicon WER
+    assert "| streaming GRU 2×128, look-ahead 4 | ctc-128-ahead |" in table and "| 0.0025 | 4.0× (3.5–4.5) |" in table
+    assert "| 30.0 | 10.0 |" in table and "5.0× (4.5–5.5)" in table  # the teacher's lexicon WER
     assert "312 of 563" in table and "| BiGRU 3×160 teacher |" in table
 
 

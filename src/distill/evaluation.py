@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -143,7 +143,8 @@ def inference_time(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, wa
     return statistics.median(times)
 
 
-def interleaved_latency(runs: dict, threads: int = 1, rounds: int = 15, repeats: int = 10) -> dict:
+def interleaved_latency(runs: dict, threads: int = 1, rounds: int = 15, repeats: int = 10,
+                        timer: Callable | None = None) -> dict:
     """Seconds per sample of several models timed side by side, for honest speed-ups on a noisy machine.
 
     ``runs`` maps a name to ``(model, batches)``, ``batches`` mapping a batch name to ``(samples, inputs)``
@@ -151,7 +152,10 @@ def interleaved_latency(runs: dict, threads: int = 1, rounds: int = 15, repeats:
     interleaved rounds on ``threads`` CPU threads (in each round every model runs each batch ``repeats``
     times), so a slow spell of the machine falls on all of them alike. Returns, per name and batch, the median
     over rounds of each round's median time over ``samples``; ``speedup``: the median over rounds of the
-    reference's time over the model's in that round; ``speedup_range``: the lowest and highest round."""
+    reference's time over the model's in that round; ``speedup_range``: the lowest and highest round.
+    ``timer(model, inputs)``, when given, replaces the median of ``repeats`` calls as a round's seconds (for
+    inputs that are not one batch, such as a list of utterances of different lengths)."""
+    timer = timer or (lambda model, inputs: inference_time(model, inputs, repeats, warmup=2))
     per_round = {name: {b: [] for b in batches} for name, (_, batches) in runs.items()}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -159,7 +163,7 @@ def interleaved_latency(runs: dict, threads: int = 1, rounds: int = 15, repeats:
         for _ in range(rounds):
             for name, (model, batches) in runs.items():
                 for b, (size, inputs) in batches.items():
-                    per_round[name][b].append(inference_time(model, inputs, repeats, warmup=2) / size)
+                    per_round[name][b].append(timer(model, inputs) / size)
     finally:
         torch.set_num_threads(old)
     reference = per_round[next(iter(runs))]

@@ -67,14 +67,20 @@ def chosen_arms(only: list[str] | None, arms) -> list[str]:
 
 
 def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str], str],
-               make: Callable[[str, int], dict], describe: Callable[[dict], str], say: Callable = print) -> list[dict]:
+               make: Callable[[str, int], dict], describe: Callable[[dict], str], say: Callable = print,
+               missing: list | None = None) -> list[dict]:
     """Every (arm, seed) row of a benchmark, each kept in ``out_dir/ARM/seed-K.json`` by :func:`bench_row` with
-    settings ``key(arm)`` and made by ``make(arm, seed)``; ``describe(row)`` is said after each."""
+    settings ``key(arm)`` and made by ``make(arm, seed)``; ``describe(row)`` is said after each. Given a list
+    ``missing``, nothing is trained: the rows not stored are named in it (a table of the stored rows)."""
     rows = []
     for arm in arms:
         for seed in range(seeds):
             say(f"{arm} seed {seed} ...")
-            row, made = bench_row(Path(out_dir) / arm / f"seed-{seed}.json", key(arm), lambda: make(arm, seed))
+            row, made = bench_row(Path(out_dir) / arm / f"seed-{seed}.json", key(arm), lambda: make(arm, seed),
+                                  train=missing is None)
+            if row is None:
+                missing.append(f"{arm} seed {seed}")
+                continue
             say(f"  {describe(row)}  ({row['train_seconds']:.0f} s{'' if made else ', stored'})")
             rows.append(row)
     return rows

@@ -150,22 +150,26 @@ def spike_delay(student: list[torch.Tensor], teacher: list[torch.Tensor], max_sh
     return best
 
 
-def real_time_factor(model, split, limit: int = 100) -> float:
-    """Model seconds per second of audio on one thread, one utterance at a time (the first ``limit`` utterances)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model.eval()
-    try:
+def real_time_factors(models: dict, split, limit: int = 100, rounds: int = 5) -> dict:
+    """Model seconds per second of audio (``"rtf"``) of ``models`` (name -> model; the first is the reference)
+    on one thread, one utterance at a time over the first ``limit`` utterances of ``split``, timed in
+    interleaved rounds by :func:`distill.evaluation.interleaved_latency` (with its ``speedup`` and range)."""
+    from distill.evaluation import interleaved_latency
+
+    utterances = [split[i]["features"][None] for i in range(min(limit, len(split)))]
+    audio = sum(split.seconds[: len(utterances)])
+
+    def timer(model, inputs):
         with torch.inference_mode():
-            for i in range(3):  # warm-up
-                model(split[i]["features"][None])
+            for x in inputs[:3]:  # warm-up
+                model(x)
             start = time.perf_counter()
-            for i in range(min(limit, len(split))):
-                model(split[i]["features"][None])
-            spent = time.perf_counter() - start
-        return spent / sum(split.seconds[: min(limit, len(split))])
-    finally:
-        torch.set_num_threads(old)
+            for x in inputs:
+                model(x)
+            return time.perf_counter() - start
+
+    return interleaved_latency({name: (model.eval(), {"rtf": (audio, utterances)}) for name, model in models.items()},
+                               rounds=rounds, timer=timer)
 
 
 def arm_key(arm: str, quick: bool, teacher_key: str) -> str:
@@ -242,9 +246,11 @@ def prepare(quick: bool = False, say=print) -> SimpleNamespace:
 
 
 def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
-                         out_dir: str | Path = "bench-results/speech", train_only: bool = False, say=print) -> dict:
+                         out_dir: str | Path = "bench-results/speech", train_only: bool = False, stored: bool = False,
+                         say=print) -> dict:
     """Run (or resume) the benchmark; writes ``results.json`` and ``table.md`` in ``out_dir``. ``train_only``:
-    train the missing rows and stop before the real-time factors and the table."""
+    train the missing rows and stop before the real-time factors and the table. ``stored``: train no student;
+    the table has the rows already stored and names the ones missing."""
     arms = chosen_arms(only, ARMS)
     setup = prepare(quick, say)
     data, train, val, teacher, info, teacher_row = (setup.data, setup.train, setup.val, setup.teacher, setup.info,
@@ -256,16 +262,19 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     # the teacher's scores kept beside the students' rows, as a row of its own (a new machine retrains the teacher)
     bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_row)
     teacher_logits = logits_on(teacher, data.test_real)
+    missing = [] if stored else None
     results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
                          lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits),
-                         lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say)
+                         lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say,
+                         missing)
     if train_only:
         return {"teacher": teacher_row, "rows": results}
-    rtf = {"teacher": real_time_factor(teacher, data.test_real)}
+    students = {}  # one student of each shape is timed
     for arm in arms:
-        shape = json.dumps(ARMS[arm][0], sort_keys=True)
-        rtf.setdefault(shape, real_time_factor(build_student(arm, 0), data.test_real))
-    summary = {"teacher": teacher_row, "rows": results, "rtf": rtf, "seeds": seeds, "quick": quick,
+        students.setdefault(json.dumps(ARMS[arm][0], sort_keys=True), build_student(arm, 0))
+    rtf = real_time_factors({"teacher": teacher, **students}, data.test_real, rounds=2 if quick else 7)
+    summary = {"teacher": teacher_row, "rows": results, "missing": missing or [], "rtf": rtf, "seeds": seeds,
+               "quick": quick,
                "real_prompts": len(data.test_real), "real_total": data.real_total, "vocab": len(data.vocab),
                "train_utterances": len(train), "adapt_repeat": setup.adapt_repeat,
                "adapt_words": setup.adapt_words,
@@ -294,17 +303,18 @@ def format_table(summary: dict) -> str:
     lexicon = lambda row: f"{row['real_wer_lexicon']:.1f}" if "real_wer_lexicon" in row else "-"  # noqa: E731
     lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
              f"{summary['vocab']}-word vocabulary); greedy decoding, and (lexicon) a beam search spelling vocabulary "
-             "words only; RTF on one CPU thread, batch 1.", "",
+             "words only; RTF on one CPU thread, batch 1, the models timed in interleaved rounds.", "",
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
              "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {_model_name(summary['settings']['teacher']['model'])} teacher | ctc | {teacher['params']:,} | "
              f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {lexicon(teacher)} | "
              f"{teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
-             f"{rtf['teacher']:.4f} | 1.0× |"]
+             f"{rtf['teacher']['rtf']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
-        r = rtf[json.dumps(model, sort_keys=True)]
+        timed = rtf[json.dumps(model, sort_keys=True)]
+        low, high = timed["speedup_range"]["rtf"]
         name = _model_name({**STUDENT["model"], **model})
         cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
         wer = statistics.fmean(x["real_wer"] for x in rows)
@@ -313,6 +323,8 @@ def format_table(summary: dict) -> str:
                         else "-")
         cells = " | ".join([*cells[:2], relative, with_lexicon, *cells[2:]])
         delays = "/".join(str(x["delay"]) for x in rows)
-        lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | {r:.4f} | "
-                     f"{rtf['teacher'] / r:.1f}× |")
+        lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | "
+                     f"{timed['rtf']:.4f} | {timed['speedup']['rtf']:.1f}× ({low:.1f}–{high:.1f}) |")
+    if summary.get("missing"):
+        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
     return "\n".join(lines)
