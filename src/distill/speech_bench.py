@@ -305,7 +305,8 @@ def format_table(summary: dict) -> str:
              f"{summary['vocab']}-word vocabulary); greedy decoding, and (lexicon) a beam search spelling vocabulary "
              "words only; RTF on one CPU thread, batch 1, the models timed in interleaved rounds.", "",
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
-             "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | speed-up |",
+             "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | "
+             "speed-up (lowest–highest round) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {_model_name(summary['settings']['teacher']['model'])} teacher | ctc | {teacher['params']:,} | "
              f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {lexicon(teacher)} | "
