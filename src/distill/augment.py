@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -131,13 +132,15 @@ def _vocabulary_kinds(tokenizer, model) -> tuple[torch.Tensor, torch.Tensor]:
     return words[:vocab_size], pieces[:vocab_size]
 
 
-def _logits_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int,
-               batch_size: int) -> list[torch.Tensor]:
-    """For each sequence ``rows[i]``, the MLM's vocabulary logits at ``positions[i]`` (a ``(len, V)``
-    tensor), batched by length; the head runs only on those positions."""
+def _logits_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int, batch_size: int,
+               reduce: Callable[[int, torch.Tensor], object]) -> list:
+    """For each sequence ``rows[i]``, ``reduce(i, logits)`` of the MLM's vocabulary logits at ``positions[i]``
+    (a ``(len, V)`` tensor in the order of ``positions[i]``), batched by length; the head runs only on those
+    positions. Each batch's logits are reduced before the next is computed: kept whole, the logits of every
+    word of ten thousand snippets fill tens of GB."""
     from distill.mlm import _logits_at as at
 
-    out: list[torch.Tensor | None] = [None] * len(rows)
+    out: list = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -154,7 +157,7 @@ def _logits_at(model, rows: list[list[int]], positions: list[list[int]], pad_id:
         for r, part in zip(chunk, logits.split(counts)):
             # keep's rows list positions in increasing order; put them back in the caller's order
             sorted_pos = sorted(positions[r])
-            out[r] = part[[sorted_pos.index(p) for p in positions[r]]]
+            out[r] = reduce(r, part[[sorted_pos.index(p) for p in positions[r]]])
     return out
 
 
@@ -233,23 +236,28 @@ def mlm_augment(texts, mlm_model, tokenizer, n_per_text: int = 20, replace_prob:
                     multi_of[w] = len(multi_of)
         candidates: dict[int, list[int]] = {}
         if mlm_rows:  # single-piece words: the MLM's top-k at the masked position
-            logits = _logits_at(mlm_model, mlm_rows, mlm_pos, pad_id, batch_size)
-            for w, row in mlm_of.items():
-                scores = logits[row][0].masked_fill(~whole, float("-inf"))
-                scores[words[w][4][0]] = float("-inf")  # never the word itself
+            word_of = {row: w for w, row in mlm_of.items()}
+
+            def top_words(row: int, logits: torch.Tensor) -> list[int]:
+                scores = logits[0].masked_fill(~whole, float("-inf"))
+                scores[words[word_of[row]][4][0]] = float("-inf")  # never the word itself
                 best = scores.topk(min(top_k, len(scores)))
-                candidates[w] = best.indices[best.values > float("-inf")].tolist()
+                return best.indices[best.values > float("-inf")].tolist()
+
+            for row, found in enumerate(_logits_at(mlm_model, mlm_rows, mlm_pos, pad_id, batch_size, top_words)):
+                candidates[word_of[row]] = found
         if multi_of:  # several pieces: nearest whole words in the input-embedding space
             table = F.normalize(mlm_model.get_input_embeddings().weight.float(), dim=-1)
             ws = list(multi_of)
-            queries = F.normalize(torch.stack([table[words[w][4]].mean(0) for w in ws]), dim=-1)
-            sims = (queries @ table.T).masked_fill(~whole, float("-inf"))
-            for w, row in zip(ws, sims):
-                best = row.topk(min(top_k + 1, len(row)))
-                own = words[w][3].lower()
-                found = [c for c in best.indices[best.values > float("-inf")].tolist()
-                         if tokenizer.convert_ids_to_tokens(c) != own][:top_k]
-                candidates[w] = found
+            for first in range(0, len(ws), 1024):  # (blocks: a (words, V) similarity matrix of them all is GBs)
+                block = ws[first:first + 1024]
+                queries = F.normalize(torch.stack([table[words[w][4]].mean(0) for w in block]), dim=-1)
+                sims = (queries @ table.T).masked_fill(~whole, float("-inf"))
+                for w, row in zip(block, sims):
+                    best = row.topk(min(top_k + 1, len(row)))
+                    own = words[w][3].lower()
+                    candidates[w] = [c for c in best.indices[best.values > float("-inf")].tolist()
+                                     if tokenizer.convert_ids_to_tokens(c) != own][:top_k]
         names = {c: tokenizer.convert_ids_to_tokens(c) for cs in candidates.values() for c in cs}
         by_text: dict[int, list[int]] = {}
         for w, (i, *_rest) in enumerate(words):
@@ -306,9 +314,9 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
                 rows.append(masked)
                 chosen.append(picked)
                 owner.append((i, j))
-        logits = _logits_at(mlm_model, rows, chosen, pad_id, batch_size) if rows else []
-        results = {(i, j): texts[i] for i in range(len(texts)) for j in range(n_per_text)}
-        for (i, j), picked, scores in zip(owner, chosen, logits):
+
+        def refill(k: int, scores: torch.Tensor) -> str:  # the k-th masked copy, refilled by sampling
+            (i, j), picked = owner[k], chosen[k]
             gen = torch.Generator().manual_seed(random.Random(f"{seed}:{i}:{j}:refill").getrandbits(63))
             ids, offsets, text = enc["input_ids"][i], enc["offset_mapping"][i], texts[i]
             changes = []
@@ -329,7 +337,11 @@ def masked_refill(texts, mlm_model, tokenizer, n_per_text: int = 1, mask_prob: f
                         word = " " * (start > 0 and text[start - 1].isalnum()) + word  # "rug." -> "rug old"
                         word += " " * (end < len(text) and text[end].isalnum())
                 changes.append((start, end, word))
-            results[(i, j)] = _splice(text, changes)
+            return _splice(text, changes)
+
+        results = {(i, j): texts[i] for i in range(len(texts)) for j in range(n_per_text)}
+        if rows:
+            results |= dict(zip(owner, _logits_at(mlm_model, rows, chosen, pad_id, batch_size, refill)))
         return [results[(i, j)] for i in range(len(texts)) for j in range(n_per_text)]
 
 
