@@ -527,3 +527,26 @@ def test_a_cached_teacher_gives_the_live_teachers_frame_targets():
                              task=get_task("ctc"), say=lambda *_: None)["history"]
         losses.append([r["train/ctc_frame_kd"] for r in history if r.get("event") == "epoch"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_real_time_factors_time_each_model_over_the_utterances_in_rounds():
+    from distill.speech_bench import real_time_factors
+
+    class Sleeper(torch.nn.Module):
+        def __init__(self, seconds_per_frame):
+            super().__init__()
+            self.seconds_per_frame = seconds_per_frame
+
+        def forward(self, features):
+            time.sleep(self.seconds_per_frame * features.shape[1])
+            return features
+
+    class Split(list):
+        seconds = [0.5, 1.0, 0.5, 1.0]  # 3 s of audio
+
+    split = Split({"features": torch.zeros(frames, 4)} for frames in (5, 10, 5, 10))
+    timed = real_time_factors({"teacher": Sleeper(0.004), "student": Sleeper(0.001)}, split, rounds=2)
+    assert 0.04 <= timed["teacher"]["rtf"] < 0.08  # 30 frames x 4 ms over 3 s of audio, plus call overhead
+    assert timed["teacher"]["speedup"] == {"rtf": 1.0}
+    low, high = timed["student"]["speedup_range"]["rtf"]
+    assert 2 < low <= timed["student"]["speedup"]["rtf"] <= high  # 4x asleep, less the call overhead
