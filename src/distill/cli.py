@@ -178,7 +178,7 @@ ARM_BENCHMARKS = {"embeddings": ("distill.embeddings_bench", "run_embeddings_ben
                   "dense": ("distill.dense_bench", "run_dense_benchmark"),
                   "detection-weights": ("distill.detection_bench", "run_weight_sweep"),
                   "datafree": ("distill.datafree_bench", "run_datafree_benchmark")}
-STORED_BENCHMARKS = ("embeddings", "speech")  # (and nlp) can make their table from the stored rows alone: --stored
+STORED_BENCHMARKS = ("nlp", "embeddings", "speech")  # their table can be made from the stored rows alone: --stored
 
 
 def cmd_bench(args) -> int:
@@ -218,9 +218,8 @@ def cmd_bench(args) -> int:
             out_dir=args.out or (f"bench-results/{args.name}-quick" if args.quick else f"bench-results/{args.name}"))
         return 0
     if args.stored:
-        raise RecipeError(f"--stored is for the {', '.join(['nlp', *STORED_BENCHMARKS[:-1]])} and "
-                          f"{STORED_BENCHMARKS[-1]} benchmarks "
-                          "(distill bench nlp --stored)")
+        raise RecipeError(f"--stored is for the {', '.join(STORED_BENCHMARKS[:-1])} and {STORED_BENCHMARKS[-1]} "
+                          "benchmarks (distill bench nlp --stored)")
     if args.arm or args.train_only:
         raise RecipeError("--arm and --train-only are for the nlp, embeddings, llm, speech, seq2seq, dense and datafree "
                           "benchmarks (distill bench nlp --arm kd; also seq2seq)")
@@ -350,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-only", action="store_true",
                        help="per-arm benchmarks: train the missing rows, skip the speed and the table")
     bench.add_argument("--stored", action="store_true",
-                       help="nlp, embeddings and speech benchmarks: train nothing; the table from the rows already stored, "
-                            "naming the missing")
+                       help="nlp, embeddings and speech benchmarks: train nothing; the table from the rows "
+                            "already stored, naming the missing")
     bench.set_defaults(func=cmd_bench)
 
     explain = sub.add_parser("explain", help="Grad-CAM++ maps of a run's teacher and students, and their agreement")
