@@ -129,6 +129,11 @@ def group_rows(rows: list[dict], key: str = "arm") -> dict[str, list[dict]]:
     return groups
 
 
+def missing_note(summary: dict) -> list[str]:
+    """The line under a table made from stored rows (``--stored``) naming the rows not trained yet, if any."""
+    return [f"\nNot trained yet: {', '.join(summary['missing'])}."] if summary.get("missing") else []
+
+
 def aggregate(summaries: list[dict]) -> list[dict]:
     """Per model label: mean and std of test accuracy and errors over the seeds' summaries."""
     labels = [row["label"] for row in summaries[0]["rows"]]

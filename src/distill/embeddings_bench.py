@@ -270,7 +270,7 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
     out = Path(out_dir)
     data = Data(quick)
     teacher = teacher_encoder().eval()
-    reference = teacher_vectors(teacher, data)
+    reference = None if stored else teacher_vectors(teacher, data)  # (what new rows are scored against)
     rows, missing = [], []
     for arm in arms:
         for seed in range(seeds if ARMS[arm][2] else 1):  # an untrained arm is the same for every seed
@@ -305,7 +305,7 @@ def _cell(rows: list[dict], key: str) -> str:
 
 
 def format_table(summary: dict) -> str:
-    from distill.bench import group_rows
+    from distill.bench import group_rows, missing_note
 
     columns = [("test en→es", "test_en_es_top1"), ("test es→en", "test_es_en_top1"),
                ("Django en→es", "django_en_es_top1"), ("Django es→en", "django_es_en_top1"),
@@ -321,6 +321,4 @@ def format_table(summary: dict) -> str:
         lines.append(f"| {arm} | {rows[0]['params']:,} | {len(rows)} | " +
                      " | ".join(_cell(rows, key) for _, key in columns) +
                      f" | {1 / timed['batch32']:.0f} | {speedup} |")
-    if summary.get("missing"):
-        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
-    return "\n".join(lines)
+    return "\n".join(lines + missing_note(summary))

@@ -318,6 +318,8 @@ def run_nlp_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
 
 
 def format_table(summary: dict) -> str:
+    from distill.bench import missing_note
+
     teacher, times = summary["teacher"], summary["latency"]
 
     def speedup(name):
@@ -343,6 +345,4 @@ def format_table(summary: dict) -> str:
         mean, std = statistics.fmean(acc), (statistics.stdev(acc) if len(acc) > 1 else 0.0)
         lines.append(f"| {shape} | {arm} | {rows[0]['params']:,} | {mean:.2f} ± {std:.2f} | {len(rows)} | "
                      f"{100 * mean / teacher['test_accuracy']:.1f}% | {ms(shape)} | {speedup(shape)} |")
-    if summary.get("missing"):
-        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
-    return "\n".join(lines)
+    return "\n".join(lines + missing_note(summary))

@@ -271,7 +271,9 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
         return {"teacher": teacher_row, "rows": results}
     students = {}  # one student of each shape is timed
     for arm in arms:
-        students.setdefault(json.dumps(ARMS[arm][0], sort_keys=True), build_student(arm, 0))
+        shape = json.dumps(ARMS[arm][0], sort_keys=True)
+        if shape not in students:
+            students[shape] = build_student(arm, 0)
     rtf = real_time_factors({"teacher": teacher, **students}, data.test_real, rounds=2 if quick else 7)
     summary = {"teacher": teacher_row, "rows": results, "missing": missing or [], "rtf": rtf, "seeds": seeds,
                "quick": quick,
@@ -297,7 +299,7 @@ def _model_name(shape: dict) -> str:
 
 
 def format_table(summary: dict) -> str:
-    from distill.bench import group_rows
+    from distill.bench import group_rows, missing_note
 
     teacher, rtf = summary["teacher"], summary["rtf"]
     lexicon = lambda row: f"{row['real_wer_lexicon']:.1f}" if "real_wer_lexicon" in row else "-"  # noqa: E731
@@ -326,6 +328,4 @@ def format_table(summary: dict) -> str:
         delays = "/".join(str(x["delay"]) for x in rows)
         lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | "
                      f"{timed['rtf']:.4f} | {timed['speedup']['rtf']:.1f}× ({low:.1f}–{high:.1f}) |")
-    if summary.get("missing"):
-        lines.append(f"\nNot trained yet: {', '.join(summary['missing'])}.")
-    return "\n".join(lines)
+    return "\n".join(lines + missing_note(summary))
