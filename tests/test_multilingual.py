@@ -382,7 +382,7 @@ def test_saved_sentence_encoder_gives_the_same_vectors_in_transformers_and_sente
 
 def test_embeddings_bench_table_and_arms():
     from distill.cli import main
-    from distill.embeddings_bench import ARMS, format_table
+    from distill.embeddings_bench import ARMS, format_table, shape
 
     assert {init for init, *_ in ARMS.values()} <= {"teacher", "copy"}
     assert {kind for _, _, kind, _ in ARMS.values()} <= {None, "parallel", "english"}
@@ -402,3 +402,6 @@ def test_embeddings_bench_table_and_arms():
     assert "| ml-L6 | 20 | 1 | 90.0 | – | – | – | 0.900 | – | 10 | 1.00× (0.90–1.10) / 1.50× (1.00–2.00) |" in table
     assert table.endswith("Not trained yet: ml-L6 seed 1.")
     assert main(["bench", "embeddings", "--pair", "x"]) == 2
+    # one student is timed per shape: the three 3-layer arms are one network, a new vocabulary or dimension is not
+    assert shape("ml-L3") == shape("copy-L3") == shape("en-L3") != shape("en-L3-d128")
+    assert shape("ml-L2") == shape("en-L2") != shape("ml-L2-vocab")

@@ -251,6 +251,12 @@ def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bo
             "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None}
 
 
+def shape(arm: str) -> tuple:
+    """What an arm's speed depends on: its depth, its vocabulary and its output dimension."""
+    _, layers, _, options = ARMS[arm]
+    return layers, str(options.get("vocab")), options.get("dim")
+
+
 def arm_key(arm: str, quick: bool) -> str:
     init, layers, kind, options = ARMS[arm]
     chosen = options.get("copy", COPY.get(layers)) if init == "copy" else None
@@ -285,10 +291,16 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
             rows.append(row)
     if train_only:
         return {"rows": rows}
-    # arms of the teacher's own shape and vocabulary share its speed; each other arm's (untrained) student is timed
-    timed = [arm for arm in arms if ARMS[arm][0] != "teacher" or "vocab" in ARMS[arm][3]]
-    times = speeds({"teacher": (teacher, data.tokenizer), **{arm: build_student(arm, data, teacher) for arm in timed}},
+    # arms of the teacher's own shape and vocabulary share its speed; of the other arms, one (untrained) student per
+    # shape is timed and its time serves every arm of that shape (ml-L3, copy-L3 and en-L3 are one network)
+    shapes = {}
+    for arm in arms:
+        if ARMS[arm][0] != "teacher" or "vocab" in ARMS[arm][3]:
+            shapes.setdefault(shape(arm), arm)
+    times = speeds({"teacher": (teacher, data.tokenizer),
+                    **{arm: build_student(arm, data, teacher) for arm in shapes.values()}},
                    data.pairs["test"][0], rounds=3 if quick else 15)
+    times |= {arm: times[shapes[shape(arm)]] for arm in arms if shape(arm) in shapes}
     summary = {"rows": rows, "missing": missing, "latency": times, "seeds": seeds, "quick": quick,
                "settings": {"train": TRAIN, "english_sentences": ENGLISH_SENTENCES,
                             "english_verses": ENGLISH_VERSES, "vocab": VOCAB, "arms": ARMS}}
