@@ -188,10 +188,10 @@ def test_rows_without_teacher_hashes_are_checked_against_the_recorded_teacher(tm
     assert all(r["teacher_weights"] == summary["rows"][0]["weights"] for r in summary["rows"][2:])
 
 
-def test_cached_model_trains_once_and_bench_rows_resume(tmp_path):
+def test_cached_model_trains_once_and_bench_rows_resume(tmp_path, cache_dir):
     import torch
 
-    from distill.fileio import bench_rows, cached_model
+    from distill.fileio import bench_rows, cached_model, row_path, row_run_dir
 
     calls = []
 
@@ -210,12 +210,16 @@ def test_cached_model_trains_once_and_bench_rows_resume(tmp_path):
 
     made = []
 
-    def make(arm, seed):
+    def make(arm, seed):  # a row trained in its run folder, as the arm benchmarks do
         made.append((arm, seed))
+        run = row_run_dir(row_path(tmp_path / "b", arm, seed), "k")
+        (run / "checkpoints").mkdir(parents=True)
         return {"arm": arm, "seed": seed, "train_seconds": 0.0}
 
     rows = bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)
     assert [(r["arm"], r["seed"]) for r in rows] == made == [("x", 0), ("x", 1), ("y", 0), ("y", 1)]
+    assert row_run_dir(tmp_path / "b" / "x" / "seed-1.json", "k") == cache_dir / "bench-runs" / "b-x-seed-1-k"
+    assert not (cache_dir / "bench-runs").exists() or not any((cache_dir / "bench-runs").iterdir())  # written: gone
     bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)
     assert len(made) == 4  # stored rows are reused
 

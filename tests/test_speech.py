@@ -401,6 +401,43 @@ def test_a_toy_model_learns_two_words_in_seconds():
     assert evaluate(model, val, 16, task="ctc")["wer"] == 0.0
 
 
+def test_a_benchmark_row_killed_half_way_resumes_to_the_same_weights(tmp_path):
+    from distill.engine import checkpoints_in
+    from distill.speech_bench import _train
+
+    train, val = _toy_words(64, 0), _toy_words(16, 1)
+    settings = {"epochs": 4, "batch_size": 16, "lr": 2e-2, "schedule": "constant"}
+
+    def model():
+        torch.manual_seed(0)
+        return speech.RecurrentCTC(features=8, hidden=16, layers=1, dropout=0.0)
+
+    reference = model()
+    _train(reference, None, METHODS["ctc"](), train, val, settings, seed=0)  # no run folder, as the rows before
+
+    class Killed(type(train)):  # the process dies while reading the third epoch's batches
+        reads = 0
+
+        def __getitem__(self, i):
+            Killed.reads += 1
+            if Killed.reads > 2 * 64 + 20:
+                raise KeyboardInterrupt
+            return super().__getitem__(i)
+
+    dying = _toy_words(64, 0)
+    dying.__class__ = Killed
+    with pytest.raises(KeyboardInterrupt):
+        _train(model(), None, METHODS["ctc"](), dying, val, settings, seed=0, run_dir=tmp_path / "run")
+    assert checkpoints_in(tmp_path / "run")
+    resumed, again = model(), _toy_words(64, 0)  # a new process: fresh weights, the same run folder
+    again.__class__ = Killed
+    Killed.reads = -10**6  # (counts, never dies)
+    _train(resumed, None, METHODS["ctc"](), again, val, settings, seed=0, run_dir=tmp_path / "run")
+    assert Killed.reads + 10**6 < 3 * 64  # two epochs were not read again
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_distillation_through_the_engine_runs_on_padded_batches():
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.fileio import bench_row, chosen_arms, settings_key, write_bench_results
+from distill.fileio import bench_row, chosen_arms, row_path, row_run_dir, settings_key, write_bench_results
 
 # Learning rates chosen on the validation books (docs/embeddings.md, "Schedule"): on 4,000 training pairs, the
 # 3-layer copy reached en->es 11 / 27 / 36% after one pass at 1e-4 / 5e-4 / 2e-3 and collapsed at 5e-3; 62 / 63%
@@ -163,7 +163,8 @@ def reduced_teacher(teacher, data: Data, dim: int):
     return _REDUCED[dim]
 
 
-def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: bool) -> list[dict]:
+def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: bool, run_dir=None) -> list[dict]:
+    """Distil ``student`` for ``arm``; with a ``run_dir``, checkpoints every 100 steps there and resumes from them."""
     from distill.cache import weights_digest
     from distill.engine import TrainConfig
     from distill.fileio import cache_dir
@@ -189,9 +190,9 @@ def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: b
     store = (cache_dir() / "teacher-outputs" /
              f"embeddings-{kind}-{weights_digest(source_teacher)}-{len(train_set)}{'-own-vocab' if teacher_tok else ''}")
     config = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=True,
-                         teacher_cache_dir=str(store))
+                         teacher_cache_dir=str(store), checkpoint_every=100)
     return fit_stages(student, source_teacher, as_stages(task.default_terms()), train_set, val_set, config=config,
-                      task=task, say=lambda *_: None)["history"]
+                      task=task, say=lambda *_: None, run_dir=run_dir, resume=True)["history"]
 
 
 def teacher_vectors(teacher, data: Data) -> dict[str, torch.Tensor]:
@@ -236,19 +237,23 @@ def speeds(encoders: dict, texts: list[str], rounds: int = 15) -> dict:
                                 for name, (encoder, tokenizer) in encoders.items()}, rounds=rounds)
 
 
-def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bool, say=print) -> dict:
-    """Build, train (if the arm trains) and measure one student."""
+def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bool, say=print, run_dir=None) -> dict:
+    """Build, train (if the arm trains; in ``run_dir``, resuming what a killed process left there) and measure one
+    student. ``train_seconds`` is this process's time: ``resumed`` says when an earlier one trained a part."""
+    from distill.engine import checkpoints_in
     from distill.evaluation import count_parameters
 
     say(f"{arm} seed {seed} ...")
     torch.manual_seed(seed)
     student, tokenizer = build_student(arm, data, teacher)
+    resumed = run_dir is not None and bool(checkpoints_in(run_dir))
     start = time.perf_counter()
-    history = train(student, tokenizer, teacher, arm, data, seed, quick) if ARMS[arm][2] else []
+    history = train(student, tokenizer, teacher, arm, data, seed, quick, run_dir) if ARMS[arm][2] else []
     dim = ARMS[arm][3].get("dim")  # fidelity to the teacher's vectors in the same reduced space
     ref = teacher_vectors(reduced_teacher(teacher, data, dim), data) if dim else reference
     return {"arm": arm, "seed": seed, **measure(student, tokenizer, data, ref), "params": count_parameters(student),
-            "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None}
+            "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None,
+            **({"resumed": True} if resumed else {})}
 
 
 def shape(arm: str) -> tuple:
@@ -280,9 +285,9 @@ def run_embeddings_benchmark(seeds: int = 3, quick: bool = False, only: list[str
     rows, missing = [], []
     for arm in arms:
         for seed in range(seeds if ARMS[arm][2] else 1):  # an untrained arm is the same for every seed
-            path, key = out / arm / f"seed-{seed}.json", arm_key(arm, quick)
-            row, made = bench_row(path, key, lambda: run_arm(arm, seed, data, teacher, reference, quick, say),
-                                  train=not stored)
+            path, key = row_path(out, arm, seed), arm_key(arm, quick)
+            row, made = bench_row(path, key, lambda: run_arm(arm, seed, data, teacher, reference, quick, say,
+                                                             row_run_dir(path, key)), train=not stored)
             if row is None:
                 missing.append(f"{arm} seed {seed}")
                 continue

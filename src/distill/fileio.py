@@ -55,7 +55,21 @@ def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict], train
     row = {**make(), "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row, indent=1))
+    shutil.rmtree(row_run_dir(path, key), ignore_errors=True)
     return row, True
+
+
+def row_path(out_dir: str | os.PathLike, arm: str, seed: int) -> Path:
+    """Where a benchmark keeps its (arm, seed) row."""
+    return Path(out_dir) / arm / f"seed-{seed}.json"
+
+
+def row_run_dir(path: str | os.PathLike, key: str) -> Path:
+    """The run folder (checkpoints) of the training behind the row kept in ``path`` with settings ``key``, under
+    :func:`cache_dir`: a benchmark that trains there resumes a row killed half-way (bit-identically, as any run
+    does), and :func:`bench_row` removes the folder once the row is written."""
+    path = Path(path)
+    return cache_dir() / "bench-runs" / f"{path.parent.parent.name}-{path.parent.name}-{path.stem}-{key}"
 
 
 def chosen_arms(only: list[str] | None, arms) -> list[str]:
@@ -76,7 +90,7 @@ def bench_rows(out_dir: str | os.PathLike, arms, seeds: int, key: Callable[[str]
     for arm in arms:
         for seed in range(seeds):
             say(f"{arm} seed {seed} ...")
-            row, made = bench_row(Path(out_dir) / arm / f"seed-{seed}.json", key(arm), lambda: make(arm, seed),
+            row, made = bench_row(row_path(out_dir, arm, seed), key(arm), lambda: make(arm, seed),
                                   train=missing is None)
             if row is None:
                 missing.append(f"{arm} seed {seed}")

@@ -24,6 +24,7 @@ the same for every model).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -32,8 +33,8 @@ from types import SimpleNamespace
 import torch
 
 from distill.cache import weights_digest
-from distill.fileio import (bench_row, bench_rows, cache_dir, cached_model, chosen_arms, settings_key,
-                            write_bench_results)
+from distill.fileio import (bench_row, bench_rows, cache_dir, cached_model, chosen_arms, row_path, row_run_dir,
+                            settings_key, write_bench_results)
 
 # espeak-ng and flite voices, resampled to 8 kHz like the recordings (distill.zoo.speech.load_speech)
 DATA = {"train_size": 12000, "val_size": 600, "test_size": 800, "flite": True, "telephone": True}
@@ -74,14 +75,17 @@ QUICK = {"data": {"train_size": 240, "val_size": 60, "test_size": 60}, "bases": 
          "teacher": {"hidden": 64, "layers": 2}, "teacher_epochs": 3, "student_epochs": 1}
 
 
-def _train(model, teacher, terms, train, val, settings: dict, seed: int):
+def _train(model, teacher, terms, train, val, settings: dict, seed: int, run_dir=None):
+    """Train ``model`` with CTC ``terms``; with a ``run_dir``, checkpoints every 100 steps there and resumes from
+    them (a long run killed half-way continues where it stopped)."""
     from distill.engine import TrainConfig
     from distill.stages import as_stages, fit_stages
     from distill.tasks import get_task
 
-    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=teacher is not None)
+    cfg = TrainConfig(**settings, seed=seed, eval_batch_size=128, progress=False, cache_teacher=teacher is not None,
+                      checkpoint_every=100)
     return fit_stages(model, teacher, as_stages(terms), train, val, config=cfg, task=get_task("ctc"),
-                      say=lambda *_: None)["history"]
+                      say=lambda *_: None, run_dir=run_dir, resume=True)["history"]
 
 
 def _teacher_settings(quick: bool) -> dict:
@@ -105,10 +109,13 @@ def cached_teacher(train, val, data_key: str, quick: bool, say=print, start=None
     model = RecurrentCTC(**settings["model"])
     if start is not None:
         model.load_state_dict(start.state_dict())
-    return cached_model(folder, model, lambda: {
+    run_dir = folder.with_name(folder.name + ".run")  # its checkpoints while it trains
+    found = cached_model(folder, model, lambda: {
         "settings": settings,
-        "history": _train(model, None, METHODS["ctc"](), train, val, settings["train"], seed=0)},
+        "history": _train(model, None, METHODS["ctc"](), train, val, settings["train"], seed=0, run_dir=run_dir)},
         f"training the bidirectional GRU teacher on {len(train):,} utterances", say)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return found
 
 
 def scores(model, data) -> dict:
@@ -184,20 +191,25 @@ def build_student(arm: str, seed: int):
     return RecurrentCTC(**{**STUDENT["model"], **ARMS[arm][0]})
 
 
-def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher_logits) -> dict:
+def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher_logits, run_dir=None) -> dict:
+    """Train one student (in ``run_dir``, resuming what a killed process left there) and score it.
+    ``train_seconds`` is this process's time: ``resumed`` says when an earlier one trained a part."""
+    from distill.engine import checkpoints_in
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
 
     _, method, options = ARMS[arm]
     student = build_student(arm, seed)
     settings = {**STUDENT["train"], **ARM_TRAIN.get(arm, {}), **({"epochs": QUICK["student_epochs"]} if quick else {})}
+    resumed = run_dir is not None and bool(checkpoints_in(run_dir))
     start = time.perf_counter()
     history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), train, val,
-                     settings, seed)
+                     settings, seed, run_dir)
     seconds = time.perf_counter() - start
     return {"arm": arm, "seed": seed, **scores(student, data), "val_cer": history[-1]["val/cer"],
             "params": count_parameters(student), "train_seconds": round(seconds, 1),
-            "delay": spike_delay(logits_on(student, data.test_real), teacher_logits)}
+            "delay": spike_delay(logits_on(student, data.test_real), teacher_logits),
+            **({"resumed": True} if resumed else {})}
 
 
 def prepare(quick: bool = False, say=print) -> SimpleNamespace:
@@ -263,8 +275,12 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_row)
     teacher_logits = logits_on(teacher, data.test_real)
     missing = [] if stored else None
-    results = bench_rows(out, arms, seeds, lambda arm: arm_key(arm, quick, teacher_key),
-                         lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits),
+    def key(arm):
+        return arm_key(arm, quick, teacher_key)
+
+    results = bench_rows(out, arms, seeds, key,
+                         lambda arm, seed: run_arm(arm, seed, data, train, val, teacher, quick, teacher_logits,
+                                                   row_run_dir(row_path(out, arm, seed), key(arm))),
                          lambda row: f"real WER {row['real_wer']:.1f}%  voices WER {row['voices_wer']:.1f}%", say,
                          missing)
     if train_only:
