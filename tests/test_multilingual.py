@@ -405,3 +405,40 @@ def test_embeddings_bench_table_and_arms():
     # one student is timed per shape: the three 3-layer arms are one network, a new vocabulary or dimension is not
     assert shape("ml-L3") == shape("copy-L3") == shape("en-L3") != shape("en-L3-d128")
     assert shape("ml-L2") == shape("en-L2") != shape("ml-L2-vocab")
+
+
+PAIRS = [("The sun rises in the east.", "El sol sale por el este."), ("I drink water.", "Bebo agua."),
+         ("The house is big.", "La casa es grande."), ("We read a book.", "Leemos un libro."),
+         ("The dog sleeps.", "El perro duerme."), ("She sings well.", "Ella canta bien."),
+         ("The sea is blue.", "El mar es azul."), ("They eat bread.", "Ellos comen pan.")]
+
+
+def tiny_verses() -> dict:
+    """A recipe's data function (``data.dataset: test_multilingual:tiny_verses``): eight sentence pairs."""
+    from distill.zoo.text import minilm_tokenizer
+
+    pairs = ParallelTexts([en for en, _ in PAIRS], [es for _, es in PAIRS], minilm_tokenizer())
+    return {"train": pairs, "val": pairs, "test": pairs}
+
+
+@needs_minilm
+def test_the_embeddings_recipe_distils_from_the_pretrained_teacher(tmp_path, cache_dir):
+    from distill.experiment import run_recipe
+    from distill.recipe import RecipeError, apply_overrides, parse_recipe, read_recipe_tree
+
+    tree = apply_overrides(read_recipe_tree("embeddings"), [
+        "data.dataset=test_multilingual:tiny_verses", "train.epochs=2", "train.batch_size=4", "train.progress=false",
+        "train.eval_batch_size=8", "evaluation.latency_batch_size=4", "evaluation.latency_repeats=1"])
+    summary = run_recipe(parse_recipe(tree), tmp_path / "run")
+    teacher, student = summary["rows"]
+    assert teacher["source"] == "pretrained minilm_sentence" and "train_seconds" not in teacher
+    assert not (cache_dir / "teachers").exists()  # nothing trained, nothing cached
+    # scored against the teacher: its own English vectors are the reference (cosine 1); its Spanish ones are not
+    assert teacher["test_metrics"]["teacher_cosine"] == pytest.approx(1, abs=1e-5)
+    assert teacher["test_metrics"]["teacher_cosine_target"] < 0.9 and teacher["test_mse"] > 0
+    assert student["params"] < teacher["params"] and 0 < student["test_mse"] < 0.01
+    assert 0.5 < student["test_metrics"]["teacher_cosine"] < 1
+    assert set(student["test_metrics"]) >= {"src_tgt_top1", "tgt_src_top1", "teacher_cosine_target"}
+    with pytest.raises(RecipeError, match="either 'pretrained: true'"):
+        parse_recipe({**tree, "teacher": {**tree["teacher"], "checkpoint": str(tmp_path / "run" / "students" /
+                                                                                 "multilingual" / "student.safetensors")}})

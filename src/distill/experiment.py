@@ -157,7 +157,7 @@ def train_student(recipe: Recipe, method, data, teacher, run_dir: Path, resume: 
         else:  # the step before teaches: outputs of its own, apart from the recipe teacher's
             _fit(recipe, method, stages, model, teacher, data, own / f"step-{k}", resume, trust_pickle,
                  None, f"{key}-step{k}", cache=(method.name, key, f"step-{k}"))
-        chain.append({"model": step.model, "params": count_parameters(model), **_scores(model, data)})
+        chain.append({"model": step.model, "params": count_parameters(model), **_scores(model, data, teacher)})
         models.append(model)
         teacher = model
     seed_everything(recipe.seed)  # every method starts from the same student initialisation
@@ -360,7 +360,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
         rows.append({"role": "teacher", "label": "teacher" if recipe.teacher is not None else f"teacher:{name}",
                      "model": spec.model, "weights": digests[id(teachers[name])],
                      "params": count_parameters(teachers[name]),
-                     "macs": count_macs(teachers[name], macs_sample), **_scores(teachers[name], data),
+                     "macs": count_macs(teachers[name], macs_sample),
+                     **_scores(teachers[name], data, teachers[name]),
                      "seconds_per_batch": inference_time(teachers[name], sample, **timing), **info})
     teacher = next(iter(teachers.values()), None)  # the reference for speed-ups and Grad-CAM++ agreement
     unrecorded = distributed.on_main(lambda: _teachers_unchanged(run_dir, rows)) if resume else True
@@ -436,7 +437,8 @@ def _student_row(recipe: Recipe, method, data, teacher, run_dir: Path, resume: b
     deployed = deployable(student)  # a cohort's first peer, ONE's first branch: one ordinary network
     row = {"role": "student", "label": method.name, "model": (method.student or recipe.student).model,
            "params": count_parameters(deployed), "macs": count_macs(deployed, macs_sample),
-           **_scores(deployed, data), "seconds_per_batch": inference_time(deployed, sample, **timing), **info}
+           **_scores(deployed, data, teacher), "seconds_per_batch": inference_time(deployed, sample, **timing),
+           **info}
     if not recipe.evaluation.score_test:
         row["test_scored"] = False
     if deployed is not student and len(data.test):
@@ -456,12 +458,16 @@ def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str
         say(f"Grad-CAM++ agreement not measured: {err}")
 
 
-def _scores(model, data) -> dict:
+def _scores(model, data, teacher=None) -> dict:
     """Validation and test scores of a model: accuracy and test errors for classification, the task's
-    selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise."""
+    selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise. A task whose
+    metrics compare the model with its teacher (``scored_by_teacher``: vectors learnt from it) is scored
+    with ``teacher`` (one model; several teachers leave it unscored)."""
     task = data_task(data)
+    teacher = teacher if task.scored_by_teacher and isinstance(teacher, torch.nn.Module) else None
     # an empty split (val_size: 0) has no scores; the table shows "-" for it
-    val, test = ({} if len(split) == 0 else evaluate(model, split, task=task) for split in (data.val, data.test))
+    val, test = ({} if len(split) == 0 else evaluate(model, split, task=task, teacher=teacher)
+                 for split in (data.val, data.test))
     metric = "accuracy" if task.name == "classification" else task.select
     scores = {f"val_{metric}": val.get(metric, float("nan")), f"test_{metric}": test.get(metric, float("nan"))}
     if task.name == "classification":

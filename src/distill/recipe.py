@@ -285,6 +285,8 @@ class DataSpec(_Strict):
 class TeacherSpec(ModelSpec):
     train: TrainSection = Field(default_factory=TrainSection, description="how to train it when there is no "
                                 "checkpoint")
+    pretrained: bool = Field(False, description="use the model as built, with the weights it comes with (a zoo "
+                             "model that loads pretrained weights, e.g. minilm_sentence): nothing is trained")
     augment: AugmentSpec | None = Field(None, description="augmentation for training the teacher (default: data.augment)")
     cache: bool = Field(True, description="reuse a teacher trained by an earlier run with the same settings")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed for training the teacher (default: the "
@@ -299,6 +301,12 @@ class TeacherSpec(ModelSpec):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"train_size must be a positive count or 'all', got {excerpt(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _pretrained_or_checkpoint(self):
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError("give either 'pretrained: true' (the weights the model comes with) or a 'checkpoint'")
+        return self
 
 
 class TermSpec(BaseModel):

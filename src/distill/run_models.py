@@ -236,6 +236,8 @@ def get_teacher(recipe: Recipe, data, run_dir: Path, resume: bool = False, trust
             raise RecipeError(f"recipe field '{field}.checkpoint': cannot load {excerpt(str(spec.checkpoint), 60)} "
                               f"into {excerpt(spec.model, 40)}: {error_line(err, 120)}") from None
         return teacher.eval(), {"source": str(spec.checkpoint)}
+    if spec.pretrained:
+        return teacher.eval(), {"source": f"pretrained {spec.model}"}
     cached = cache_dir() / "teachers" / teacher_key(recipe, name)
     own = run_dir / "teacher" if recipe.teacher is not None else run_dir / "teachers" / name
 

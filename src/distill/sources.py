@@ -147,11 +147,19 @@ def load(name: str, val_size: int | None, seed: int, train_size: int | None, tes
         splits[split] = value
     train, test = splits["train"], splits["test"]
     if train_size is not None:
-        train = torch.utils.data.Subset(train, range(min(train_size, len(train))))
+        train = _first(train, train_size)
     if test_size is not None:
-        test = torch.utils.data.Subset(test, range(min(test_size, len(test))))
+        test = _first(test, test_size)
     num_classes = out.get("num_classes") if isinstance(out, dict) else getattr(out, "num_classes", None)
     return UserData(train, splits["val"], test, num_classes)
+
+
+def _first(dataset, count: int) -> torch.utils.data.Subset:
+    """The first ``count`` samples of ``dataset``, with their ``lengths`` when it has them (group_by_length)."""
+    subset = torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
+    if getattr(dataset, "lengths", None) is not None:
+        subset.lengths = list(dataset.lengths)[:len(subset)]
+    return subset
 
 
 def first_inputs(dataset, count: int, task: Task):

@@ -129,6 +129,7 @@ class Task:
     per_position: ClassVar[bool] = False  # logits (B, L, V) scored per position, with a mask
     class_labels: ClassVar[bool] = False  # targets are class indices into the outputs' last axis (range-checked)
     distribution: ClassVar[bool] = True  # outputs are logits of a softmax (fidelity by KL and agreement)
+    scored_by_teacher: ClassVar[bool] = False  # its metrics compare a model with the teacher (a recipe passes it)
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None):
         if pad_token_id is None and tokenizer is not None:
@@ -708,6 +709,7 @@ class Embedding(Task):
     name = "embedding"
     select, mode = "cosine", "max"
     distribution = False
+    scored_by_teacher = True
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
                  pooling: str = "none", normalize: bool = False):
@@ -775,10 +777,11 @@ class ParallelEmbedding(Task):
     Items: ``{"input_ids": source, "target_input_ids": translation}`` (``attention_mask`` /
     ``target_attention_mask`` are added when missing); both sides are padded per batch. When the student has
     another tokenizer than the teacher (an extended vocabulary), items also carry ``teacher_input_ids``: the
-    source in the teacher's tokens, which the teacher alone sees. The student is a
-    model such as :class:`distill.zoo.sentence.SentenceEncoder` that returns ``(N, 2, D)`` vectors (source,
-    translation) for such inputs; the teacher one with ``source_only=True``: ``(N, D)`` vectors of the source
-    side alone. Metrics: ``mse`` (the term's value against the teacher, selects), ``teacher_cosine`` (English
+    source in the teacher's tokens, which the teacher alone sees; otherwise the teacher is given the source
+    side alone (``batch["teacher_input"]``). The student is a model such as
+    :class:`distill.zoo.sentence.SentenceEncoder` that returns ``(N, 2, D)`` vectors (source, translation) for
+    such inputs, and the teacher ``(N, D)`` vectors of the source side; so the same encoder can teach, and be
+    scored itself as a model of both sides (its retrieval before any distillation). Metrics: ``mse`` (the term's value against the teacher, selects), ``teacher_cosine`` (English
     fidelity: the student's source vector to the teacher's), ``teacher_cosine_target`` (its translation's
     vector to the teacher's source vector) and translation retrieval top-1 (%) both ways within each
     evaluation batch (``src_tgt_top1``, ``tgt_src_top1``; over a whole held-out set use
@@ -788,6 +791,7 @@ class ParallelEmbedding(Task):
     name = "parallel_embedding"
     select, mode = "mse", "min"
     distribution = False
+    scored_by_teacher = True
     SIDES = (("input_ids", "attention_mask"), ("target_input_ids", "target_attention_mask"))
 
     def split_item(self, raw) -> dict:
@@ -801,6 +805,13 @@ class ParallelEmbedding(Task):
             inputs.setdefault(ids.removesuffix("input_ids") + "attention_mask",
                               torch.ones(len(inputs[ids]), dtype=torch.long))
         return {**out, "input": inputs}
+
+    def prepare(self, batch):
+        batch = super().prepare(batch)
+        if "teacher_input" not in batch:  # the teacher's vectors are of the source side alone
+            source = {k: batch["input"][k] for k in self.SIDES[0]}
+            batch["teacher_input"], batch["teacher_lengths"] = source, _lengths(source)
+        return batch
 
     def default_terms(self) -> list[Term]:
         return [Term("multilingual_mse")]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.zoo.models import register_model
+
 MINILM_MAX_LENGTH = 256  # sentence_bert_config.json's max_seq_length (minilm_max_length reads it)
 
 
@@ -74,6 +76,25 @@ class SentenceEncoder(nn.Module):
         mask = torch.cat([F.pad(m, (0, length - m.shape[1]), value=0) for m in masks])
         vectors = self.encode(ids, mask)
         return torch.stack([vectors[:n], vectors[n:]], dim=1)
+
+
+@register_model("minilm_sentence", "all-MiniLM-L6-v2 as a sentence encoder (mean pooling, L2 norm), pretrained; "
+                "options: layers (a copy of some of its 6 layers), teacher_layers (which), source_only (a teacher "
+                "of parallel pairs)")
+def minilm_sentence(in_shape=None, num_classes=None, layers: int = 6, teacher_layers: list[int] | None = None,
+                    source_only: bool = False) -> SentenceEncoder:
+    """The pretrained MiniLM as a :class:`SentenceEncoder` (``in_shape`` and ``num_classes`` are not used);
+    ``layers`` below 6: a student made of its embeddings and the layers ``teacher_layers`` (default DistilBERT's
+    choice, :func:`distill.zoo.bert.layer_index_map`), as :func:`distill.zoo.bert.copy_teacher_layers` copies them."""
+    from distill.zoo.bert import bert_student, copy_teacher_layers
+    from distill.zoo.text import load_minilm
+
+    model = load_minilm("encoder")
+    if layers != model.config.num_hidden_layers or teacher_layers is not None:
+        student = bert_student(layers, model.config.hidden_size, head="encoder", like=model.config)
+        copy_teacher_layers(student, model, teacher_layers)
+        model = student
+    return SentenceEncoder(model, source_only=source_only)
 
 
 def minilm_max_length() -> int:
