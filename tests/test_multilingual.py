@@ -439,6 +439,6 @@ def test_the_embeddings_recipe_distils_from_the_pretrained_teacher(tmp_path, cac
     assert student["params"] < teacher["params"] and 0 < student["test_mse"] < 0.01
     assert 0.5 < student["test_metrics"]["teacher_cosine"] < 1
     assert set(student["test_metrics"]) >= {"src_tgt_top1", "tgt_src_top1", "teacher_cosine_target"}
+    weights = tmp_path / "run" / "students" / "multilingual" / "student.safetensors"
     with pytest.raises(RecipeError, match="either 'pretrained: true'"):
-        parse_recipe({**tree, "teacher": {**tree["teacher"], "checkpoint": str(tmp_path / "run" / "students" /
-                                                                                 "multilingual" / "student.safetensors")}})
+        parse_recipe({**tree, "teacher": {**tree["teacher"], "checkpoint": str(weights)}})

@@ -275,6 +275,7 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_row)
     teacher_logits = logits_on(teacher, data.test_real)
     missing = [] if stored else None
+
     def key(arm):
         return arm_key(arm, quick, teacher_key)
 

@@ -781,11 +781,11 @@ class ParallelEmbedding(Task):
     side alone (``batch["teacher_input"]``). The student is a model such as
     :class:`distill.zoo.sentence.SentenceEncoder` that returns ``(N, 2, D)`` vectors (source, translation) for
     such inputs, and the teacher ``(N, D)`` vectors of the source side; so the same encoder can teach, and be
-    scored itself as a model of both sides (its retrieval before any distillation). Metrics: ``mse`` (the term's value against the teacher, selects), ``teacher_cosine`` (English
-    fidelity: the student's source vector to the teacher's), ``teacher_cosine_target`` (its translation's
-    vector to the teacher's source vector) and translation retrieval top-1 (%) both ways within each
-    evaluation batch (``src_tgt_top1``, ``tgt_src_top1``; over a whole held-out set use
-    :func:`retrieval_metrics`).
+    scored itself as a model of both sides (its retrieval before any distillation). Metrics: ``mse`` (the
+    term's value against the teacher, selects), ``teacher_cosine`` (English fidelity: the student's source
+    vector to the teacher's), ``teacher_cosine_target`` (its translation's vector to the teacher's source
+    vector) and translation retrieval top-1 (%) both ways within each evaluation batch (``src_tgt_top1``,
+    ``tgt_src_top1``; over a whole held-out set use :func:`retrieval_metrics`).
     """
 
     name = "parallel_embedding"
