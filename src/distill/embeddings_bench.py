@@ -170,7 +170,6 @@ def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: b
     from distill.fileio import cache_dir
     from distill.stages import as_stages, fit_stages
     from distill.tasks import get_task
-    from distill.zoo.sentence import SentenceEncoder
 
     kind = ARMS[arm][2]
     settings = {**TRAIN, **{k: v for k, v in ARMS[arm][3].items() if k in TRAIN},
@@ -179,7 +178,7 @@ def train(student, tokenizer, teacher, arm: str, data: Data, seed: int, quick: b
     if kind == "parallel":
         task = get_task("parallel_embedding", pad_token_id=tokenizer.pad_token_id)
         train_set, val_set = (data.parallel(n, tokenizer, teacher_tok) for n in ("train", "val"))
-        source_teacher = SentenceEncoder(teacher.model, source_only=True)
+        source_teacher = teacher  # (the task gives it the English side alone)
     else:
         task = get_task("embedding", pad_token_id=tokenizer.pad_token_id)
         train_set, val_set = (data.english_texts(n, tokenizer) for n in ("train", "val"))

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from distill.cache import weights_digest
-from distill.fileio import bench_row, chosen_arms, row_key, settings_key, write_bench_results
+from distill.fileio import bench_row, chosen_arms, row_key, row_path, settings_key, write_bench_results
 
 BLOCK_SIZE, VOCAB_SIZE = 128, 4096
 TEACHER_SHAPE = {"layers": 4, "hidden": 256, "heads": 4}
@@ -289,7 +289,7 @@ def run_llm_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | Non
                 say(f"{arm} seed {seed} ...")
                 return run_arm(arm, seed, setup)
 
-            row, made = bench_row(out / arm / f"seed-{seed}.json", arm_key(arm, quick, teacher_weights), make)
+            row, made = bench_row(row_path(out, arm, seed), arm_key(arm, quick, teacher_weights), make)
             if made:
                 say(f"  test perplexity {row['test_perplexity']:.2f}  teacher NLL of samples {row['teacher_nll']:.3f}  "
                     f"({row['train_seconds']:.0f} s)")

@@ -32,7 +32,7 @@ import torch
 
 from distill.cache import weights_digest
 from distill.fileio import (atomic_write_text, bench_row, cache_dir, cached_model,
-                           chosen_arms, row_key, settings_key, write_bench_results)
+                           chosen_arms, row_key, row_path, settings_key, write_bench_results)
 
 DATA = {"size": 30000, "val_size": 1500, "test_size": 1500}
 TRAIN = {"lr": 1e-3, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 0.5, "optimizer": "adamw",
@@ -234,7 +234,7 @@ def run_seq2seq_benchmark(seeds: int = 3, quick: bool = False, only: list[str] |
         for seed in range(seeds):
             key = _arm_key(arm, setup)
             weights = _weights(key, arm, seed)
-            row, made = bench_row(out / arm / f"seed-{seed}.json", key, lambda: run_arm(arm, seed, setup, weights))
+            row, made = bench_row(row_path(out, arm, seed), key, lambda: run_arm(arm, seed, setup, weights))
             say(f"{arm} seed {seed}: PER {row['greedy_per']:.2f}% greedy, {row['beam_per']:.2f}% beam"
                 f" ({row['train_seconds']:.0f} s{'' if made else ', stored'})")
             rows.append(row)

@@ -79,10 +79,9 @@ class SentenceEncoder(nn.Module):
 
 
 @register_model("minilm_sentence", "all-MiniLM-L6-v2 as a sentence encoder (mean pooling, L2 norm), pretrained; "
-                "options: layers (a copy of some of its 6 layers), teacher_layers (which), source_only (a teacher "
-                "of parallel pairs)")
-def minilm_sentence(in_shape=None, num_classes=None, layers: int = 6, teacher_layers: list[int] | None = None,
-                    source_only: bool = False) -> SentenceEncoder:
+                "options: layers (a copy of some of its 6 layers), teacher_layers (which)")
+def minilm_sentence(in_shape=None, num_classes=None, layers: int = 6,
+                    teacher_layers: list[int] | None = None) -> SentenceEncoder:
     """The pretrained MiniLM as a :class:`SentenceEncoder` (``in_shape`` and ``num_classes`` are not used);
     ``layers`` below 6: a student made of its embeddings and the layers ``teacher_layers`` (default DistilBERT's
     choice, :func:`distill.zoo.bert.layer_index_map`), as :func:`distill.zoo.bert.copy_teacher_layers` copies them."""
@@ -94,7 +93,7 @@ def minilm_sentence(in_shape=None, num_classes=None, layers: int = 6, teacher_la
         student = bert_student(layers, model.config.hidden_size, head="encoder", like=model.config)
         copy_teacher_layers(student, model, teacher_layers)
         model = student
-    return SentenceEncoder(model, source_only=source_only)
+    return SentenceEncoder(model)
 
 
 def minilm_max_length() -> int:
