@@ -130,16 +130,22 @@ def test_forced_alignment_follows_a_sure_posterior_and_refuses_what_cannot_fit()
         ctc_align(torch.zeros(4, 3), [0, 1])
 
 
+def _every_sequence(lp: torch.Tensor) -> dict[tuple, float]:
+    """p(symbols | x) of every collapsed symbol sequence, summed over all CTC paths (blank 0) by enumeration."""
+    exact: dict[tuple, float] = {}
+    for path in itertools.product(range(lp.shape[1]), repeat=len(lp)):
+        collapsed = tuple(s for s, _ in itertools.groupby(path) if s != 0)
+        exact[collapsed] = exact.get(collapsed, 0.0) + math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+    return exact
+
+
 def test_lexicon_constrained_search_equals_the_best_vocabulary_sequence():
     # symbols: 1 space, 2 a, 3 b, 4 c; the lexicon {"ab", "c"}. A constrained search keeps exactly the
     # probabilities of the vocabulary sequences, so with a wide beam its best is the most likely of them
     torch.manual_seed(1)
     lp = torch.randn(6, 5).mul(2).log_softmax(-1)
     lexicon = Lexicon([[2, 3], [4]], separator=1)
-    exact: dict[tuple, float] = {}
-    for path in itertools.product(range(5), repeat=6):
-        collapsed = tuple(s for s, _ in itertools.groupby(path) if s != 0)
-        exact[collapsed] = exact.get(collapsed, 0.0) + math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+    exact = _every_sequence(lp)
     words = {(2, 3), (4,)}
     legal = {k: v for k, v in exact.items() if not k or all(tuple(w) in words for w in _split(k, 1))}
     best = max(legal, key=legal.get)
@@ -148,6 +154,28 @@ def test_lexicon_constrained_search_equals_the_best_vocabulary_sequence():
     assert max(exact, key=exact.get) not in legal  # the unconstrained best is no vocabulary sequence here
     silence = torch.tensor([[0.9, 0.02, 0.02, 0.02, 0.04]] * 4).log()  # blank everywhere: no words, not "c"
     assert prefix_beam_search(silence, lexicon=lexicon)[0][0] == ()
+
+
+def test_word_score_ranks_vocabulary_sequences_by_probability_and_word_count():
+    # the lexicon {"a", "b", "ab"} (1 space, 2 a, 3 b): "a b" and "ab" spell the same letters as one word or two.
+    # With a wide beam the best hypothesis maximises log p + beta * words over the vocabulary sequences
+    torch.manual_seed(3)
+    lp = torch.randn(6, 4).mul(2).log_softmax(-1)
+    lexicon = Lexicon([[2], [3], [2, 3]], separator=1)
+    vocabulary = {(2,), (3,), (2, 3)}
+    legal = {k: v for k, v in _every_sequence(lp).items()
+             if not k or all(tuple(w) in vocabulary for w in _split(k, 1))}
+    found = {}
+    for beta in (-6.0, 0.0, 6.0):
+        def score(k):
+            return math.log(legal[k]) + beta * len([w for w in _split(k, 1) if w])
+        (found[beta], logp), = prefix_beam_search(lp, beam=500, prune=1e-12, lexicon=lexicon, word_score=beta)
+        assert found[beta] == max(legal, key=score)
+        assert math.isclose(math.exp(logp), legal[found[beta]], rel_tol=1e-5)  # the score is log p alone
+    words = {beta: len([w for w in _split(k, 1) if w]) for beta, k in found.items()}
+    assert words[-6.0] < words[0.0] < words[6.0]  # the term moves the answer both ways here
+    with pytest.raises(ValueError, match="needs a lexicon"):
+        prefix_beam_search(lp, word_score=-1.0)
 
 
 def _split(symbols, separator):
@@ -173,6 +201,10 @@ def test_the_ctc_task_decodes_into_its_words_and_refuses_bad_ones():
         get_task("ctc", words=["ab"])
     with pytest.raises(TaskError, match="single non-empty words"):
         get_task("ctc", decode="beam", words=["two words"])
+    with pytest.raises(TaskError, match="give words"):
+        get_task("ctc", decode="beam", word_score=-1.0)
+    with pytest.raises(TaskError, match="word_score is a number"):
+        get_task("ctc", decode="beam", words=["ab"], word_score="-1")
     with pytest.raises(TaskError, match="outside the CTC alphabet"):
         get_task("ctc", decode="beam", words=["naïve"])
 
@@ -534,17 +566,22 @@ def test_the_benchmark_table_gives_mean_and_spread_over_seeds():
         return {"rtf": rtf, "speedup": {"rtf": speedup}, "speedup_range": {"rtf": [speedup - 0.5, speedup + 0.5]}}
 
     row = {"real_cer": 20.0, "real_wer": 40.0, "voices_cer": 10.0, "voices_wer": 20.0, "params": 1000,
-           "real_wer_lexicon": 30.0}
+           "real_wer_lexicon": 30.0, "real_wer_lexicon_scored": 25.0, "word_score": -2.0}
     summary = {"teacher": {**row, "params": 5000}, "real_prompts": 312, "real_total": 563, "vocab": 301,
                "settings": {"teacher": {"model": {"hidden": 160, "layers": 3, "bidirectional": True}}},
                "rtf": {"teacher": timed(0.01, 1.0), json.dumps({}, sort_keys=True): timed(0.002, 5.0),
                        json.dumps({"hidden": 128, "lookahead": 4}, sort_keys=True): timed(0.0025, 4.0)},
-               "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s} for s in range(3)]
-               + [{**row, "arm": "ctc-128-ahead", "seed": 0, "delay": 0}]}
+               "rows": [{**row, "arm": "ctc", "seed": s, "delay": 2, "real_wer": 40.0 + 2 * s,
+                         "real_wer_lexicon_scored": 24.0 + s, "word_score": float(-s)} for s in range(3)]
+               + [{k: v for k, v in row.items() if k not in ("real_wer_lexicon_scored", "word_score")}
+                  | {"arm": "ctc-128-ahead", "seed": 0, "delay": 0}]}
     table = format_table(summary)
-    assert "| streaming GRU 2×96 | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 30.0 ± 0.0 | 10.0 ± 0.0 |" in table
-    assert "| streaming GRU 2×128, look-ahead 4 | ctc-128-ahead |" in table and "| 0.0025 | 4.0× (3.5–4.5) |" in table
-    assert "| 30.0 | 10.0 |" in table and "5.0× (4.5–5.5)" in table  # the teacher's lexicon WER
+    assert ("| streaming GRU 2×96 | ctc | 1,000 | 20.0 ± 0.0 | 42.0 ± 2.0 | +5% | 30.0 ± 0.0 | 25.0 ± 1.0 (0/-1/-2) | "
+            "10.0 ± 0.0 |") in table
+    # a row from before the word score shows a dash there
+    assert "| streaming GRU 2×128, look-ahead 4 | ctc-128-ahead | 1,000 | 20.0 ± 0.0 | 40.0 ± 0.0 | +0% | 30.0 ± 0.0 | - |" in table
+    assert "| 0.0025 | 4.0× (3.5–4.5) |" in table
+    assert "| 30.0 | 25.0 (-2) | 10.0 |" in table and "5.0× (4.5–5.5)" in table  # the teacher's lexicon WERs
     assert "312 of 563" in table and "| BiGRU 3×160 teacher |" in table
 
 

@@ -56,6 +56,9 @@ STUDENT = {"model": {"hidden": 96, "layers": 2, "bidirectional": False},
            "train": {"lr": 2e-3, "epochs": 6, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 0.5,
                      "optimizer": "adamw", "weight_decay": 0.01, "clip_grad_norm": 5.0, "group_by_length": True}}
 LEXICON_BEAM = 8
+# the lexicon beam search's word score (log-probability added per word; negative: fewer words), chosen per model on
+# the validation split: the real test is mostly single words, and the models split words apart (WER above 100 %)
+WORD_SCORES = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0)
 SHIFT = 2  # frames of 20 ms the streaming student lags the bidirectional teacher's spikes
 # arm -> (model overrides, method, method options)
 ARMS = {
@@ -118,16 +121,22 @@ def cached_teacher(train, val, data_key: str, quick: bool, say=print, start=None
     return found
 
 
-def scores(model, data) -> dict:
-    """CER and WER (%) on the held-out voices and on the real recordings, decoded greedily and (``*_lexicon``)
-    by a beam search that spells vocabulary words only (the closed vocabulary, :data:`LEXICON_BEAM` prefixes)."""
+def scores(model, data, val) -> dict:
+    """CER and WER (%) on the held-out voices and on the real recordings, decoded greedily, (``*_lexicon``) by a
+    beam search that spells vocabulary words only (the closed vocabulary, :data:`LEXICON_BEAM` prefixes) and
+    (``*_lexicon_scored``) by that search with the ``word_score`` of :data:`WORD_SCORES` whose WER on ``val``
+    is lowest (``val_wer_by_word_score``; ties go to the score nearest 0)."""
     from distill.evaluation import evaluate
     from distill.tasks import get_task
 
-    lexicon = get_task("ctc", decode="beam", beam=LEXICON_BEAM, words=data.vocab)
-    out = {}
+    def lexicon(word_score):
+        return get_task("ctc", decode="beam", beam=LEXICON_BEAM, words=data.vocab, word_score=word_score)
+
+    by_score = {b: evaluate(model, val, 128, task=lexicon(b))["wer"] for b in WORD_SCORES}
+    chosen = min(WORD_SCORES, key=lambda b: (by_score[b], abs(b)))
+    out = {"word_score": chosen, "val_wer_by_word_score": {str(b): wer for b, wer in by_score.items()}}
     for name, split in (("voices", data.test_voices), ("real", data.test_real)):
-        for suffix, task in (("", "ctc"), ("_lexicon", lexicon)):
+        for suffix, task in (("", "ctc"), ("_lexicon", lexicon(0.0)), ("_lexicon_scored", lexicon(chosen))):
             found = evaluate(model, split, 128, task=task)
             out |= {f"{name}_cer{suffix}": found["cer"], f"{name}_wer{suffix}": found["wer"]}
     return out
@@ -206,7 +215,7 @@ def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher
     history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), train, val,
                      settings, seed, run_dir)
     seconds = time.perf_counter() - start
-    return {"arm": arm, "seed": seed, **scores(student, data), "val_cer": history[-1]["val/cer"],
+    return {"arm": arm, "seed": seed, **scores(student, data, val), "val_cer": history[-1]["val/cer"],
             "params": count_parameters(student), "train_seconds": round(seconds, 1),
             "delay": spike_delay(logits_on(student, data.test_real), teacher_logits),
             **({"resumed": True} if resumed else {})}
@@ -249,7 +258,7 @@ def prepare(quick: bool = False, say=print) -> SimpleNamespace:
         aligner_seconds = info["seconds"]
         teacher, info = cached_teacher(train, val, data_key, quick, say, start=teacher)
         info = {**info, "aligner_seconds": aligner_seconds}
-    teacher_row = {**scores(teacher, data), "val_cer": info["history"][-1]["val/cer"],
+    teacher_row = {**scores(teacher, data, val), "val_cer": info["history"][-1]["val/cer"],
                    "params": count_parameters(teacher), "train_seconds": info["seconds"],
                    "aligner_seconds": info.get("aligner_seconds", 0.0)}
     say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
@@ -315,20 +324,34 @@ def _model_name(shape: dict) -> str:
     return name + (f", look-ahead {shape['lookahead']}" if shape.get("lookahead") else "")
 
 
+def _lexicon_cells(rows: list[dict], spread: bool = True) -> str:
+    """The two lexicon columns of ``rows`` (one model's seeds; ``spread``: mean ± std): WER without, and with the
+    chosen word score and its value per seed; ``-`` where a row predates them."""
+    def cell(key):
+        if not all(key in x for x in rows):
+            return "-"
+        return _mean_std([x[key] for x in rows]) if spread else f"{rows[0][key]:.1f}"
+
+    scored = cell("real_wer_lexicon_scored")
+    if scored != "-":
+        scored += " (" + "/".join(f"{x['word_score']:g}" for x in rows) + ")"
+    return f"{cell('real_wer_lexicon')} | {scored}"
+
+
 def format_table(summary: dict) -> str:
     from distill.bench import group_rows, missing_note
 
     teacher, rtf = summary["teacher"], summary["rtf"]
-    lexicon = lambda row: f"{row['real_wer_lexicon']:.1f}" if "real_wer_lexicon" in row else "-"  # noqa: E731
     lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
-             f"{summary['vocab']}-word vocabulary); greedy decoding, and (lexicon) a beam search spelling vocabulary "
-             "words only; RTF on one CPU thread, batch 1, the models timed in interleaved rounds.", "",
+             f"{summary['vocab']}-word vocabulary); greedy decoding, (lexicon) a beam search spelling vocabulary "
+             "words only, and (+ word score) that search with a score per word chosen on validation (β, per seed); "
+             "RTF on one CPU thread, batch 1, the models timed in interleaved rounds.", "",
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
-             "held-out voices CER | held-out voices WER | seeds | delay (frames) | RTF | "
-             "speed-up (lowest–highest round) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             "real WER, lexicon + word score (β) | held-out voices CER | held-out voices WER | seeds | delay (frames) | "
+             "RTF | speed-up (lowest–highest round) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {_model_name(summary['settings']['teacher']['model'])} teacher | ctc | {teacher['params']:,} | "
-             f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {lexicon(teacher)} | "
+             f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {_lexicon_cells([teacher], spread=False)} | "
              f"{teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
              f"{rtf['teacher']['rtf']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
@@ -339,9 +362,7 @@ def format_table(summary: dict) -> str:
         cells = [_mean_std([x[k] for x in rows]) for k in ("real_cer", "real_wer", "voices_cer", "voices_wer")]
         wer = statistics.fmean(x["real_wer"] for x in rows)
         relative = f"{100 * (wer / teacher['real_wer'] - 1):+.0f}%" if teacher["real_wer"] > 0 else "-"
-        with_lexicon = (_mean_std([x["real_wer_lexicon"] for x in rows]) if all("real_wer_lexicon" in x for x in rows)
-                        else "-")
-        cells = " | ".join([*cells[:2], relative, with_lexicon, *cells[2:]])
+        cells = " | ".join([*cells[:2], relative, _lexicon_cells(rows), *cells[2:]])
         delays = "/".join(str(x["delay"]) for x in rows)
         lines.append(f"| {name} | {arm} | {rows[0]['params']:,} | {cells} | {len(rows)} | {delays} | "
                      f"{timed['rtf']:.4f} | {timed['speedup']['rtf']:.1f}× ({low:.1f}–{high:.1f}) |")

@@ -574,7 +574,8 @@ class CTC(Task):
     ``batch["mask"]`` marks the real frames of each utterance (what every CTC term reads). Symbol ``i`` is
     ``alphabet[i - 1]`` (default: space, apostrophe, ``a``-``z``). Decoding: ``"greedy"`` (best path) or
     ``"beam"`` (prefix beam search, ``beam`` prefixes); given ``words`` (a closed vocabulary), the beam search
-    spells those words only (lexicon-constrained decoding). Metrics: CER (%, selects), WER (%) and the CTC loss
+    spells those words only (lexicon-constrained decoding), and ``word_score`` adds that much to a hypothesis's
+    log-probability per word (negative: fewer, longer words; :func:`distill.losses.ctc.prefix_beam_search`). Metrics: CER (%, selects), WER (%) and the CTC loss
     per utterance.
 
     Token sources (a non-autoregressive text model such as :class:`distill.zoo.seq2seq.ParallelCTC`): items
@@ -590,7 +591,7 @@ class CTC(Task):
 
     def __init__(self, target: str | None = None, pad_token_id: int | None = None, tokenizer=None,
                  alphabet: str = ALPHABET, decode: str = "greedy", beam: int = 8, words=None,
-                 frames_per_token: int = 1):
+                 word_score: float = 0.0, frames_per_token: int = 1):
         super().__init__(target, pad_token_id, tokenizer)
         if not isinstance(frames_per_token, int) or isinstance(frames_per_token, bool) or frames_per_token < 1:
             raise TaskError(f"frames_per_token is a whole number >= 1, got {excerpt(frames_per_token)}")
@@ -599,7 +600,11 @@ class CTC(Task):
             raise TaskError(f"decode must be 'greedy' or 'beam', got {excerpt(decode)}")
         if not isinstance(alphabet, str) or len(set(alphabet)) != len(alphabet) or not alphabet:
             raise TaskError(f"alphabet must be a string of distinct symbols, got {excerpt(alphabet)}")
-        self.alphabet, self.decode, self.beam = alphabet, decode, beam
+        if isinstance(word_score, bool) or not isinstance(word_score, (int, float)) or not math.isfinite(word_score):
+            raise TaskError(f"word_score is a number (log-probability per word), got {excerpt(word_score)}")
+        if word_score and words is None:
+            raise TaskError("word_score scores the words of a closed vocabulary: give words=[...] with it")
+        self.alphabet, self.decode, self.beam, self.word_score = alphabet, decode, beam, float(word_score)
         self.lexicon = None
         if words is not None:
             from distill.losses.ctc import Lexicon
@@ -673,7 +678,7 @@ class CTC(Task):
         from distill.losses.ctc import beam_decode, greedy_decode
 
         found = (greedy_decode(logits, frames) if self.decode == "greedy" else
-                 beam_decode(logits, frames, self.beam, self.lexicon))
+                 beam_decode(logits, frames, self.beam, self.lexicon, self.word_score))
         return [self.text(s) for s in found]
 
     def add_labelled(self, sums, pred, labels, mask):

@@ -220,7 +220,7 @@ class Lexicon:
 
 
 def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, prune: float = 1e-3,
-                       lexicon: Lexicon | None = None) -> list[tuple[tuple[int, ...], float]]:
+                       lexicon: Lexicon | None = None, word_score: float = 0.0) -> list[tuple[tuple[int, ...], float]]:
     r"""CTC prefix beam search (Hannun et al. 2014, *First-pass large vocabulary continuous speech recognition
     using bi-directional recurrent DNNs*, without a language model) over one utterance.
 
@@ -229,26 +229,41 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, 
     Symbols below ``prune`` probability at a frame are not tried (blank always is). With a ``lexicon``, a
     prefix is extended only while its words stay vocabulary words (or their beginnings), and the hypotheses
     returned end on a whole word or are empty (lexicon-constrained decoding of a closed vocabulary; none does if the
-    beam lost them all, and then the unconstrained ends are returned).
+    beam lost them all, and then the unconstrained ends are returned). ``word_score`` is Hannun et al.'s word
+    insertion term without the language model: prefixes are ranked by
+    :math:`\log p(\text{prefix} \mid x) + \beta\,|W|`, :math:`|W|` the number of words begun; a negative
+    :math:`\beta` penalises each word, against a CTC model that splits words apart (insertions).
 
     Args:
         log_probs: ``(T, V)`` log-posteriors of one utterance's real frames, blank = 0.
         beam: prefixes kept per frame.
         n_best: hypotheses returned.
         lexicon: the words hypotheses may spell (:class:`Lexicon`); ``None``: any symbols.
+        word_score: :math:`\beta`, added to a prefix's log-probability for each of its words when ranking
+            (needs a ``lexicon``, whose separator delimits the words).
 
     Returns:
-        ``[(symbols, log p(symbols | x)), ...]``, the ``n_best`` most likely, best first.
+        ``[(symbols, log p(symbols | x)), ...]``, the ``n_best`` best by the ranking, best first (the scores are
+        the log-probabilities alone, without the word term).
     """
     if log_probs.dim() != 2:
         raise ValueError(f"prefix_beam_search takes one utterance's (frames, vocabulary) log-posteriors, got "
                          f"shape {tuple(log_probs.shape)}")
     if beam < 1 or n_best < 1:
         raise ValueError(f"beam and n_best must be at least 1, got {beam} and {n_best}")
+    if word_score and lexicon is None:
+        raise ValueError("word_score needs a lexicon: its separator symbol marks where words begin")
     lp = log_probs.detach().float().cpu()
     floor = math.log(prune)
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (p_b, p_nb)
     ninf = -math.inf
+    separator = lexicon.separator if lexicon is not None else None
+    words = {(): 0}  # prefix -> words begun in it (for word_score)
+
+    def rank(item):
+        prefix, (pb, pnb) = item
+        return _logaddexp(pb, pnb) + (word_score * words[prefix] if word_score else 0.0)
+
     for t in range(len(lp)):
         row = lp[t].tolist()
         symbols = [s for s, v in enumerate(row) if s != BLANK and v >= floor]
@@ -273,24 +288,28 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, n_best: int = 1, 
             for s in symbols:
                 if lexicon is not None and not lexicon.allows(word, s):
                     continue
+                if word_score and prefix + (s,) not in words:
+                    words[prefix + (s,)] = words[prefix] + (s != separator and (last is None or last == separator))
                 if s == last:  # a new copy of the last symbol needs a blank between
                     add(prefix + (s,), ninf, pb + row[s])
                 else:
                     add(prefix + (s,), ninf, total + row[s])
-        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam]
+        ranked = sorted(nxt.items(), key=rank, reverse=True)[:beam]
         beams = {k: (v[0], v[1]) for k, v in ranked}
-    ranked = sorted(((k, _logaddexp(*v)) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
+        if word_score:
+            words = {k: words[k] for k in beams}
+    ranked = sorted(beams.items(), key=rank, reverse=True)
     if lexicon is not None:
         ranked = [kv for kv in ranked if lexicon.complete(kv[0])] or ranked
-    return ranked[:n_best]
+    return [(k, _logaddexp(*v)) for k, v in ranked[:n_best]]
 
 
 def beam_decode(logits: torch.Tensor, frames: torch.Tensor | None = None, beam: int = 8,
-                lexicon: Lexicon | None = None) -> list[list[int]]:
+                lexicon: Lexicon | None = None, word_score: float = 0.0) -> list[list[int]]:
     """The best hypothesis of :func:`prefix_beam_search` per utterance of ``(B, T, V)`` logits."""
     log_probs = logits.float().log_softmax(-1)
     return [list(prefix_beam_search(log_probs[b, : (len(log_probs[b]) if frames is None else int(frames[b]))],
-                                    beam, lexicon=lexicon)[0][0]) for b in range(len(log_probs))]
+                                    beam, lexicon=lexicon, word_score=word_score)[0][0]) for b in range(len(log_probs))]
 
 
 @register_loss("ctc_sequence_kd", softmax=True)
