@@ -342,18 +342,18 @@ def format_table(summary: dict) -> str:
     from distill.bench import group_rows, missing_note
 
     teacher, rtf = summary["teacher"], summary["rtf"]
-    lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in the "
-             f"{summary['vocab']}-word vocabulary); greedy decoding, (lexicon) a beam search spelling vocabulary "
+    lines = [f"Real recordings: {summary['real_prompts']} of {summary['real_total']} Asterisk prompts (all words in "
+             f"the {summary['vocab']}-word vocabulary); greedy decoding, (lexicon) a beam search spelling vocabulary "
              "words only, and (+ word score) that search with a score per word chosen on validation (β, per seed); "
              "RTF on one CPU thread, batch 1, the models timed in interleaved rounds.", "",
              "| model | arm | params | real CER | real WER | real WER vs teacher | real WER, lexicon | "
-             "real WER, lexicon + word score (β) | held-out voices CER | held-out voices WER | seeds | delay (frames) | "
-             "RTF | speed-up (lowest–highest round) |",
+             "real WER, lexicon + word score (β) | held-out voices CER | held-out voices WER | seeds | "
+             "delay (frames) | RTF | speed-up (lowest–highest round) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
              f"| {_model_name(summary['settings']['teacher']['model'])} teacher | ctc | {teacher['params']:,} | "
-             f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | {_lexicon_cells([teacher], spread=False)} | "
-             f"{teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} | 1 | 0 | "
-             f"{rtf['teacher']['rtf']:.4f} | 1.0× |"]
+             f"{teacher['real_cer']:.1f} | {teacher['real_wer']:.1f} | +0% | "
+             f"{_lexicon_cells([teacher], spread=False)} | {teacher['voices_cer']:.1f} | {teacher['voices_wer']:.1f} "
+             f"| 1 | 0 | {rtf['teacher']['rtf']:.4f} | 1.0× |"]
     for arm, rows in group_rows(summary["rows"]).items():
         model = ARMS[arm][0]
         timed = rtf[json.dumps(model, sort_keys=True)]

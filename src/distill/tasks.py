@@ -575,8 +575,8 @@ class CTC(Task):
     ``alphabet[i - 1]`` (default: space, apostrophe, ``a``-``z``). Decoding: ``"greedy"`` (best path) or
     ``"beam"`` (prefix beam search, ``beam`` prefixes); given ``words`` (a closed vocabulary), the beam search
     spells those words only (lexicon-constrained decoding), and ``word_score`` adds that much to a hypothesis's
-    log-probability per word (negative: fewer, longer words; :func:`distill.losses.ctc.prefix_beam_search`). Metrics: CER (%, selects), WER (%) and the CTC loss
-    per utterance.
+    log-probability per word (negative: fewer, longer words; :func:`distill.losses.ctc.prefix_beam_search`).
+    Metrics: CER (%, selects), WER (%) and the CTC loss per utterance.
 
     Token sources (a non-autoregressive text model such as :class:`distill.zoo.seq2seq.ParallelCTC`): items
     ``{"input_ids": source ids, "label": symbol ids}``; the model emits ``frames_per_token`` frames per source
@@ -1036,8 +1036,9 @@ class Restoration(Task):
     Items are ``{"input": degraded (C, h, w), "label": clean (C, H, W)}`` with ``H, W`` the same whole multiple
     of ``h, w`` (1 for denoising, 2 for ×2 super-resolution); the model returns ``(N, C, H, W)`` images in
     ``[0, 1]``. The student's own loss (``loss``) is the L1 distance to the clean image (``"l1"``, EDSR's loss, Lim
-    et al. 2017) or the squared error (``"mse"``, DnCNN's). Metrics per image, averaged: PSNR in dB (selects, higher is better) and SSIM, by ``skimage.metrics`` on
-    images clipped to ``[0, 1]`` (:mod:`distill.image_quality`), and the L1 loss. A validation set without clean
+    et al. 2017) or the squared error (``"mse"``, DnCNN's). Metrics per image, averaged: PSNR in dB (selects,
+    higher is better) and SSIM, by ``skimage.metrics`` on images clipped to ``[0, 1]``
+    (:mod:`distill.image_quality`), and the L1 loss. A validation set without clean
     images is scored against the teacher's images: ``teacher_psnr`` (selects) and ``teacher_l1``.
     """
 
