@@ -192,6 +192,23 @@ def test_embedding_student_learns_teacher_vectors_with_unlabelled_validation():
     assert d.best()["metric"] == "teacher_cosine"
 
 
+def test_a_run_table_of_unlabelled_vectors_shows_their_fidelity_to_the_teacher():
+    from types import SimpleNamespace
+
+    from distill.experiment import _scores, format_table
+
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(10, 8), nn.Linear(10, 8)
+    split = ListDataset(list(torch.randn(32, 10)))
+    data = SimpleNamespace(val=split, test=split, task=get_task("embedding"))
+    rows = [{"label": label, "model": "linear", "params": 88, "seconds_per_batch": 0.001,
+             **_scores(model, data, teacher)} for label, model in (("teacher", teacher), ("student", student))]
+    assert rows[0]["metric"] == "teacher_cosine" and rows[0]["test_teacher_cosine"] == pytest.approx(1)
+    assert -1 < rows[1]["test_teacher_cosine"] < 0.9  # an untrained student, not NaN
+    table = format_table({"latency_batch_size": 8, "metric": rows[1]["metric"], "rows": rows})
+    assert "test teacher_cosine" in table and "| teacher (linear) | 88 | - | 1 |" in table
+
+
 # ------------------------------------------------------------------------ regression and multi-label
 class PitchNet(nn.Module):
     """A pitch-estimation-like model: 24 sigmoid outputs (pitch bins), no class labels."""

@@ -390,7 +390,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, resume: bool, trust_pickle: bool)
             row["speedup"] = rows[0]["seconds_per_batch"] / row["seconds_per_batch"]
     summary = {"recipe": recipe.name, "seed": recipe.seed, "run_dir": str(run_dir),
                "latency_batch_size": min(recipe.evaluation.latency_batch_size, len(timed_on)),
-               "metric": data.task.select, "wall_seconds": time.perf_counter() - started, "rows": rows}
+               "metric": rows[-1].get("metric", data.task.select), "wall_seconds": time.perf_counter() - started,
+               "rows": rows}
     if not recipe.evaluation.score_test:
         summary["test_scored"] = False
     table = format_table(summary)
@@ -460,7 +461,8 @@ def _cam_agreement(row: dict, cams: CamReference, name: str, student, layer: str
 
 def _scores(model, data, teacher=None) -> dict:
     """Validation and test scores of a model: accuracy and test errors for classification, the task's
-    selecting metric (``val_<metric>``, ``test_<metric>``) and all test metrics otherwise. A task whose
+    selecting metric (``val_<metric>``, ``test_<metric>``; without labels, the engine's choice: fidelity to the
+    teacher), its name (``metric``) and all test metrics otherwise. A task whose
     metrics compare the model with its teacher (``scored_by_teacher``: vectors learnt from it) is scored
     with ``teacher`` (one model; several teachers leave it unscored)."""
     task = data_task(data)
@@ -468,11 +470,17 @@ def _scores(model, data, teacher=None) -> dict:
     # an empty split (val_size: 0) has no scores; the table shows "-" for it
     val, test = ({} if len(split) == 0 else evaluate(model, split, task=task, teacher=teacher)
                  for split in (data.val, data.test))
-    metric = "accuracy" if task.name == "classification" else task.select
+    metric = "accuracy" if task.name == "classification" else _table_metric(task, test or val)
     scores = {f"val_{metric}": val.get(metric, float("nan")), f"test_{metric}": test.get(metric, float("nan"))}
     if task.name == "classification":
         return scores | ({"test_errors": round((100 - test["accuracy"]) * len(data.test) / 100)} if test else {})
-    return scores | {"test_metrics": test}
+    return scores | {"test_metrics": test, "metric": metric}
+
+
+def _table_metric(task, metrics: dict) -> str:
+    """The metric a run's table shows: the task's selecting one, or (data without labels, as the engine selects)
+    its fidelity to the teacher."""
+    return task.selection(not metrics or task.select in metrics)[0]
 
 
 def format_table(summary: dict) -> str:
