@@ -213,11 +213,16 @@ def test_cached_model_trains_once_and_bench_rows_resume(tmp_path, cache_dir):
     def make(arm, seed):  # a row trained in its run folder, as the arm benchmarks do
         made.append((arm, seed))
         run = row_run_dir(row_path(tmp_path / "b", arm, seed), "k")
-        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         return {"arm": arm, "seed": seed, "train_seconds": 0.0}
 
+    killed = row_run_dir(row_path(tmp_path / "b", "x", 1), "k") / "checkpoints" / "step-00000100"
+    killed.mkdir(parents=True)  # a process killed after its first checkpoint left this behind
+    (killed / "model.safetensors").write_bytes(b"")
+    (killed / "state.pt").write_bytes(b"")
     rows = bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)
     assert [(r["arm"], r["seed"]) for r in rows] == made == [("x", 0), ("x", 1), ("y", 0), ("y", 1)]
+    assert [r.get("resumed", False) for r in rows] == [False, True, False, False]
     assert row_run_dir(tmp_path / "b" / "x" / "seed-1.json", "k") == cache_dir / "bench-runs" / "b-x-seed-1-k"
     assert not (cache_dir / "bench-runs").exists() or not any((cache_dir / "bench-runs").iterdir())  # written: gone
     bench_rows(tmp_path / "b", ["x", "y"], 2, lambda arm: "k", make, lambda row: "", say=lambda *_: None)

@@ -238,21 +238,18 @@ def speeds(encoders: dict, texts: list[str], rounds: int = 15) -> dict:
 
 def run_arm(arm: str, seed: int, data: Data, teacher, reference: dict, quick: bool, say=print, run_dir=None) -> dict:
     """Build, train (if the arm trains; in ``run_dir``, resuming what a killed process left there) and measure one
-    student. ``train_seconds`` is this process's time: ``resumed`` says when an earlier one trained a part."""
-    from distill.engine import checkpoints_in
+    student. ``train_seconds`` is this process's time (:func:`distill.fileio.bench_row` marks a resumed row)."""
     from distill.evaluation import count_parameters
 
     say(f"{arm} seed {seed} ...")
     torch.manual_seed(seed)
     student, tokenizer = build_student(arm, data, teacher)
-    resumed = run_dir is not None and bool(checkpoints_in(run_dir))
     start = time.perf_counter()
     history = train(student, tokenizer, teacher, arm, data, seed, quick, run_dir) if ARMS[arm][2] else []
     dim = ARMS[arm][3].get("dim")  # fidelity to the teacher's vectors in the same reduced space
     ref = teacher_vectors(reduced_teacher(teacher, data, dim), data) if dim else reference
     return {"arm": arm, "seed": seed, **measure(student, tokenizer, data, ref), "params": count_parameters(student),
-            "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None,
-            **({"resumed": True} if resumed else {})}
+            "train_seconds": round(time.perf_counter() - start, 1), "val": history[-1] if history else None}
 
 
 def shape(arm: str) -> tuple:

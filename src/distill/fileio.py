@@ -43,16 +43,26 @@ def stored_row(path: str | os.PathLike, key: str) -> dict | None:
     return stored if stored.get("key") == key else None
 
 
+def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
+    """The finished checkpoints of a run directory, oldest first (a ``.tmp`` one was cut off while written;
+    one without its files, e.g. emptied by a copy that kept only some files, cannot be resumed from)."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")
+                  and (p / "model.safetensors").is_file() and (p / "state.pt").is_file())
+
+
 def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict], train: bool = True
               ) -> tuple[dict | None, bool]:
     """One benchmark row kept in its own file: the stored row when it was made with settings ``key``, else
     ``make()`` (with ``key`` added) written to ``path`` (or None when not ``train``: a table of the stored rows
-    only). Returns ``(row, made)``; an interrupted benchmark resumes at the first row not written."""
+    only). Returns ``(row, made)``; an interrupted benchmark resumes at the first row not written, and a row
+    whose training continued from a killed process's checkpoints (in :func:`row_run_dir`) says
+    ``"resumed": true`` (its own timings count the last process only)."""
     stored = stored_row(path, key)
     if stored is not None or not train:
         return stored, False
     path = Path(path)
-    row = {**make(), "key": key}
+    resumed = bool(checkpoints_in(row_run_dir(path, key)))
+    row = {**make(), "key": key, **({"resumed": True} if resumed else {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row, indent=1))
     shutil.rmtree(row_run_dir(path, key), ignore_errors=True)

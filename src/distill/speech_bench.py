@@ -202,23 +202,20 @@ def build_student(arm: str, seed: int):
 
 def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher_logits, run_dir=None) -> dict:
     """Train one student (in ``run_dir``, resuming what a killed process left there) and score it.
-    ``train_seconds`` is this process's time: ``resumed`` says when an earlier one trained a part."""
-    from distill.engine import checkpoints_in
+    ``train_seconds`` is this process's time (:func:`distill.fileio.bench_row` marks a resumed row)."""
     from distill.evaluation import count_parameters
     from distill.methods import METHODS
 
     _, method, options = ARMS[arm]
     student = build_student(arm, seed)
     settings = {**STUDENT["train"], **ARM_TRAIN.get(arm, {}), **({"epochs": QUICK["student_epochs"]} if quick else {})}
-    resumed = run_dir is not None and bool(checkpoints_in(run_dir))
     start = time.perf_counter()
     history = _train(student, teacher if method != "ctc" else None, METHODS[method](**options), train, val,
                      settings, seed, run_dir)
     seconds = time.perf_counter() - start
     return {"arm": arm, "seed": seed, **scores(student, data, val), "val_cer": history[-1]["val/cer"],
             "params": count_parameters(student), "train_seconds": round(seconds, 1),
-            "delay": spike_delay(logits_on(student, data.test_real), teacher_logits),
-            **({"resumed": True} if resumed else {})}
+            "delay": spike_delay(logits_on(student, data.test_real), teacher_logits)}
 
 
 def prepare(quick: bool = False, say=print) -> SimpleNamespace:

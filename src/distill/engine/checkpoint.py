@@ -12,7 +12,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from distill.engine.config import DistillError
-from distill.fileio import UnsafeFile, atomic_write_dir, atomic_write_text, torch_load
+from distill.fileio import UnsafeFile, atomic_write_dir, atomic_write_text, checkpoints_in, torch_load
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, *, epoch: int, step: int,
@@ -77,13 +77,6 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, devic
         kept = [line for line in lines if line and _before(json.loads(line), state)]
         atomic_write_text(metrics, "".join(line + "\n" for line in kept))
     return state["epoch"], state["step"], state["position"], history
-
-
-def checkpoints_in(run_dir: Path) -> list[Path]:
-    """The finished checkpoints of a run directory, oldest first (a ``.tmp`` one was cut off while written;
-    one without its files, e.g. emptied by a copy that kept only some files, cannot be resumed from)."""
-    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")
-                  and (p / "model.safetensors").is_file() and (p / "state.pt").is_file())
 
 
 def _before(record: dict, state: dict) -> bool:
