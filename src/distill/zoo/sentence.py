@@ -7,8 +7,8 @@ of the last hidden state over the attention mask) and ``Normalize`` (L2 norm 1).
 does the same around any ``transformers`` encoder, and also encodes parallel pairs for multilingual
 distillation (the ``parallel_embedding`` task)::
 
-    teacher = SentenceEncoder(load_minilm("encoder"), source_only=True)   # sees the English side only
-    student = SentenceEncoder(copy.deepcopy(teacher.model))                 # (N, 2, D): English, Spanish
+    teacher = SentenceEncoder(load_minilm("encoder"))          # the task gives it the English side only
+    student = SentenceEncoder(copy.deepcopy(teacher.model))    # (N, 2, D): English, Spanish
     vectors = minilm_sentence_embeddings(teacher.model, texts, minilm_tokenizer())
 """
 from __future__ import annotations
