@@ -60,12 +60,12 @@ def bench_row(path: str | os.PathLike, key: str, make: Callable[[], dict], train
     stored = stored_row(path, key)
     if stored is not None or not train:
         return stored, False
-    path = Path(path)
-    resumed = bool(checkpoints_in(row_run_dir(path, key)))
+    path, run_dir = Path(path), row_run_dir(path, key)
+    resumed = bool(checkpoints_in(run_dir))
     row = {**make(), "key": key, **({"resumed": True} if resumed else {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row, indent=1))
-    shutil.rmtree(row_run_dir(path, key), ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return row, True
 
 

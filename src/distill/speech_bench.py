@@ -135,10 +135,12 @@ def scores(model, data, val) -> dict:
     by_score = {b: evaluate(model, val, 128, task=lexicon(b))["wer"] for b in WORD_SCORES}
     chosen = min(WORD_SCORES, key=lambda b: (by_score[b], abs(b)))
     out = {"word_score": chosen, "val_wer_by_word_score": {str(b): wer for b, wer in by_score.items()}}
+    tasks = {"": "ctc", "_lexicon": lexicon(0.0), **({"_lexicon_scored": lexicon(chosen)} if chosen else {})}
     for name, split in (("voices", data.test_voices), ("real", data.test_real)):
-        for suffix, task in (("", "ctc"), ("_lexicon", lexicon(0.0)), ("_lexicon_scored", lexicon(chosen))):
-            found = evaluate(model, split, 128, task=task)
-            out |= {f"{name}_cer{suffix}": found["cer"], f"{name}_wer{suffix}": found["wer"]}
+        found = {suffix: evaluate(model, split, 128, task=task) for suffix, task in tasks.items()}
+        found.setdefault("_lexicon_scored", found["_lexicon"])  # a chosen score of 0 is the plain lexicon search
+        for suffix, metrics in found.items():
+            out |= {f"{name}_cer{suffix}": metrics["cer"], f"{name}_wer{suffix}": metrics["wer"]}
     return out
 
 
@@ -221,9 +223,8 @@ def run_arm(arm: str, seed: int, data, train, val, teacher, quick: bool, teacher
 def prepare(quick: bool = False, say=print) -> SimpleNamespace:
     """What every arm shares: ``data`` (synthetic speech and the real recordings), the ``train`` / ``val`` splits
     (with the adaptation recordings), the ``teacher`` (trained once, cached; ``info`` its settings and history),
-    its scores ``teacher_row``, the held-out recordings cut into words ``val_words`` (also in ``val``), and the
-    ``data_settings``, ``adapt_repeat`` and ``adapt_words`` they were made with."""
-    from distill.evaluation import count_parameters
+    the held-out recordings cut into words ``val_words`` (also in ``val``), and the ``data_settings``,
+    ``adapt_repeat`` and ``adapt_words`` they were made with."""
     from distill.zoo.speech import BASES, SpeechSet, adaptation_prompts, asterisk_adaptation, load_speech, word_pieces
 
     data_settings = {**DATA, **(QUICK["data"] if quick else {})}
@@ -255,12 +256,18 @@ def prepare(quick: bool = False, say=print) -> SimpleNamespace:
         aligner_seconds = info["seconds"]
         teacher, info = cached_teacher(train, val, data_key, quick, say, start=teacher)
         info = {**info, "aligner_seconds": aligner_seconds}
-    teacher_row = {**scores(teacher, data, val), "val_cer": info["history"][-1]["val/cer"],
-                   "params": count_parameters(teacher), "train_seconds": info["seconds"],
-                   "aligner_seconds": info.get("aligner_seconds", 0.0)}
-    say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
     return SimpleNamespace(data=data, train=train, val=val, val_words=val_words, teacher=teacher, info=info,
-                           teacher_row=teacher_row, data_settings=data_settings, adapt_repeat=repeat, adapt_words=words)
+                           data_settings=data_settings, adapt_repeat=repeat, adapt_words=words)
+
+
+def teacher_scores(setup: SimpleNamespace) -> dict:
+    """The teacher's row: its :func:`scores`, validation CER, parameters and training time."""
+    from distill.evaluation import count_parameters
+
+    teacher, info = setup.teacher, setup.info
+    return {**scores(teacher, setup.data, setup.val), "val_cer": info["history"][-1]["val/cer"],
+            "params": count_parameters(teacher), "train_seconds": info["seconds"],
+            "aligner_seconds": info.get("aligner_seconds", 0.0)}
 
 
 def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | None = None,
@@ -271,14 +278,15 @@ def run_speech_benchmark(seeds: int = 3, quick: bool = False, only: list[str] | 
     the table has the rows already stored and names the ones missing."""
     arms = chosen_arms(only, ARMS)
     setup = prepare(quick, say)
-    data, train, val, teacher, info, teacher_row = (setup.data, setup.train, setup.val, setup.teacher, setup.info,
-                                                    setup.teacher_row)
+    data, train, val, teacher, info = setup.data, setup.train, setup.val, setup.teacher, setup.info
     # the rows name the teacher's weights too: a teacher retrained by the same settings elsewhere is not bit-for-bit
     # the same, and every student row depends on it (the data through its alignment, KD through its outputs)
     teacher_key = settings_key({**info["settings"], "weights": weights_digest(teacher)})
     out = Path(out_dir)
-    # the teacher's scores kept beside the students' rows, as a row of its own (a new machine retrains the teacher)
-    bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_row)
+    # the teacher's scores kept beside the students' rows, as a row of its own (a new machine retrains the teacher),
+    # and scored once for its weights
+    teacher_row, _ = bench_row(out / "teacher" / "seed-0.json", teacher_key, lambda: teacher_scores(setup))
+    say(f"teacher: real WER {teacher_row['real_wer']:.1f}%, held-out voices WER {teacher_row['voices_wer']:.1f}%")
     teacher_logits = logits_on(teacher, data.test_real)
     missing = [] if stored else None
 
